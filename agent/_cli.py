@@ -1,0 +1,22 @@
+"""The ``gpuledger`` command line."""
+
+from __future__ import annotations
+
+import click
+
+from gpuledger._cli_demo import demo
+from gpuledger._cli_pricing import pricing
+from gpuledger._cli_report import report
+
+__all__ = ["main"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="gpuledger")
+def main() -> None:
+    """gpuledger: what each GPU inference request really costs, and on which platform it should run."""
+
+
+main.add_command(report)
+main.add_command(pricing)
+main.add_command(demo)

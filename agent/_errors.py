@@ -1,0 +1,48 @@
+"""The errors gpuledger raises to its users.
+
+Only the user's own mistakes raise; telemetry failures at run time never reach a handler
+(see ``_guard``). The tree::
+
+    GpuledgerError
+    ├── ConfigError (also ValueError)       a setting with a bad value, an unknown keyword
+    ├── PricingError (also ValueError)      a pricing file that cannot be used
+    └── LedgerError                         a ledger that is missing, corrupt or too new
+"""
+
+from __future__ import annotations
+
+__all__ = ["ConfigError", "GpuledgerError", "LedgerError", "PricingError"]
+
+
+class GpuledgerError(Exception):
+    """Base class of every error gpuledger raises on purpose."""
+
+
+class ConfigError(GpuledgerError, ValueError):
+    """A setting was given a value gpuledger cannot use.
+
+    ``setting`` is the keyword name, ``value`` what was given and ``source`` where it came
+    from (``"argument"`` or the environment variable's name).
+    """
+
+    def __init__(self, setting: str, value: object, reason: str, source: str = "argument") -> None:
+        self.setting = setting
+        self.value = value
+        self.reason = reason
+        self.source = source
+        where = "argument" if source == "argument" else f"environment variable {source}"
+        super().__init__(f"setting {setting!r} = {value!r} (from {where}): {reason}")
+
+
+class PricingError(GpuledgerError, ValueError):
+    """A pricing catalogue could not be loaded; ``problems`` lists every reason found."""
+
+    def __init__(self, path: str, problems: list[str]) -> None:
+        self.path = path
+        self.problems = problems
+        lines = "\n".join(f"  - {problem}" for problem in problems)
+        super().__init__(f"pricing file {path} has {len(problems)} problem(s):\n{lines}")
+
+
+class LedgerError(GpuledgerError):
+    """The ledger cannot be opened or read (missing, corrupt, or written by a newer version)."""

@@ -1,0 +1,104 @@
+"""The invocation record: the one thing that flows from a handler to the ledger and exporters.
+
+All durations are in seconds, energy in joules, memory in bytes, money in US dollars, wall-clock
+instants in Unix nanoseconds. ``None`` always means *unknown* (not measured, or not measurable
+here) and is never replaced by zero: a GPU field is ``None`` on a machine with no GPU, a cost is
+``None`` when the catalogue has no price for the platform and GPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Final, Literal
+
+__all__ = ["OUTCOMES", "InvocationRecord", "Outcome"]
+
+Outcome = Literal["ok", "error", "timeout", "killed", "cancelled"]
+OUTCOMES: Final = ("ok", "error", "timeout", "killed", "cancelled")
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class InvocationRecord:
+    """Everything gpuledger knows about one finished invocation of a handler."""
+
+    # identity
+    record_id: str
+    """Unique per record (32 hex digits); re-sending a record never counts it twice."""
+    invocation_id: str
+    """The platform's job/request id where there is one (RunPod job ``id``), else generated."""
+    handler: str
+    service_name: str
+    platform: str
+    endpoint: str | None = None
+    worker_id: str | None = None
+    region: str | None = None
+    gpu_model: str | None = None
+    gpu_count: int = 1
+
+    # time
+    start_ns: int
+    end_ns: int
+    duration_s: float
+    outcome: Outcome = "ok"
+    error_type: str | None = None
+
+    # cold start
+    cold: bool = False
+    """True when this request waited for the process to start (the first request, unless the
+    worker finished init longer than the pre-warm threshold before it arrived)."""
+    init_duration_s: float | None = None
+    """Process start (read from the OS) to the end of init; set on the first request only."""
+    init_phases: dict[str, float] | None = None
+    """Named init phases in seconds, plus ``"(unnamed)"``: interpreter start, imports, the rest."""
+    idle_gap_s: float | None = None
+    """Time this worker sat idle before the request: since the previous request ended, or for the
+    first request since init finished; 0 when another request was still running."""
+
+    # GPU
+    billed_gpu_seconds: float = 0.0
+    """Wall time x GPUs held: what a per-second platform bills."""
+    busy_gpu_seconds: float | None = None
+    """GPU utilisation integrated over the request (NVML); None until measured."""
+    energy_j: float | None = None
+    peak_gpu_memory_bytes: int | None = None
+
+    # external calls
+    external_calls: int | None = None
+    external_call_seconds: float | None = None
+    external_wait_seconds: float | None = None
+    """Wall time covered by at least one outgoing call (union of intervals)."""
+
+    # who
+    user_id: str | None = None
+    """The user id, or its pseudonym when ``user_id_pseudonymised``."""
+    user_id_pseudonymised: bool = False
+    tenant: str | None = None
+    tags: dict[str, str] = dataclasses.field(default_factory=dict)
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+
+    # cost
+    cost_usd: float | None = None
+    cost_execution_usd: float | None = None
+    """The per-execution fee part (RunPod serverless)."""
+    cost_gpu_usd: float | None = None
+    """The GPU-time part for the request itself."""
+    cost_coldstart_usd: float | None = None
+    """The init time billed to this cold request, where the platform bills start-up."""
+    pricing_platform: str | None = None
+    pricing_version: str | None = None
+    cost_source: str | None = None
+    """Where the price came from: ``catalogue:<version>`` or ``file:<path>``, or why it is None."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as plain JSON-ready values, field names as keys."""
+        return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> InvocationRecord:
+        """Build a record from ``to_dict`` output; keys this version does not know are ignored."""
+        known = {field.name for field in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in values.items() if key in known})
+
+
+FIELD_NAMES: Final = tuple(field.name for field in dataclasses.fields(InvocationRecord))

@@ -1,0 +1,1 @@
+"""The OpenTelemetry side of gpuledger: providers, span/metric output, exporters."""

@@ -1,0 +1,1 @@
+"""Platform and outgoing-call instrumentation for gpuledger."""
