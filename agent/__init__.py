@@ -1,8 +1,35 @@
-"""gpuledger: per-request cost and cold-start telemetry for serverless GPU inference."""
+"""gpuledger: per-request cost and cold-start telemetry for serverless GPU inference.
+
+``import gpuledger`` is light: no OpenTelemetry SDK, no NVML, no exporters, no threads. They are
+loaded when gpuledger is configured, explicitly with :func:`configure` or on the first traced
+invocation.
+"""
 
 from __future__ import annotations
 
+from gpuledger._agent import configure, flush, shutdown
 from gpuledger._errors import ConfigError, GpuledgerError, LedgerError, PricingError
+from gpuledger._handler import phase, traced_handler, traced_init
+from gpuledger._invocation import Invocation, current_invocation, record_tokens, tag
 from gpuledger._record import InvocationRecord
 
-__all__ = ["ConfigError", "GpuledgerError", "InvocationRecord", "LedgerError", "PricingError"]
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError",
+    "GpuledgerError",
+    "Invocation",
+    "InvocationRecord",
+    "LedgerError",
+    "PricingError",
+    "__version__",
+    "configure",
+    "current_invocation",
+    "flush",
+    "phase",
+    "record_tokens",
+    "shutdown",
+    "tag",
+    "traced_handler",
+    "traced_init",
+]

@@ -1,0 +1,661 @@
+"""The agent: settings, the per-process worker state, telemetry, and the background writer.
+
+There is one agent per process, created by ``configure()`` or, if the application never calls
+it, from the environment on the first invocation. ``begin``/``end`` are the request path: they
+read two clocks, update the worker state, open and close the span, and hand the finished
+invocation to the background writer. Everything else (the full record, its price when no span
+needs it, metrics, the ledger row) happens on the writer's thread.
+"""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import hashlib
+import hmac
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping
+from functools import lru_cache
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from gpuledger import _guard
+from gpuledger._errors import ConfigError, PricingError
+from gpuledger._invocation import Invocation, _current
+from gpuledger._logging import configure_logging, get_logger
+from gpuledger._platform import PlatformInfo, default_worker_id, detect_platform, platform_defaults
+from gpuledger._record import InvocationRecord
+from gpuledger._settings import Settings, resolve_settings
+from gpuledger._worker import InitInfo, Phase, WorkerState
+
+__all__ = ["Agent", "HandlerSpec", "configure", "flush", "get_agent", "shutdown"]
+
+_LOCAL_PLATFORMS = ("local",)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HandlerSpec:
+    """What ``@traced_handler`` was told about one handler."""
+
+    name: str
+    user: Callable[..., object] | None = None
+    tags: Callable[..., Mapping[str, object]] | None = None
+    invocation_id: Callable[..., object] | None = None
+
+
+class _SystemClock:
+    time_ns = staticmethod(time.time_ns)
+    perf_counter_ns = staticmethod(time.perf_counter_ns)
+
+
+class Agent:
+    """Everything one configured process needs to trace, price and record its invocations."""
+
+    def __init__(self, settings: Settings, environ: Mapping[str, str] | None = None) -> None:
+        env = os.environ if environ is None else environ
+        self.settings = settings
+        configure_logging(settings.log_format, settings.log_level)
+        _guard.set_strict(settings.strict)
+        clock = settings.clock or _SystemClock()
+        self._time_ns: Callable[[], int] = clock.time_ns
+        self._perf_ns: Callable[[], int] = clock.perf_counter_ns
+
+        detected = detect_platform(env)
+        if settings.platform is None or settings.platform == detected.platform:
+            info = detected
+        else:
+            info = dataclasses.replace(platform_defaults(settings.platform))
+        self.platform: PlatformInfo = info
+        self.endpoint = settings.endpoint or info.endpoint
+        self.worker_id = settings.worker_id or info.worker_id or default_worker_id()
+        self.region = settings.region or info.region
+        self.service_name = settings.service_name or self.endpoint or "unknown_service"
+        self.gpu = settings.gpu
+        self.gpu_count = settings.gpu_count
+
+        self._setup_pricing()
+        self._check_ledger_location(settings.ledger)
+        self.worker = _worker_for(settings.prewarm_threshold_s, clock)
+        self._setup_telemetry(env)
+
+        from gpuledger._pipeline import Pipeline  # noqa: PLC0415
+
+        self.pipeline = Pipeline(self._process_batch, max_pending=settings.max_pending)
+        self._ledger: Any = None
+        self._retry: list[InvocationRecord] = []
+        self._pseudonym_warned = False
+        self.closed = False
+
+    # -- set-up -----------------------------------------------------------------------------
+
+    def _setup_pricing(self) -> None:
+        from gpuledger._pricing import compile_pricer, load_catalogue  # noqa: PLC0415
+
+        settings = self.settings
+        try:
+            catalogue = load_catalogue(settings.pricing, use_env=False)
+        except PricingError as error:
+            raise ConfigError(
+                "pricing", settings.pricing, str(error), settings.sources.get("pricing", "argument")
+            ) from None
+        self.catalogue = catalogue
+        platform = self.platform.platform
+        known = catalogue.platforms()
+        if platform not in known and platform not in _LOCAL_PLATFORMS:
+            raise ConfigError(
+                "platform",
+                platform,
+                f"no such platform in the pricing catalogue; expected one of "
+                f"{', '.join([*known, *_LOCAL_PLATFORMS])} (or add it with a pricing file)",
+                settings.sources.get("platform", "argument"),
+            )
+        self.price = catalogue.lookup(platform, self.gpu)
+        self.pricer: Callable[..., Any] | None = None
+        self.cost_source: str
+        if self.price is not None:
+            self.pricer = compile_pricer(self.price, catalogue.version)
+            self.cost_source = self.price.source
+        elif platform in _LOCAL_PLATFORMS:
+            self.cost_source = "unpriced: platform 'local' (set GPULEDGER_PLATFORM)"
+        elif self.gpu is None:
+            self.cost_source = "unpriced: GPU model unknown (set GPULEDGER_GPU)"
+            get_logger().warning(
+                "GPU model unknown: costs are recorded as null; set GPULEDGER_GPU (e.g. H100)",
+                platform=platform,
+            )
+        else:
+            self.cost_source = f"unpriced: no {platform} price for GPU {self.gpu!r}"
+            get_logger().warning(
+                "no price for this platform and GPU: costs are recorded as null; add it with a "
+                "pricing file (GPULEDGER_PRICING)",
+                platform=platform,
+                gpu=self.gpu,
+            )
+
+    @staticmethod
+    def _check_ledger_location(location: str) -> None:
+        if "://" in location and not location.startswith("sqlite://"):
+            return  # other back-ends check themselves when opened
+        path = Path(location.removeprefix("sqlite:///").removeprefix("sqlite://"))
+        parent = path.parent if str(path.parent) else Path()
+        if not parent.is_dir():
+            raise ConfigError(
+                "ledger", location, f"directory {str(parent)!r} does not exist", "argument"
+            )
+
+    def _setup_telemetry(self, env: Mapping[str, str]) -> None:
+        settings = self.settings
+        self.tracer: Any = None
+        self.metrics: Any = None
+        self.providers: Any = None
+        exporters = settings.resolved_exporters(env)
+        if not (settings.tracing or settings.metrics):
+            return
+        from gpuledger.exporters._providers import setup_providers  # noqa: PLC0415
+
+        self.providers = setup_providers(
+            tracing=settings.tracing,
+            metrics=settings.metrics,
+            exporters=exporters,
+            resource_attributes=self.resource_attributes(),
+            tracer_provider=settings.tracer_provider,
+            meter_provider=settings.meter_provider,
+        )
+        if self.providers.tracer_provider is not None:
+            from opentelemetry import context as otel_context  # noqa: PLC0415
+            from opentelemetry import trace  # noqa: PLC0415
+
+            from gpuledger import __version__  # noqa: PLC0415
+
+            self.tracer = self.providers.tracer_provider.get_tracer("gpuledger", __version__)
+            self._server_kind = trace.SpanKind.SERVER
+            self._set_span_in_context = trace.set_span_in_context
+            self._attach = otel_context.attach
+            self._detach = otel_context.detach
+            self._status_error = trace.Status(trace.StatusCode.ERROR)
+            self._link = trace.Link
+        if self.providers.meter_provider is not None:
+            from gpuledger.exporters._metrics import InvocationMetrics  # noqa: PLC0415
+
+            self.metrics = InvocationMetrics(
+                self.providers.meter_provider,
+                trigger=self.platform.faas_trigger,
+                user_attributes=settings.user_id_on_metrics,
+                telemetry_errors=_guard.error_counts,
+                pending=lambda: self.pipeline.pending,
+            )
+
+    def resource_attributes(self) -> dict[str, Any]:
+        """OpenTelemetry resource attributes of this worker (semantic-convention names)."""
+        return {
+            "service.name": self.service_name,
+            "cloud.provider": self.platform.cloud_provider,
+            "cloud.platform": self.platform.cloud_platform,
+            "cloud.region": self.region,
+            "faas.name": self.endpoint or self.service_name,
+            "faas.instance": self.worker_id,
+            "gpuledger.platform": self.platform.platform,
+            "gpuledger.gpu.model": self.gpu,
+            "gpuledger.gpu.count": self.gpu_count,
+        }
+
+    # -- the request path -------------------------------------------------------------------
+
+    def begin(self, spec: HandlerSpec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Invocation:
+        """Open an invocation of ``spec`` called with ``args``/``kwargs`` (not yet active)."""
+        start_ns = self._time_ns()
+        invocation = Invocation(spec.name, start_ns, self._perf_ns())
+        if spec.invocation_id is not None:
+            try:
+                invocation._invocation_id = str(spec.invocation_id(*args, **kwargs))
+            except Exception as error:  # noqa: BLE001
+                _guard.record_failure("handler.invocation_id", error)
+        else:
+            # A RunPod-style job is the first argument (the second for a method).
+            for candidate in args[:2]:
+                if type(candidate) is dict and "input" in candidate and "id" in candidate:
+                    invocation._invocation_id = str(candidate["id"])
+                    break
+        if spec.user is not None:
+            try:
+                user = spec.user(*args, **kwargs)
+                if user is not None:
+                    invocation.user_id = str(user)
+            except Exception as error:  # noqa: BLE001
+                _guard.record_failure("handler.user", error)
+        if spec.tags is not None:
+            try:
+                tags = spec.tags(*args, **kwargs)
+                if tags:
+                    invocation.tags = {str(key): str(value) for key, value in tags.items()}
+            except Exception as error:  # noqa: BLE001
+                _guard.record_failure("handler.tags", error)
+        cold, init, gap = self.worker.begin(start_ns)
+        invocation.idle_gap_ns = gap
+        if init is not None:
+            invocation.cold = cold
+            invocation.init = init
+        if self.tracer is not None:
+            links = None
+            if init is not None:
+                links = [self._link(self._emit_init_span(init))]
+            invocation.span = self.tracer.start_span(
+                spec.name,
+                kind=self._server_kind,
+                start_time=start_ns,
+                links=links,
+                attributes={
+                    "faas.trigger": self.platform.faas_trigger,
+                    "faas.coldstart": invocation.cold,
+                },
+                record_exception=False,
+                set_status_on_exception=False,
+            )
+        return invocation
+
+    def activate(self, invocation: Invocation) -> None:
+        """Make ``invocation`` (and its span) current in this context."""
+        invocation._context_token = _current.set(invocation)
+        if invocation.span is not None:
+            invocation._otel_token = self._attach(self._set_span_in_context(invocation.span))
+
+    def deactivate(self, invocation: Invocation) -> None:
+        """Undo ``activate``."""
+        if invocation._otel_token is not None:
+            self._detach(invocation._otel_token)
+            invocation._otel_token = None
+        if invocation._context_token is not None:
+            _current.reset(invocation._context_token)
+            invocation._context_token = None
+
+    def end(self, invocation: Invocation, error: BaseException | None, outcome: str) -> None:
+        """Close ``invocation`` (already deactivated) and hand it to the background writer."""
+        invocation.duration_ns = self._perf_ns() - invocation.start_perf_ns
+        invocation.outcome = outcome
+        if error is not None:
+            cls = type(error)
+            invocation.error_type = (
+                cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+            )
+        late_phases = self.worker.end(invocation.start_ns + invocation.duration_ns)
+        if late_phases:
+            invocation.phases = (invocation.phases or []) + late_phases
+        span = invocation.span
+        if span is not None:
+            try:
+                self._finish_span(invocation, span, error)
+            except Exception as failure:  # noqa: BLE001
+                _guard.record_failure("span.end", failure)
+        self.pipeline.submit(invocation)
+
+    def _finish_span(self, invocation: Invocation, span: Any, error: BaseException | None) -> None:
+        attributes: dict[str, Any] = {
+            "faas.invocation_id": invocation.invocation_id,
+            "gpuledger.gpu.billed_seconds": invocation.duration_ns * self.gpu_count / 1e9,
+        }
+        if invocation.idle_gap_ns is not None:
+            attributes["gpuledger.idle_gap_s"] = invocation.idle_gap_ns / 1e9
+        if invocation.init is not None:
+            attributes["gpuledger.init.duration_s"] = invocation.init.duration_s
+        if invocation.user_id is not None:
+            user, pseudonymised = self.user_key(invocation.user_id)
+            attributes["enduser.pseudo.id" if pseudonymised else "enduser.id"] = user
+        if invocation.tenant is not None:
+            attributes["gpuledger.tenant"] = invocation.tenant
+        if invocation.tags:
+            for key, value in invocation.tags.items():
+                attributes[f"gpuledger.tag.{key}"] = value
+        if invocation.input_tokens is not None:
+            attributes["gen_ai.usage.input_tokens"] = invocation.input_tokens
+        if invocation.output_tokens is not None:
+            attributes["gen_ai.usage.output_tokens"] = invocation.output_tokens
+        if self.pricer is not None:
+            cost = self._cost(invocation)
+            attributes["gpuledger.cost.usd"] = cost.total_usd
+            attributes["gpuledger.cost.execution_usd"] = cost.execution_usd
+            attributes["gpuledger.cost.gpu_usd"] = cost.gpu_usd
+            attributes["gpuledger.cost.coldstart_usd"] = cost.coldstart_usd
+            attributes["gpuledger.pricing.version"] = cost.catalogue_version
+        if error is not None:
+            attributes["error.type"] = invocation.error_type
+            span.record_exception(error)
+            span.set_status(self._status_error)
+        elif invocation.outcome != "ok":
+            attributes["error.type"] = invocation.outcome
+        span.set_attributes(attributes)
+        span.end(end_time=invocation.start_ns + invocation.duration_ns)
+
+    def _cost(self, invocation: Invocation) -> Any:
+        assert self.pricer is not None
+        init_s = invocation.init.duration_s if invocation.cold and invocation.init else None
+        if invocation.phases:
+            init_s = (init_s or 0.0) + sum(phase.duration_s for phase in invocation.phases)
+        return self.pricer(invocation.duration_ns * self.gpu_count / 1e9, self.gpu_count, init_s)
+
+    def _emit_init_span(self, init: InitInfo) -> Any:
+        """The init as a span of its own (with a child per phase); returns its span context."""
+        from opentelemetry import trace  # noqa: PLC0415
+
+        init_span = self.tracer.start_span(
+            "init",
+            context=trace.set_span_in_context(trace.INVALID_SPAN),
+            kind=trace.SpanKind.INTERNAL,
+            start_time=init.process_start_ns,
+            attributes={
+                "gpuledger.init.process_start_source": init.process_start_source,
+                "gpuledger.init.duration_s": init.duration_s,
+            },
+        )
+        self._emit_phase_spans(init.phases, init_span)
+        init_span.end(end_time=max(init.end_ns, init.process_start_ns))
+        return init_span.get_span_context()
+
+    def _emit_phase_spans(self, phases: tuple[Phase, ...] | list[Phase], parent_span: Any) -> None:
+        from opentelemetry import trace  # noqa: PLC0415
+
+        spans: dict[str, Any] = {}
+        for phase in phases:
+            parent = spans.get(phase.parent, parent_span) if phase.parent else parent_span
+            span = self.tracer.start_span(
+                phase.name,
+                context=trace.set_span_in_context(parent),
+                kind=trace.SpanKind.INTERNAL,
+                start_time=phase.start_ns,
+                attributes={"gpuledger.phase": phase.name},
+            )
+            span.end(end_time=max(phase.end_ns, phase.start_ns))
+            spans[phase.name] = span
+
+    def now_ns(self) -> int:
+        """The agent clock's wall time, Unix ns."""
+        return self._time_ns()
+
+    # -- users ------------------------------------------------------------------------------
+
+    def user_key(self, user_id: str) -> tuple[str, bool]:
+        """The id to store for ``user_id`` and whether it is a pseudonym."""
+        if not self.settings.pseudonymize_users:
+            return user_id, False
+        key = self.settings.pseudonym_key
+        if key is None and not self._pseudonym_warned:
+            self._pseudonym_warned = True
+            get_logger().warning(
+                "user ids are hashed without a key: anyone can reverse them by hashing guesses; "
+                "set GPULEDGER_PSEUDONYM_KEY"
+            )
+        return _pseudonym(key or "", user_id), True
+
+    # -- the background writer --------------------------------------------------------------
+
+    def _process_batch(self, batch: list[Invocation]) -> None:
+        records: list[InvocationRecord] = []
+        for invocation in batch:
+            try:
+                records.append(self.build_record(invocation))
+            except Exception as error:  # noqa: BLE001
+                _guard.record_failure("record.build", error)
+        if self.metrics is not None:
+            try:
+                self.metrics.record(records)
+            except Exception as error:  # noqa: BLE001
+                _guard.record_failure("metrics.record", error)
+        self._write(records)
+
+    def _write(self, records: list[InvocationRecord]) -> None:
+        pending = self._retry + records
+        try:
+            if self._ledger is None:
+                from gpuledger._ledger import open_ledger  # noqa: PLC0415
+
+                self._ledger = open_ledger(self.settings.ledger)
+            self._ledger.write(pending)
+        except Exception as error:  # noqa: BLE001
+            # Keep what could not be written for the next round, up to the bound.
+            overflow = max(0, len(pending) - self.settings.max_pending)
+            if overflow:
+                _guard.count("ledger.dropped", overflow)
+            self._retry = pending[overflow:]
+            _guard.record_failure("ledger.write", error)
+        else:
+            self._retry = []
+
+    def build_record(self, invocation: Invocation) -> InvocationRecord:
+        """The full record of a finished invocation."""
+        duration_s = invocation.duration_ns / 1e9
+        init = invocation.init
+        init_duration_s = init.duration_s if init is not None else None
+        phases: dict[str, float] | None = init.phase_seconds() if init is not None else None
+        if invocation.phases:
+            phases = dict(phases or {})
+            for phase in invocation.phases:
+                phases[phase.name] = phases.get(phase.name, 0.0) + phase.duration_s
+            init_duration_s = (init_duration_s or 0.0) + sum(
+                phase.duration_s for phase in invocation.phases if phase.parent is None
+            )
+        user_id, pseudonymised = (
+            self.user_key(invocation.user_id) if invocation.user_id is not None else (None, False)
+        )
+        cost = self._cost(invocation) if self.pricer is not None else None
+        return InvocationRecord(
+            record_id=os.urandom(16).hex(),
+            invocation_id=invocation.invocation_id,
+            handler=invocation.handler,
+            service_name=self.service_name,
+            platform=self.platform.platform,
+            endpoint=self.endpoint,
+            worker_id=self.worker_id,
+            region=self.region,
+            gpu_model=self.gpu,
+            gpu_count=self.gpu_count,
+            start_ns=invocation.start_ns,
+            end_ns=invocation.start_ns + invocation.duration_ns,
+            duration_s=duration_s,
+            outcome=invocation.outcome,  # type: ignore[arg-type]
+            error_type=invocation.error_type,
+            cold=invocation.cold,
+            init_duration_s=init_duration_s,
+            init_phases=phases,
+            idle_gap_s=None if invocation.idle_gap_ns is None else invocation.idle_gap_ns / 1e9,
+            billed_gpu_seconds=duration_s * self.gpu_count,
+            user_id=user_id,
+            user_id_pseudonymised=pseudonymised,
+            tenant=invocation.tenant,
+            tags=dict(invocation.tags or {}),
+            input_tokens=invocation.input_tokens,
+            output_tokens=invocation.output_tokens,
+            cost_usd=cost.total_usd if cost else None,
+            cost_execution_usd=cost.execution_usd if cost else None,
+            cost_gpu_usd=cost.gpu_usd if cost else None,
+            cost_coldstart_usd=cost.coldstart_usd if cost else None,
+            pricing_platform=cost.platform if cost else None,
+            pricing_version=cost.catalogue_version if cost else None,
+            cost_source=cost.source if cost else self.cost_source,
+        )
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def flush(self, timeout_s: float | None = None) -> bool:
+        """Write everything finished so far to the ledger and export telemetry; False on timeout."""
+        timeout = self.settings.flush_timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + timeout
+        done = self.pipeline.flush(timeout)
+        if self.providers is not None:
+            try:
+                self.providers.flush(max(0.001, deadline - time.monotonic()))
+            except Exception as error:  # noqa: BLE001
+                _guard.record_failure("exporter.flush", error)
+        return done
+
+    def shutdown(self, timeout_s: float | None = None) -> bool:
+        """Flush, stop the writer, close the ledger and the providers gpuledger owns."""
+        if self.closed:
+            return True
+        self.closed = True
+        timeout = self.settings.flush_timeout_s if timeout_s is None else timeout_s
+        done = self.pipeline.close(timeout)
+        if self._retry or self.pipeline.pending:
+            get_logger().error(
+                "gpuledger shut down with invocations not written to the ledger",
+                unwritten=len(self._retry) + self.pipeline.pending,
+                ledger=self.settings.ledger,
+            )
+        if self.providers is not None:
+            try:
+                self.providers.flush(timeout)
+                self.providers.shutdown()
+            except Exception as error:  # noqa: BLE001
+                _guard.record_failure("exporter.shutdown", error)
+        if self._ledger is not None:
+            try:
+                self._ledger.close()
+            except Exception as error:  # noqa: BLE001
+                _guard.record_failure("ledger.close", error)
+            self._ledger = None
+        return done
+
+
+@lru_cache(maxsize=8192)
+def _pseudonym(key: str, user_id: str) -> str:
+    # HMAC-SHA256, truncated to 128 bits: collision-free enough for chargeback, short in a table.
+    return hmac.new(key.encode(), user_id.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+# -- the process-wide agent -----------------------------------------------------------------
+
+_agent: Agent | None = None
+_agent_lock = threading.RLock()
+_worker_state: WorkerState | None = None
+_hooks_installed = False
+_previous_sigterm: Any = None
+
+
+def _worker_for(prewarm_threshold_s: float, clock: Any) -> WorkerState:
+    """The process's worker state: one per process, kept across re-configuration."""
+    global _worker_state
+    with _agent_lock:
+        if _worker_state is None:
+            _worker_state = WorkerState(prewarm_threshold_s)
+        else:
+            _worker_state.prewarm_threshold_ns = int(prewarm_threshold_s * 1e9)
+        return _worker_state
+
+
+def worker_state() -> WorkerState:
+    """The worker state, created before configuration if phases or handlers need it."""
+    global _worker_state
+    with _agent_lock:
+        if _worker_state is None:
+            _worker_state = WorkerState(10.0)
+        return _worker_state
+
+
+def configure(**settings: Any) -> Agent:
+    """Configure gpuledger for this process (see the README's table for every setting).
+
+    Arguments win over ``GPULEDGER_*``/``OTEL_*`` environment variables, which win over the
+    defaults. An unknown keyword or a bad value raises ConfigError. Calling it again replaces
+    the configuration: the previous agent is flushed and shut down first.
+    """
+    global _agent
+    resolved = resolve_settings(settings)
+    with _agent_lock:
+        new_agent = Agent(resolved)
+        old, _agent = _agent, new_agent
+        _install_hooks()
+    if old is not None:
+        old.shutdown()
+    return new_agent
+
+
+def get_agent() -> Agent | None:
+    """The agent, configured from the environment on first use; None if that failed (logged)."""
+    agent = _agent
+    if agent is not None:
+        return agent
+    with _agent_lock:
+        if _agent is not None:
+            return _agent
+        try:
+            return configure()
+        except Exception as error:  # noqa: BLE001
+            # A bad environment must not break the handler: it runs, untraced, and we say why.
+            _guard.record_failure("configure", error)
+            return None
+
+
+def current_agent() -> Agent | None:
+    """The agent if one is configured; never configures."""
+    return _agent
+
+
+def flush(timeout: float | None = None) -> bool:
+    """Write and export everything finished so far, waiting at most ``timeout`` seconds.
+
+    Returns False if the wait timed out. Does nothing (and returns True) before configuration.
+    """
+    agent = _agent
+    return True if agent is None else agent.flush(timeout)
+
+
+def shutdown(timeout: float | None = None) -> bool:
+    """Flush and stop gpuledger in this process; the next invocation configures it anew."""
+    global _agent
+    with _agent_lock:
+        agent, _agent = _agent, None
+    return True if agent is None else agent.shutdown(timeout)
+
+
+def reset_for_tests() -> None:
+    """Shut down and forget all process-wide state (the test suite's fixture calls it)."""
+    global _worker_state
+    shutdown(timeout=5.0)
+    with _agent_lock:
+        _worker_state = None
+    _guard.reset()
+    _guard.set_strict(False)
+    _pseudonym.cache_clear()
+
+
+def _install_hooks() -> None:
+    """At exit and on SIGTERM, flush; after fork, start afresh in the child."""
+    global _hooks_installed, _previous_sigterm
+    if _hooks_installed:
+        return
+    _hooks_installed = True
+    atexit.register(_at_exit)
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+    # Platforms stop workers with SIGTERM, whose default action skips atexit. Only when nobody
+    # else handles it: flush, then let the default action run as if we were not here.
+    if threading.current_thread() is threading.main_thread():
+        try:
+            if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+                _previous_sigterm = signal.signal(signal.SIGTERM, _on_sigterm)
+        except (ValueError, OSError):
+            pass
+
+
+def _at_exit() -> None:
+    try:
+        shutdown()
+    except Exception:  # noqa: BLE001, S110  (nothing may fail at exit)
+        pass
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    _at_exit()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _after_fork_in_child() -> None:
+    # The writer thread and locks did not survive the fork; the child is a new worker.
+    global _agent, _worker_state, _agent_lock
+    _agent_lock = threading.RLock()
+    _worker_state = None
+    parent, _agent = _agent, None
+    if parent is not None:
+        _agent = Agent(parent.settings)

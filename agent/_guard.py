@@ -1,0 +1,63 @@
+"""Containing the agent's own failures: the handler always runs, and nothing fails silently.
+
+A failure inside gpuledger (an exporter that raises, a ledger that cannot be written, a bug) is
+caught where it happens, counted by kind, and logged the first time each kind occurs. The counts
+are exported as the ``gpuledger.telemetry.errors`` metric. Under ``strict`` (the test suite sets
+it) the failure is re-raised instead, so tests see what users would only see in a counter.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+
+from gpuledger._logging import get_logger
+
+__all__ = ["error_counts", "record_failure", "reset", "set_strict"]
+
+_lock = threading.Lock()
+_counts: Counter[str] = Counter()
+_strict = False
+
+
+def set_strict(strict: bool) -> None:
+    """Re-raise contained failures (``True``) or only count and log them (``False``)."""
+    global _strict
+    _strict = strict
+
+
+def record_failure(kind: str, error: BaseException) -> None:
+    """Count ``error`` under ``kind`` and log it if it is the first of its kind.
+
+    Called from an ``except`` block; re-raises the active exception under strict mode.
+    """
+    with _lock:
+        _counts[kind] += 1
+        first = _counts[kind] == 1
+    if first:
+        get_logger().error(
+            "gpuledger internal failure; your handler is unaffected, further ones are counted "
+            "in gpuledger.telemetry.errors",
+            kind=kind,
+            error=f"{type(error).__name__}: {error}",
+        )
+    if _strict:
+        raise error
+
+
+def count(kind: str, amount: int = 1) -> None:
+    """Count an event that is not an exception (records dropped at the bound, for example)."""
+    with _lock:
+        _counts[kind] += amount
+
+
+def error_counts() -> dict[str, int]:
+    """Failures so far, by kind."""
+    with _lock:
+        return dict(_counts)
+
+
+def reset() -> None:
+    """Forget all counts (tests)."""
+    with _lock:
+        _counts.clear()

@@ -1,0 +1,369 @@
+"""``@traced_handler``, ``@traced_init`` and ``phase()``: what users put in their code.
+
+The wrapper keeps the handler's kind (sync, async, generator, async generator), so platforms that
+inspect it (RunPod checks ``inspect.iscoroutinefunction`` and ``isgeneratorfunction``) see what
+they would see unwrapped, and keeps its signature and annotations (``functools.wraps``), which
+Cog and FastAPI read. Results, yielded items and exceptions pass through untouched; gpuledger's
+own failures are contained and counted, never raised into the handler.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import sys
+from collections.abc import AsyncGenerator, Callable, Generator, Mapping
+from types import TracebackType
+from typing import Any, TypeVar, overload
+
+from gpuledger import _agent as agent_module
+from gpuledger import _guard
+from gpuledger._agent import HandlerSpec
+from gpuledger._invocation import Invocation, _current
+from gpuledger._worker import Phase
+
+__all__ = ["phase", "traced_handler", "traced_init"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _outcome(error: BaseException) -> str:
+    if isinstance(error, GeneratorExit):
+        return "cancelled"
+    # Only a process that imported asyncio can raise its CancelledError; importing it here
+    # would cost every user ~20 ms of start-up.
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is not None and isinstance(error, asyncio.CancelledError):
+        return "cancelled"
+    if isinstance(error, TimeoutError):
+        return "timeout"
+    return "error"
+
+
+def _begin(spec: HandlerSpec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Invocation | None:
+    agent = agent_module._agent or agent_module.get_agent()
+    if agent is None:
+        return None
+    try:
+        return agent.begin(spec, args, kwargs)
+    except Exception as error:  # noqa: BLE001
+        _guard.record_failure("handler.begin", error)
+        return None
+
+
+def _activate(invocation: Invocation) -> None:
+    agent = agent_module._agent
+    if agent is not None:
+        try:
+            agent.activate(invocation)
+        except Exception as error:  # noqa: BLE001
+            _guard.record_failure("handler.activate", error)
+
+
+def _deactivate(invocation: Invocation) -> None:
+    agent = agent_module._agent
+    if agent is not None:
+        try:
+            agent.deactivate(invocation)
+        except Exception as error:  # noqa: BLE001
+            _guard.record_failure("handler.deactivate", error)
+
+
+def _end(invocation: Invocation, error: BaseException | None) -> None:
+    agent = agent_module._agent
+    if agent is None:
+        return
+    try:
+        agent.end(invocation, error, "ok" if error is None else _outcome(error))
+    except Exception as failure:  # noqa: BLE001
+        _guard.record_failure("handler.end", failure)
+
+
+@overload
+def traced_handler(function: F, /) -> F: ...
+
+
+@overload
+def traced_handler(
+    *,
+    name: str | None = None,
+    user: Callable[..., object] | None = None,
+    tags: Callable[..., Mapping[str, object]] | None = None,
+    invocation_id: Callable[..., object] | None = None,
+) -> Callable[[F], F]: ...
+
+
+def traced_handler(
+    function: Any = None,
+    /,
+    *,
+    name: str | None = None,
+    user: Callable[..., object] | None = None,
+    tags: Callable[..., Mapping[str, object]] | None = None,
+    invocation_id: Callable[..., object] | None = None,
+) -> Any:
+    """Trace, price and record every call of a request handler.
+
+    Use bare (``@traced_handler``) or with options: ``name`` (default: the function's qualified
+    name); ``user``, ``tags`` and ``invocation_id``, callables given the handler's own arguments
+    that return the user id, a mapping of tags, and the request id. A RunPod-style job
+    (``{"id": ..., "input": {...}}``) gives its ``id`` without being told. Works on functions
+    and methods, sync or async, generators and async generators; a generator's invocation ends
+    when it is exhausted, closed or raises.
+    """
+    for option_name, option in (("user", user), ("tags", tags), ("invocation_id", invocation_id)):
+        if option is not None and not callable(option):
+            raise TypeError(
+                f"traced_handler({option_name}=...) takes a callable of the handler's arguments, "
+                f"got {type(option).__name__}: {option!r}"
+            )
+    if name is not None and (not isinstance(name, str) or not name):
+        raise TypeError(f"traced_handler(name=...) must be a non-empty str, got {name!r}")
+
+    def decorate(target: Any) -> Any:
+        if isinstance(target, staticmethod | classmethod):
+            return type(target)(decorate(target.__func__))
+        if not callable(target):
+            raise TypeError(f"@traced_handler decorates a function or method, got {target!r}")
+        spec = HandlerSpec(
+            name or getattr(target, "__qualname__", None) or repr(target), user, tags, invocation_id
+        )
+        agent_module.worker_state().mark_ready(_wall_ns())
+        return _wrap(target, spec)
+
+    if function is None:
+        return decorate
+    return decorate(function)
+
+
+def _wall_ns() -> int:
+    agent = agent_module._agent
+    if agent is not None:
+        return agent.now_ns()
+    import time  # noqa: PLC0415
+
+    return time.time_ns()
+
+
+def _wrap(function: Any, spec: HandlerSpec) -> Any:  # noqa: C901  (one branch per kind)
+    if inspect.isasyncgenfunction(function):
+
+        async def async_generator_wrapper(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
+            invocation = _begin(spec, args, kwargs)
+            if invocation is None:
+                async for item in function(*args, **kwargs):
+                    yield item
+                return
+            generator = function(*args, **kwargs)
+            error: BaseException | None = None
+            try:
+                sent: Any = None
+                thrown: BaseException | None = None
+                while True:
+                    _activate(invocation)
+                    try:
+                        if thrown is not None:
+                            item = await generator.athrow(thrown)
+                        else:
+                            item = await generator.asend(sent)
+                    except StopAsyncIteration:
+                        return
+                    finally:
+                        _deactivate(invocation)
+                    thrown = None
+                    try:
+                        sent = yield item
+                    except GeneratorExit:
+                        raise
+                    except BaseException as caught:  # noqa: BLE001  (forward what the caller throws)
+                        thrown = caught
+            except BaseException as raised:
+                error = raised
+                raise
+            finally:
+                await generator.aclose()
+                _end(invocation, error)
+
+        return functools.wraps(function)(async_generator_wrapper)
+
+    if inspect.iscoroutinefunction(function):
+
+        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+            invocation = _begin(spec, args, kwargs)
+            if invocation is None:
+                return await function(*args, **kwargs)
+            _activate(invocation)
+            try:
+                result = await function(*args, **kwargs)
+            except BaseException as error:
+                _deactivate(invocation)
+                _end(invocation, error)
+                raise
+            _deactivate(invocation)
+            _end(invocation, None)
+            return result
+
+        return functools.wraps(function)(async_wrapper)
+
+    if inspect.isgeneratorfunction(function):
+
+        def generator_wrapper(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
+            invocation = _begin(spec, args, kwargs)
+            if invocation is None:
+                return (yield from function(*args, **kwargs))
+            generator = function(*args, **kwargs)
+            error: BaseException | None = None
+            try:
+                sent: Any = None
+                thrown: BaseException | None = None
+                while True:
+                    _activate(invocation)
+                    try:
+                        if thrown is not None:
+                            item = generator.throw(thrown)
+                        else:
+                            item = generator.send(sent)
+                    except StopIteration as stop:
+                        return stop.value
+                    finally:
+                        _deactivate(invocation)
+                    thrown = None
+                    try:
+                        sent = yield item
+                    except GeneratorExit:
+                        raise
+                    except BaseException as caught:  # noqa: BLE001  (forward what the caller throws)
+                        thrown = caught
+            except BaseException as raised:
+                error = raised
+                raise
+            finally:
+                generator.close()
+                _end(invocation, error)
+
+        return functools.wraps(function)(generator_wrapper)
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        invocation = _begin(spec, args, kwargs)
+        if invocation is None:
+            return function(*args, **kwargs)
+        _activate(invocation)
+        try:
+            result = function(*args, **kwargs)
+        except BaseException as error:
+            _deactivate(invocation)
+            _end(invocation, error)
+            raise
+        _deactivate(invocation)
+        _end(invocation, None)
+        return result
+
+    return functools.wraps(function)(wrapper)
+
+
+class phase:  # noqa: N801  (used like a function: ``with gpuledger.phase("model_load"):``)
+    """Time a named piece of init work: ``with gpuledger.phase("model_load"):``.
+
+    Outside a request it is part of the worker's init, attributed to the first request (or the
+    next one, if it runs later). Inside a request (a model loaded lazily on first use) it makes
+    that request cold and is counted in its init. Phases may nest. Exceptions pass through.
+    """
+
+    __slots__ = ("_invocation", "_phase", "_span", "_token", "name")
+
+    def __init__(self, name: str) -> None:
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"gpuledger.phase(name): a phase needs a non-empty name, got {name!r}")
+        self.name = name
+        self._phase: Phase | None = None
+        self._invocation: Invocation | None = None
+        self._span: Any = None
+        self._token: object = None
+
+    def __enter__(self) -> phase:
+        try:
+            now = _wall_ns()
+            invocation = _current.get()
+            if invocation is None:
+                self._phase = agent_module.worker_state().open_phase(self.name, now)
+            else:
+                self._invocation = invocation
+                self._phase = Phase(self.name, now)
+                agent = agent_module._agent
+                if agent is not None and agent.tracer is not None:
+                    from opentelemetry import context, trace  # noqa: PLC0415
+
+                    self._span = agent.tracer.start_span(
+                        self.name, start_time=now, attributes={"gpuledger.phase": self.name}
+                    )
+                    self._token = context.attach(trace.set_span_in_context(self._span))
+        except Exception as error:  # noqa: BLE001
+            _guard.record_failure("phase.enter", error)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        try:
+            current = self._phase
+            if current is None:
+                return
+            now = _wall_ns()
+            if self._invocation is None:
+                agent_module.worker_state().close_phase(current, now)
+                return
+            current.end_ns = now
+            invocation = self._invocation
+            invocation.cold = True
+            if invocation.phases is None:
+                invocation.phases = []
+            invocation.phases.append(current)
+            if self._span is not None:
+                from opentelemetry import context  # noqa: PLC0415
+
+                context.detach(self._token)
+                self._span.end(end_time=now)
+        except Exception as error:  # noqa: BLE001
+            _guard.record_failure("phase.exit", error)
+
+    async def __aenter__(self) -> phase:
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, traceback)
+
+
+def traced_init(function: Any = None, /, *, name: str | None = None) -> Any:
+    """Record a function's run as an init phase named ``name`` (default: its qualified name).
+
+    ``@gpuledger.traced_init`` on ``load_model()`` is ``with gpuledger.phase("load_model"):``
+    around its body; async functions too.
+    """
+
+    def decorate(target: Any) -> Any:
+        phase_name = name or getattr(target, "__qualname__", None) or repr(target)
+        if inspect.iscoroutinefunction(target):
+
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                with phase(phase_name):
+                    return await target(*args, **kwargs)
+
+            return functools.wraps(target)(async_wrapper)
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with phase(phase_name):
+                return target(*args, **kwargs)
+
+        return functools.wraps(target)(wrapper)
+
+    if function is None:
+        return decorate
+    return decorate(function)

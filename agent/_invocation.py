@@ -1,0 +1,140 @@
+"""The live invocation: what a handler sees while it runs, and the calls it makes on it.
+
+``Invocation`` is created on the request path, so it is small and slotted; the full
+:class:`~gpuledger.InvocationRecord` is built from it off the request path, by the background
+writer. The current invocation travels in a ``contextvars.ContextVar``, so threads started with
+``contextvars.copy_context()``, ``asyncio`` tasks and ``loop.run_in_executor`` see it too.
+"""
+
+from __future__ import annotations
+
+import os
+from contextvars import ContextVar, Token
+from itertools import count
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gpuledger._worker import Phase
+
+__all__ = ["Invocation", "current_invocation", "record_tokens", "tag"]
+
+_current: ContextVar[Invocation | None] = ContextVar("gpuledger_invocation", default=None)
+# Generated invocation ids: a random per-process prefix and a counter, formatted only when read
+# (uuid4 costs microseconds on the request path; this costs nothing until someone asks).
+_PROCESS_PREFIX = os.urandom(6).hex()
+_sequence = count(1)
+
+
+class Invocation:
+    """One running (or just finished) invocation of a traced handler.
+
+    Read ``invocation_id``, ``handler``, ``cold``, ``user_id``, ``tenant``, ``tags`` and the token
+    counts; change them through :func:`gpuledger.tag` and :func:`gpuledger.record_tokens`.
+    """
+
+    __slots__ = (
+        "_context_token",
+        "_invocation_id",
+        "_otel_token",
+        "_sequence",
+        "cold",
+        "duration_ns",
+        "error_type",
+        "handler",
+        "idle_gap_ns",
+        "init",
+        "input_tokens",
+        "outcome",
+        "output_tokens",
+        "phases",
+        "span",
+        "start_ns",
+        "start_perf_ns",
+        "tags",
+        "tenant",
+        "user_id",
+    )
+
+    def __init__(self, handler: str, start_ns: int, start_perf_ns: int) -> None:
+        self.handler = handler
+        self.start_ns = start_ns
+        self.start_perf_ns = start_perf_ns
+        self._invocation_id: str | None = None
+        self._sequence = 0
+        self.duration_ns = 0
+        self.outcome = "ok"
+        self.error_type: str | None = None
+        self.cold = False
+        self.init: Any = None
+        self.idle_gap_ns: int | None = None
+        self.phases: list[Phase] | None = None
+        self.user_id: str | None = None
+        self.tenant: str | None = None
+        self.tags: dict[str, str] | None = None
+        self.input_tokens: int | None = None
+        self.output_tokens: int | None = None
+        self.span: Any = None
+        self._context_token: Token[Invocation | None] | None = None
+        self._otel_token: object = None
+
+    @property
+    def invocation_id(self) -> str:
+        """The platform's id for this request (e.g. RunPod's job id), else a generated one."""
+        if self._invocation_id is None:
+            if not self._sequence:
+                self._sequence = next(_sequence)
+            self._invocation_id = f"{_PROCESS_PREFIX}-{self._sequence:08d}"
+        return self._invocation_id
+
+    def __repr__(self) -> str:
+        return (
+            f"<Invocation {self.handler} id={self.invocation_id} cold={self.cold} "
+            f"outcome={self.outcome}>"
+        )
+
+
+def current_invocation() -> Invocation | None:
+    """The invocation running in this context, or ``None`` outside a traced handler."""
+    return _current.get()
+
+
+def tag(*, user: object = None, tenant: object = None, **tags: object) -> None:
+    """Attribute the current invocation to a ``user`` and ``tenant`` and add free-form ``tags``.
+
+    Values are turned into text. Outside a traced handler this does nothing.
+    """
+    invocation = _current.get()
+    if invocation is None:
+        return
+    if user is not None:
+        invocation.user_id = str(user)
+    if tenant is not None:
+        invocation.tenant = str(tenant)
+    if tags:
+        if invocation.tags is None:
+            invocation.tags = {}
+        for key, value in tags.items():
+            invocation.tags[key] = str(value)
+
+
+def record_tokens(*, input: int | None = None, output: int | None = None) -> None:  # noqa: A002
+    """Add model tokens read (``input``) and generated (``output``) to the current invocation.
+
+    Calls add up, so a streaming handler can report as it goes. ``None`` adds nothing; a value
+    that is not a whole number of zero or more raises ``ValueError``. Outside a traced handler
+    this does nothing.
+    """
+    for name, value in (("input", input), ("output", output)):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 0
+        ):
+            raise ValueError(
+                f"gpuledger.record_tokens({name}={value!r}): a token count is a whole number >= 0"
+            )
+    invocation = _current.get()
+    if invocation is None:
+        return
+    if input is not None:
+        invocation.input_tokens = (invocation.input_tokens or 0) + input
+    if output is not None:
+        invocation.output_tokens = (invocation.output_tokens or 0) + output

@@ -1,0 +1,142 @@
+"""This worker process's life: when it started, its init phases, and its requests' rhythm.
+
+A worker is cold until its first request; what that request waited for is the *init*: from the
+process start (read from the OS) to the request, made of the named phases (``phase()``,
+``traced_init``, the platform hooks) and the unnamed rest (interpreter start and imports). When
+init ended longer ago than the pre-warm threshold, the worker was warm already and the first
+request is not cold, but the init is still recorded on it. Phases that run *inside* a request
+(a model loaded lazily on first use) make that request cold and count in its init.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from typing import Final
+
+from gpuledger._process import process_start_ns
+
+__all__ = ["InitInfo", "Phase", "WorkerState"]
+
+UNNAMED_PHASE: Final = "(unnamed)"
+
+
+@dataclasses.dataclass(slots=True)
+class Phase:
+    """One named piece of init work, in Unix nanoseconds."""
+
+    name: str
+    start_ns: int
+    end_ns: int = 0
+    parent: str | None = None
+    """The enclosing phase's name when phases nest; nested time is not counted twice."""
+
+    @property
+    def duration_s(self) -> float:
+        """The phase's length in seconds."""
+        return max(0, self.end_ns - self.start_ns) / 1e9
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class InitInfo:
+    """The process init attributed to the first request."""
+
+    process_start_ns: int
+    process_start_source: str
+    end_ns: int
+    """When init ended: the request's start if it was cold, else when the last phase ended."""
+    phases: tuple[Phase, ...]
+
+    @property
+    def duration_s(self) -> float:
+        """Process start to ``end_ns``, seconds."""
+        return max(0, self.end_ns - self.process_start_ns) / 1e9
+
+    def phase_seconds(self) -> dict[str, float]:
+        """Top-level phases by name (repeats summed), nested ones as ``parent/child``, and the
+        unnamed rest; top-level entries and the rest add up to ``duration_s``."""
+        seconds: dict[str, float] = {}
+        named = 0.0
+        for phase in self.phases:
+            key = phase.name if phase.parent is None else f"{phase.parent}/{phase.name}"
+            seconds[key] = seconds.get(key, 0.0) + phase.duration_s
+            if phase.parent is None:
+                named += phase.duration_s
+        seconds[UNNAMED_PHASE] = max(0.0, self.duration_s - named)
+        return seconds
+
+
+class WorkerState:
+    """Per-process bookkeeping behind cold starts and idle gaps; safe across threads."""
+
+    def __init__(self, prewarm_threshold_s: float, start: tuple[int, str] | None = None) -> None:
+        self.prewarm_threshold_ns = int(prewarm_threshold_s * 1e9)
+        self.process_start_ns, self.process_start_source = start or process_start_ns()
+        self._lock = threading.Lock()
+        self._pending_phases: list[Phase] = []
+        self._open_phases: list[Phase] = []
+        self._ready_ns = 0
+        self._served_first = False
+        self._active = 0
+        self._last_end_ns = 0
+
+    # -- init -------------------------------------------------------------------------------
+
+    def mark_ready(self, now_ns: int) -> None:
+        """Something finished preparing this worker at ``now_ns`` (a handler was decorated)."""
+        with self._lock:
+            self._ready_ns = max(self._ready_ns, now_ns)
+
+    def open_phase(self, name: str, now_ns: int) -> Phase:
+        """Start an init phase outside any request."""
+        with self._lock:
+            parent = self._open_phases[-1].name if self._open_phases else None
+            phase = Phase(name, now_ns, parent=parent)
+            self._open_phases.append(phase)
+            return phase
+
+    def close_phase(self, phase: Phase, now_ns: int) -> None:
+        """End ``phase``; it is attributed to the next request."""
+        phase.end_ns = now_ns
+        with self._lock:
+            if phase in self._open_phases:
+                self._open_phases.remove(phase)
+            self._pending_phases.append(phase)
+            self._ready_ns = max(self._ready_ns, now_ns)
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def begin(self, start_ns: int) -> tuple[bool, InitInfo | None, int]:
+        """A request starts: is it cold, the init to attribute to it, and its idle gap (ns)."""
+        with self._lock:
+            init: InitInfo | None = None
+            cold = False
+            if not self._served_first:
+                self._served_first = True
+                ready = self._ready_ns or start_ns
+                cold = start_ns - ready <= self.prewarm_threshold_ns
+                init = InitInfo(
+                    self.process_start_ns,
+                    self.process_start_source,
+                    start_ns if cold else ready,
+                    tuple(sorted(self._pending_phases, key=lambda phase: phase.start_ns)),
+                )
+                self._pending_phases = []
+                gap = max(0, start_ns - ready)
+            elif self._active:
+                gap = 0
+            else:
+                gap = max(0, start_ns - self._last_end_ns)
+            self._active += 1
+            return cold, init, gap
+
+    def end(self, end_ns: int) -> list[Phase] | None:
+        """A request ended; returns init phases that ran since the first request (attributed to
+        the request that just ended), if any."""
+        with self._lock:
+            self._active -= 1
+            self._last_end_ns = max(self._last_end_ns, end_ns)
+            if not self._pending_phases:
+                return None
+            phases, self._pending_phases = self._pending_phases, []
+            return phases

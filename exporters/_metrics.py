@@ -1,0 +1,128 @@
+"""The invocation metrics, recorded from finished records off the request path.
+
+Names follow the OpenTelemetry FaaS semantic conventions where they define one
+(``faas.invocations``, ``faas.invoke_duration``, ...); the rest is ours under ``gpuledger.*``.
+User and tenant ids are left off metric attributes unless the user opts in: each distinct id
+would be a new time series.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Final
+
+from gpuledger._record import InvocationRecord
+
+__all__ = ["DURATION_BUCKETS_S", "InvocationMetrics"]
+
+# Serverless GPU requests run from milliseconds (warm, small models) to the 15-120 minute
+# platform timeouts; init from under a second to minutes.
+DURATION_BUCKETS_S: Final = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0,
+    300.0, 600.0, 900.0, 1800.0, 3600.0,
+)
+
+
+class InvocationMetrics:
+    """The instruments, created once per meter, and ``record`` for a batch of records."""
+
+    def __init__(
+        self,
+        meter_provider: Any,
+        *,
+        trigger: str,
+        user_attributes: bool,
+        telemetry_errors: Callable[[], dict[str, int]],
+        pending: Callable[[], int],
+    ) -> None:
+        from opentelemetry.metrics import CallbackOptions, Observation  # noqa: PLC0415
+
+        from gpuledger import __version__  # noqa: PLC0415
+
+        meter = meter_provider.get_meter("gpuledger", __version__)
+        self._trigger = trigger
+        self._user_attributes = user_attributes
+        self._invocations = meter.create_counter(
+            "faas.invocations", unit="{invocation}", description="Invocations of the handler."
+        )
+        self._errors = meter.create_counter(
+            "faas.errors", unit="{error}", description="Invocations that raised."
+        )
+        self._timeouts = meter.create_counter(
+            "faas.timeouts", unit="{timeout}", description="Invocations that timed out."
+        )
+        self._coldstarts = meter.create_counter(
+            "faas.coldstarts", unit="{coldstart}", description="Invocations that were cold."
+        )
+        self._duration = meter.create_histogram(
+            "faas.invoke_duration",
+            unit="s",
+            description="Handler wall time.",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS_S,
+        )
+        self._init_duration = meter.create_histogram(
+            "faas.init_duration",
+            unit="s",
+            description="Process start to the end of init, on the request it was attributed to.",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS_S,
+        )
+        self._billed = meter.create_counter(
+            "gpuledger.gpu.billed", unit="s", description="GPU seconds billed (wall x GPUs held)."
+        )
+        self._busy = meter.create_counter(
+            "gpuledger.gpu.busy", unit="s", description="GPU seconds the GPU was busy (NVML)."
+        )
+        self._cost = meter.create_counter(
+            "gpuledger.cost", unit="USD", description="Cost of invocations under the platform's price."
+        )
+
+        def observe_errors(options: CallbackOptions) -> Iterable[Observation]:
+            return [
+                Observation(value, {"gpuledger.error.kind": kind})
+                for kind, value in telemetry_errors().items()
+            ]
+
+        def observe_pending(options: CallbackOptions) -> Iterable[Observation]:
+            return [Observation(pending())]
+
+        meter.create_observable_counter(
+            "gpuledger.telemetry.errors",
+            callbacks=[observe_errors],
+            unit="{error}",
+            description="gpuledger's own contained failures and dropped records, by kind.",
+        )
+        meter.create_observable_up_down_counter(
+            "gpuledger.ledger.pending",
+            callbacks=[observe_pending],
+            unit="{invocation}",
+            description="Finished invocations waiting for the background writer.",
+        )
+
+    def record(self, records: Sequence[InvocationRecord]) -> None:
+        """Add ``records`` to the instruments."""
+        for record in records:
+            attributes: dict[str, str] = {
+                "faas.trigger": self._trigger,
+                "gpuledger.handler": record.handler,
+            }
+            if self._user_attributes:
+                if record.user_id is not None:
+                    key = "enduser.pseudo.id" if record.user_id_pseudonymised else "enduser.id"
+                    attributes[key] = record.user_id
+                if record.tenant is not None:
+                    attributes["gpuledger.tenant"] = record.tenant
+            self._invocations.add(1, attributes)
+            self._duration.record(record.duration_s, attributes)
+            if record.outcome == "error":
+                self._errors.add(1, attributes)
+            elif record.outcome == "timeout":
+                self._timeouts.add(1, attributes)
+            if record.cold:
+                self._coldstarts.add(1, attributes)
+            if record.init_duration_s is not None:
+                self._init_duration.record(record.init_duration_s, attributes)
+            self._billed.add(record.billed_gpu_seconds, attributes)
+            if record.busy_gpu_seconds is not None:
+                self._busy.add(record.busy_gpu_seconds, attributes)
+            if record.cost_usd is not None:
+                self._cost.add(record.cost_usd, attributes)

@@ -1,0 +1,193 @@
+"""OpenTelemetry providers: the application's if it set them, else gpuledger's own.
+
+gpuledger never replaces a global TracerProvider or MeterProvider the application already set:
+it takes its tracer and meter from them and adds nothing to their pipelines. Only when the
+application has set none, and an exporter is asked for, does it build SDK providers (batch span
+processor, periodic metric reader) with the requested exporters and make them global, so the
+application's own instrumentation reaches the same backend.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["Providers", "setup_providers"]
+
+
+@dataclasses.dataclass(slots=True)
+class Providers:
+    """The providers gpuledger emits through, and which of them it owns (and must shut down)."""
+
+    tracer_provider: Any | None
+    meter_provider: Any | None
+    owns_tracer_provider: bool = False
+    owns_meter_provider: bool = False
+    origin: str = ""
+    """``argument``, ``application`` or ``gpuledger``: where the providers came from."""
+
+    def flush(self, timeout_s: float) -> None:
+        """Force-flush the providers gpuledger owns (the application flushes its own)."""
+        millis = max(1, int(timeout_s * 1000))
+        if self.owns_tracer_provider and self.tracer_provider is not None:
+            self.tracer_provider.force_flush(millis)
+        if self.owns_meter_provider and self.meter_provider is not None:
+            self.meter_provider.force_flush(millis)
+
+    def shutdown(self) -> None:
+        """Shut down the providers gpuledger owns."""
+        if self.owns_tracer_provider and self.tracer_provider is not None:
+            self.tracer_provider.shutdown()
+        if self.owns_meter_provider and self.meter_provider is not None:
+            self.meter_provider.shutdown()
+
+
+def _app_tracer_provider() -> Any | None:
+    from opentelemetry import trace  # noqa: PLC0415  (lazy: OTel loads at configure, not import)
+
+    provider = trace.get_tracer_provider()
+    return None if isinstance(provider, trace.ProxyTracerProvider) else provider
+
+
+def _app_meter_provider() -> Any | None:
+    from opentelemetry import metrics  # noqa: PLC0415
+    from opentelemetry.metrics import _internal  # noqa: PLC0415  (the proxy type lives here)
+
+    provider = metrics.get_meter_provider()
+    return None if isinstance(provider, _internal._ProxyMeterProvider) else provider
+
+
+def setup_providers(
+    *,
+    tracing: bool,
+    metrics: bool,
+    exporters: tuple[str, ...],
+    resource_attributes: Mapping[str, Any],
+    tracer_provider: Any | None = None,
+    meter_provider: Any | None = None,
+) -> Providers:
+    """Pick or build the providers for ``tracing``/``metrics`` with ``exporters``.
+
+    Returns providers set to ``None`` where there is nowhere to send the signal (no provider
+    given, none set by the application, no exporter asked for): then gpuledger does not produce
+    that signal at all, and the ledger alone records the invocations.
+    """
+    origin = "argument" if tracer_provider is not None or meter_provider is not None else ""
+    if tracing and tracer_provider is None:
+        tracer_provider = _app_tracer_provider()
+        origin = origin or ("application" if tracer_provider is not None else "")
+    if metrics and meter_provider is None:
+        meter_provider = _app_meter_provider()
+        origin = origin or ("application" if meter_provider is not None else "")
+    result = Providers(
+        tracer_provider if tracing else None, meter_provider if metrics else None, origin=origin
+    )
+    if not exporters:
+        return result
+
+    resource = None
+    if tracing and result.tracer_provider is None:
+        resource = _resource(resource_attributes)
+        result.tracer_provider = _build_tracer_provider(resource, exporters)
+        result.owns_tracer_provider = True
+    if metrics and result.meter_provider is None:
+        resource = resource or _resource(resource_attributes)
+        result.meter_provider = _build_meter_provider(resource, exporters)
+        result.owns_meter_provider = True
+    if result.owns_tracer_provider or result.owns_meter_provider:
+        result.origin = result.origin or "gpuledger"
+    return result
+
+
+def _resource(attributes: Mapping[str, Any]) -> Any:
+    from opentelemetry.sdk.resources import Resource  # noqa: PLC0415
+
+    # Resource.create merges OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME from the environment.
+    return Resource.create({key: value for key, value in attributes.items() if value is not None})
+
+
+def _build_tracer_provider(resource: Any, exporters: tuple[str, ...]) -> Any:
+    from opentelemetry import trace  # noqa: PLC0415
+    from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor  # noqa: PLC0415
+
+    provider = TracerProvider(resource=resource)
+    for name in exporters:
+        if name == "otlp":
+            exporter: Any = _otlp_span_exporter()
+        else:
+            from opentelemetry.sdk.trace.export import ConsoleSpanExporter  # noqa: PLC0415
+
+            exporter = ConsoleSpanExporter()
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    return provider
+
+
+def _build_meter_provider(resource: Any, exporters: tuple[str, ...]) -> Any:
+    from opentelemetry import metrics  # noqa: PLC0415
+    from opentelemetry.sdk.metrics import MeterProvider  # noqa: PLC0415
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader  # noqa: PLC0415
+
+    readers = []
+    for name in exporters:
+        if name == "otlp":
+            exporter: Any = _otlp_metric_exporter()
+        else:
+            from opentelemetry.sdk.metrics.export import ConsoleMetricExporter  # noqa: PLC0415
+
+            exporter = ConsoleMetricExporter()
+        readers.append(PeriodicExportingMetricReader(exporter))
+    provider = MeterProvider(resource=resource, metric_readers=readers)
+    metrics.set_meter_provider(provider)
+    return provider
+
+
+def _otlp_protocol() -> str:
+    import os  # noqa: PLC0415
+
+    return (
+        os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+        or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+        or "http/protobuf"
+    ).strip()
+
+
+def _otlp_span_exporter() -> Any:
+    # Endpoint, headers, timeout, compression: the exporters read OTEL_EXPORTER_OTLP_* themselves.
+    if _otlp_protocol() == "grpc":
+        try:
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # noqa: PLC0415
+                OTLPSpanExporter,
+            )
+        except ImportError as missing:
+            raise ImportError(
+                "OTEL_EXPORTER_OTLP_PROTOCOL=grpc needs the gRPC exporter: "
+                "pip install 'gpuledger[grpc]'"
+            ) from missing
+        return OTLPSpanExporter()
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # noqa: PLC0415
+        OTLPSpanExporter as HTTPSpanExporter,
+    )
+
+    return HTTPSpanExporter()
+
+
+def _otlp_metric_exporter() -> Any:
+    if _otlp_protocol() == "grpc":
+        try:
+            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (  # noqa: PLC0415
+                OTLPMetricExporter,
+            )
+        except ImportError as missing:
+            raise ImportError(
+                "OTEL_EXPORTER_OTLP_PROTOCOL=grpc needs the gRPC exporter: "
+                "pip install 'gpuledger[grpc]'"
+            ) from missing
+        return OTLPMetricExporter()
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import (  # noqa: PLC0415
+        OTLPMetricExporter as HTTPMetricExporter,
+    )
+
+    return HTTPMetricExporter()
