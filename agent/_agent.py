@@ -10,6 +10,7 @@ needs it, metrics, the ledger row) happens on the writer's thread.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import dataclasses
 import hashlib
 import hmac
@@ -212,7 +213,7 @@ class Agent:
         if spec.invocation_id is not None:
             try:
                 invocation._invocation_id = str(spec.invocation_id(*args, **kwargs))
-            except Exception as error:  # noqa: BLE001
+            except Exception as error:
                 _guard.record_failure("handler.invocation_id", error)
         else:
             # A RunPod-style job is the first argument (the second for a method).
@@ -225,14 +226,14 @@ class Agent:
                 user = spec.user(*args, **kwargs)
                 if user is not None:
                     invocation.user_id = str(user)
-            except Exception as error:  # noqa: BLE001
+            except Exception as error:
                 _guard.record_failure("handler.user", error)
         if spec.tags is not None:
             try:
                 tags = spec.tags(*args, **kwargs)
                 if tags:
                     invocation.tags = {str(key): str(value) for key, value in tags.items()}
-            except Exception as error:  # noqa: BLE001
+            except Exception as error:
                 _guard.record_failure("handler.tags", error)
         cold, init, gap = self.worker.begin(start_ns)
         invocation.idle_gap_ns = gap
@@ -279,8 +280,12 @@ class Agent:
         if error is not None:
             cls = type(error)
             invocation.error_type = (
-                cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+                cls.__qualname__
+                if cls.__module__ == "builtins"
+                else f"{cls.__module__}.{cls.__qualname__}"
             )
+        elif outcome == "error":
+            invocation.error_type = "returned_error"
         late_phases = self.worker.end(invocation.start_ns + invocation.duration_ns)
         if late_phases:
             invocation.phases = (invocation.phases or []) + late_phases
@@ -288,7 +293,7 @@ class Agent:
         if span is not None:
             try:
                 self._finish_span(invocation, span, error)
-            except Exception as failure:  # noqa: BLE001
+            except Exception as failure:
                 _guard.record_failure("span.end", failure)
         self.pipeline.submit(invocation)
 
@@ -325,7 +330,8 @@ class Agent:
             span.record_exception(error)
             span.set_status(self._status_error)
         elif invocation.outcome != "ok":
-            attributes["error.type"] = invocation.outcome
+            attributes["error.type"] = invocation.error_type or invocation.outcome
+            span.set_status(self._status_error)
         span.set_attributes(attributes)
         span.end(end_time=invocation.start_ns + invocation.duration_ns)
 
@@ -333,7 +339,9 @@ class Agent:
         assert self.pricer is not None
         init_s = invocation.init.duration_s if invocation.cold and invocation.init else None
         if invocation.phases:
-            init_s = (init_s or 0.0) + sum(phase.duration_s for phase in invocation.phases)
+            init_s = (init_s or 0.0) + sum(
+                phase.duration_s for phase in invocation.phases if phase.parent is None
+            )
         return self.pricer(invocation.duration_ns * self.gpu_count / 1e9, self.gpu_count, init_s)
 
     def _emit_init_span(self, init: InitInfo) -> Any:
@@ -370,6 +378,18 @@ class Agent:
             span.end(end_time=max(phase.end_ns, phase.start_ns))
             spans[phase.name] = span
 
+    def error_result(self, result: object) -> bool:
+        """Whether a returned ``result`` is a failure by the platform's convention.
+
+        RunPod's worker fails a job whose handler returns a dict with an ``"error"`` key (its
+        SDK reports the job FAILED); elsewhere a returned value is never an error.
+        """
+        return (
+            self.platform.platform == "runpod"
+            and type(result) is dict
+            and bool(result.get("error"))
+        )
+
     def now_ns(self) -> int:
         """The agent clock's wall time, Unix ns."""
         return self._time_ns()
@@ -396,12 +416,12 @@ class Agent:
         for invocation in batch:
             try:
                 records.append(self.build_record(invocation))
-            except Exception as error:  # noqa: BLE001
+            except Exception as error:
                 _guard.record_failure("record.build", error)
         if self.metrics is not None:
             try:
                 self.metrics.record(records)
-            except Exception as error:  # noqa: BLE001
+            except Exception as error:
                 _guard.record_failure("metrics.record", error)
         self._write(records)
 
@@ -413,7 +433,7 @@ class Agent:
 
                 self._ledger = open_ledger(self.settings.ledger)
             self._ledger.write(pending)
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:
             # Keep what could not be written for the next round, up to the bound.
             overflow = max(0, len(pending) - self.settings.max_pending)
             if overflow:
@@ -432,7 +452,8 @@ class Agent:
         if invocation.phases:
             phases = dict(phases or {})
             for phase in invocation.phases:
-                phases[phase.name] = phases.get(phase.name, 0.0) + phase.duration_s
+                key = phase.name if phase.parent is None else f"{phase.parent}/{phase.name}"
+                phases[key] = phases.get(key, 0.0) + phase.duration_s
             init_duration_s = (init_duration_s or 0.0) + sum(
                 phase.duration_s for phase in invocation.phases if phase.parent is None
             )
@@ -486,7 +507,7 @@ class Agent:
         if self.providers is not None:
             try:
                 self.providers.flush(max(0.001, deadline - time.monotonic()))
-            except Exception as error:  # noqa: BLE001
+            except Exception as error:
                 _guard.record_failure("exporter.flush", error)
         return done
 
@@ -507,12 +528,12 @@ class Agent:
             try:
                 self.providers.flush(timeout)
                 self.providers.shutdown()
-            except Exception as error:  # noqa: BLE001
+            except Exception as error:
                 _guard.record_failure("exporter.shutdown", error)
         if self._ledger is not None:
             try:
                 self._ledger.close()
-            except Exception as error:  # noqa: BLE001
+            except Exception as error:
                 _guard.record_failure("ledger.close", error)
             self._ledger = None
         return done
@@ -541,6 +562,11 @@ def _worker_for(prewarm_threshold_s: float, clock: Any) -> WorkerState:
             _worker_state = WorkerState(prewarm_threshold_s)
         else:
             _worker_state.prewarm_threshold_ns = int(prewarm_threshold_s * 1e9)
+        # A test clock may say when "the process" started, to make cold starts exact.
+        process_start = getattr(clock, "process_start_ns", None)
+        if process_start is not None:
+            _worker_state.process_start_ns = process_start()
+            _worker_state.process_start_source = "clock"
         return _worker_state
 
 
@@ -581,7 +607,7 @@ def get_agent() -> Agent | None:
             return _agent
         try:
             return configure()
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:
             # A bad environment must not break the handler: it runs, untraced, and we say why.
             _guard.record_failure("configure", error)
             return None
@@ -631,18 +657,14 @@ def _install_hooks() -> None:
     # Platforms stop workers with SIGTERM, whose default action skips atexit. Only when nobody
     # else handles it: flush, then let the default action run as if we were not here.
     if threading.current_thread() is threading.main_thread():
-        try:
+        with contextlib.suppress(ValueError, OSError):
             if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
                 _previous_sigterm = signal.signal(signal.SIGTERM, _on_sigterm)
-        except (ValueError, OSError):
-            pass
 
 
 def _at_exit() -> None:
-    try:
+    with contextlib.suppress(Exception):  # nothing may fail at exit
         shutdown()
-    except Exception:  # noqa: BLE001, S110  (nothing may fail at exit)
-        pass
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:

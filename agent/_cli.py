@@ -14,7 +14,7 @@ __all__ = ["main"]
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="gpuledger")
 def main() -> None:
-    """gpuledger: what each GPU inference request really costs, and on which platform it should run."""
+    """gpuledger: what each GPU inference request costs, and where it should run."""
 
 
 main.add_command(report)

@@ -1,11 +1,129 @@
-"""`gpuledger pricing` (being written)."""
+"""``gpuledger pricing``: show the prices gpuledger uses, and check a pricing file.
+
+``gpuledger pricing show [--pricing FILE] [--format table|json]`` prints the shipped catalogue
+merged with ``FILE`` (else ``$GPULEDGER_PRICING``). ``gpuledger pricing validate FILE`` prints
+each problem in ``FILE`` as ``FILE: KEY: REASON`` and exits 1, or ``FILE: ok (N prices)``.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import click
 
+from gpuledger._errors import PricingError
+from gpuledger._pricing import PRICING_ENV, Catalogue, Price, check_file, load_catalogue
 
-@click.command("pricing")
+__all__ = ["pricing"]
+
+_COLUMNS = (
+    "platform",
+    "gpu",
+    "kind",
+    "exec fee $",
+    "$/GPU-s",
+    "$/h",
+    "increment s",
+    "minimum s",
+    "idle s",
+    "timeout s",
+    "start-up billed",
+    "source",
+)
+
+
+@click.group("pricing")
 def pricing() -> None:
-    """Not written yet."""
-    raise click.ClickException("gpuledger pricing is not written yet")
+    """The pricing catalogue: show the prices in use, check a pricing file."""
+
+
+@pricing.command("show")
+@click.option(
+    "--pricing",
+    "pricing_file",
+    metavar="FILE",
+    default=None,
+    help=f"A pricing file merged over the shipped catalogue [default: ${PRICING_ENV}, if set].",
+)
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="A table for people, JSON for programs (prices unrounded).",
+)
+def show(pricing_file: str | None, output_format: str) -> None:
+    """Print the catalogue: version, sources and one row per platform and GPU."""
+    try:
+        catalogue = load_catalogue(pricing_file)
+    except PricingError as error:
+        raise click.ClickException(str(error)) from error
+    if output_format == "json":
+        click.echo(json.dumps(_as_json(catalogue), indent=2))
+    else:
+        click.echo(_as_table(catalogue))
+
+
+@pricing.command("validate")
+@click.argument("file", metavar="FILE")
+def validate(file: str) -> None:
+    """Check FILE as a pricing file over the shipped catalogue; exit 1 if anything is wrong."""
+    problems, price_count = check_file(file)
+    for problem in problems:
+        click.echo(str(problem))
+    if problems:
+        raise click.exceptions.Exit(1)
+    click.echo(f"{file}: ok ({price_count} prices)")
+
+
+def _as_json(catalogue: Catalogue) -> dict[str, object]:
+    return {
+        "version": catalogue.version,
+        "sources": list(catalogue.sources),
+        "prices": [dataclasses.asdict(price) for price in catalogue.prices()],
+    }
+
+
+def _amount(value: float | None) -> str:
+    """A dollar amount without exponent or trailing zeros (display only: 10 decimals)."""
+    if value is None:
+        return "-"
+    return f"{value:.10f}".rstrip("0").rstrip(".")
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:g}"
+
+
+def _row(price: Price) -> tuple[str, ...]:
+    source = f"{price.source} ({price.citation})" if price.citation else price.source
+    return (
+        price.platform,
+        price.gpu,
+        price.kind,
+        _amount(price.execution_fee_usd),
+        _amount(price.per_gpu_second_usd),
+        _amount(price.hourly_usd),
+        _seconds(price.billing_increment_s),
+        _seconds(price.minimum_billed_s),
+        _seconds(price.idle_window_s),
+        _seconds(price.timeout_s),
+        "yes" if price.bills_startup else "no",
+        source,
+    )
+
+
+def _as_table(catalogue: Catalogue) -> str:
+    rows = [_COLUMNS, *(_row(price) for price in catalogue.prices())]
+    widths = [max(len(row[column]) for row in rows) for column in range(len(_COLUMNS))]
+    lines = [f"catalogue {catalogue.version}", "sources:"]
+    lines.extend(f"  - {source}" for source in catalogue.sources)
+    lines.append("")
+    for row in rows:
+        cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)

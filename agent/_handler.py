@@ -13,6 +13,7 @@ import functools
 import inspect
 import sys
 from collections.abc import AsyncGenerator, Callable, Generator, Mapping
+from contextvars import ContextVar, Token
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
@@ -25,6 +26,9 @@ from gpuledger._worker import Phase
 __all__ = ["phase", "traced_handler", "traced_init"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# The innermost phase open inside a request, so nested phases know their parent.
+_open_phase: ContextVar[str | None] = ContextVar("gpuledger_open_phase", default=None)
 
 
 def _outcome(error: BaseException) -> str:
@@ -46,7 +50,7 @@ def _begin(spec: HandlerSpec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> 
         return None
     try:
         return agent.begin(spec, args, kwargs)
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:
         _guard.record_failure("handler.begin", error)
         return None
 
@@ -56,7 +60,7 @@ def _activate(invocation: Invocation) -> None:
     if agent is not None:
         try:
             agent.activate(invocation)
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:
             _guard.record_failure("handler.activate", error)
 
 
@@ -65,17 +69,23 @@ def _deactivate(invocation: Invocation) -> None:
     if agent is not None:
         try:
             agent.deactivate(invocation)
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:
             _guard.record_failure("handler.deactivate", error)
 
 
-def _end(invocation: Invocation, error: BaseException | None) -> None:
+def _end(invocation: Invocation, error: BaseException | None, result: object = None) -> None:
     agent = agent_module._agent
     if agent is None:
         return
     try:
-        agent.end(invocation, error, "ok" if error is None else _outcome(error))
-    except Exception as failure:  # noqa: BLE001
+        if error is not None:
+            outcome = _outcome(error)
+        elif agent.error_result(result):
+            outcome = "error"
+        else:
+            outcome = "ok"
+        agent.end(invocation, error, outcome)
+    except Exception as failure:
         _guard.record_failure("handler.end", failure)
 
 
@@ -145,7 +155,7 @@ def _wall_ns() -> int:
     return time.time_ns()
 
 
-def _wrap(function: Any, spec: HandlerSpec) -> Any:  # noqa: C901  (one branch per kind)
+def _wrap(function: Any, spec: HandlerSpec) -> Any:
     if inspect.isasyncgenfunction(function):
 
         async def async_generator_wrapper(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
@@ -175,7 +185,7 @@ def _wrap(function: Any, spec: HandlerSpec) -> Any:  # noqa: C901  (one branch p
                         sent = yield item
                     except GeneratorExit:
                         raise
-                    except BaseException as caught:  # noqa: BLE001  (forward what the caller throws)
+                    except BaseException as caught:
                         thrown = caught
             except BaseException as raised:
                 error = raised
@@ -200,7 +210,7 @@ def _wrap(function: Any, spec: HandlerSpec) -> Any:  # noqa: C901  (one branch p
                 _end(invocation, error)
                 raise
             _deactivate(invocation)
-            _end(invocation, None)
+            _end(invocation, None, result)
             return result
 
         return functools.wraps(function)(async_wrapper)
@@ -232,7 +242,7 @@ def _wrap(function: Any, spec: HandlerSpec) -> Any:  # noqa: C901  (one branch p
                         sent = yield item
                     except GeneratorExit:
                         raise
-                    except BaseException as caught:  # noqa: BLE001  (forward what the caller throws)
+                    except BaseException as caught:
                         thrown = caught
             except BaseException as raised:
                 error = raised
@@ -255,13 +265,13 @@ def _wrap(function: Any, spec: HandlerSpec) -> Any:  # noqa: C901  (one branch p
             _end(invocation, error)
             raise
         _deactivate(invocation)
-        _end(invocation, None)
+        _end(invocation, None, result)
         return result
 
     return functools.wraps(function)(wrapper)
 
 
-class phase:  # noqa: N801  (used like a function: ``with gpuledger.phase("model_load"):``)
+class phase:
     """Time a named piece of init work: ``with gpuledger.phase("model_load"):``.
 
     Outside a request it is part of the worker's init, attributed to the first request (or the
@@ -269,7 +279,7 @@ class phase:  # noqa: N801  (used like a function: ``with gpuledger.phase("model
     that request cold and is counted in its init. Phases may nest. Exceptions pass through.
     """
 
-    __slots__ = ("_invocation", "_phase", "_span", "_token", "name")
+    __slots__ = ("_invocation", "_parent_token", "_phase", "_span", "_token", "name")
 
     def __init__(self, name: str) -> None:
         if not isinstance(name, str) or not name.strip():
@@ -278,7 +288,8 @@ class phase:  # noqa: N801  (used like a function: ``with gpuledger.phase("model
         self._phase: Phase | None = None
         self._invocation: Invocation | None = None
         self._span: Any = None
-        self._token: object = None
+        self._token: Any = None
+        self._parent_token: Token[str | None] | None = None
 
     def __enter__(self) -> phase:
         try:
@@ -288,7 +299,11 @@ class phase:  # noqa: N801  (used like a function: ``with gpuledger.phase("model
                 self._phase = agent_module.worker_state().open_phase(self.name, now)
             else:
                 self._invocation = invocation
-                self._phase = Phase(self.name, now)
+                parent = _open_phase.get()
+                self._phase = Phase(self.name, now, parent=parent)
+                self._parent_token = _open_phase.set(
+                    self.name if parent is None else f"{parent}/{self.name}"
+                )
                 agent = agent_module._agent
                 if agent is not None and agent.tracer is not None:
                     from opentelemetry import context, trace  # noqa: PLC0415
@@ -297,7 +312,7 @@ class phase:  # noqa: N801  (used like a function: ``with gpuledger.phase("model
                         self.name, start_time=now, attributes={"gpuledger.phase": self.name}
                     )
                     self._token = context.attach(trace.set_span_in_context(self._span))
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:
             _guard.record_failure("phase.enter", error)
         return self
 
@@ -316,6 +331,8 @@ class phase:  # noqa: N801  (used like a function: ``with gpuledger.phase("model
                 agent_module.worker_state().close_phase(current, now)
                 return
             current.end_ns = now
+            if self._parent_token is not None:
+                _open_phase.reset(self._parent_token)
             invocation = self._invocation
             invocation.cold = True
             if invocation.phases is None:
@@ -326,7 +343,7 @@ class phase:  # noqa: N801  (used like a function: ``with gpuledger.phase("model
 
                 context.detach(self._token)
                 self._span.end(end_time=now)
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:
             _guard.record_failure("phase.exit", error)
 
     async def __aenter__(self) -> phase:

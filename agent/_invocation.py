@@ -75,7 +75,7 @@ class Invocation:
         self.output_tokens: int | None = None
         self.span: Any = None
         self._context_token: Token[Invocation | None] | None = None
-        self._otel_token: object = None
+        self._otel_token: Any = None
 
     @property
     def invocation_id(self) -> str:
@@ -117,7 +117,7 @@ def tag(*, user: object = None, tenant: object = None, **tags: object) -> None:
             invocation.tags[key] = str(value)
 
 
-def record_tokens(*, input: int | None = None, output: int | None = None) -> None:  # noqa: A002
+def record_tokens(*, input: int | None = None, output: int | None = None) -> None:
     """Add model tokens read (``input``) and generated (``output``) to the current invocation.
 
     Calls add up, so a streaming handler can report as it goes. ``None`` adds nothing; a value

@@ -56,7 +56,8 @@ class InvocationRecord:
 
     # GPU
     billed_gpu_seconds: float = 0.0
-    """Wall time x GPUs held: what a per-second platform bills."""
+    """Wall time x GPUs held, exactly; the cost applies the platform's billing increment and
+    minimum on top (a 0.3 s request on a whole-second platform is billed 1 s)."""
     busy_gpu_seconds: float | None = None
     """GPU utilisation integrated over the request (NVML); None until measured."""
     energy_j: float | None = None

@@ -1,0 +1,813 @@
+"""The pricing catalogue and the cost models: what a request's GPU time costs on each platform.
+
+The catalogue ships inside the package as ``data/pricing.toml`` and is read on first use, never
+at ``import gpuledger``. A user file (an explicit path, else the ``GPULEDGER_PRICING`` environment
+variable) in the same format overrides it per platform field and per (platform, GPU) entry, and may
+add platforms and GPUs. Prices are keyed by platform (``runpod``, ``replicate``, ``modal``,
+``banana``, ``reserved``, or one from the user file) and canonical GPU model (``normalise_gpu``).
+
+Cost models, by the platform's ``kind`` (money in US dollars, time in seconds):
+
+* ``serverless_execution``: ``execution_fee_usd`` per invocation + ``per_gpu_second_usd`` per
+  billed GPU-second;
+* ``per_second``: ``per_gpu_second_usd`` per billed GPU-second;
+* ``reserved``: ``hourly_usd / 3600`` per billed GPU-second, pro rata: the share of an hour that
+  is paid anyway which the request held.
+
+Billed GPU-seconds are the request's per-GPU wall time, rounded up to a multiple of
+``billing_increment_s`` (when above 0) and at least ``minimum_billed_s``, times the GPUs held.
+A cold start adds its init time x GPUs x the per-second rate where the platform bills start-up.
+
+Fields a file leaves out: ``execution_fee_usd``, ``billing_increment_s`` and ``minimum_billed_s``
+default to 0 and ``bills_startup`` to false (``execution_fee_usd`` is required for
+``serverless_execution``); ``idle_window_s`` and ``timeout_s`` stay ``None``, unknown.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import math
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping
+from importlib import resources
+from importlib.resources.abc import Traversable
+from pathlib import Path
+from typing import Final, NoReturn
+
+from gpuledger._errors import PricingError
+
+__all__ = [
+    "KINDS",
+    "PRICING_ENV",
+    "Catalogue",
+    "Cost",
+    "Price",
+    "Problem",
+    "check_file",
+    "compile_pricer",
+    "default_catalogue",
+    "load_catalogue",
+    "normalise_gpu",
+    "shipped_path",
+    "validate_file",
+]
+
+PRICING_ENV: Final = "GPULEDGER_PRICING"
+"""Environment variable naming a pricing file merged over the shipped catalogue."""
+
+KINDS: Final = ("serverless_execution", "per_second", "reserved")
+"""The cost models a platform can have (see the module docstring)."""
+
+_SECONDS_PER_HOUR: Final = 3600.0
+# A per-GPU time that is a whole number of increments but for float noise (3 x 0.1 s / 3 GPUs
+# = 0.10000000000000002) must not be rounded up a whole increment.
+_ROUNDING_SLACK: Final = 1e-9
+
+
+# --------------------------------------------------------------------------------------------
+# Public value types
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Price:
+    """The billing rules and price of one GPU model on one platform (US dollars, seconds).
+
+    ``per_gpu_second_usd`` is also set for ``reserved`` (``hourly_usd / 3600``); ``hourly_usd``
+    is ``None`` for the other kinds. ``idle_window_s`` and ``timeout_s`` are ``None`` when unknown.
+    ``source`` is where the price came from, ``catalogue:<version>`` or ``file:<path>``;
+    ``citation`` is the reference the file gives for it ("" when none).
+    """
+
+    platform: str
+    gpu: str
+    kind: str
+    execution_fee_usd: float
+    per_gpu_second_usd: float
+    hourly_usd: float | None
+    billing_increment_s: float
+    minimum_billed_s: float
+    bills_startup: bool
+    idle_window_s: float | None
+    timeout_s: float | None
+    source: str
+    citation: str = ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Cost:
+    """What one invocation cost, in US dollars, unrounded: ``total_usd`` is the sum of the parts.
+
+    ``execution_usd`` is the per-invocation fee, ``gpu_usd`` the billed GPU time of the request,
+    ``coldstart_usd`` the init time billed to a cold request. ``source`` is the price's source.
+    """
+
+    total_usd: float
+    execution_usd: float
+    gpu_usd: float
+    coldstart_usd: float
+    platform: str
+    gpu: str
+    catalogue_version: str
+    source: str
+
+
+# A frozen dataclass's __init__ sets each field through object.__setattr__; the slots' own
+# descriptors set them directly in half the time, which the pricer uses on the request path.
+_COST_SETTERS: Final = tuple(
+    getattr(Cost, field.name).__set__ for field in dataclasses.fields(Cost)
+)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Problem:
+    """What is wrong in a pricing file; ``key`` is a dotted TOML key, ``line N`` or ``(file)``."""
+
+    file: str
+    key: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.key}: {self.reason}"
+
+
+# --------------------------------------------------------------------------------------------
+# GPU names
+
+_MEMORY_SIZE: Final = re.compile(r"\b\d+(?:\.\d+)?\s*(?:GB|GIB|G)\b")
+_SEPARATORS: Final = re.compile(r"[\s\-_/,.()!]+")
+_VENDOR_WORDS: Final = frozenset({"NVIDIA", "TESLA", "GEFORCE"})
+# Form factors and memory types, not models. "NVL" and "MIG" are kept: they name different
+# products (and prices) from the plain model, and an unknown GPU is better than a wrong price.
+_FORM_FACTOR: Final = re.compile(r"SXM\d*|PCIE\d*|HBM\d*E?|GDDR\d*X?")
+
+
+def normalise_gpu(name: str) -> str:
+    """The canonical model in a GPU name: upper case, without vendor, memory-size and form-factor
+    words ("NVIDIA H100 80GB HBM3" and "h100 sxm" -> "H100"); "" when nothing is left.
+    """
+    upper = _MEMORY_SIZE.sub(" ", name.upper())
+    words = [
+        word
+        for word in _SEPARATORS.split(upper)
+        if word and word not in _VENDOR_WORDS and not _FORM_FACTOR.fullmatch(word)
+    ]
+    return " ".join(words)
+
+
+# --------------------------------------------------------------------------------------------
+# The catalogue
+
+
+class Catalogue:
+    """Immutable prices keyed by (platform, canonical GPU), with a version and sources."""
+
+    __slots__ = ("_aliases", "_by_key", "_sources", "_version")
+
+    _aliases: Mapping[str, str]
+    _by_key: Mapping[tuple[str, str], Price]
+    _sources: tuple[str, ...]
+    _version: str
+
+    def __init__(
+        self,
+        version: str,
+        sources: Iterable[str],
+        prices: Iterable[Price],
+        aliases: Mapping[str, str] | None = None,
+    ) -> None:
+        """Build a catalogue; ``aliases`` maps normalised GPU names to canonical ones."""
+        object.__setattr__(self, "_version", version)
+        object.__setattr__(self, "_sources", tuple(sources))
+        object.__setattr__(
+            self, "_by_key", {(price.platform, price.gpu): price for price in prices}
+        )
+        object.__setattr__(self, "_aliases", dict(aliases or {}))
+
+    def __setattr__(self, name: str, value: object) -> NoReturn:
+        raise AttributeError(f"Catalogue is immutable: cannot set {name!r}")
+
+    def __repr__(self) -> str:
+        return f"Catalogue(version={self._version!r}, prices={len(self._by_key)})"
+
+    @property
+    def version(self) -> str:
+        """The catalogue version, e.g. ``2026-03``, or ``2026-03+mine`` with a user file merged."""
+        return self._version
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """Where the prices come from, shipped sources first."""
+        return self._sources
+
+    def canonical_gpu(self, gpu: str) -> str:
+        """The catalogue's key for a GPU name: normalised, then through the aliases."""
+        canonical = normalise_gpu(gpu)
+        return self._aliases.get(canonical, canonical)
+
+    def lookup(self, platform: str, gpu: str | None) -> Price | None:
+        """The price of ``gpu`` on ``platform``; ``None`` when either is unknown or not given."""
+        if gpu is None:
+            return None
+        return self._by_key.get((platform.strip().lower(), self.canonical_gpu(gpu)))
+
+    def platforms(self) -> list[str]:
+        """The platform names with at least one price, sorted."""
+        return sorted({platform for platform, _ in self._by_key})
+
+    def prices(self) -> list[Price]:
+        """Every price, sorted by platform then GPU."""
+        return [self._by_key[key] for key in sorted(self._by_key)]
+
+    def price(
+        self,
+        platform: str,
+        gpu: str | None,
+        *,
+        billed_gpu_seconds: float,
+        gpu_count: int = 1,
+        init_seconds: float | None = None,
+    ) -> Cost | None:
+        """The cost of one invocation (see ``compile_pricer``); ``None`` when there is no price."""
+        found = self.lookup(platform, gpu)
+        if found is None:
+            return None
+        return compile_pricer(found, self._version)(billed_gpu_seconds, gpu_count, init_seconds)
+
+
+def compile_pricer(
+    price: Price, catalogue_version: str
+) -> Callable[[float, int, float | None], Cost]:
+    """A function pricing one invocation at ``price``, its rates worked out once, for the hot path.
+
+    It takes ``(billed_gpu_seconds, gpu_count, init_seconds)``: GPU-seconds held (wall time x
+    GPUs), the GPUs held (below 1 counts as 1), and the init seconds of a cold start or ``None``.
+    """
+    if price.kind == "reserved" and price.hourly_usd is not None:
+        rate = price.hourly_usd / _SECONDS_PER_HOUR
+    else:
+        rate = price.per_gpu_second_usd
+    execution_usd = price.execution_fee_usd
+    startup_rate = rate if price.bills_startup else 0.0
+    increment = price.billing_increment_s
+    minimum = price.minimum_billed_s
+    adjusts = increment > 0.0 or minimum > 0.0
+    platform, gpu, source = price.platform, price.gpu, price.source
+    ceil = math.ceil
+    slack = _ROUNDING_SLACK
+    new = object.__new__
+    (
+        set_total,
+        set_execution,
+        set_gpu_usd,
+        set_coldstart,
+        set_platform,
+        set_gpu,
+        set_version,
+        set_source,
+    ) = _COST_SETTERS
+
+    def pricer(
+        billed_gpu_seconds: float, gpu_count: int = 1, init_seconds: float | None = None
+    ) -> Cost:
+        gpus = gpu_count if gpu_count > 0 else 1
+        billed = billed_gpu_seconds if billed_gpu_seconds > 0.0 else 0.0
+        if adjusts:
+            per_gpu = billed / gpus
+            if increment > 0.0:
+                per_gpu = ceil(per_gpu / increment - slack) * increment
+            if per_gpu < minimum:  # noqa: PLR1730 - a compare is cheaper than a call to max here
+                per_gpu = minimum
+            billed = per_gpu * gpus
+        gpu_usd = billed * rate
+        coldstart_usd = init_seconds * gpus * startup_rate if init_seconds is not None else 0.0
+        cost: Cost = new(Cost)
+        set_total(cost, execution_usd + gpu_usd + coldstart_usd)
+        set_execution(cost, execution_usd)
+        set_gpu_usd(cost, gpu_usd)
+        set_coldstart(cost, coldstart_usd)
+        set_platform(cost, platform)
+        set_gpu(cost, gpu)
+        set_version(cost, catalogue_version)
+        set_source(cost, source)
+        return cost
+
+    return pricer
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+def _shipped_resource() -> Traversable:
+    return resources.files("gpuledger") / "data" / "pricing.toml"
+
+
+def shipped_path() -> str:
+    """Where the shipped catalogue file is (a path for messages; it may live inside a zip)."""
+    return str(_shipped_resource())
+
+
+@functools.lru_cache(maxsize=1)
+def default_catalogue() -> Catalogue:
+    """The shipped catalogue, read once; raises ``PricingError`` if the shipped file is broken."""
+    return _shipped()[1]
+
+
+@functools.lru_cache(maxsize=1)
+def _shipped() -> tuple[_Spec, Catalogue]:
+    path = shipped_path()
+    problems: list[Problem] = []
+    text = _shipped_resource().read_text("utf-8")
+    spec, _count = _read_layer(_parse_toml(text, path, problems), path, None, problems)
+    catalogue = _build(spec, path, problems)
+    if problems:
+        raise PricingError(path, [str(problem) for problem in problems])
+    return spec, catalogue
+
+
+def load_catalogue(
+    path: str | os.PathLike[str] | None = None, *, use_env: bool = True
+) -> Catalogue:
+    """The shipped catalogue merged with a user file: ``path``, else ``$GPULEDGER_PRICING``
+    (when ``use_env``), else none. Raises ``PricingError`` listing every problem in the file.
+    """
+    from_env = False
+    if path is None and use_env:
+        path = os.environ.get(PRICING_ENV) or None
+        from_env = path is not None
+    if path is None:
+        return default_catalogue()
+    file = os.fspath(path)
+    base, _ = _shipped()
+    problems: list[Problem] = []
+    document = _read_document(file, problems)
+    catalogue = None
+    if document is not None:
+        spec, _count = _read_layer(document, file, base, problems)
+        catalogue = _build(spec, file, problems)
+    if problems or catalogue is None:
+        where = f"{file} (from {PRICING_ENV})" if from_env else file
+        raise PricingError(where, [str(problem) for problem in problems])
+    return catalogue
+
+
+def check_file(path: str | os.PathLike[str]) -> tuple[list[Problem], int]:
+    """Every problem in a pricing file read over the shipped catalogue, and how many
+    (platform, GPU) prices the file itself gives. Never raises for the file's content.
+    """
+    file = os.fspath(path)
+    problems: list[Problem] = []
+    document = _read_document(file, problems)
+    if document is None:
+        return problems, 0
+    try:
+        base: _Spec | None = _shipped()[0]
+    except PricingError:
+        # A broken shipped catalogue must not hide what is wrong with this file: check it alone.
+        base = None
+    spec, count = _read_layer(document, file, base, problems)
+    _build(spec, file, problems)
+    return problems, count
+
+
+def validate_file(path: str | os.PathLike[str]) -> list[Problem]:
+    """Every problem in a pricing file read over the shipped catalogue: unreadable, bad TOML, bad
+    values (in file order), then what a platform lacks for its kind. Never raises for content.
+    """
+    return check_file(path)[0]
+
+
+def _read_document(file: str, problems: list[Problem]) -> dict[str, object] | None:
+    try:
+        raw = Path(file).read_bytes()
+    except FileNotFoundError:
+        problems.append(Problem(file, "(file)", "no such file"))
+        return None
+    except IsADirectoryError:
+        problems.append(Problem(file, "(file)", "is a directory, not a pricing file"))
+        return None
+    except OSError as error:
+        problems.append(Problem(file, "(file)", f"cannot read: {error.strerror or error}"))
+        return None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        problems.append(Problem(file, "(file)", f"not UTF-8 text: {error.reason}"))
+        return None
+    return _parse_toml(text, file, problems)
+
+
+_TOML_POSITION: Final = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
+
+
+def _parse_toml(text: str, file: str, problems: list[Problem]) -> dict[str, object] | None:
+    # tomllib costs an import; only a load pays it.
+    import tomllib  # noqa: PLC0415 - ~7 ms of import that only a load should pay
+
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        message = str(error)
+        position = _TOML_POSITION.search(message)
+        if position is None:
+            problems.append(Problem(file, "(toml)", f"bad TOML syntax: {message}"))
+        else:
+            line, column = position.groups()
+            message = message[: position.start()]
+            problems.append(
+                Problem(file, f"line {line}", f"bad TOML syntax: {message} (column {column})")
+            )
+        return None
+
+
+# --------------------------------------------------------------------------------------------
+# Reading and merging a file's content
+#
+# A file is read as a layer over a base (the shipped catalogue; none for the shipped file
+# itself). Layer 0 is the shipped file, 1 a user file. Platform fields are merged one by one and
+# remember their layer; a GPU table replaces the base's table for that GPU as a whole.
+
+_Value = str | float | bool
+
+# Field -> how it is checked.
+_PLATFORM_FIELDS: Final[Mapping[str, str]] = {
+    "kind": "kind",
+    "execution_fee_usd": "price",
+    "billing_increment_s": "seconds",
+    "minimum_billed_s": "seconds",
+    "bills_startup": "bool",
+    "idle_window_s": "seconds",
+    "timeout_s": "positive_seconds",
+    "citation": "text",
+    "gpus": "table",
+}
+_GPU_FIELDS: Final[Mapping[str, str]] = {
+    "per_gpu_second_usd": "price",
+    "hourly_usd": "price",
+    "citation": "text",
+}
+_TOP_LEVEL: Final = ("version", "sources", "aliases", "platforms")
+_PLATFORM_NAME: Final = re.compile(r"[a-z0-9][a-z0-9_-]*")
+
+
+@dataclasses.dataclass(slots=True)
+class _Gpu:
+    key: str
+    fields: dict[str, _Value]
+    layer: int
+    origin: str
+    rejected: set[str]  # fields given with a bad value (already reported)
+
+
+@dataclasses.dataclass(slots=True)
+class _Platform:
+    key: str
+    fields: dict[str, tuple[_Value, int]]  # value and the layer that set it
+    gpus: dict[str, _Gpu]
+    gpu_tables_seen: bool = False
+    rejected: set[str] = dataclasses.field(default_factory=set)  # bad values, already reported
+
+
+@dataclasses.dataclass(slots=True)
+class _Spec:
+    version: str
+    sources: list[str]
+    aliases: dict[str, str]
+    platforms: dict[str, _Platform]
+    layer: int
+    origin: str
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, bool):
+        return f"boolean {str(value).lower()}"
+    if isinstance(value, str):
+        return f"string {value!r}"
+    if isinstance(value, int | float):
+        return f"number {value!r}"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    return f"{type(value).__name__} {value!r}"
+
+
+def _check_value(check: str, value: object) -> tuple[_Value | None, str | None]:
+    """The value to keep, or the reason it is wrong."""
+    if check == "text":
+        if isinstance(value, str) and value.strip():
+            return value, None
+        return None, f"must be a non-empty string, got {_describe(value)}"
+    if check == "bool":
+        if isinstance(value, bool):
+            return value, None
+        return None, f"must be true or false, got {_describe(value)}"
+    if check == "kind":
+        if not isinstance(value, str):
+            return None, f"must be a string, one of {', '.join(KINDS)}; got {_describe(value)}"
+        if value not in KINDS:
+            return None, f"unknown kind {value!r}, expected one of {', '.join(KINDS)}"
+        return value, None
+    # Numbers. TOML booleans are Python ints: refuse them explicitly.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None, f"must be a number, got {_describe(value)}"
+    number = float(value)
+    if not math.isfinite(number):
+        return None, f"must be a finite number, got {value!r}"
+    if number < 0:
+        return None, f"must not be negative, got {value!r}"
+    if check == "positive_seconds" and number == 0:
+        return None, "must be greater than 0"
+    return number, None
+
+
+def _unknown_key(key: str, allowed: Iterable[str]) -> str:
+    close = difflib.get_close_matches(key, list(allowed), n=1)
+    return f"unknown key (did you mean {close[0]!r}?)" if close else "unknown key"
+
+
+def _read_layer(
+    document: Mapping[str, object] | None,
+    file: str,
+    base: _Spec | None,
+    problems: list[Problem],
+) -> tuple[_Spec, int]:
+    """Merge one file over ``base``; returns the merged spec and how many GPU tables it gives."""
+    layer = 0 if base is None else base.layer + 1
+    spec = _Spec(
+        version=base.version if base else "",
+        sources=list(base.sources) if base else [],
+        aliases=dict(base.aliases) if base else {},
+        platforms={
+            name: dataclasses.replace(
+                platform, fields=dict(platform.fields), gpus=dict(platform.gpus), rejected=set()
+            )
+            for name, platform in (base.platforms.items() if base else ())
+        },
+        layer=layer,
+        origin="",
+    )
+    if document is None:
+        return spec, 0
+    add = functools.partial(_add_problem, problems, file)
+
+    for key in document:
+        if key not in _TOP_LEVEL:
+            add(key, _unknown_key(key, _TOP_LEVEL))
+
+    version = document.get("version")
+    own_version: str | None = None
+    if version is not None:
+        if isinstance(version, str) and version.strip():
+            own_version = version.strip()
+        else:
+            add("version", f"must be a non-empty string, got {_describe(version)}")
+    elif base is None:
+        add("version", "required: the catalogue version, e.g. '2026-03'")
+    if base is None:
+        spec.version = own_version or "unknown"
+        spec.origin = f"catalogue:{spec.version}"
+    else:
+        spec.version = f"{base.version}+{own_version or Path(file).stem}"
+        spec.origin = f"file:{file}"
+
+    sources = document.get("sources")
+    if sources is not None:
+        if isinstance(sources, list) and all(isinstance(s, str) and s.strip() for s in sources):
+            spec.sources.extend(str(s) for s in sources)
+        else:
+            add("sources", "must be an array of non-empty strings")
+    if base is not None:
+        spec.sources.append(spec.origin)
+
+    aliases = document.get("aliases")
+    if aliases is not None:
+        if isinstance(aliases, dict):
+            for alias, target in aliases.items():
+                _read_alias(spec, alias, target, add)
+        else:
+            add(
+                "aliases",
+                f"must be a table of GPU name = canonical GPU name, got {_describe(aliases)}",
+            )
+
+    count = 0
+    platforms = document.get("platforms")
+    if platforms is not None:
+        if isinstance(platforms, dict):
+            for name, table in platforms.items():
+                count += _read_platform(spec, name, table, add)
+        else:
+            add("platforms", f"must be a table of platforms, got {_describe(platforms)}")
+    elif base is None:
+        add("platforms", "required: at least one [platforms.<name>] table")
+    return spec, count
+
+
+def _add_problem(problems: list[Problem], file: str, key: str, reason: str) -> None:
+    problems.append(Problem(file, key, reason))
+
+
+def _read_alias(spec: _Spec, alias: str, target: object, add: Callable[[str, str], None]) -> None:
+    key = f"aliases.{alias}"
+    if not isinstance(target, str):
+        add(key, f"must be a GPU name (a string), got {_describe(target)}")
+        return
+    name, canonical = normalise_gpu(alias), normalise_gpu(target)
+    if not name:
+        add(key, "the alias is no GPU name: nothing is left after normalising")
+    elif not canonical:
+        add(key, f"{target!r} is no GPU name: nothing is left after normalising")
+    elif name != canonical:
+        spec.aliases[name] = spec.aliases.get(canonical, canonical)
+
+
+def _read_platform(spec: _Spec, name: str, table: object, add: Callable[[str, str], None]) -> int:
+    key = f"platforms.{name}"
+    platform_name = name.strip().lower()
+    if not _PLATFORM_NAME.fullmatch(platform_name):
+        add(key, "a platform name is letters, digits, '-' and '_'")
+        return 0
+    if not isinstance(table, dict):
+        add(key, f"must be a table, got {_describe(table)}")
+        return 0
+    platform = spec.platforms.get(platform_name)
+    if platform is None:
+        platform = spec.platforms[platform_name] = _Platform(key=key, fields={}, gpus={})
+    for field, value in table.items():
+        field_key = f"{key}.{field}"
+        check = _PLATFORM_FIELDS.get(field)
+        if check is None:
+            if field in _GPU_FIELDS:
+                add(field_key, f"a GPU's price goes in a [{key}.gpus.<GPU>] table")
+            else:
+                add(field_key, _unknown_key(field, _PLATFORM_FIELDS))
+        elif check != "table":
+            checked, reason = _check_value(check, value)
+            if reason is not None:
+                add(field_key, reason)
+                platform.rejected.add(field)
+            elif checked is not None:
+                platform.fields[field] = (checked, spec.layer)
+
+    count = 0
+    gpus = table.get("gpus")
+    if gpus is not None:
+        if not isinstance(gpus, dict):
+            add(f"{key}.gpus", f"must be a table of GPU tables, got {_describe(gpus)}")
+            return 0
+        platform.gpu_tables_seen = True
+        given_by: dict[str, str] = {}
+        for gpu_name, gpu_table in gpus.items():
+            gpu = _read_gpu(spec, f"{key}.gpus.{gpu_name}", gpu_name, gpu_table, add)
+            if gpu is None:
+                continue
+            canonical, entry = gpu
+            if canonical in given_by:
+                add(entry.key, f"the same GPU as {given_by[canonical]!r}: both are {canonical!r}")
+                continue
+            given_by[canonical] = gpu_name
+            platform.gpus[canonical] = entry
+            count += 1
+    return count
+
+
+def _read_gpu(
+    spec: _Spec, key: str, gpu_name: str, table: object, add: Callable[[str, str], None]
+) -> tuple[str, _Gpu] | None:
+    canonical = normalise_gpu(gpu_name)
+    canonical = spec.aliases.get(canonical, canonical)
+    if not canonical:
+        add(key, "no GPU model in this name: nothing is left after normalising")
+        return None
+    if not isinstance(table, dict):
+        add(key, f"must be a table with per_gpu_second_usd or hourly_usd, got {_describe(table)}")
+        return None
+    fields: dict[str, _Value] = {}
+    rejected: set[str] = set()
+    for field, value in table.items():
+        check = _GPU_FIELDS.get(field)
+        if check is None:
+            if field in _PLATFORM_FIELDS:
+                add(f"{key}.{field}", "a platform field: it goes in the platform's own table")
+            else:
+                add(f"{key}.{field}", _unknown_key(field, _GPU_FIELDS))
+            continue
+        checked, reason = _check_value(check, value)
+        if reason is not None:
+            add(f"{key}.{field}", reason)
+            rejected.add(field)
+        elif checked is not None:
+            fields[field] = checked
+    return canonical, _Gpu(key, fields, spec.layer, spec.origin, rejected)
+
+
+# The price field each kind needs per GPU, and the ones it does not use.
+_GPU_PRICE_FIELD: Final[Mapping[str, str]] = {
+    "serverless_execution": "per_gpu_second_usd",
+    "per_second": "per_gpu_second_usd",
+    "reserved": "hourly_usd",
+}
+
+
+def _build(spec: _Spec, file: str, problems: list[Problem]) -> Catalogue:
+    """Check every platform is complete for its kind and make the catalogue of what is usable."""
+    add = functools.partial(_add_problem, problems, file)
+    prices: list[Price] = []
+    for name, platform in spec.platforms.items():
+        fields = platform.fields
+        kind_entry = fields.get("kind")
+        if kind_entry is None:
+            if "kind" not in platform.rejected:
+                add(f"{platform.key}.kind", f"required: one of {', '.join(KINDS)}")
+            continue
+        kind = str(kind_entry[0])
+        fee_entry = fields.get("execution_fee_usd")
+        if kind == "serverless_execution" and fee_entry is None:
+            if "execution_fee_usd" not in platform.rejected:
+                add(f"{platform.key}.execution_fee_usd", "required for kind 'serverless_execution'")
+        elif (
+            kind != "serverless_execution" and fee_entry is not None and fee_entry[1] == spec.layer
+        ):
+            add(f"{platform.key}.execution_fee_usd", f"not used by kind {kind!r}")
+        if not platform.gpus:
+            if not platform.gpu_tables_seen:
+                add(
+                    f"{platform.key}.gpus",
+                    f"no GPU prices: give a [{platform.key}.gpus.<GPU>] table",
+                )
+            continue
+        price_field = _GPU_PRICE_FIELD[kind]
+        platform_layer = max(layer for _, layer in fields.values())
+        citation_entry = fields.get("citation")
+        for gpu_name, gpu in platform.gpus.items():
+            for unused in set(_GPU_PRICE_FIELD.values()) - {price_field}:
+                if unused in gpu.fields and gpu.layer == spec.layer:
+                    add(
+                        f"{gpu.key}.{unused}", f"not used by kind {kind!r} (it needs {price_field})"
+                    )
+            amount = gpu.fields.get(price_field)
+            if not isinstance(amount, float):
+                if price_field not in gpu.rejected:
+                    add(f"{gpu.key}.{price_field}", f"required for kind {kind!r}")
+                continue
+            if gpu.layer >= platform_layer:
+                source = gpu.origin
+                citation = gpu.fields.get("citation")
+                if (
+                    citation is None
+                    and citation_entry is not None
+                    and citation_entry[1] == gpu.layer
+                ):
+                    citation = citation_entry[0]
+            else:
+                # The file changed the platform's rules under a GPU price it did not give.
+                source, citation = spec.origin, None
+            prices.append(
+                _price(
+                    name,
+                    gpu_name,
+                    kind,
+                    fields=fields,
+                    amount=amount,
+                    source=source,
+                    citation=citation,
+                )
+            )
+    return Catalogue(spec.version, spec.sources, prices, spec.aliases)
+
+
+def _price(
+    platform: str,
+    gpu: str,
+    kind: str,
+    *,
+    fields: Mapping[str, tuple[_Value, int]],
+    amount: float,
+    source: str,
+    citation: _Value | None,
+) -> Price:
+    def number(field: str, default: float | None) -> float | None:
+        entry = fields.get(field)
+        return default if entry is None else float(entry[0])
+
+    reserved = kind == "reserved"
+    fee = number("execution_fee_usd", 0.0) if kind == "serverless_execution" else 0.0
+    return Price(
+        platform=platform,
+        gpu=gpu,
+        kind=kind,
+        execution_fee_usd=fee or 0.0,
+        per_gpu_second_usd=amount / _SECONDS_PER_HOUR if reserved else amount,
+        hourly_usd=amount if reserved else None,
+        billing_increment_s=number("billing_increment_s", 0.0) or 0.0,
+        minimum_billed_s=number("minimum_billed_s", 0.0) or 0.0,
+        bills_startup=bool(fields["bills_startup"][0]) if "bills_startup" in fields else False,
+        idle_window_s=number("idle_window_s", None),
+        timeout_s=number("timeout_s", None),
+        source=source,
+        citation=str(citation) if citation is not None else "",
+    )

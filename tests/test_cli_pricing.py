@@ -1,0 +1,183 @@
+"""``gpuledger pricing show`` and ``gpuledger pricing validate``, through click's CliRunner."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from gpuledger._cli_pricing import pricing
+from gpuledger._pricing import PRICING_ENV, shipped_path
+
+RUNPOD_OVERRIDE = "[platforms.runpod]\nexecution_fee_usd = 0.30\n"
+BROKEN = (
+    "[platforms.runpod.gpus.H100]\nper_gpu_secnd_usd = 0.0003\n"
+    "[platforms.modal.gpus.H100]\nper_gpu_second_usd = -1\n"
+)
+
+
+@pytest.fixture(autouse=True)
+def no_pricing_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test sees a GPULEDGER_PRICING from the environment it runs in."""
+    monkeypatch.delenv(PRICING_ENV, raising=False)
+
+
+def invoke(*args: str, env: dict[str, str] | None = None) -> Result:
+    """Run ``gpuledger pricing ARGS`` and return the result (stdout and stderr kept apart)."""
+    return CliRunner().invoke(pricing, list(args), env=env)
+
+
+def write(directory: Path, text: str, name: str = "mine.toml") -> Path:
+    """Write a pricing file and return its path."""
+    path = directory / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def table_rows(output: str) -> dict[str, list[str]]:
+    """The table rows of ``show``, by platform, split on runs of two or more spaces."""
+    rows: dict[str, list[str]] = {}
+    for line in output.splitlines():
+        cells = [cell for cell in line.split("  ") if cell.strip()]
+        if cells and cells[0].strip() in {"runpod", "replicate", "modal", "banana", "reserved"}:
+            rows[cells[0].strip()] = [cell.strip() for cell in cells]
+    return rows
+
+
+def test_show_table_lists_every_price() -> None:
+    """show prints the version, the sources, a header and one row per platform and GPU."""
+    result = invoke("show")
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("catalogue 2026-03\nsources:\n")
+    assert "Serverless GPU Computing" in result.output
+    assert "per-GPU" not in result.output  # the header uses the short column names
+    assert "$/GPU-s" in result.output
+    rows = table_rows(result.output)
+    assert sorted(rows) == ["banana", "modal", "replicate", "reserved", "runpod"]
+    assert rows["runpod"][:11] == [
+        "runpod", "H100", "serverless_execution", "0.25", "0.00024", "-", "1", "0", "900",
+        "900", "yes",
+    ]  # fmt: skip
+    assert rows["reserved"][3:6] == ["0", "0.0007472222", "2.69"]
+    assert rows["runpod"][11].startswith("catalogue:2026-03 (article:")
+
+
+def test_show_json_is_machine_readable() -> None:
+    """show --format json gives the version, sources and unrounded prices."""
+    result = invoke("show", "--format", "json")
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.output)
+    assert document["version"] == "2026-03"
+    assert len(document["sources"]) >= 1
+    by_platform = {price["platform"]: price for price in document["prices"]}
+    assert sorted(by_platform) == ["banana", "modal", "replicate", "reserved", "runpod"]
+    assert by_platform["reserved"]["per_gpu_second_usd"] == 2.69 / 3600
+    assert by_platform["banana"]["timeout_s"] is None
+    assert by_platform["runpod"]["source"] == "catalogue:2026-03"
+
+
+def test_show_merges_pricing_file(tmp_path: Path) -> None:
+    """show --pricing FILE shows the merged catalogue, the file's values and its source."""
+    path = write(tmp_path, RUNPOD_OVERRIDE)
+    result = invoke("show", "--pricing", str(path), "--format", "json")
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.output)
+    assert document["version"] == "2026-03+mine"
+    runpod = next(price for price in document["prices"] if price["platform"] == "runpod")
+    assert (runpod["execution_fee_usd"], runpod["source"]) == (0.30, f"file:{path}")
+
+
+def test_show_uses_env_file(tmp_path: Path) -> None:
+    """Without --pricing, show merges the file named by GPULEDGER_PRICING."""
+    path = write(tmp_path, RUNPOD_OVERRIDE, "env.toml")
+    result = invoke("show", env={PRICING_ENV: str(path)})
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("catalogue 2026-03+env\n")
+    assert table_rows(result.output)["runpod"][3] == "0.3"
+
+
+def test_show_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    """A missing --pricing file exits 1 with a message naming it, and no traceback."""
+    missing = tmp_path / "gone.toml"
+    result = invoke("show", "--pricing", str(missing))
+    assert result.exit_code == 1
+    assert isinstance(result.exception, SystemExit)
+    assert f"{missing}: (file): no such file" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_show_broken_file_lists_problems(tmp_path: Path) -> None:
+    """A --pricing file with problems exits 1 listing each one."""
+    path = write(tmp_path, BROKEN)
+    result = invoke("show", "--pricing", str(path))
+    assert result.exit_code == 1
+    assert isinstance(result.exception, SystemExit)
+    assert "3 problem(s)" in result.output
+    assert "per_gpu_secnd_usd: unknown key (did you mean 'per_gpu_second_usd'?)" in result.output
+
+
+def test_show_rejects_unknown_format() -> None:
+    """An unknown --format is a usage error, not a traceback."""
+    result = invoke("show", "--format", "yaml")
+    assert result.exit_code == 2
+    assert isinstance(result.exception, SystemExit)
+
+
+def test_validate_good_file(tmp_path: Path) -> None:
+    """validate prints 'FILE: ok (N prices)' and exits 0 for a good file."""
+    path = write(
+        tmp_path, RUNPOD_OVERRIDE + "[platforms.modal.gpus.A100]\nper_gpu_second_usd = 0.0004\n"
+    )
+    result = invoke("validate", str(path))
+    assert result.exit_code == 0, result.output
+    assert result.output == f"{path}: ok (1 prices)\n"
+
+
+def test_validate_shipped_catalogue() -> None:
+    """The shipped catalogue validates with its five prices."""
+    result = invoke("validate", shipped_path())
+    assert result.exit_code == 0, result.output
+    assert result.output == f"{shipped_path()}: ok (5 prices)\n"
+
+
+def test_validate_prints_each_problem(tmp_path: Path) -> None:
+    """validate prints one 'FILE: KEY: REASON' line per problem and exits 1."""
+    path = write(tmp_path, BROKEN)
+    result = invoke("validate", str(path))
+    assert result.exit_code == 1
+    assert result.output.splitlines() == [
+        f"{path}: platforms.runpod.gpus.H100.per_gpu_secnd_usd: "
+        "unknown key (did you mean 'per_gpu_second_usd'?)",
+        f"{path}: platforms.modal.gpus.H100.per_gpu_second_usd: must not be negative, got -1",
+        f"{path}: platforms.runpod.gpus.H100.per_gpu_second_usd: "
+        "required for kind 'serverless_execution'",
+    ]
+
+
+def test_validate_missing_file(tmp_path: Path) -> None:
+    """validate on a missing file says so and exits 1."""
+    missing = tmp_path / "gone.toml"
+    result = invoke("validate", str(missing))
+    assert result.exit_code == 1
+    assert result.output == f"{missing}: (file): no such file\n"
+
+
+def test_validate_bad_syntax(tmp_path: Path) -> None:
+    """validate reports a TOML syntax error with its line and exits 1."""
+    path = write(tmp_path, 'version = "x"\nkind = \n')
+    result = invoke("validate", str(path))
+    assert result.exit_code == 1
+    assert result.output.startswith(f"{path}: line 2: bad TOML syntax:")
+
+
+def test_pricing_is_wired_into_main() -> None:
+    """`gpuledger pricing` is reachable from the main command with show and validate."""
+    # Imported here so a sibling command that does not import breaks this test only.
+    from gpuledger._cli import main  # noqa: PLC0415
+
+    result = CliRunner().invoke(main, ["pricing", "--help"])
+    assert result.exit_code == 0, result.output
+    assert "show" in result.output
+    assert "validate" in result.output

@@ -1,0 +1,142 @@
+"""The background writer: bursts lose nothing, the bound never blocks, failures are retried."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import gpuledger
+from gpuledger import _guard
+from gpuledger._agent import current_agent
+from gpuledger._pipeline import Pipeline
+
+
+def _count(path: Path) -> int:
+    return int(sqlite3.connect(path).execute("SELECT count(*) FROM invocations").fetchone()[0])
+
+
+@pytest.mark.slow
+def test_burst_of_100000_invocations_loses_none(tmp_path: Path) -> None:
+    """100,000 invocations as fast as the handler can run: every one is in the ledger."""
+    ledger = tmp_path / "burst.db"
+    gpuledger.configure(
+        ledger=str(ledger), platform="runpod", gpu="H100", exporters="none", strict=True
+    )
+
+    @gpuledger.traced_handler
+    def handler(job: dict[str, Any]) -> int:
+        return 1
+
+    total = sum(handler({"id": f"job-{i}", "input": {}}) for i in range(100_000))
+    assert total == 100_000
+    assert gpuledger.flush(60)
+    assert _count(ledger) == 100_000
+    ids = (
+        sqlite3.connect(ledger)
+        .execute("SELECT count(DISTINCT invocation_id) FROM invocations")
+        .fetchone()[0]
+    )
+    assert ids == 100_000
+    assert _guard.error_counts() == {}
+
+
+def test_past_the_bound_the_handler_is_not_blocked_and_drops_are_counted(tmp_path: Path) -> None:
+    """With the writer stuck, invocations past max_pending are counted and logged, not waited on."""
+    ledger = tmp_path / "bound.db"
+    agent = gpuledger.configure(ledger=str(ledger), exporters="none", max_pending=10)
+    release = threading.Event()
+    original = agent._process_batch
+
+    def stuck(batch: list[Any]) -> None:
+        release.wait(10)
+        original(batch)
+
+    agent.pipeline._process = stuck
+
+    @gpuledger.traced_handler
+    def handler() -> str:
+        return "served"
+
+    results = [handler() for _ in range(30)]
+    assert results == ["served"] * 30  # every call returned while the writer was stuck
+    dropped = _guard.error_counts().get("ledger.dropped", 0)
+    release.set()
+    assert gpuledger.flush(10)
+    written = _count(ledger)
+    assert dropped > 0
+    assert written + dropped == 30  # nothing unaccounted for
+
+
+def test_ledger_write_failure_is_retried_without_loss(tmp_path: Path) -> None:
+    """A failed ledger write keeps its records and writes them with the next batch."""
+    ledger = tmp_path / "retry.db"
+    agent = gpuledger.configure(ledger=str(ledger), exporters="none")
+    from gpuledger._ledger import open_ledger
+
+    real = open_ledger(str(ledger))
+    calls = {"n": 0}
+
+    class FlakyLedger:
+        def write(self, records: list[Any]) -> int:
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise sqlite3.OperationalError("disk I/O error")
+            return real.write(records)
+
+        def close(self) -> None:
+            real.close()
+
+    agent._ledger = FlakyLedger()
+
+    @gpuledger.traced_handler
+    def handler() -> None:
+        return None
+
+    handler()
+    assert gpuledger.flush(5)
+    assert _count(ledger) == 0
+    assert _guard.error_counts() == {"ledger.write": 1}
+    handler()
+    assert gpuledger.flush(5)
+    assert _count(ledger) == 2
+
+
+def test_flush_waits_for_everything_submitted_before_it() -> None:
+    """flush() returns only after items submitted before it were processed, in order."""
+    seen: list[int] = []
+    pipeline = Pipeline(seen.extend, max_pending=1000, batch_size=7)
+    for i in range(100):
+        pipeline.submit(i)
+    assert pipeline.flush(5)
+    assert seen == list(range(100))
+    assert pipeline.close(5)
+
+
+def test_no_thread_before_first_use() -> None:
+    """The writer thread starts with the first submitted item, not at construction."""
+    before = threading.active_count()
+    pipeline = Pipeline(lambda batch: None, max_pending=10)
+    assert threading.active_count() == before
+    pipeline.submit(1)
+    assert threading.active_count() == before + 1
+    pipeline.close(5)
+
+
+def test_shutdown_writes_what_is_pending(tmp_path: Path) -> None:
+    """shutdown() flushes the queue to the ledger before stopping."""
+    ledger = tmp_path / "shutdown.db"
+    gpuledger.configure(ledger=str(ledger), exporters="none")
+
+    @gpuledger.traced_handler
+    def handler() -> None:
+        return None
+
+    for _ in range(50):
+        handler()
+    assert gpuledger.shutdown()
+    assert _count(ledger) == 50
+    assert current_agent() is None

@@ -1,0 +1,333 @@
+"""OpenTelemetry output: span attributes, metrics, user ids, providers, OTLP and console."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+import gpuledger
+
+from .conftest import Telemetry
+
+
+def _serve(clock: Any, seconds: float = 20.0) -> Any:
+    @gpuledger.traced_handler(name="generate", user=lambda job: job["input"].get("user"))
+    def generate(job: dict[str, Any]) -> str:
+        clock.advance(seconds)
+        gpuledger.record_tokens(input=10, output=50)
+        return "text"
+
+    return generate
+
+
+def test_span_carries_cost_and_its_parts(telemetry: Telemetry) -> None:
+    """A warm 20 s request on RunPod H100 is priced $0.25 + 20 x $0.00024 = $0.2548 on its span."""
+    serve = _serve(telemetry.clock)
+    serve({"id": "cold", "input": {}})
+    serve({"id": "warm", "input": {"user": "bob"}})
+    cold, warm = telemetry.spans("generate")
+    assert warm.attributes["faas.invocation_id"] == "warm"
+    assert warm.attributes["gpuledger.cost.usd"] == pytest.approx(0.2548)
+    assert warm.attributes["gpuledger.cost.execution_usd"] == pytest.approx(0.25)
+    assert warm.attributes["gpuledger.cost.gpu_usd"] == pytest.approx(0.0048)
+    assert warm.attributes["gpuledger.gpu.billed_seconds"] == pytest.approx(20.0)
+    assert warm.attributes["faas.trigger"] == "pubsub"
+    # The cold one also pays the 5 s process init, which RunPod bills.
+    assert cold.attributes["gpuledger.cost.coldstart_usd"] == pytest.approx(5 * 0.00024)
+    rows = telemetry.rows()
+    assert rows[1]["cost_usd"] == pytest.approx(0.2548)
+    assert rows[0]["cost_usd"] == pytest.approx(0.2548 + 5 * 0.00024)
+    assert rows[0]["pricing_version"] == "2026-03"
+
+
+def test_gpu_count_multiplies_billed_seconds(telemetry: Telemetry) -> None:
+    """Billed GPU seconds are wall time x GPUs held."""
+    gpuledger.configure(
+        ledger=str(telemetry.ledger_path),
+        platform="modal",
+        gpu="H100",
+        gpu_count=4,
+        clock=telemetry.clock,
+        exporters="none",
+    )
+    _serve(telemetry.clock, seconds=15.0)({"id": "x", "input": {}})
+    (row,) = telemetry.rows()
+    assert row["billed_gpu_seconds"] == pytest.approx(60.0)
+    assert row["gpu_count"] == 4
+    assert row["busy_gpu_seconds"] is None  # unknown until NVML measures it, never 0
+    assert row["energy_j"] is None
+
+
+def test_unknown_gpu_gives_null_cost_never_a_made_up_one(telemetry: Telemetry) -> None:
+    """A GPU the catalogue does not price: cost is null, and the record says why."""
+    gpuledger.configure(
+        ledger=str(telemetry.ledger_path),
+        platform="runpod",
+        gpu="T4",
+        clock=telemetry.clock,
+        exporters="none",
+    )
+    _serve(telemetry.clock)({"id": "x", "input": {}})
+    (row,) = telemetry.rows()
+    assert row["cost_usd"] is None
+    assert "no runpod price for GPU 'T4'" in row["cost_source"]
+
+
+def test_metrics_are_recorded_without_user_ids_by_default(telemetry: Telemetry) -> None:
+    """The FaaS and gpuledger metrics are recorded, and user ids stay off their attributes."""
+    serve = _serve(telemetry.clock)
+    serve({"id": "1", "input": {"user": "alice"}})
+    serve({"id": "2", "input": {"user": "bob"}})
+    (invocations,) = telemetry.metric_points("faas.invocations")
+    assert invocations.value == 2
+    assert "enduser.id" not in invocations.attributes
+    assert telemetry.metric_points("faas.coldstarts")[0].value == 1
+    assert telemetry.metric_points("gpuledger.gpu.billed")[0].value == pytest.approx(40.0)
+    cost = telemetry.metric_points("gpuledger.cost")[0].value
+    assert cost == pytest.approx(2 * 0.2548 + 5 * 0.00024)
+    (duration,) = telemetry.metric_points("faas.invoke_duration")
+    assert duration.count == 2 and duration.sum == pytest.approx(40.0)
+    (init,) = telemetry.metric_points("faas.init_duration")
+    assert init.sum == pytest.approx(5.0)
+    assert telemetry.metric_points("faas.errors") == []
+
+
+def test_user_ids_on_metrics_when_opted_in(telemetry: Telemetry) -> None:
+    """user_id_on_metrics puts enduser.id on the metric attributes."""
+    reader = InMemoryMetricReader()
+    gpuledger.configure(
+        ledger=str(telemetry.ledger_path),
+        platform="runpod",
+        gpu="H100",
+        clock=telemetry.clock,
+        meter_provider=MeterProvider(metric_readers=[reader]),
+        tracing=False,
+        user_id_on_metrics=True,
+    )
+    _serve(telemetry.clock)({"id": "1", "input": {"user": "alice"}})
+    gpuledger.flush(5)
+    data = reader.get_metrics_data()
+    users = {
+        point.attributes.get("enduser.id")
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for metric in sm.metrics
+        if metric.name == "faas.invocations"
+        for point in metric.data.data_points
+    }
+    assert users == {"alice"}
+
+
+def test_pseudonymised_user_ids(telemetry: Telemetry) -> None:
+    """With a key, the span and ledger carry a stable keyed hash, never the id itself."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    gpuledger.configure(
+        ledger=str(telemetry.ledger_path),
+        platform="runpod",
+        gpu="H100",
+        clock=telemetry.clock,
+        tracer_provider=provider,
+        metrics=False,
+        pseudonym_key="k1",
+    )
+    serve = _serve(telemetry.clock)
+    serve({"id": "1", "input": {"user": "alice@example.com"}})
+    serve({"id": "2", "input": {"user": "alice@example.com"}})
+    rows = telemetry.rows()
+    assert rows[0]["user_id"] == rows[1]["user_id"] != "alice@example.com"
+    assert rows[0]["user_id_pseudonymised"] == 1
+    spans = [span for span in exporter.get_finished_spans() if span.name == "generate"]
+    assert len(spans) == 2
+    assert {span.attributes["enduser.pseudo.id"] for span in spans} == {rows[0]["user_id"]}
+    assert all("enduser.id" not in span.attributes for span in spans)
+    assert "alice" not in telemetry.ledger_path.read_bytes().decode("latin-1")
+
+
+def test_no_exporter_means_no_spans_but_the_ledger(tmp_path: Path) -> None:
+    """With no exporter and no application provider, no span is made; the ledger still is."""
+    agent = gpuledger.configure(ledger=str(tmp_path / "l.db"), exporters="none")
+    assert agent.tracer is None and agent.metrics is None
+
+    @gpuledger.traced_handler
+    def handler() -> None:
+        return None
+
+    handler()
+    gpuledger.flush(5)
+    assert (tmp_path / "l.db").exists()
+
+
+@pytest.fixture
+def app_providers() -> Iterator[tuple[InMemorySpanExporter, TracerProvider, MeterProvider]]:
+    """The application sets global OTel providers first; restored after the test."""
+    from opentelemetry.metrics import _internal as metrics_internal
+    from opentelemetry.util._once import Once
+
+    exporter = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    trace.set_tracer_provider(tracer_provider)
+    metrics.set_meter_provider(meter_provider)
+    yield exporter, tracer_provider, meter_provider
+    trace._TRACER_PROVIDER_SET_ONCE = Once()
+    trace._TRACER_PROVIDER = None
+    metrics_internal._METER_PROVIDER_SET_ONCE = Once()
+    metrics_internal._METER_PROVIDER = None
+
+
+def test_application_providers_are_used_never_replaced(
+    app_providers: tuple[InMemorySpanExporter, TracerProvider, MeterProvider], tmp_path: Path
+) -> None:
+    """Global providers the app set are used as they are, even when an exporter is asked for."""
+    exporter, tracer_provider, meter_provider = app_providers
+    agent = gpuledger.configure(ledger=str(tmp_path / "l.db"), exporters="console")
+    assert trace.get_tracer_provider() is tracer_provider
+    assert metrics.get_meter_provider() is meter_provider
+    assert agent.providers.origin == "application"
+    assert not agent.providers.owns_tracer_provider
+
+    @gpuledger.traced_handler(name="app-handler")
+    def handler() -> None:
+        return None
+
+    handler()
+    gpuledger.shutdown()
+    assert [span.name for span in exporter.get_finished_spans()] == ["init", "app-handler"]
+
+
+class _OTLPReceiver(http.server.BaseHTTPRequestHandler):
+    received: list[tuple[str, bytes]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.received.append((self.path, body))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        return
+
+
+@pytest.mark.slow
+def test_otlp_export_when_an_endpoint_is_set(tmp_path: Path) -> None:
+    """OTEL_EXPORTER_OTLP_ENDPOINT alone makes a fresh process export spans and metrics via OTLP."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    _OTLPReceiver.received = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _OTLPReceiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        script = tmp_path / "worker.py"
+        script.write_text(
+            textwrap.dedent("""
+            import gpuledger
+
+            @gpuledger.traced_handler
+            def handler(job):
+                gpuledger.tag(user=job["input"]["user"])
+                return "ok"
+
+            handler({"id": "otlp-job", "input": {"user": "carol"}})
+        """)
+        )
+        env = {
+            **os.environ,
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{server.server_port}",
+            "OTEL_SERVICE_NAME": "otlp-test",
+            "GPULEDGER_LEDGER": str(tmp_path / "l.db"),
+            "GPULEDGER_PLATFORM": "runpod",
+            "GPULEDGER_GPU": "H100",
+        }
+        completed = subprocess.run(
+            [sys.executable, str(script)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert completed.returncode == 0, completed.stderr
+    finally:
+        server.shutdown()
+        server.server_close()
+    paths = {path for path, _ in _OTLPReceiver.received}
+    assert {"/v1/traces", "/v1/metrics"} <= paths
+    spans = []
+    for path, body in _OTLPReceiver.received:
+        if path == "/v1/traces":
+            request = ExportTraceServiceRequest()
+            request.ParseFromString(body)
+            for resource_spans in request.resource_spans:
+                resource = {
+                    kv.key: kv.value.string_value for kv in resource_spans.resource.attributes
+                }
+                assert resource["service.name"] == "otlp-test"
+                assert resource["cloud.platform"] == "runpod_serverless"
+                for scope in resource_spans.scope_spans:
+                    spans.extend(scope.spans)
+    handler_span = next(span for span in spans if span.name == "handler")
+    attributes = {kv.key: kv.value for kv in handler_span.attributes}
+    assert attributes["faas.invocation_id"].string_value == "otlp-job"
+    assert attributes["enduser.id"].string_value == "carol"
+    assert attributes["faas.coldstart"].bool_value is True
+
+
+@pytest.mark.slow
+def test_console_exporter_prints_spans(tmp_path: Path) -> None:
+    """GPULEDGER_EXPORTERS=console prints the spans as JSON on standard output."""
+    script = tmp_path / "worker.py"
+    script.write_text(
+        textwrap.dedent("""
+        import gpuledger
+
+        @gpuledger.traced_handler
+        def handler(job):
+            return "ok"
+
+        handler({"id": "console-job", "input": {}})
+    """)
+    )
+    env = {
+        **os.environ,
+        "GPULEDGER_EXPORTERS": "console",
+        "GPULEDGER_LEDGER": str(tmp_path / "l.db"),
+    }
+    completed = subprocess.run(
+        [sys.executable, str(script)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    decoder = json.JSONDecoder()
+    text, spans, index = completed.stdout, [], 0
+    while (start := text.find("{", index)) != -1:
+        document, index = decoder.raw_decode(text, start)
+        if "span_id" in json.dumps(document) and "name" in document:
+            spans.append(document)
+    handler_span = next(span for span in spans if span["name"] == "handler")
+    assert handler_span["attributes"]["faas.invocation_id"] == "console-job"
+    assert handler_span["kind"] == "SpanKind.SERVER"
