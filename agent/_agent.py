@@ -579,6 +579,13 @@ def worker_state() -> WorkerState:
         return _worker_state
 
 
+def forget_worker_state() -> None:
+    """Start the next configuration as a new worker process would (the demo's simulation)."""
+    global _worker_state
+    with _agent_lock:
+        _worker_state = None
+
+
 def configure(**settings: Any) -> Agent:
     """Configure gpuledger for this process (see the README's table for every setting).
 
