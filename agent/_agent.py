@@ -434,6 +434,8 @@ class Agent:
                 self._ledger = open_ledger(self.settings.ledger)
             self._ledger.write(pending)
         except Exception as error:
+            if len(pending) > 1 and self._ledger is not None:
+                pending = self._write_one_by_one(pending)
             # Keep what could not be written for the next round, up to the bound.
             overflow = max(0, len(pending) - self.settings.max_pending)
             if overflow:
@@ -442,6 +444,27 @@ class Agent:
             _guard.record_failure("ledger.write", error)
         else:
             self._retry = []
+
+    def _write_one_by_one(self, records: list[InvocationRecord]) -> list[InvocationRecord]:
+        """After a failed batch: write what can be written, so one bad record cannot hold the
+        rest back. Returns the records to retry (all of them if none could be written: then the
+        ledger itself is failing, not a record)."""
+        failed: list[InvocationRecord] = []
+        for record in records:
+            try:
+                self._ledger.write([record])
+            except Exception:
+                failed.append(record)
+        if len(failed) == len(records):
+            return failed
+        _guard.count("ledger.rejected", len(failed))
+        if failed:
+            get_logger().error(
+                "gpuledger could not write some invocations to the ledger: rejected",
+                rejected=len(failed),
+                first_invocation_id=failed[0].invocation_id,
+            )
+        return []
 
     def build_record(self, invocation: Invocation) -> InvocationRecord:
         """The full record of a finished invocation."""

@@ -128,7 +128,7 @@ class Pipeline:
                 if batch:
                     try:
                         self._process(batch)
-                    except Exception as error:  # noqa: BLE001  (the thread must survive anything)
+                    except Exception as error:  # the writer thread must survive anything
                         _guard_failure(error)
                 for marker in markers:
                     marker.done.set()
@@ -139,5 +139,5 @@ class Pipeline:
 def _guard_failure(error: BaseException) -> None:
     try:
         _guard.record_failure("pipeline.process", error)
-    except Exception:  # noqa: BLE001  (strict mode re-raises; the thread still must not die)
+    except Exception:  # strict mode re-raises; the thread still must not die
         get_logger().exception("gpuledger writer failure (strict mode)")

@@ -54,5 +54,5 @@ def _from_psutil() -> int | None:
         return None
     try:
         return int(psutil.Process().create_time() * 1e9)
-    except Exception:  # noqa: BLE001  (any psutil failure means: fall back)
+    except Exception:  # any psutil failure means: fall back
         return None

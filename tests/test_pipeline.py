@@ -140,3 +140,33 @@ def test_shutdown_writes_what_is_pending(tmp_path: Path) -> None:
     assert gpuledger.shutdown()
     assert _count(ledger) == 50
     assert current_agent() is None
+
+
+def test_one_bad_record_does_not_hold_back_its_batch(tmp_path: Path) -> None:
+    """When a batch fails because of one record, the others are written and it is counted."""
+    ledger = tmp_path / "reject.db"
+    agent = gpuledger.configure(ledger=str(ledger), exporters="none")
+    from gpuledger._ledger import open_ledger
+
+    real = open_ledger(str(ledger))
+
+    class PickyLedger:
+        def write(self, records: list[Any]) -> int:
+            if any(record.invocation_id == "poison" for record in records):
+                raise ValueError("cannot store this record")
+            return real.write(records)
+
+        def close(self) -> None:
+            real.close()
+
+    agent._ledger = PickyLedger()
+
+    @gpuledger.traced_handler(invocation_id=lambda name: name)
+    def handler(name: str) -> None:
+        return None
+
+    for name in ("a", "poison", "b"):
+        handler(name)
+    assert gpuledger.flush(5)
+    assert _count(ledger) == 2
+    assert _guard.error_counts() == {"ledger.write": 1, "ledger.rejected": 1}

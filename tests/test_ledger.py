@@ -1,0 +1,520 @@
+"""The SQLite ledger: round trips, idempotence, schema versions, damaged files, concurrency."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import multiprocessing
+import os
+import sqlite3
+import threading
+import typing
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gpuledger import InvocationRecord, LedgerError, _ledger
+from gpuledger._ledger import (
+    DEFAULT_LEDGER,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    default_ledger_location,
+    open_ledger,
+)
+
+BASE_NS = 1_772_323_200_000_000_000  # 2026-03-01T00:00:00Z
+
+
+def make_record(index: int = 0, **overrides: Any) -> InvocationRecord:
+    """A minimal record (every optional field unknown) starting ``index`` seconds after BASE_NS."""
+    start_ns = BASE_NS + index * 1_000_000_000
+    values: dict[str, Any] = {
+        "record_id": uuid.uuid4().hex,
+        "invocation_id": f"job-{index}",
+        "handler": "predict",
+        "service_name": "svc",
+        "platform": "runpod",
+        "start_ns": start_ns,
+        "end_ns": start_ns + 250_000_000,
+        "duration_s": 0.25,
+    }
+    values.update(overrides)
+    return InvocationRecord(**values)
+
+
+def full_record() -> InvocationRecord:
+    """A record with every field set to a value other than its default."""
+    return make_record(
+        7,
+        endpoint="ep-1",
+        worker_id="w-1",
+        region="EU-RO-1",
+        gpu_model="NVIDIA A100 80GB PCIe",
+        gpu_count=2,
+        outcome="error",
+        error_type="RuntimeError",
+        cold=True,
+        init_duration_s=12.5,
+        init_phases={"model_load": 9.25, "imports": 2.0, "(unnamed)": 1.25},
+        idle_gap_s=0.125,
+        billed_gpu_seconds=0.5,
+        busy_gpu_seconds=0.3125,
+        energy_j=71.0,
+        peak_gpu_memory_bytes=40 * 2**30,
+        external_calls=3,
+        external_call_seconds=0.2,
+        external_wait_seconds=0.15,
+        user_id="3f9a",
+        user_id_pseudonymised=True,
+        tenant="acme",
+        tags={"model": "sdxl", "ünïcode": "✓"},
+        input_tokens=120,
+        output_tokens=980,
+        cost_usd=0.000_987_654_321,
+        cost_execution_usd=0.000_1,
+        cost_gpu_usd=0.000_8,
+        cost_coldstart_usd=0.000_087_654_321,
+        pricing_platform="runpod-serverless",
+        pricing_version="2026-03",
+        cost_source="catalogue:2026-03",
+    )
+
+
+@pytest.fixture
+def ledger_path(tmp_path: Path) -> str:
+    """A path where no ledger exists yet."""
+    return str(tmp_path / "ledger.db")
+
+
+def test_full_record_sets_every_field() -> None:
+    """The round-trip fixture covers every field, so a new field cannot go untested."""
+    record = full_record()
+    unset = []
+    for field in dataclasses.fields(InvocationRecord):
+        if field.default is not dataclasses.MISSING:
+            default = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            default = field.default_factory()
+        else:
+            continue
+        if getattr(record, field.name) == default:
+            unset.append(field.name)
+    assert unset == []
+
+
+def test_round_trip_every_field_set(ledger_path: str) -> None:
+    """A record with every field set reads back equal, types included."""
+    record = full_record()
+    with open_ledger(ledger_path) as ledger:
+        ledger.write([record])
+        (back,) = ledger.read()
+    assert back == record
+    assert back.cold is True
+    assert back.user_id_pseudonymised is True
+    assert list(back.init_phases or {}) == ["model_load", "imports", "(unnamed)"]
+
+
+def test_round_trip_optional_fields_unknown(ledger_path: str) -> None:
+    """A record whose optional fields are all None reads back with them still None."""
+    record = make_record()
+    with open_ledger(ledger_path) as ledger:
+        ledger.write([record])
+        (back,) = ledger.read()
+    assert back == record
+    assert back.busy_gpu_seconds is None
+    assert back.cost_usd is None
+    assert back.init_phases is None
+    assert back.tags == {}
+
+
+def test_round_trip_survives_reopen(ledger_path: str) -> None:
+    """Records written by one Ledger are read by the next one opened on the file."""
+    records = [full_record(), make_record(1)]
+    with open_ledger(ledger_path) as ledger:
+        ledger.write(records)
+    with open_ledger(ledger_path, create=False) as ledger:
+        assert sorted(ledger.read(), key=lambda r: r.record_id) == sorted(
+            records, key=lambda r: r.record_id
+        )
+
+
+def test_required_float_nan_reads_back_as_nan(ledger_path: str) -> None:
+    """SQLite keeps NaN as NULL; a required float comes back NaN, an optional one None."""
+    record = make_record(duration_s=math.nan, busy_gpu_seconds=math.nan)
+    with open_ledger(ledger_path) as ledger:
+        assert ledger.write([record]) == 1
+        (back,) = ledger.read()
+    assert math.isnan(back.duration_s)
+    assert back.busy_gpu_seconds is None
+
+
+def test_rewrite_is_idempotent(ledger_path: str) -> None:
+    """Re-sending records never stores them twice, and write() counts only the new ones."""
+    first = [make_record(i) for i in range(5)]
+    more = [make_record(i) for i in range(5, 8)]
+    with open_ledger(ledger_path) as ledger:
+        assert ledger.write(first) == 5
+        assert ledger.write(first) == 0
+        assert ledger.write([*first[:2], *more]) == 3
+        assert ledger.count() == 8
+
+
+def test_duplicate_within_one_batch_counts_once(ledger_path: str) -> None:
+    """The same record twice in one batch is stored once."""
+    record = make_record()
+    with open_ledger(ledger_path) as ledger:
+        assert ledger.write([record, record]) == 1
+        assert ledger.count() == 1
+
+
+def test_write_empty_batch(ledger_path: str) -> None:
+    """An empty batch writes nothing and returns 0."""
+    with open_ledger(ledger_path) as ledger:
+        assert ledger.write([]) == 0
+        assert ledger.count() == 0
+
+
+def test_bad_record_fails_its_batch_whole(ledger_path: str) -> None:
+    """A record breaking the schema raises LedgerError and stores none of its batch."""
+    broken = dataclasses.replace(make_record(1), handler=None)  # type: ignore[arg-type]
+    with open_ledger(ledger_path) as ledger:
+        with pytest.raises(LedgerError, match=r"could not write 2 record\(s\).*handler"):
+            ledger.write([make_record(0), broken])
+        assert ledger.count() == 0
+
+
+def test_read_orders_by_start_and_filters(ledger_path: str) -> None:
+    """read() yields by start_ns; since_ns is inclusive, until_ns exclusive."""
+    records = [make_record(i) for i in (5, 1, 4, 2, 3)]
+    with open_ledger(ledger_path) as ledger:
+        ledger.write(records)
+        starts = [r.start_ns for r in ledger.read()]
+        window = [
+            r.invocation_id
+            for r in ledger.read(since_ns=BASE_NS + 2_000_000_000, until_ns=BASE_NS + 4_000_000_000)
+        ]
+    assert starts == sorted(starts)
+    assert len(starts) == 5
+    assert window == ["job-2", "job-3"]
+
+
+def test_read_pages_through_many_records(ledger_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read longer than one page yields every record once, in order, ties included."""
+    monkeypatch.setattr(_ledger, "_READ_PAGE", 7)
+    # Three records per start instant, so page boundaries fall inside ties.
+    records = [make_record(i // 3) for i in range(50)]
+    with open_ledger(ledger_path) as ledger:
+        ledger.write(records)
+        back = list(ledger.read())
+        since = list(ledger.read(since_ns=BASE_NS + 10_000_000_000))
+    assert sorted(r.record_id for r in back) == sorted(r.record_id for r in records)
+    assert [(r.start_ns, r.record_id) for r in back] == sorted(
+        (r.start_ns, r.record_id) for r in records
+    )
+    assert len(since) == 50 - 30
+
+
+def test_sqlite_url_location(tmp_path: Path) -> None:
+    """sqlite:////absolute/path names the same file as the bare path."""
+    path = tmp_path / "url.db"
+    with open_ledger(f"sqlite:///{path}") as ledger:
+        ledger.write([make_record()])
+        assert ledger.path == str(path)
+    with open_ledger(str(path), create=False) as ledger:
+        assert ledger.count() == 1
+
+
+def test_create_makes_missing_folders(tmp_path: Path) -> None:
+    """create=True makes the ledger's folder when it does not exist."""
+    path = tmp_path / "a" / "b" / "ledger.db"
+    with open_ledger(str(path)) as ledger:
+        assert ledger.schema_version == SCHEMA_VERSION
+    assert path.is_file()
+
+
+def test_postgres_not_supported_yet() -> None:
+    """A postgresql:// location is refused with a clear message."""
+    with pytest.raises(LedgerError, match="PostgreSQL ledgers are not supported yet"):
+        open_ledger("postgresql://user@db/gpuledger")
+
+
+@pytest.mark.parametrize("location", ["mysql://db/x", "sqlite://", "sqlite:///", "  "])
+def test_bad_location_refused(location: str) -> None:
+    """Unknown schemes, malformed sqlite URLs and empty locations raise LedgerError."""
+    with pytest.raises(LedgerError):
+        open_ledger(location)
+
+
+def test_missing_file_without_create(ledger_path: str) -> None:
+    """create=False on a missing file raises LedgerError and creates nothing."""
+    with pytest.raises(LedgerError, match="no ledger at"):
+        open_ledger(ledger_path, create=False)
+    assert not os.path.exists(ledger_path)
+
+
+def test_empty_file_without_create(ledger_path: str) -> None:
+    """create=False on an empty file says it has no schema rather than migrating it."""
+    Path(ledger_path).touch()
+    with pytest.raises(LedgerError, match="no gpuledger schema"):
+        open_ledger(ledger_path, create=False)
+
+
+@pytest.mark.parametrize("create", [True, False])
+def test_corrupt_file_refused(ledger_path: str, create: bool) -> None:
+    """A file that is not a SQLite database raises LedgerError naming it, and is left alone."""
+    garbage = b"this is not a database\n" * 200
+    Path(ledger_path).write_bytes(garbage)
+    with pytest.raises(LedgerError, match="not a SQLite database") as caught:
+        open_ledger(ledger_path, create=create)
+    assert ledger_path in str(caught.value)
+    assert Path(ledger_path).read_bytes() == garbage
+
+
+def test_foreign_sqlite_database_refused(ledger_path: str) -> None:
+    """A SQLite database without the gpuledger schema raises LedgerError and is not touched."""
+    with sqlite3.connect(ledger_path) as connection:
+        connection.execute("CREATE TABLE customers (id INTEGER)")
+    connection.close()
+    with pytest.raises(LedgerError, match=r"not a gpuledger ledger.*customers"):
+        open_ledger(ledger_path)
+    with sqlite3.connect(ledger_path) as connection:
+        tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
+    connection.close()
+    assert tables == {"customers"}
+
+
+def test_directory_refused(tmp_path: Path) -> None:
+    """A directory as the ledger location raises LedgerError."""
+    with pytest.raises(LedgerError, match="is a directory"):
+        open_ledger(str(tmp_path))
+
+
+def test_newer_schema_refused(ledger_path: str) -> None:
+    """A ledger written by a newer gpuledger (higher schema version) is refused."""
+    open_ledger(ledger_path).close()
+    with sqlite3.connect(ledger_path) as connection:
+        connection.execute(
+            "INSERT INTO schema_migrations (version, applied_ns) VALUES (?, 0)",
+            (SCHEMA_VERSION + 1,),
+        )
+    connection.close()
+    with pytest.raises(LedgerError, match=f"schema version {SCHEMA_VERSION + 1}, newer"):
+        open_ledger(ledger_path)
+
+
+def test_fresh_ledger_state(ledger_path: str) -> None:
+    """A new ledger is at the current version, in WAL mode, with one row per migration."""
+    with open_ledger(ledger_path) as ledger:
+        assert ledger.schema_version == SCHEMA_VERSION == len(MIGRATIONS)
+    with sqlite3.connect(ledger_path) as connection:
+        (mode,) = connection.execute("PRAGMA journal_mode").fetchone()
+        versions = [row[0] for row in connection.execute("SELECT version FROM schema_migrations")]
+    connection.close()
+    assert mode == "wal"
+    assert versions == list(range(1, SCHEMA_VERSION + 1))
+
+
+def test_schema_columns_match_record(ledger_path: str) -> None:
+    """The migrated table has one column per record field, typed from the field's annotation."""
+    expected_types = {}
+    for name, hint in typing.get_type_hints(InvocationRecord).items():
+        base = _ledger._strip_optional(hint)
+        if base in (bool, int):
+            expected_types[name] = "INTEGER"
+        elif base is float:
+            expected_types[name] = "REAL"
+        else:  # str, the outcome Literal, and dicts stored as JSON text
+            expected_types[name] = "TEXT"
+    open_ledger(ledger_path).close()
+    with sqlite3.connect(ledger_path) as connection:
+        columns = {row[1]: row[2] for row in connection.execute("PRAGMA table_info(invocations)")}
+        indexes = {row[1] for row in connection.execute("PRAGMA index_list(invocations)")}
+    connection.close()
+    assert columns == expected_types
+    assert {"invocations_by_start", "invocations_by_invocation", "invocations_by_user"} <= indexes
+
+
+def test_migrates_version_1_forward(ledger_path: str) -> None:
+    """A ledger at version 1 is brought to version 2 by a second migration, keeping its rows."""
+    record = full_record()
+    version_1 = MIGRATIONS[:1]
+    with _ledger._open(ledger_path, create=True, migrations=version_1) as ledger:
+        assert ledger.schema_version == 1
+        ledger.write([record])
+    version_2 = (
+        *version_1,
+        (
+            "ALTER TABLE invocations ADD COLUMN gpu_clock_mhz INTEGER",
+            "CREATE INDEX invocations_by_tenant ON invocations (tenant)",
+        ),
+    )
+    with _ledger._open(ledger_path, create=False, migrations=version_2) as ledger:
+        assert ledger.schema_version == 2
+        assert list(ledger.read()) == [record]
+    with sqlite3.connect(ledger_path) as connection:
+        columns = {row[1] for row in connection.execute("PRAGMA table_info(invocations)")}
+        versions = [row[0] for row in connection.execute("SELECT version FROM schema_migrations")]
+    connection.close()
+    assert "gpu_clock_mhz" in columns
+    assert versions == [1, 2]
+    # The code that knows only version 1 now refuses the file.
+    with pytest.raises(LedgerError, match="newer"):
+        _ledger._open(ledger_path, create=False, migrations=version_1)
+
+
+def test_missing_column_refused(ledger_path: str) -> None:
+    """A schema lacking a record field's column is refused, naming the column."""
+    (statements,) = MIGRATIONS
+    broken = (tuple(s.replace("cost_source TEXT", "cost_sauce TEXT") for s in statements),)
+    with pytest.raises(LedgerError, match=r"lacks the column.*cost_source"):
+        _ledger._open(ledger_path, create=True, migrations=broken)
+
+
+def test_closed_ledger_refuses_use(ledger_path: str) -> None:
+    """After close(), calls raise LedgerError; closing again is harmless."""
+    ledger = open_ledger(ledger_path)
+    ledger.close()
+    ledger.close()
+    with pytest.raises(LedgerError, match="closed"):
+        ledger.write([make_record()])
+    with pytest.raises(LedgerError, match="closed"):
+        ledger.count()
+
+
+def test_write_from_another_thread(ledger_path: str) -> None:
+    """A ledger opened on one thread can be written from a background thread."""
+    failures: list[BaseException] = []
+    with open_ledger(ledger_path) as ledger:
+
+        def writer() -> None:
+            try:
+                ledger.write([make_record(i) for i in range(10)])
+            except BaseException as exc:  # surfaced below, in the test's thread
+                failures.append(exc)
+
+        thread = threading.Thread(target=writer)
+        thread.start()
+        thread.join()
+        assert failures == []
+        assert ledger.count() == 10
+
+
+def test_write_retries_while_file_is_locked(
+    ledger_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """write() backs off and retries on SQLITE_BUSY until another writer lets go."""
+    monkeypatch.setattr(_ledger, "_BUSY_TIMEOUT_S", 0.0)  # report BUSY at once: test our retries
+    monkeypatch.setattr(_ledger, "_BACKOFF_S", 0.05)
+    with open_ledger(ledger_path) as ledger:
+        other = sqlite3.connect(ledger_path, isolation_level=None, check_same_thread=False)
+        other.execute("BEGIN IMMEDIATE")
+        release = threading.Timer(0.2, lambda: other.execute("COMMIT"))
+        release.start()
+        try:
+            assert ledger.write([make_record()]) == 1
+        finally:
+            release.join()
+            other.close()
+
+
+def test_write_gives_up_when_lock_is_held(
+    ledger_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """write() raises LedgerError after its bounded retries if the file stays locked."""
+    monkeypatch.setattr(_ledger, "_BUSY_TIMEOUT_S", 0.0)
+    monkeypatch.setattr(_ledger, "_BACKOFF_S", 0.001)
+    with open_ledger(ledger_path) as ledger:
+        other = sqlite3.connect(ledger_path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            with pytest.raises(LedgerError, match="locked"):
+                ledger.write([make_record()])
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        assert ledger.write([make_record()]) == 1
+
+
+def test_default_location(monkeypatch: pytest.MonkeyPatch) -> None:
+    """GPULEDGER_LEDGER names the ledger; unset or empty, it is gpuledger.db."""
+    monkeypatch.delenv("GPULEDGER_LEDGER", raising=False)
+    assert default_ledger_location() == DEFAULT_LEDGER == "gpuledger.db"
+    monkeypatch.setenv("GPULEDGER_LEDGER", "")
+    assert default_ledger_location() == DEFAULT_LEDGER
+    monkeypatch.setenv("GPULEDGER_LEDGER", "/data/ledger.db")
+    assert default_ledger_location() == "/data/ledger.db"
+
+
+# --- several processes, one new file -------------------------------------------------------------
+
+_PROCESSES = 4
+_BATCHES = 5
+_BATCH_SIZE = 40
+
+
+def _process_writes(
+    path: str, worker: int, shared: list[InvocationRecord], start: Any, inserted: Any
+) -> None:
+    """Child process: open the (new) ledger at the same moment as the others and write to it.
+
+    Puts the number of records it inserted on ``inserted``, or the error it met.
+    """
+    start.wait()
+    total = 0
+    try:
+        with open_ledger(path) as ledger:
+            for batch in range(_BATCHES):
+                records = [
+                    make_record(worker * 1000 + batch * 100 + i, invocation_id=f"w{worker}")
+                    for i in range(_BATCH_SIZE)
+                ]
+                total += ledger.write(records)
+                # Every process also re-sends the same shared records: each must count once.
+                total += ledger.write(shared)
+    except Exception as exc:  # reported to the parent, which fails the test with it
+        inserted.put(repr(exc))
+    else:
+        inserted.put(total)
+
+
+@pytest.mark.slow
+def test_concurrent_processes_share_a_new_file(ledger_path: str) -> None:
+    """Processes opening and writing one new file at once all succeed and lose nothing."""
+    context = multiprocessing.get_context("spawn")
+    start = context.Barrier(_PROCESSES)
+    inserted = context.Queue()
+    shared = [make_record(90_000 + i, invocation_id="shared") for i in range(10)]
+    processes = [
+        context.Process(target=_process_writes, args=(ledger_path, n, shared, start, inserted))
+        for n in range(_PROCESSES)
+    ]
+    for process in processes:
+        process.start()
+    counts = [inserted.get(timeout=60) for _ in processes]
+    for process in processes:
+        process.join(timeout=60)
+    assert [count for count in counts if not isinstance(count, int)] == []
+    assert [process.exitcode for process in processes] == [0] * _PROCESSES
+    own = _PROCESSES * _BATCHES * _BATCH_SIZE
+    assert sum(counts) == own + len(shared)
+    with open_ledger(ledger_path, create=False) as ledger:
+        assert ledger.schema_version == SCHEMA_VERSION
+        assert ledger.count() == own + len(shared)
+        per_worker = [r.invocation_id for r in ledger.read()]
+    for worker in range(_PROCESSES):
+        assert per_worker.count(f"w{worker}") == _BATCHES * _BATCH_SIZE
+    with sqlite3.connect(ledger_path) as connection:
+        versions = [row[0] for row in connection.execute("SELECT version FROM schema_migrations")]
+    connection.close()
+    assert versions == list(range(1, SCHEMA_VERSION + 1))
+
+
+def test_read_bounds_beyond_64_bits(ledger_path: str) -> None:
+    """Bounds past SQLite's 64-bit integers select nothing or everything instead of failing."""
+    with open_ledger(ledger_path) as ledger:
+        ledger.write([make_record()])
+        assert list(ledger.read(since_ns=2**70)) == []
+        assert list(ledger.read(until_ns=-(2**70))) == []
+        assert len(list(ledger.read(since_ns=-(2**70), until_ns=2**70))) == 1

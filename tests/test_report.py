@@ -1,0 +1,241 @@
+"""Report aggregation: grouping keys, unknown-stays-unknown sums, ordering, totals, --since."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from typing import Any
+
+import pytest
+
+from gpuledger import InvocationRecord
+from gpuledger._report import GROUP_BY, REPORT_COLUMNS, ReportRow, aggregate, parse_since, totals
+
+BASE_NS = 1_772_323_200_000_000_000  # 2026-03-01T00:00:00Z
+HOUR_NS = 3_600_000_000_000
+
+
+def make_record(**overrides: Any) -> InvocationRecord:
+    """A one-second record at BASE_NS with no user, tenant, endpoint, price or GPU metering."""
+    values: dict[str, Any] = {
+        "record_id": uuid.uuid4().hex,
+        "invocation_id": "job-1",
+        "handler": "predict",
+        "service_name": "svc",
+        "platform": "runpod",
+        "start_ns": BASE_NS,
+        "end_ns": BASE_NS + 1_000_000_000,
+        "duration_s": 1.0,
+        "billed_gpu_seconds": 1.0,
+    }
+    values.update(overrides)
+    return InvocationRecord(**values)
+
+
+def by_key(rows: list[ReportRow]) -> dict[str, ReportRow]:
+    """Rows indexed by their key."""
+    return {row.key: row for row in rows}
+
+
+MIXED = [
+    make_record(
+        user_id="alice", tenant="acme", endpoint="sdxl", platform="runpod",
+        invocation_id="j1", start_ns=BASE_NS + 23 * HOUR_NS, cost_usd=0.5,
+    ),
+    make_record(
+        user_id="alice", tenant="acme", endpoint="llm", platform="modal",
+        invocation_id="j2", start_ns=BASE_NS + 24 * HOUR_NS, cost_usd=0.25,
+    ),
+    make_record(
+        user_id="bob", tenant=None, endpoint="sdxl", platform="runpod",
+        invocation_id="j2", start_ns=BASE_NS + 25 * HOUR_NS, cost_usd=2.0,
+    ),
+    make_record(
+        user_id=None, tenant="globex", endpoint=None, platform="modal",
+        invocation_id="j3", start_ns=BASE_NS - 1, cost_usd=None,
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("by", "expected"),
+    [
+        ("user", {"alice": 2, "bob": 1, "(none)": 1}),
+        ("tenant", {"acme": 2, "(none)": 1, "globex": 1}),
+        ("endpoint", {"sdxl": 2, "llm": 1, "(none)": 1}),
+        ("platform", {"runpod": 2, "modal": 2}),
+        ("day", {"2026-02-28": 1, "2026-03-01": 1, "2026-03-02": 2}),
+        ("invocation", {"j1": 1, "j2": 2, "j3": 1}),
+    ],
+)
+def test_group_by_each_key(by: str, expected: dict[str, int]) -> None:
+    """Each grouping puts records under the right key, missing values under "(none)"."""
+    rows = aggregate(MIXED, by)
+    assert {row.key: row.invocations for row in rows} == expected
+
+
+def test_group_by_covers_every_choice() -> None:
+    """The parametrised test above covers every GROUP_BY choice."""
+    assert set(GROUP_BY) == {"user", "tenant", "endpoint", "platform", "day", "invocation"}
+
+
+def test_unknown_group_by_refused() -> None:
+    """Grouping by something not in GROUP_BY raises ValueError naming the choices."""
+    with pytest.raises(ValueError, match=r"cannot group by 'model'.*user"):
+        aggregate(MIXED, "model")
+
+
+def test_sorted_by_cost_then_key_unpriced_last() -> None:
+    """Rows come highest cost first, ties by key, groups with no price at the end."""
+    records = [
+        make_record(user_id="c", cost_usd=1.0),
+        make_record(user_id="a", cost_usd=1.0),
+        make_record(user_id="z", cost_usd=3.0),
+        make_record(user_id="b", cost_usd=None),
+        make_record(user_id="0", cost_usd=None),
+    ]
+    assert [row.key for row in aggregate(records, "user")] == ["z", "a", "c", "0", "b"]
+
+
+def test_day_rows_in_date_order() -> None:
+    """Grouped by day, rows read as a time series whatever each day cost."""
+    rows = aggregate(MIXED, "day")
+    assert [row.key for row in rows] == ["2026-02-28", "2026-03-01", "2026-03-02"]
+
+
+def test_counts_and_sums() -> None:
+    """Counts, cold share, errors, billed seconds and tokens are summed per group."""
+    records = [
+        make_record(cold=True, init_duration_s=10.0, billed_gpu_seconds=2.0, input_tokens=5),
+        make_record(cold=True, init_duration_s=20.0, outcome="timeout", output_tokens=7),
+        make_record(cold=True, init_duration_s=None, outcome="error"),
+        make_record(init_duration_s=99.0, billed_gpu_seconds=0.5),  # warm: init not counted
+    ]
+    (row,) = aggregate(records, "platform")
+    assert row.invocations == 4
+    assert row.cold_starts == 3
+    assert row.cold_start_share == 0.75
+    assert row.mean_init_s == 15.0
+    assert row.errors == 2
+    assert row.billed_gpu_seconds == 4.5
+    assert row.input_tokens == 5
+    assert row.output_tokens == 7
+
+
+def test_unknown_stays_unknown() -> None:
+    """With no measurement, busy GPU, cost, tokens and init are None, not zero."""
+    (row,) = aggregate([make_record(), make_record()], "platform")
+    assert row.busy_gpu_seconds is None
+    assert row.cost_usd is None
+    assert row.unpriced == 2
+    assert row.input_tokens is None
+    assert row.output_tokens is None
+    assert row.mean_init_s is None
+
+
+def test_partly_known_sums_the_known() -> None:
+    """Busy GPU and cost sum the records that have them; unpriced counts the rest."""
+    records = [
+        make_record(busy_gpu_seconds=0.25, cost_usd=0.001),
+        make_record(busy_gpu_seconds=None, cost_usd=None),
+        make_record(busy_gpu_seconds=0.5, cost_usd=0.002),
+    ]
+    (row,) = aggregate(records, "platform")
+    assert row.busy_gpu_seconds == 0.75
+    assert row.cost_usd == pytest.approx(0.003, abs=1e-15)
+    assert row.unpriced == 1
+
+
+def test_cost_sum_is_exact() -> None:
+    """Costs are summed with one rounding at the end, independent of record order."""
+    costs = [0.1] * 10 + [1e16, -1e16]
+    records = [make_record(cost_usd=cost) for cost in costs]
+    (forward,) = aggregate(records, "platform")
+    (backward,) = aggregate(reversed(records), "platform")
+    assert forward.cost_usd == backward.cost_usd == math.fsum(costs) == 1.0
+
+
+def test_duration_percentiles() -> None:
+    """p50 and p95 interpolate linearly between the closest ranks."""
+    records = [make_record(duration_s=float(seconds)) for seconds in range(1, 21)]
+    (row,) = aggregate(records, "platform")
+    assert row.duration_p50_s == pytest.approx(10.5)
+    assert row.duration_p95_s == pytest.approx(19.05)
+
+
+def test_single_record_percentiles() -> None:
+    """One record: both percentiles are its duration."""
+    (row,) = aggregate([make_record(duration_s=2.5)], "platform")
+    assert (row.duration_p50_s, row.duration_p95_s) == (2.5, 2.5)
+
+
+def test_no_records_no_rows() -> None:
+    """Aggregating nothing yields no rows."""
+    assert aggregate([], "user") == []
+
+
+def test_totals_equal_one_group_of_everything() -> None:
+    """TOTAL over per-user rows equals the rows of all records taken as one group."""
+    records = [
+        *MIXED,
+        make_record(
+            user_id="bob", cold=True, init_duration_s=4.0, duration_s=7.0, busy_gpu_seconds=0.5,
+            input_tokens=3, outcome="killed",
+        ),
+        make_record(user_id="carol", cold=True, init_duration_s=2.0, duration_s=0.2),
+    ]  # fmt: skip
+    total = totals(aggregate(records, "user"))
+    (single,) = aggregate([_same_platform(r) for r in records], "platform")
+    assert total.key == "TOTAL"
+    assert total.invocations == len(records)
+    for column in REPORT_COLUMNS[1:]:
+        assert getattr(total, column) == pytest.approx(getattr(single, column)), column
+
+
+def _same_platform(record: InvocationRecord) -> InvocationRecord:
+    """The record moved onto one platform, so grouping by platform gives a single group."""
+    values = record.to_dict()
+    values["platform"] = "one"
+    return InvocationRecord.from_dict(values)
+
+
+def test_totals_of_unknowns_stay_unknown() -> None:
+    """TOTAL keeps busy and cost None when no group knows them."""
+    total = totals(aggregate([make_record(user_id="a"), make_record(user_id="b")], "user"))
+    assert total.invocations == 2
+    assert total.busy_gpu_seconds is None
+    assert total.cost_usd is None
+    assert total.unpriced == 2
+
+
+@pytest.mark.parametrize(
+    ("text", "back_s"),
+    [("90s", 90), ("30m", 1800), ("24h", 86_400), ("7d", 604_800), ("2w", 1_209_600),
+     ("1.5h", 5400), (" 7D ", 604_800), ("0s", 0)],
+)  # fmt: skip
+def test_parse_since_durations(text: str, back_s: int) -> None:
+    """A duration is counted back from now, exactly to the nanosecond."""
+    now_ns = BASE_NS + 123
+    assert parse_since(text, now_ns=now_ns) == now_ns - back_s * 1_000_000_000
+
+
+@pytest.mark.parametrize(
+    ("text", "expected_ns"),
+    [
+        ("2026-03-01", BASE_NS),
+        ("2026-03-01T12:00", BASE_NS + 12 * HOUR_NS),
+        ("2026-03-01T12:00:00Z", BASE_NS + 12 * HOUR_NS),
+        ("2026-03-01T12:00:00+02:00", BASE_NS + 10 * HOUR_NS),
+        ("2026-03-01T00:00:00.000001", BASE_NS + 1000),
+    ],
+)
+def test_parse_since_iso(text: str, expected_ns: int) -> None:
+    """An ISO date or date-time is an instant, UTC unless it carries an offset."""
+    assert parse_since(text, now_ns=0) == expected_ns
+
+
+@pytest.mark.parametrize("text", ["", "7", "d7", "-7d", "7 days", "yesterday", "2026-13-01"])
+def test_parse_since_bad_text(text: str) -> None:
+    """Anything else raises ValueError saying what is accepted."""
+    with pytest.raises(ValueError, match=r"cannot read .* as a start time.*7d.*2026-03-01"):
+        parse_since(text, now_ns=BASE_NS)
