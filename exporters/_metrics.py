@@ -18,8 +18,26 @@ __all__ = ["DURATION_BUCKETS_S", "InvocationMetrics"]
 # Serverless GPU requests run from milliseconds (warm, small models) to the 15-120 minute
 # platform timeouts; init from under a second to minutes.
 DURATION_BUCKETS_S: Final = (
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0,
-    300.0, 600.0, 900.0, 1800.0, 3600.0,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    20.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+    900.0,
+    1800.0,
+    3600.0,
 )
 
 
@@ -73,7 +91,9 @@ class InvocationMetrics:
             "gpuledger.gpu.busy", unit="s", description="GPU seconds the GPU was busy (NVML)."
         )
         self._cost = meter.create_counter(
-            "gpuledger.cost", unit="USD", description="Cost of invocations under the platform's price."
+            "gpuledger.cost",
+            unit="USD",
+            description="Cost of invocations under the platform's price.",
         )
 
         def observe_errors(options: CallbackOptions) -> Iterable[Observation]:

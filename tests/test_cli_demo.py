@@ -33,7 +33,7 @@ def test_demo_serves_requests_and_prints_the_per_user_report(tmp_path: Path) -> 
     assert all(cost is not None and cost >= 0.25 for _, _, _, cost in rows)
     for user in ("alice", "bob", "carol", "dave", "TOTAL"):
         assert user in result.output
-    assert f"served 120 requests" in result.output
+    assert "served 120 requests" in result.output
 
 
 def test_demo_is_reproducible_by_seed(tmp_path: Path) -> None:

@@ -175,7 +175,7 @@ def test_validate_bad_syntax(tmp_path: Path) -> None:
 def test_pricing_is_wired_into_main() -> None:
     """`gpuledger pricing` is reachable from the main command with show and validate."""
     # Imported here so a sibling command that does not import breaks this test only.
-    from gpuledger._cli import main  # noqa: PLC0415
+    from gpuledger._cli import main
 
     result = CliRunner().invoke(main, ["pricing", "--help"])
     assert result.exit_code == 0, result.output

@@ -26,8 +26,9 @@ import os
 import time
 from typing import Any
 
-import gpuledger
 import runpod
+
+import gpuledger
 
 DEFAULT_MAX_TOKENS = 16
 
