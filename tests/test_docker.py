@@ -15,9 +15,9 @@ def test_every_copy_source_exists(dockerfile: Path) -> None:
     """Each COPY source is a file or folder of the repository (the build context is its root)."""
     copies = 0
     for line in dockerfile.read_text().splitlines():
-        words = shlex.split(line.strip()) if line.strip() and not line.startswith("#") else []
-        if words[:1] != ["COPY"]:
+        if not line.startswith("COPY "):
             continue
+        words = shlex.split(line)
         sources = [word for word in words[1:-1] if not word.startswith("--")]
         for source in sources:
             assert (ROOT / source).exists(), f"{dockerfile.name}: COPY {source} does not exist"
