@@ -535,7 +535,10 @@ class Agent:
         return done
 
     def shutdown(self, timeout_s: float | None = None) -> bool:
-        """Flush, stop the writer, close the ledger and the providers gpuledger owns."""
+        """Flush, stop the writer, close the ledger, flush the providers gpuledger built.
+
+        Those providers are global and stay usable by a later ``configure()``; the
+        OpenTelemetry SDK shuts them down at exit."""
         if self.closed:
             return True
         self.closed = True
@@ -550,9 +553,8 @@ class Agent:
         if self.providers is not None:
             try:
                 self.providers.flush(timeout)
-                self.providers.shutdown()
             except Exception as error:
-                _guard.record_failure("exporter.shutdown", error)
+                _guard.record_failure("exporter.flush", error)
         if self._ledger is not None:
             try:
                 self._ledger.close()

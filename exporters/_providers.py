@@ -35,27 +35,31 @@ class Providers:
         if self.owns_meter_provider and self.meter_provider is not None:
             self.meter_provider.force_flush(millis)
 
-    def shutdown(self) -> None:
-        """Shut down the providers gpuledger owns."""
-        if self.owns_tracer_provider and self.tracer_provider is not None:
-            self.tracer_provider.shutdown()
-        if self.owns_meter_provider and self.meter_provider is not None:
-            self.meter_provider.shutdown()
+
+# Providers gpuledger built and made global. OpenTelemetry lets a global provider be set only
+# once per process, so a later configure() reuses them rather than building unreachable ones;
+# they are flushed, never shut down, by gpuledger (the SDK shuts them down at exit itself).
+_built: dict[str, Any] = {}
 
 
-def _app_tracer_provider() -> Any | None:
+def _global_tracer_provider() -> tuple[Any | None, bool]:
+    """The global tracer provider (None if unset) and whether gpuledger built it."""
     from opentelemetry import trace  # noqa: PLC0415  (lazy: OTel loads at configure, not import)
 
     provider = trace.get_tracer_provider()
-    return None if isinstance(provider, trace.ProxyTracerProvider) else provider
+    if isinstance(provider, trace.ProxyTracerProvider):
+        return None, False
+    return provider, provider is _built.get("tracer")
 
 
-def _app_meter_provider() -> Any | None:
+def _global_meter_provider() -> tuple[Any | None, bool]:
     from opentelemetry import metrics  # noqa: PLC0415
     from opentelemetry.metrics import _internal  # noqa: PLC0415  (the proxy type lives here)
 
     provider = metrics.get_meter_provider()
-    return None if isinstance(provider, _internal._ProxyMeterProvider) else provider
+    if isinstance(provider, _internal._ProxyMeterProvider):
+        return None, False
+    return provider, provider is _built.get("meter")
 
 
 def setup_providers(
@@ -74,14 +78,21 @@ def setup_providers(
     that signal at all, and the ledger alone records the invocations.
     """
     origin = "argument" if tracer_provider is not None or meter_provider is not None else ""
+    ours_tracer = ours_meter = False
     if tracing and tracer_provider is None:
-        tracer_provider = _app_tracer_provider()
-        origin = origin or ("application" if tracer_provider is not None else "")
+        tracer_provider, ours_tracer = _global_tracer_provider()
+        if tracer_provider is not None and not ours_tracer:
+            origin = origin or "application"
     if metrics and meter_provider is None:
-        meter_provider = _app_meter_provider()
-        origin = origin or ("application" if meter_provider is not None else "")
+        meter_provider, ours_meter = _global_meter_provider()
+        if meter_provider is not None and not ours_meter:
+            origin = origin or "application"
     result = Providers(
-        tracer_provider if tracing else None, meter_provider if metrics else None, origin=origin
+        tracer_provider if tracing else None,
+        meter_provider if metrics else None,
+        owns_tracer_provider=ours_tracer and tracing,
+        owns_meter_provider=ours_meter and metrics,
+        origin=origin or ("gpuledger" if ours_tracer or ours_meter else ""),
     )
     if not exporters:
         return result
@@ -113,6 +124,7 @@ def _build_tracer_provider(resource: Any, exporters: tuple[str, ...]) -> Any:
     from opentelemetry.sdk.trace.export import BatchSpanProcessor  # noqa: PLC0415
 
     provider = TracerProvider(resource=resource)
+    _built["tracer"] = provider
     for name in exporters:
         if name == "otlp":
             exporter: Any = _otlp_span_exporter()
@@ -140,6 +152,7 @@ def _build_meter_provider(resource: Any, exporters: tuple[str, ...]) -> Any:
             exporter = ConsoleMetricExporter()
         readers.append(PeriodicExportingMetricReader(exporter))
     provider = MeterProvider(resource=resource, metric_readers=readers)
+    _built["meter"] = provider
     metrics.set_meter_provider(provider)
     return provider
 

@@ -331,3 +331,35 @@ def test_console_exporter_prints_spans(tmp_path: Path) -> None:
     handler_span = next(span for span in spans if span["name"] == "handler")
     assert handler_span["attributes"]["faas.invocation_id"] == "console-job"
     assert handler_span["kind"] == "SpanKind.SERVER"
+
+
+@pytest.mark.slow
+def test_reconfiguring_keeps_exporting(tmp_path: Path) -> None:
+    """A second configure() reuses the global providers gpuledger built: spans keep flowing."""
+    script = tmp_path / "worker.py"
+    script.write_text(
+        textwrap.dedent("""
+        import gpuledger
+
+        @gpuledger.traced_handler
+        def handler(job):
+            return "ok"
+
+        gpuledger.configure(exporters="console", service_name="first")
+        handler({"id": "before", "input": {}})
+        gpuledger.configure(exporters="console", service_name="second")
+        handler({"id": "after", "input": {}})
+    """)
+    )
+    env = {**os.environ, "GPULEDGER_LEDGER": str(tmp_path / "l.db")}
+    completed = subprocess.run(
+        [sys.executable, str(script)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert '"faas.invocation_id": "before"' in completed.stdout
+    assert '"faas.invocation_id": "after"' in completed.stdout
