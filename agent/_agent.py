@@ -12,15 +12,13 @@ from __future__ import annotations
 import atexit
 import contextlib
 import dataclasses
-import hashlib
-import hmac
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
 from functools import lru_cache
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -38,14 +36,37 @@ __all__ = ["Agent", "HandlerSpec", "configure", "flush", "get_agent", "shutdown"
 _LOCAL_PLATFORMS = ("local",)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
 class HandlerSpec:
     """What ``@traced_handler`` was told about one handler."""
 
-    name: str
-    user: Callable[..., object] | None = None
-    tags: Callable[..., Mapping[str, object]] | None = None
-    invocation_id: Callable[..., object] | None = None
+    __slots__ = ("has_options", "invocation_id", "name", "tags", "user")
+
+    def __init__(
+        self,
+        name: str,
+        user: Callable[..., object] | None = None,
+        tags: Callable[..., Mapping[str, object]] | None = None,
+        invocation_id: Callable[..., object] | None = None,
+    ) -> None:
+        self.name = name
+        self.user = user
+        self.tags = tags
+        self.invocation_id = invocation_id
+        # Decided once, so the request path skips the options with one test.
+        self.has_options = user is not None or tags is not None or invocation_id is not None
+
+
+def _outcome(error: BaseException) -> str:
+    if isinstance(error, GeneratorExit):
+        return "cancelled"
+    # Only a process that imported asyncio can raise its CancelledError; importing it here
+    # would cost every user ~20 ms of start-up.
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is not None and isinstance(error, asyncio.CancelledError):
+        return "cancelled"
+    if isinstance(error, TimeoutError):
+        return "timeout"
+    return "error"
 
 
 class _SystemClock:
@@ -78,6 +99,7 @@ class Agent:
         self.gpu = settings.gpu
         self.gpu_count = settings.gpu_count
 
+        self._runpod = info.platform == "runpod"
         self._setup_pricing()
         self._check_ledger_location(settings.ledger)
         self.worker = _worker_for(settings.prewarm_threshold_s, clock)
@@ -141,11 +163,11 @@ class Agent:
     def _check_ledger_location(location: str) -> None:
         if "://" in location and not location.startswith("sqlite://"):
             return  # other back-ends check themselves when opened
-        path = Path(location.removeprefix("sqlite:///").removeprefix("sqlite://"))
-        parent = path.parent if str(path.parent) else Path()
-        if not parent.is_dir():
+        path = location.removeprefix("sqlite:///").removeprefix("sqlite://")
+        parent = os.path.dirname(path) or "."
+        if not os.path.isdir(parent):
             raise ConfigError(
-                "ledger", location, f"directory {str(parent)!r} does not exist", "argument"
+                "ledger", location, f"directory {parent!r} does not exist", "argument"
             )
 
     def _setup_telemetry(self, env: Mapping[str, str]) -> None:
@@ -165,6 +187,7 @@ class Agent:
             resource_attributes=self.resource_attributes(),
             tracer_provider=settings.tracer_provider,
             meter_provider=settings.meter_provider,
+            export_timeout_s=settings.flush_timeout_s,
         )
         if self.providers.tracer_provider is not None:
             from opentelemetry import context as otel_context  # noqa: PLC0415
@@ -206,40 +229,84 @@ class Agent:
 
     # -- the request path -------------------------------------------------------------------
 
-    def begin(self, spec: HandlerSpec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Invocation:
-        """Open an invocation of ``spec`` called with ``args``/``kwargs`` (not yet active)."""
+    def enter(
+        self,
+        spec: HandlerSpec,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        activate: bool = True,
+    ) -> Invocation | None:
+        """Open an invocation of ``spec`` and (unless told not to) make it current.
+
+        Never raises: a failure is contained and counted, and ``None`` means "run untraced".
+        """
+        try:
+            invocation = self._begin(spec, args, kwargs)
+            if activate:
+                invocation._context_token = _current.set(invocation)
+                if invocation.span is not None:
+                    invocation._otel_token = self._attach(
+                        self._set_span_in_context(invocation.span)
+                    )
+        except Exception as error:
+            _guard.record_failure("handler.begin", error)
+            return None
+        return invocation
+
+    def exit(
+        self,
+        invocation: Invocation,
+        error: BaseException | None,
+        result: object = None,
+        *,
+        active: bool = True,
+    ) -> None:
+        """Close ``invocation`` (making it no longer current) and queue it; never raises."""
+        try:
+            if active:
+                self.deactivate(invocation)
+            if error is not None:
+                outcome = _outcome(error)
+            elif self._runpod and type(result) is dict and result.get("error"):
+                # RunPod fails a job whose handler returns {"error": ...}: its SDK reports FAILED.
+                outcome = "error"
+            else:
+                outcome = "ok"
+            self._end(invocation, error, outcome)
+        except Exception as failure:
+            _guard.record_failure("handler.end", failure)
+
+    def _begin(
+        self, spec: HandlerSpec, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Invocation:
         start_ns = self._time_ns()
         invocation = Invocation(spec.name, start_ns, self._perf_ns())
-        if spec.invocation_id is not None:
-            try:
-                invocation._invocation_id = str(spec.invocation_id(*args, **kwargs))
-            except Exception as error:
-                _guard.record_failure("handler.invocation_id", error)
+        if spec.has_options:
+            self._apply_options(invocation, spec, args, kwargs)
         else:
             # A RunPod-style job is the first argument (the second for a method).
             for candidate in args[:2]:
                 if type(candidate) is dict and "input" in candidate and "id" in candidate:
                     invocation._invocation_id = str(candidate["id"])
                     break
-        if spec.user is not None:
-            try:
-                user = spec.user(*args, **kwargs)
-                if user is not None:
-                    invocation.user_id = str(user)
-            except Exception as error:
-                _guard.record_failure("handler.user", error)
-        if spec.tags is not None:
-            try:
-                tags = spec.tags(*args, **kwargs)
-                if tags:
-                    invocation.tags = {str(key): str(value) for key, value in tags.items()}
-            except Exception as error:
-                _guard.record_failure("handler.tags", error)
-        cold, init, gap = self.worker.begin(start_ns)
-        invocation.idle_gap_ns = gap
-        if init is not None:
-            invocation.cold = cold
-            invocation.init = init
+        worker = self.worker
+        init = None
+        if worker.served_first:
+            # The warm fast path of WorkerState.begin, inlined: this runs on every request.
+            lock = worker.lock
+            lock.acquire()
+            active = worker.active
+            worker.active = active + 1
+            last_end_ns = worker.last_end_ns
+            lock.release()
+            gap = 0 if active else start_ns - last_end_ns
+            invocation.idle_gap_ns = gap if gap > 0 else 0
+        else:
+            cold, init, invocation.idle_gap_ns = worker.begin(start_ns)
+            if init is not None:
+                invocation.cold = cold
+                invocation.init = init
         if self.tracer is not None:
             links = None
             if init is not None:
@@ -258,6 +325,35 @@ class Agent:
             )
         return invocation
 
+    @staticmethod
+    def _apply_options(
+        invocation: Invocation, spec: HandlerSpec, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        if spec.invocation_id is not None:
+            try:
+                invocation._invocation_id = str(spec.invocation_id(*args, **kwargs))
+            except Exception as error:
+                _guard.record_failure("handler.invocation_id", error)
+        else:
+            for candidate in args[:2]:
+                if type(candidate) is dict and "input" in candidate and "id" in candidate:
+                    invocation._invocation_id = str(candidate["id"])
+                    break
+        if spec.user is not None:
+            try:
+                user = spec.user(*args, **kwargs)
+                if user is not None:
+                    invocation.user_id = str(user)
+            except Exception as error:
+                _guard.record_failure("handler.user", error)
+        if spec.tags is not None:
+            try:
+                tags = spec.tags(*args, **kwargs)
+                if tags:
+                    invocation.tags = {str(key): str(value) for key, value in tags.items()}
+            except Exception as error:
+                _guard.record_failure("handler.tags", error)
+
     def activate(self, invocation: Invocation) -> None:
         """Make ``invocation`` (and its span) current in this context."""
         invocation._context_token = _current.set(invocation)
@@ -273,9 +369,9 @@ class Agent:
             _current.reset(invocation._context_token)
             invocation._context_token = None
 
-    def end(self, invocation: Invocation, error: BaseException | None, outcome: str) -> None:
-        """Close ``invocation`` (already deactivated) and hand it to the background writer."""
-        invocation.duration_ns = self._perf_ns() - invocation.start_perf_ns
+    def _end(self, invocation: Invocation, error: BaseException | None, outcome: str) -> None:
+        duration_ns = self._perf_ns() - invocation.start_perf_ns
+        invocation.duration_ns = duration_ns
         invocation.outcome = outcome
         if error is not None:
             cls = type(error)
@@ -286,11 +382,22 @@ class Agent:
             )
         elif outcome == "error":
             invocation.error_type = "returned_error"
-        late_phases = self.worker.end(invocation.start_ns + invocation.duration_ns)
-        if late_phases:
-            invocation.phases = (invocation.phases or []) + late_phases
+        end_ns = invocation.start_ns + duration_ns
+        worker = self.worker
+        if worker.pending_phases:
+            late_phases = worker.end(end_ns)
+            if late_phases:
+                invocation.phases = (invocation.phases or []) + late_phases
+        else:
+            # The fast path of WorkerState.end, inlined.
+            lock = worker.lock
+            lock.acquire()
+            worker.active -= 1
+            worker.last_end_ns = max(worker.last_end_ns, end_ns)
+            lock.release()
         span = invocation.span
         if span is not None:
+            invocation.span = None  # an ended span must not stay alive in the queue
             try:
                 self._finish_span(invocation, span, error)
             except Exception as failure:
@@ -319,7 +426,7 @@ class Agent:
         if invocation.output_tokens is not None:
             attributes["gen_ai.usage.output_tokens"] = invocation.output_tokens
         if self.pricer is not None:
-            cost = self._cost(invocation)
+            cost = invocation.cost = self._cost(invocation)
             attributes["gpuledger.cost.usd"] = cost.total_usd
             attributes["gpuledger.cost.execution_usd"] = cost.execution_usd
             attributes["gpuledger.cost.gpu_usd"] = cost.gpu_usd
@@ -377,18 +484,6 @@ class Agent:
             )
             span.end(end_time=max(phase.end_ns, phase.start_ns))
             spans[phase.name] = span
-
-    def error_result(self, result: object) -> bool:
-        """Whether a returned ``result`` is a failure by the platform's convention.
-
-        RunPod's worker fails a job whose handler returns a dict with an ``"error"`` key (its
-        SDK reports the job FAILED); elsewhere a returned value is never an error.
-        """
-        return (
-            self.platform.platform == "runpod"
-            and type(result) is dict
-            and bool(result.get("error"))
-        )
 
     def now_ns(self) -> int:
         """The agent clock's wall time, Unix ns."""
@@ -483,9 +578,12 @@ class Agent:
         user_id, pseudonymised = (
             self.user_key(invocation.user_id) if invocation.user_id is not None else (None, False)
         )
-        cost = self._cost(invocation) if self.pricer is not None else None
+        cost = invocation.cost
+        if cost is None and self.pricer is not None:
+            cost = self._cost(invocation)
         return InvocationRecord(
-            record_id=os.urandom(16).hex(),
+            # Time-ordered ids keep the ledger's primary-key index append-mostly.
+            record_id=f"{invocation.start_ns:016x}{os.urandom(8).hex()}",
             invocation_id=invocation.invocation_id,
             handler=invocation.handler,
             service_name=self.service_name,
@@ -534,11 +632,11 @@ class Agent:
                 _guard.record_failure("exporter.flush", error)
         return done
 
-    def shutdown(self, timeout_s: float | None = None) -> bool:
+    def shutdown(self, timeout_s: float | None = None, *, at_exit: bool = False) -> bool:
         """Flush, stop the writer, close the ledger, flush the providers gpuledger built.
 
-        Those providers are global and stay usable by a later ``configure()``; the
-        OpenTelemetry SDK shuts them down at exit."""
+        Those providers are global and stay usable by a later ``configure()``; at process exit
+        (``at_exit``) they are shut down too, within the same timeout."""
         if self.closed:
             return True
         self.closed = True
@@ -552,7 +650,10 @@ class Agent:
             )
         if self.providers is not None:
             try:
-                self.providers.flush(timeout)
+                if at_exit:
+                    self.providers.close(timeout)
+                else:
+                    self.providers.flush(timeout)
             except Exception as error:
                 _guard.record_failure("exporter.flush", error)
         if self._ledger is not None:
@@ -566,6 +667,9 @@ class Agent:
 
 @lru_cache(maxsize=8192)
 def _pseudonym(key: str, user_id: str) -> str:
+    import hashlib  # noqa: PLC0415  (only when ids are pseudonymised)
+    import hmac  # noqa: PLC0415
+
     # HMAC-SHA256, truncated to 128 bits: collision-free enough for chargeback, short in a table.
     return hmac.new(key.encode(), user_id.encode(), hashlib.sha256).hexdigest()[:32]
 
@@ -695,8 +799,12 @@ def _install_hooks() -> None:
 
 
 def _at_exit() -> None:
-    with contextlib.suppress(Exception):  # nothing may fail at exit
-        shutdown()
+    global _agent
+    with _agent_lock:
+        agent, _agent = _agent, None
+    if agent is not None:
+        with contextlib.suppress(Exception):  # nothing may fail at exit
+            agent.shutdown(at_exit=True)
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import sys
 from collections.abc import AsyncGenerator, Callable, Generator, Mapping
 from contextvars import ContextVar, Token
 from types import TracebackType
@@ -31,62 +30,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 _open_phase: ContextVar[str | None] = ContextVar("gpuledger_open_phase", default=None)
 
 
-def _outcome(error: BaseException) -> str:
-    if isinstance(error, GeneratorExit):
-        return "cancelled"
-    # Only a process that imported asyncio can raise its CancelledError; importing it here
-    # would cost every user ~20 ms of start-up.
-    asyncio = sys.modules.get("asyncio")
-    if asyncio is not None and isinstance(error, asyncio.CancelledError):
-        return "cancelled"
-    if isinstance(error, TimeoutError):
-        return "timeout"
-    return "error"
-
-
-def _begin(spec: HandlerSpec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Invocation | None:
-    agent = agent_module._agent or agent_module.get_agent()
-    if agent is None:
-        return None
-    try:
-        return agent.begin(spec, args, kwargs)
-    except Exception as error:
-        _guard.record_failure("handler.begin", error)
-        return None
-
-
-def _activate(invocation: Invocation) -> None:
-    agent = agent_module._agent
-    if agent is not None:
-        try:
-            agent.activate(invocation)
-        except Exception as error:
-            _guard.record_failure("handler.activate", error)
-
-
-def _deactivate(invocation: Invocation) -> None:
-    agent = agent_module._agent
-    if agent is not None:
-        try:
-            agent.deactivate(invocation)
-        except Exception as error:
-            _guard.record_failure("handler.deactivate", error)
-
-
-def _end(invocation: Invocation, error: BaseException | None, result: object = None) -> None:
-    agent = agent_module._agent
-    if agent is None:
-        return
-    try:
-        if error is not None:
-            outcome = _outcome(error)
-        elif agent.error_result(result):
-            outcome = "error"
-        else:
-            outcome = "ok"
-        agent.end(invocation, error, outcome)
-    except Exception as failure:
-        _guard.record_failure("handler.end", failure)
+def _agent() -> Any:
+    """The configured agent, configuring it from the environment on first use (or None)."""
+    return agent_module._agent or agent_module.get_agent()
 
 
 @overload
@@ -156,10 +102,13 @@ def _wall_ns() -> int:
 
 
 def _wrap(function: Any, spec: HandlerSpec) -> Any:
+    # Each wrapper holds on to the agent that opened the invocation, so a configure() while
+    # it runs cannot split it between two agents. Agent.enter/exit never raise.
     if inspect.isasyncgenfunction(function):
 
         async def async_generator_wrapper(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
-            invocation = _begin(spec, args, kwargs)
+            agent = _agent()
+            invocation = None if agent is None else agent.enter(spec, args, kwargs, activate=False)
             if invocation is None:
                 async for item in function(*args, **kwargs):
                     yield item
@@ -170,7 +119,7 @@ def _wrap(function: Any, spec: HandlerSpec) -> Any:
                 sent: Any = None
                 thrown: BaseException | None = None
                 while True:
-                    _activate(invocation)
+                    agent.activate(invocation)
                     try:
                         if thrown is not None:
                             item = await generator.athrow(thrown)
@@ -179,38 +128,36 @@ def _wrap(function: Any, spec: HandlerSpec) -> Any:
                     except StopAsyncIteration:
                         return
                     finally:
-                        _deactivate(invocation)
+                        agent.deactivate(invocation)
                     thrown = None
                     try:
                         sent = yield item
                     except GeneratorExit:
                         raise
-                    except BaseException as caught:
+                    except BaseException as caught:  # forward what the caller throws in
                         thrown = caught
             except BaseException as raised:
                 error = raised
                 raise
             finally:
                 await generator.aclose()
-                _end(invocation, error)
+                agent.exit(invocation, error, active=False)
 
         return functools.wraps(function)(async_generator_wrapper)
 
     if inspect.iscoroutinefunction(function):
 
         async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-            invocation = _begin(spec, args, kwargs)
+            agent = _agent()
+            invocation = None if agent is None else agent.enter(spec, args, kwargs)
             if invocation is None:
                 return await function(*args, **kwargs)
-            _activate(invocation)
             try:
                 result = await function(*args, **kwargs)
             except BaseException as error:
-                _deactivate(invocation)
-                _end(invocation, error)
+                agent.exit(invocation, error)
                 raise
-            _deactivate(invocation)
-            _end(invocation, None, result)
+            agent.exit(invocation, None, result)
             return result
 
         return functools.wraps(function)(async_wrapper)
@@ -218,7 +165,8 @@ def _wrap(function: Any, spec: HandlerSpec) -> Any:
     if inspect.isgeneratorfunction(function):
 
         def generator_wrapper(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
-            invocation = _begin(spec, args, kwargs)
+            agent = _agent()
+            invocation = None if agent is None else agent.enter(spec, args, kwargs, activate=False)
             if invocation is None:
                 return (yield from function(*args, **kwargs))
             generator = function(*args, **kwargs)
@@ -227,7 +175,7 @@ def _wrap(function: Any, spec: HandlerSpec) -> Any:
                 sent: Any = None
                 thrown: BaseException | None = None
                 while True:
-                    _activate(invocation)
+                    agent.activate(invocation)
                     try:
                         if thrown is not None:
                             item = generator.throw(thrown)
@@ -236,36 +184,36 @@ def _wrap(function: Any, spec: HandlerSpec) -> Any:
                     except StopIteration as stop:
                         return stop.value
                     finally:
-                        _deactivate(invocation)
+                        agent.deactivate(invocation)
                     thrown = None
                     try:
                         sent = yield item
                     except GeneratorExit:
                         raise
-                    except BaseException as caught:
+                    except BaseException as caught:  # forward what the caller throws in
                         thrown = caught
             except BaseException as raised:
                 error = raised
                 raise
             finally:
                 generator.close()
-                _end(invocation, error)
+                agent.exit(invocation, error, active=False)
 
         return functools.wraps(function)(generator_wrapper)
 
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        invocation = _begin(spec, args, kwargs)
+        agent = agent_module._agent or agent_module.get_agent()
+        if agent is None:
+            return function(*args, **kwargs)
+        invocation = agent.enter(spec, args, kwargs)
         if invocation is None:
             return function(*args, **kwargs)
-        _activate(invocation)
         try:
             result = function(*args, **kwargs)
         except BaseException as error:
-            _deactivate(invocation)
-            _end(invocation, error)
+            agent.exit(invocation, error)
             raise
-        _deactivate(invocation)
-        _end(invocation, None, result)
+        agent.exit(invocation, None, result)
         return result
 
     return functools.wraps(function)(wrapper)

@@ -32,50 +32,31 @@ class Invocation:
     counts; change them through :func:`gpuledger.tag` and :func:`gpuledger.record_tokens`.
     """
 
-    __slots__ = (
-        "_context_token",
-        "_invocation_id",
-        "_otel_token",
-        "_sequence",
-        "cold",
-        "duration_ns",
-        "error_type",
-        "handler",
-        "idle_gap_ns",
-        "init",
-        "input_tokens",
-        "outcome",
-        "output_tokens",
-        "phases",
-        "span",
-        "start_ns",
-        "start_perf_ns",
-        "tags",
-        "tenant",
-        "user_id",
-    )
+    # Class-level defaults, not __slots__: the request path then sets three attributes, not
+    # twenty (an instance only stores what differs from these).
+    _invocation_id: str | None = None
+    _sequence = 0
+    duration_ns = 0
+    outcome = "ok"
+    error_type: str | None = None
+    cold = False
+    init: Any = None
+    idle_gap_ns: int | None = None
+    phases: list[Phase] | None = None
+    user_id: str | None = None
+    tenant: str | None = None
+    tags: dict[str, str] | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    span: Any = None
+    cost: Any = None
+    _context_token: Token[Invocation | None] | None = None
+    _otel_token: Any = None
 
     def __init__(self, handler: str, start_ns: int, start_perf_ns: int) -> None:
         self.handler = handler
         self.start_ns = start_ns
         self.start_perf_ns = start_perf_ns
-        self._invocation_id: str | None = None
-        self._sequence = 0
-        self.duration_ns = 0
-        self.outcome = "ok"
-        self.error_type: str | None = None
-        self.cold = False
-        self.init: Any = None
-        self.idle_gap_ns: int | None = None
-        self.phases: list[Phase] | None = None
-        self.user_id: str | None = None
-        self.tenant: str | None = None
-        self.tags: dict[str, str] | None = None
-        self.input_tokens: int | None = None
-        self.output_tokens: int | None = None
-        self.span: Any = None
-        self._context_token: Token[Invocation | None] | None = None
-        self._otel_token: Any = None
 
     @property
     def invocation_id(self) -> str:

@@ -62,7 +62,7 @@ class Pipeline:
         queue.append(item)
         if self._thread is None:
             self._start()
-        if len(queue) >= self._batch_size:
+        if len(queue) >= self._batch_size and not self._wake.is_set():
             self._wake.set()
 
     @property

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import socket
 from collections.abc import Mapping
 from typing import Final
 
@@ -131,7 +130,7 @@ def detect_platform(environ: Mapping[str, str] | None = None) -> PlatformInfo:
 
 def default_worker_id() -> str:
     """``host:pid``: unique among the workers of one machine, stable for the process's life."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    return f"{os.uname().nodename}:{os.getpid()}"
 
 
 def platform_defaults(platform: str) -> PlatformInfo:

@@ -17,9 +17,13 @@ Outcome = Literal["ok", "error", "timeout", "killed", "cancelled"]
 OUTCOMES: Final = ("ok", "error", "timeout", "killed", "cancelled")
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@dataclasses.dataclass(slots=True, kw_only=True)
 class InvocationRecord:
-    """Everything gpuledger knows about one finished invocation of a handler."""
+    """Everything gpuledger knows about one finished invocation of a handler.
+
+    A value: treat it as read-only. (It is not a frozen dataclass because the background writer
+    builds tens of thousands a second, and a frozen one costs four times as much to build.)
+    """
 
     # identity
     record_id: str

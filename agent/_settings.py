@@ -10,7 +10,6 @@ The README's configuration table is generated from the same rows (``settings_tab
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import os
 from collections.abc import Callable, Mapping
@@ -395,6 +394,8 @@ def resolve_settings(
     env = os.environ if environ is None else environ
     unknown = sorted(set(arguments) - set(_BY_NAME))
     if unknown:
+        import difflib  # noqa: PLC0415  (only on this error path)
+
         close = difflib.get_close_matches(unknown[0], _BY_NAME, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
         known = ", ".join(sorted(_BY_NAME))

@@ -70,26 +70,27 @@ class WorkerState:
     """Per-process bookkeeping behind cold starts and idle gaps; safe across threads."""
 
     def __init__(self, prewarm_threshold_s: float, start: tuple[int, str] | None = None) -> None:
+        # Public fields: the agent inlines the warm fast paths of begin/end on the request path.
         self.prewarm_threshold_ns = int(prewarm_threshold_s * 1e9)
         self.process_start_ns, self.process_start_source = start or process_start_ns()
-        self._lock = threading.Lock()
-        self._pending_phases: list[Phase] = []
+        self.lock = threading.Lock()
+        self.pending_phases: list[Phase] = []
         self._open_phases: list[Phase] = []
         self._ready_ns = 0
-        self._served_first = False
-        self._active = 0
-        self._last_end_ns = 0
+        self.served_first = False
+        self.active = 0
+        self.last_end_ns = 0
 
     # -- init -------------------------------------------------------------------------------
 
     def mark_ready(self, now_ns: int) -> None:
         """Something finished preparing this worker at ``now_ns`` (a handler was decorated)."""
-        with self._lock:
+        with self.lock:
             self._ready_ns = max(self._ready_ns, now_ns)
 
     def open_phase(self, name: str, now_ns: int) -> Phase:
         """Start an init phase outside any request."""
-        with self._lock:
+        with self.lock:
             parent = self._open_phases[-1].name if self._open_phases else None
             phase = Phase(name, now_ns, parent=parent)
             self._open_phases.append(phase)
@@ -98,45 +99,45 @@ class WorkerState:
     def close_phase(self, phase: Phase, now_ns: int) -> None:
         """End ``phase``; it is attributed to the next request."""
         phase.end_ns = now_ns
-        with self._lock:
+        with self.lock:
             if phase in self._open_phases:
                 self._open_phases.remove(phase)
-            self._pending_phases.append(phase)
+            self.pending_phases.append(phase)
             self._ready_ns = max(self._ready_ns, now_ns)
 
     # -- requests ---------------------------------------------------------------------------
 
     def begin(self, start_ns: int) -> tuple[bool, InitInfo | None, int]:
         """A request starts: is it cold, the init to attribute to it, and its idle gap (ns)."""
-        with self._lock:
+        with self.lock:
             init: InitInfo | None = None
             cold = False
-            if not self._served_first:
-                self._served_first = True
+            if not self.served_first:
+                self.served_first = True
                 ready = self._ready_ns or start_ns
                 cold = start_ns - ready <= self.prewarm_threshold_ns
                 init = InitInfo(
                     self.process_start_ns,
                     self.process_start_source,
                     start_ns if cold else ready,
-                    tuple(sorted(self._pending_phases, key=lambda phase: phase.start_ns)),
+                    tuple(sorted(self.pending_phases, key=lambda phase: phase.start_ns)),
                 )
-                self._pending_phases = []
+                self.pending_phases = []
                 gap = max(0, start_ns - ready)
-            elif self._active:
+            elif self.active:
                 gap = 0
             else:
-                gap = max(0, start_ns - self._last_end_ns)
-            self._active += 1
+                gap = max(0, start_ns - self.last_end_ns)
+            self.active += 1
             return cold, init, gap
 
     def end(self, end_ns: int) -> list[Phase] | None:
         """A request ended; returns init phases that ran since the first request (attributed to
         the request that just ended), if any."""
-        with self._lock:
-            self._active -= 1
-            self._last_end_ns = max(self._last_end_ns, end_ns)
-            if not self._pending_phases:
+        with self.lock:
+            self.active -= 1
+            self.last_end_ns = max(self.last_end_ns, end_ns)
+            if not self.pending_phases:
                 return None
-            phases, self._pending_phases = self._pending_phases, []
+            phases, self.pending_phases = self.pending_phases, []
             return phases

@@ -119,7 +119,12 @@ class InvocationMetrics:
         )
 
     def record(self, records: Sequence[InvocationRecord]) -> None:
-        """Add ``records`` to the instruments."""
+        """Add ``records`` to the instruments.
+
+        Counters are summed per attribute set over the batch and added once (a counter add costs
+        microseconds; a batch holds up to thousands of records); histograms get every value.
+        """
+        sums: dict[tuple[tuple[str, str], ...], list[float]] = {}
         for record in records:
             attributes: dict[str, str] = {
                 "faas.trigger": self._trigger,
@@ -131,18 +136,40 @@ class InvocationMetrics:
                     attributes[key] = record.user_id
                 if record.tenant is not None:
                     attributes["gpuledger.tenant"] = record.tenant
-            self._invocations.add(1, attributes)
             self._duration.record(record.duration_s, attributes)
-            if record.outcome == "error":
-                self._errors.add(1, attributes)
-            elif record.outcome == "timeout":
-                self._timeouts.add(1, attributes)
-            if record.cold:
-                self._coldstarts.add(1, attributes)
             if record.init_duration_s is not None:
                 self._init_duration.record(record.init_duration_s, attributes)
-            self._billed.add(record.billed_gpu_seconds, attributes)
+            group = tuple(attributes.items())
+            tally = sums.get(group)
+            if tally is None:
+                # invocations, errors, timeouts, coldstarts, billed, busy, cost,
+                # and whether busy / cost were seen at all (unknown is not zero)
+                tally = sums[group] = [0.0] * 9
+            tally[0] += 1
+            if record.outcome == "error":
+                tally[1] += 1
+            elif record.outcome == "timeout":
+                tally[2] += 1
+            if record.cold:
+                tally[3] += 1
+            tally[4] += record.billed_gpu_seconds
             if record.busy_gpu_seconds is not None:
-                self._busy.add(record.busy_gpu_seconds, attributes)
+                tally[5] += record.busy_gpu_seconds
+                tally[7] = 1
             if record.cost_usd is not None:
-                self._cost.add(record.cost_usd, attributes)
+                tally[6] += record.cost_usd
+                tally[8] = 1
+        for group, tally in sums.items():
+            attributes = dict(group)
+            self._invocations.add(int(tally[0]), attributes)
+            if tally[1]:
+                self._errors.add(int(tally[1]), attributes)
+            if tally[2]:
+                self._timeouts.add(int(tally[2]), attributes)
+            if tally[3]:
+                self._coldstarts.add(int(tally[3]), attributes)
+            self._billed.add(tally[4], attributes)
+            if tally[7]:
+                self._busy.add(tally[5], attributes)
+            if tally[8]:
+                self._cost.add(tally[6], attributes)

@@ -28,17 +28,38 @@ class Providers:
     """``argument``, ``application`` or ``gpuledger``: where the providers came from."""
 
     def flush(self, timeout_s: float) -> None:
-        """Force-flush the providers gpuledger owns (the application flushes its own)."""
-        millis = max(1, int(timeout_s * 1000))
+        """Force-flush the providers gpuledger owns (the application flushes its own), both
+        within one ``timeout_s`` budget."""
+        import time  # noqa: PLC0415
+
+        deadline = time.monotonic() + timeout_s
+
+        def remaining_ms() -> int:
+            return max(1, int((deadline - time.monotonic()) * 1000))
+
         if self.owns_tracer_provider and self.tracer_provider is not None:
-            self.tracer_provider.force_flush(millis)
+            self.tracer_provider.force_flush(remaining_ms())
         if self.owns_meter_provider and self.meter_provider is not None:
-            self.meter_provider.force_flush(millis)
+            self.meter_provider.force_flush(remaining_ms())
+
+    def close(self, timeout_s: float) -> None:
+        """At process exit: flush and shut down the providers gpuledger built, within one
+        ``timeout_s`` budget (they are built with ``shutdown_on_exit=False`` so that the SDK's
+        own exit hook does not export a second time, unbounded)."""
+        import time  # noqa: PLC0415
+
+        deadline = time.monotonic() + timeout_s
+        if self.owns_tracer_provider and self.tracer_provider is not None:
+            self.tracer_provider.force_flush(max(1, int(timeout_s * 1000)))
+            self.tracer_provider.shutdown()
+        if self.owns_meter_provider and self.meter_provider is not None:
+            remaining_ms = max(1, int((deadline - time.monotonic()) * 1000))
+            self.meter_provider.shutdown(timeout_millis=remaining_ms)
 
 
 # Providers gpuledger built and made global. OpenTelemetry lets a global provider be set only
 # once per process, so a later configure() reuses them rather than building unreachable ones;
-# they are flushed, never shut down, by gpuledger (the SDK shuts them down at exit itself).
+# gpuledger.shutdown() only flushes them; gpuledger's exit hook shuts them down (Providers.close).
 _built: dict[str, Any] = {}
 
 
@@ -70,6 +91,7 @@ def setup_providers(
     resource_attributes: Mapping[str, Any],
     tracer_provider: Any | None = None,
     meter_provider: Any | None = None,
+    export_timeout_s: float = 10.0,
 ) -> Providers:
     """Pick or build the providers for ``tracing``/``metrics`` with ``exporters``.
 
@@ -100,11 +122,11 @@ def setup_providers(
     resource = None
     if tracing and result.tracer_provider is None:
         resource = _resource(resource_attributes)
-        result.tracer_provider = _build_tracer_provider(resource, exporters)
+        result.tracer_provider = _build_tracer_provider(resource, exporters, export_timeout_s)
         result.owns_tracer_provider = True
     if metrics and result.meter_provider is None:
         resource = resource or _resource(resource_attributes)
-        result.meter_provider = _build_meter_provider(resource, exporters)
+        result.meter_provider = _build_meter_provider(resource, exporters, export_timeout_s)
         result.owns_meter_provider = True
     if result.owns_tracer_provider or result.owns_meter_provider:
         result.origin = result.origin or "gpuledger"
@@ -118,16 +140,16 @@ def _resource(attributes: Mapping[str, Any]) -> Any:
     return Resource.create({key: value for key, value in attributes.items() if value is not None})
 
 
-def _build_tracer_provider(resource: Any, exporters: tuple[str, ...]) -> Any:
+def _build_tracer_provider(resource: Any, exporters: tuple[str, ...], timeout_s: float) -> Any:
     from opentelemetry import trace  # noqa: PLC0415
     from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415
     from opentelemetry.sdk.trace.export import BatchSpanProcessor  # noqa: PLC0415
 
-    provider = TracerProvider(resource=resource)
+    provider = TracerProvider(resource=resource, shutdown_on_exit=False)
     _built["tracer"] = provider
     for name in exporters:
         if name == "otlp":
-            exporter: Any = _otlp_span_exporter()
+            exporter: Any = _otlp_span_exporter(timeout_s)
         else:
             from opentelemetry.sdk.trace.export import ConsoleSpanExporter  # noqa: PLC0415
 
@@ -137,7 +159,7 @@ def _build_tracer_provider(resource: Any, exporters: tuple[str, ...]) -> Any:
     return provider
 
 
-def _build_meter_provider(resource: Any, exporters: tuple[str, ...]) -> Any:
+def _build_meter_provider(resource: Any, exporters: tuple[str, ...], timeout_s: float) -> Any:
     from opentelemetry import metrics  # noqa: PLC0415
     from opentelemetry.sdk.metrics import MeterProvider  # noqa: PLC0415
     from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader  # noqa: PLC0415
@@ -145,13 +167,13 @@ def _build_meter_provider(resource: Any, exporters: tuple[str, ...]) -> Any:
     readers = []
     for name in exporters:
         if name == "otlp":
-            exporter: Any = _otlp_metric_exporter()
+            exporter: Any = _otlp_metric_exporter(timeout_s)
         else:
             from opentelemetry.sdk.metrics.export import ConsoleMetricExporter  # noqa: PLC0415
 
             exporter = ConsoleMetricExporter()
         readers.append(PeriodicExportingMetricReader(exporter))
-    provider = MeterProvider(resource=resource, metric_readers=readers)
+    provider = MeterProvider(resource=resource, metric_readers=readers, shutdown_on_exit=False)
     _built["meter"] = provider
     metrics.set_meter_provider(provider)
     return provider
@@ -167,7 +189,20 @@ def _otlp_protocol() -> str:
     ).strip()
 
 
-def _otlp_span_exporter() -> Any:
+def _timeout(signal: str, timeout_s: float) -> float | None:
+    """The export timeout: OpenTelemetry's variables if set (the exporter reads them), else
+    gpuledger's flush timeout, so a collector that does not answer cannot hold a worker's exit
+    for the SDK's 10 s per export and signal."""
+    import os  # noqa: PLC0415
+
+    if os.environ.get(f"OTEL_EXPORTER_OTLP_{signal}_TIMEOUT") or os.environ.get(
+        "OTEL_EXPORTER_OTLP_TIMEOUT"
+    ):
+        return None
+    return max(0.1, timeout_s)
+
+
+def _otlp_span_exporter(timeout_s: float) -> Any:
     # Endpoint, headers, timeout, compression: the exporters read OTEL_EXPORTER_OTLP_* themselves.
     if _otlp_protocol() == "grpc":
         try:
@@ -179,15 +214,15 @@ def _otlp_span_exporter() -> Any:
                 "OTEL_EXPORTER_OTLP_PROTOCOL=grpc needs the gRPC exporter: "
                 "pip install 'gpuledger[grpc]'"
             ) from missing
-        return OTLPSpanExporter()
+        return OTLPSpanExporter(timeout=_timeout("TRACES", timeout_s))
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # noqa: PLC0415
         OTLPSpanExporter as HTTPSpanExporter,
     )
 
-    return HTTPSpanExporter()
+    return HTTPSpanExporter(timeout=_timeout("TRACES", timeout_s))
 
 
-def _otlp_metric_exporter() -> Any:
+def _otlp_metric_exporter(timeout_s: float) -> Any:
     if _otlp_protocol() == "grpc":
         try:
             from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (  # noqa: PLC0415
@@ -198,9 +233,9 @@ def _otlp_metric_exporter() -> Any:
                 "OTEL_EXPORTER_OTLP_PROTOCOL=grpc needs the gRPC exporter: "
                 "pip install 'gpuledger[grpc]'"
             ) from missing
-        return OTLPMetricExporter()
+        return OTLPMetricExporter(timeout=_timeout("METRICS", timeout_s))
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import (  # noqa: PLC0415
         OTLPMetricExporter as HTTPMetricExporter,
     )
 
-    return HTTPMetricExporter()
+    return HTTPMetricExporter(timeout=_timeout("METRICS", timeout_s))
