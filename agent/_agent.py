@@ -108,6 +108,9 @@ class Agent:
         from gpuledger._pipeline import Pipeline  # noqa: PLC0415
 
         self.pipeline = Pipeline(self._process_batch, max_pending=settings.max_pending)
+        self._queue = self.pipeline.queue
+        self._max_pending = settings.max_pending
+        self._batch_size = self.pipeline.batch_size
         self._ledger: Any = None
         self._retry: list[InvocationRecord] = []
         self._pseudonym_warned = False
@@ -229,6 +232,10 @@ class Agent:
 
     # -- the request path -------------------------------------------------------------------
 
+    # The request path. enter() and exit() run on every call of every traced handler, so they
+    # are written flat: no helper calls on the warm path, attributes read once into locals.
+    # Both contain every failure: a handler never sees gpuledger raise.
+
     def enter(
         self,
         spec: HandlerSpec,
@@ -242,13 +249,42 @@ class Agent:
         Never raises: a failure is contained and counted, and ``None`` means "run untraced".
         """
         try:
-            invocation = self._begin(spec, args, kwargs)
-            if activate:
-                invocation._context_token = _current.set(invocation)
-                if invocation.span is not None:
+            start_ns = self._time_ns()
+            invocation = Invocation(spec.name, start_ns, self._perf_ns())
+            if spec.has_options:
+                self._apply_options(invocation, spec, args, kwargs)
+            elif args:
+                # A RunPod-style job is the first argument (the second for a method).
+                job = args[0]
+                if type(job) is not dict and len(args) > 1:
+                    job = args[1]
+                if type(job) is dict and "input" in job and "id" in job:
+                    invocation._invocation_id = str(job["id"])
+            worker = self.worker
+            init = None
+            if worker.served_first:
+                # WorkerState.begin's warm path, inlined.
+                lock = worker.lock
+                lock.acquire()
+                active = worker.active
+                worker.active = active + 1
+                last_end_ns = worker.last_end_ns
+                lock.release()
+                gap = 0 if active else start_ns - last_end_ns
+                invocation.idle_gap_ns = gap if gap > 0 else 0
+            else:
+                cold, init, invocation.idle_gap_ns = worker.begin(start_ns)
+                if init is not None:
+                    invocation.cold = cold
+                    invocation.init = init
+            if self.tracer is not None:
+                invocation.span = self._start_span(spec.name, start_ns, invocation.cold, init)
+                if activate:
                     invocation._otel_token = self._attach(
                         self._set_span_in_context(invocation.span)
                     )
+            if activate:
+                invocation._context_token = _current.set(invocation)
         except Exception as error:
             _guard.record_failure("handler.begin", error)
             return None
@@ -265,65 +301,68 @@ class Agent:
         """Close ``invocation`` (making it no longer current) and queue it; never raises."""
         try:
             if active:
-                self.deactivate(invocation)
+                _current.reset(invocation._context_token)  # type: ignore[arg-type]
+                if invocation._otel_token is not None:
+                    self._detach(invocation._otel_token)
+            duration_ns = self._perf_ns() - invocation.start_perf_ns
+            invocation.duration_ns = duration_ns
             if error is not None:
-                outcome = _outcome(error)
+                invocation.outcome = _outcome(error)
+                cls = type(error)
+                invocation.error_type = (
+                    cls.__qualname__
+                    if cls.__module__ == "builtins"
+                    else f"{cls.__module__}.{cls.__qualname__}"
+                )
             elif self._runpod and type(result) is dict and result.get("error"):
                 # RunPod fails a job whose handler returns {"error": ...}: its SDK reports FAILED.
-                outcome = "error"
+                invocation.outcome = "error"
+                invocation.error_type = "returned_error"
+            end_ns = invocation.start_ns + duration_ns
+            worker = self.worker
+            if worker.pending_phases:
+                late_phases = worker.end(end_ns)
+                if late_phases:
+                    invocation.phases = (invocation.phases or []) + late_phases
             else:
-                outcome = "ok"
-            self._end(invocation, error, outcome)
+                # WorkerState.end's fast path, inlined.
+                lock = worker.lock
+                lock.acquire()
+                worker.active -= 1
+                if end_ns > worker.last_end_ns:  # noqa: PLR1730  (max() costs a call here)
+                    worker.last_end_ns = end_ns
+                lock.release()
+            span = invocation.span
+            if span is not None:
+                invocation.span = None  # an ended span must not stay alive in the queue
+                try:
+                    self._finish_span(invocation, span, error)
+                except Exception as failure:
+                    _guard.record_failure("span.end", failure)
+            # Pipeline.submit's common case, inlined: room in the queue and the writer running.
+            queue = self._queue
+            if len(queue) < self._max_pending and self.pipeline.running:
+                queue.append(invocation)
+                if len(queue) >= self._batch_size:
+                    self.pipeline.wake()
+            else:
+                self.pipeline.submit(invocation)
         except Exception as failure:
             _guard.record_failure("handler.end", failure)
 
-    def _begin(
-        self, spec: HandlerSpec, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Invocation:
-        start_ns = self._time_ns()
-        invocation = Invocation(spec.name, start_ns, self._perf_ns())
-        if spec.has_options:
-            self._apply_options(invocation, spec, args, kwargs)
-        else:
-            # A RunPod-style job is the first argument (the second for a method).
-            for candidate in args[:2]:
-                if type(candidate) is dict and "input" in candidate and "id" in candidate:
-                    invocation._invocation_id = str(candidate["id"])
-                    break
-        worker = self.worker
-        init = None
-        if worker.served_first:
-            # The warm fast path of WorkerState.begin, inlined: this runs on every request.
-            lock = worker.lock
-            lock.acquire()
-            active = worker.active
-            worker.active = active + 1
-            last_end_ns = worker.last_end_ns
-            lock.release()
-            gap = 0 if active else start_ns - last_end_ns
-            invocation.idle_gap_ns = gap if gap > 0 else 0
-        else:
-            cold, init, invocation.idle_gap_ns = worker.begin(start_ns)
-            if init is not None:
-                invocation.cold = cold
-                invocation.init = init
-        if self.tracer is not None:
-            links = None
-            if init is not None:
-                links = [self._link(self._emit_init_span(init))]
-            invocation.span = self.tracer.start_span(
-                spec.name,
-                kind=self._server_kind,
-                start_time=start_ns,
-                links=links,
-                attributes={
-                    "faas.trigger": self.platform.faas_trigger,
-                    "faas.coldstart": invocation.cold,
-                },
-                record_exception=False,
-                set_status_on_exception=False,
-            )
-        return invocation
+    def _start_span(self, name: str, start_ns: int, cold: bool, init: InitInfo | None) -> Any:
+        links = None
+        if init is not None:
+            links = [self._link(self._emit_init_span(init))]
+        return self.tracer.start_span(
+            name,
+            kind=self._server_kind,
+            start_time=start_ns,
+            links=links,
+            attributes={"faas.trigger": self.platform.faas_trigger, "faas.coldstart": cold},
+            record_exception=False,
+            set_status_on_exception=False,
+        )
 
     @staticmethod
     def _apply_options(
@@ -368,41 +407,6 @@ class Agent:
         if invocation._context_token is not None:
             _current.reset(invocation._context_token)
             invocation._context_token = None
-
-    def _end(self, invocation: Invocation, error: BaseException | None, outcome: str) -> None:
-        duration_ns = self._perf_ns() - invocation.start_perf_ns
-        invocation.duration_ns = duration_ns
-        invocation.outcome = outcome
-        if error is not None:
-            cls = type(error)
-            invocation.error_type = (
-                cls.__qualname__
-                if cls.__module__ == "builtins"
-                else f"{cls.__module__}.{cls.__qualname__}"
-            )
-        elif outcome == "error":
-            invocation.error_type = "returned_error"
-        end_ns = invocation.start_ns + duration_ns
-        worker = self.worker
-        if worker.pending_phases:
-            late_phases = worker.end(end_ns)
-            if late_phases:
-                invocation.phases = (invocation.phases or []) + late_phases
-        else:
-            # The fast path of WorkerState.end, inlined.
-            lock = worker.lock
-            lock.acquire()
-            worker.active -= 1
-            worker.last_end_ns = max(worker.last_end_ns, end_ns)
-            lock.release()
-        span = invocation.span
-        if span is not None:
-            invocation.span = None  # an ended span must not stay alive in the queue
-            try:
-                self._finish_span(invocation, span, error)
-            except Exception as failure:
-                _guard.record_failure("span.end", failure)
-        self.pipeline.submit(invocation)
 
     def _finish_span(self, invocation: Invocation, span: Any, error: BaseException | None) -> None:
         attributes: dict[str, Any] = {

@@ -46,6 +46,11 @@ class Pipeline:
         self._batch_size = batch_size
         self._name = name
         self._queue: deque[Any] = deque()
+        self.queue = self._queue
+        """The queue itself: the agent appends to it directly while ``running``."""
+        self.batch_size = batch_size
+        self.running = False
+        """True while the thread runs; False before it started and once it stopped."""
         self._wake = threading.Event()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -63,6 +68,11 @@ class Pipeline:
         if self._thread is None:
             self._start()
         if len(queue) >= self._batch_size and not self._wake.is_set():
+            self._wake.set()
+
+    def wake(self) -> None:
+        """Wake the thread now (a batch is full)."""
+        if not self._wake.is_set():
             self._wake.set()
 
     @property
@@ -110,6 +120,7 @@ class Pipeline:
             self._stopping = False
             self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
             self._thread.start()
+            self.running = True
 
     def _run(self) -> None:
         queue = self._queue
@@ -133,6 +144,9 @@ class Pipeline:
                 for marker in markers:
                     marker.done.set()
             if self._stopping:
+                self.running = False
+                # Anything appended while stopping is flushed by close()'s caller or dropped
+                # with the process; the agent checks ``running`` and falls back to submit().
                 return
 
 
