@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from contextvars import ContextVar, Token
 from itertools import count
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:
     from gpuledger._worker import Phase
@@ -105,17 +105,32 @@ def record_tokens(*, input: int | None = None, output: int | None = None) -> Non
     that is not a whole number of zero or more raises ``ValueError``. Outside a traced handler
     this does nothing.
     """
-    for name, value in (("input", input), ("output", output)):
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int) or value < 0
-        ):
-            raise ValueError(
-                f"gpuledger.record_tokens({name}={value!r}): a token count is a whole number >= 0"
-            )
     invocation = _current.get()
-    if invocation is None:
-        return
+    # ``type(...) is int`` rejects bools and floats in one test (this runs once or more per
+    # request); numpy and other integer types are accepted through ``__index__``.
     if input is not None:
-        invocation.input_tokens = (invocation.input_tokens or 0) + input
+        if type(input) is not int:
+            input = _whole("input", input)
+        if input < 0:
+            _reject("input", input)
+        if invocation is not None:
+            invocation.input_tokens = (invocation.input_tokens or 0) + input
     if output is not None:
-        invocation.output_tokens = (invocation.output_tokens or 0) + output
+        if type(output) is not int:
+            output = _whole("output", output)
+        if output < 0:
+            _reject("output", output)
+        if invocation is not None:
+            invocation.output_tokens = (invocation.output_tokens or 0) + output
+
+
+def _whole(name: str, value: object) -> int:
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        _reject(name, value)
+    return int(value.__index__())  # type: ignore[attr-defined]
+
+
+def _reject(name: str, value: object) -> NoReturn:
+    raise ValueError(
+        f"gpuledger.record_tokens({name}={value!r}): a token count is a whole number >= 0"
+    )
