@@ -127,7 +127,7 @@ def record_tokens(*, input: int | None = None, output: int | None = None) -> Non
 def _whole(name: str, value: object) -> int:
     if isinstance(value, bool) or not hasattr(value, "__index__"):
         _reject(name, value)
-    return int(value.__index__())  # type: ignore[attr-defined]
+    return int(value.__index__())
 
 
 def _reject(name: str, value: object) -> NoReturn:
