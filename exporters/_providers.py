@@ -202,40 +202,39 @@ def _timeout(signal: str, timeout_s: float) -> float | None:
     return max(0.1, timeout_s)
 
 
-def _otlp_span_exporter(timeout_s: float) -> Any:
-    # Endpoint, headers, timeout, compression: the exporters read OTEL_EXPORTER_OTLP_* themselves.
-    if _otlp_protocol() == "grpc":
-        try:
-            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # noqa: PLC0415
-                OTLPSpanExporter,
-            )
-        except ImportError as missing:
+_OTLP_CLASSES = {
+    # signal: (module suffix, class name)
+    "TRACES": ("trace_exporter", "OTLPSpanExporter"),
+    "METRICS": ("metric_exporter", "OTLPMetricExporter"),
+}
+
+
+def _otlp_exporter(signal: str, timeout_s: float) -> Any:
+    """The OTLP exporter for ``signal`` over the configured protocol (http/protobuf or grpc).
+
+    Endpoint, headers, compression: the exporter reads OTEL_EXPORTER_OTLP_* itself.
+    """
+    import importlib  # noqa: PLC0415
+
+    module_suffix, class_name = _OTLP_CLASSES[signal]
+    transport = "grpc" if _otlp_protocol() == "grpc" else "http"
+    try:
+        module = importlib.import_module(
+            f"opentelemetry.exporter.otlp.proto.{transport}.{module_suffix}"
+        )
+    except ImportError as missing:
+        if transport == "grpc":
             raise ImportError(
                 "OTEL_EXPORTER_OTLP_PROTOCOL=grpc needs the gRPC exporter: "
                 "pip install 'gpuledger[grpc]'"
             ) from missing
-        return OTLPSpanExporter(timeout=_timeout("TRACES", timeout_s))
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # noqa: PLC0415
-        OTLPSpanExporter as HTTPSpanExporter,
-    )
+        raise
+    return getattr(module, class_name)(timeout=_timeout(signal, timeout_s))
 
-    return HTTPSpanExporter(timeout=_timeout("TRACES", timeout_s))
+
+def _otlp_span_exporter(timeout_s: float) -> Any:
+    return _otlp_exporter("TRACES", timeout_s)
 
 
 def _otlp_metric_exporter(timeout_s: float) -> Any:
-    if _otlp_protocol() == "grpc":
-        try:
-            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (  # noqa: PLC0415
-                OTLPMetricExporter,
-            )
-        except ImportError as missing:
-            raise ImportError(
-                "OTEL_EXPORTER_OTLP_PROTOCOL=grpc needs the gRPC exporter: "
-                "pip install 'gpuledger[grpc]'"
-            ) from missing
-        return OTLPMetricExporter(timeout=_timeout("METRICS", timeout_s))
-    from opentelemetry.exporter.otlp.proto.http.metric_exporter import (  # noqa: PLC0415
-        OTLPMetricExporter as HTTPMetricExporter,
-    )
-
-    return HTTPMetricExporter(timeout=_timeout("METRICS", timeout_s))
+    return _otlp_exporter("METRICS", timeout_s)

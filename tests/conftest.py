@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -83,6 +85,20 @@ class Telemetry:
                     if metric.name == name:
                         points.extend(metric.data.data_points)
         return points
+
+
+def run_python(script: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` in a fresh interpreter with ``env`` added to ours; fail on a bad exit."""
+    completed = subprocess.run(
+        [sys.executable, str(script)],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    return completed
 
 
 @pytest.fixture(autouse=True)

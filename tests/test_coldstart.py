@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
@@ -16,7 +13,7 @@ import pytest
 import gpuledger
 from gpuledger._process import process_start_ns
 
-from .conftest import FakeClock, Telemetry
+from .conftest import FakeClock, Telemetry, run_python
 
 
 def _handler(clock: FakeClock, seconds: float = 1.0):  # type: ignore[no-untyped-def]
@@ -213,20 +210,11 @@ def test_fresh_process_first_request_cold_next_warm(tmp_path: Path) -> None:
     )
     ledger = tmp_path / "ledger.db"
     env = {
-        **os.environ,
         "GPULEDGER_LEDGER": str(ledger),
         "GPULEDGER_PLATFORM": "runpod",
         "GPULEDGER_GPU": "H100",
     }
-    completed = subprocess.run(
-        [sys.executable, str(script)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stderr
+    run_python(script, env)
     rows = (
         sqlite3.connect(ledger)
         .execute(

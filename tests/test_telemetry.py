@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import http.server
 import json
-import os
-import subprocess
-import sys
 import textwrap
 import threading
 from collections.abc import Iterator
@@ -23,7 +20,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 import gpuledger
 
-from .conftest import Telemetry
+from .conftest import Telemetry, run_python
 
 
 def _serve(clock: Any, seconds: float = 20.0) -> Any:
@@ -252,22 +249,13 @@ def test_otlp_export_when_an_endpoint_is_set(tmp_path: Path) -> None:
         """)
         )
         env = {
-            **os.environ,
             "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{server.server_port}",
             "OTEL_SERVICE_NAME": "otlp-test",
             "GPULEDGER_LEDGER": str(tmp_path / "l.db"),
             "GPULEDGER_PLATFORM": "runpod",
             "GPULEDGER_GPU": "H100",
         }
-        completed = subprocess.run(
-            [sys.executable, str(script)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert completed.returncode == 0, completed.stderr
+        run_python(script, env)
     finally:
         server.shutdown()
         server.server_close()
@@ -309,19 +297,10 @@ def test_console_exporter_prints_spans(tmp_path: Path) -> None:
     """)
     )
     env = {
-        **os.environ,
         "GPULEDGER_EXPORTERS": "console",
         "GPULEDGER_LEDGER": str(tmp_path / "l.db"),
     }
-    completed = subprocess.run(
-        [sys.executable, str(script)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stderr
+    completed = run_python(script, env)
     decoder = json.JSONDecoder()
     text, spans, index = completed.stdout, [], 0
     while (start := text.find("{", index)) != -1:
@@ -351,15 +330,31 @@ def test_reconfiguring_keeps_exporting(tmp_path: Path) -> None:
         handler({"id": "after", "input": {}})
     """)
     )
-    env = {**os.environ, "GPULEDGER_LEDGER": str(tmp_path / "l.db")}
-    completed = subprocess.run(
-        [sys.executable, str(script)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stderr
+    env = {"GPULEDGER_LEDGER": str(tmp_path / "l.db")}
+    completed = run_python(script, env)
     assert '"faas.invocation_id": "before"' in completed.stdout
     assert '"faas.invocation_id": "after"' in completed.stdout
+
+
+@pytest.mark.parametrize(
+    ("protocol", "module"),
+    [
+        ("grpc", "opentelemetry.exporter.otlp.proto.grpc"),
+        (None, "opentelemetry.exporter.otlp.proto.http"),
+    ],
+)
+def test_otlp_protocol_and_timeout(
+    monkeypatch: pytest.MonkeyPatch, protocol: str | None, module: str
+) -> None:
+    """OTEL_EXPORTER_OTLP_PROTOCOL picks the transport (http/protobuf by default); the export
+    timeout is gpuledger's flush timeout unless OTEL_EXPORTER_OTLP_TIMEOUT says otherwise."""
+    from gpuledger.exporters._providers import _otlp_exporter, _timeout
+
+    if protocol:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
+    assert type(_otlp_exporter("TRACES", 2.5)).__module__.startswith(module)
+    assert type(_otlp_exporter("METRICS", 2.5)).__module__.startswith(module)
+    assert _timeout("TRACES", 2.5) == 2.5
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", "7000")
+    assert _timeout("TRACES", 2.5) == 2.5
+    assert _timeout("METRICS", 2.5) is None  # the exporter reads the variable itself
