@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from gpuledger._cli_compare import compare_command
 from gpuledger._cli_demo import demo
 from gpuledger._cli_pricing import pricing
 from gpuledger._cli_report import report
@@ -20,3 +21,4 @@ def main() -> None:
 main.add_command(report)
 main.add_command(pricing)
 main.add_command(demo)
+main.add_command(compare_command)

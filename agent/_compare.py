@@ -1,0 +1,315 @@
+"""``compare``: every option for one trace, the reserved/hybrid sizes worth looking at, and a
+recommendation in words drawn from the numbers.
+
+The options: each serverless platform the catalogue prices for the trace's GPU; reserved GPUs at
+the smallest count that carries the load (the cheapest reserved option) and at the smallest count
+that meets the latency objective; hybrid (reserved + serverless overflow) at the count that is
+cheapest overall and the cheapest that meets the objective. Everything is replayed through
+:mod:`gpuledger._simulate`; nothing is estimated from averages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Final
+
+from gpuledger._simulate import SimResult, simulate_hybrid, simulate_reserved, simulate_serverless
+
+if TYPE_CHECKING:
+    from gpuledger._pricing import Catalogue, Price
+    from gpuledger._traffic import Burstiness, Trace
+
+__all__ = ["Comparison", "compare"]
+
+RESERVED_PLATFORM: Final = "reserved"
+_MAX_RESERVED: Final = 4096
+_HYBRID_EXHAUSTIVE: Final = 16
+"""Up to this many reserved workers every hybrid size is replayed; above it, a geometric grid."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    """All options over one trace, best first, and what they mean."""
+
+    results: list[SimResult]
+    recommendation: str
+    best: SimResult | None
+    runner_up: SimResult | None
+    slo_p95_s: float | None
+    burstiness: Burstiness
+    gpu: str
+    source: str
+    notes: list[str]
+
+
+def _meets(result: SimResult, slo_p95_s: float | None) -> bool:
+    if result.failures:
+        return False
+    return slo_p95_s is None or (result.p95_s is not None and result.p95_s <= slo_p95_s + 1e-9)
+
+
+def compare(
+    trace: Trace,
+    catalogue: Catalogue,
+    *,
+    gpu: str | None = None,
+    platforms: Sequence[str] | None = None,
+    slo_p95_s: float | None = None,
+    overflow: str | None = None,
+    hybrid_max_wait_s: float = 0.0,
+    progress: Callable[[str], None] | None = None,
+) -> Comparison:
+    """Replay ``trace`` through every option and recommend one.
+
+    ``platforms`` limits the serverless platforms (default: every one priced for the GPU);
+    ``overflow`` is hybrid's serverless platform (default: the cheapest serverless option that
+    meets the objective, else the cheapest). Raises ValueError for an unknown platform or a GPU
+    the catalogue does not price.
+    """
+    from gpuledger._traffic import burstiness  # noqa: PLC0415
+
+    model = gpu or trace.gpu
+    if model is None:
+        raise ValueError("the trace has no GPU model: pass --gpu (e.g. H100)")
+    say = progress or (lambda step: None)
+    notes: list[str] = []
+    serverless_prices, reserved_price = _prices(catalogue, model, platforms)
+
+    results: list[SimResult] = []
+    serverless_results: dict[str, SimResult] = {}
+    for price in serverless_prices:
+        say(price.platform)
+        result = simulate_serverless(trace, price)
+        results.append(result)
+        serverless_results[price.platform] = result
+
+    if reserved_price is not None and len(trace):
+        say("reserved")
+        reserved = _reserved_options(trace, reserved_price, slo_p95_s, notes)
+        results.extend(reserved)
+        overflow_price = _overflow_price(serverless_prices, serverless_results, overflow, slo_p95_s)
+        if overflow_price is not None:
+            say("hybrid")
+            largest = max(result.reserved_gpus for result in reserved)
+            results.extend(
+                _hybrid_options(
+                    trace, reserved_price, overflow_price, largest, slo_p95_s, hybrid_max_wait_s
+                )
+            )
+    elif reserved_price is None:
+        notes.append(f"no reserved price for {model}: reserved and hybrid options left out")
+
+    results = _dedupe(results)
+    results.sort(key=lambda result: (not _meets(result, slo_p95_s), result.cost_usd))
+    shape = burstiness(trace)
+    best = results[0] if results and _meets(results[0], slo_p95_s) else None
+    runner_up = next(
+        (result for result in results[1:] if best is not None and _meets(result, slo_p95_s)),
+        None,
+    )
+    return Comparison(
+        results=results,
+        recommendation=_recommend(results, best, runner_up, slo_p95_s, shape),
+        best=best,
+        runner_up=runner_up,
+        slo_p95_s=slo_p95_s,
+        burstiness=shape,
+        gpu=model,
+        source=trace.source,
+        notes=notes,
+    )
+
+
+def _prices(
+    catalogue: Catalogue, gpu: str, platforms: Sequence[str] | None
+) -> tuple[list[Price], Price | None]:
+    known = catalogue.platforms()
+    wanted = list(platforms) if platforms else [name for name in known if name != RESERVED_PLATFORM]
+    serverless: list[Price] = []
+    for name in wanted:
+        if name not in known:
+            raise ValueError(f"unknown platform {name!r}; the catalogue has {', '.join(known)}")
+        if name == RESERVED_PLATFORM:
+            continue
+        price = catalogue.lookup(name, gpu)
+        if price is None:
+            if platforms:
+                raise ValueError(f"the catalogue has no {name} price for GPU {gpu!r}")
+            continue
+        serverless.append(price)
+    if not serverless and not catalogue.lookup(RESERVED_PLATFORM, gpu):
+        raise ValueError(f"the catalogue prices no platform for GPU {gpu!r}")
+    return serverless, catalogue.lookup(RESERVED_PLATFORM, gpu)
+
+
+def _reserved_options(
+    trace: Trace, price: Price, slo_p95_s: float | None, notes: list[str]
+) -> list[SimResult]:
+    busy = math.fsum(trace.services_s)
+    # Fewer workers than the load needs on average can never drain the queue.
+    smallest = max(1, math.ceil(busy / trace.window_s - 1e-9)) if trace.window_s > 0 else 1
+    cheapest = simulate_reserved(trace, price, smallest)
+    options = [cheapest]
+    if slo_p95_s is not None and not _meets(cheapest, slo_p95_s):
+        meeting = _smallest_meeting(
+            lambda gpus: simulate_reserved(trace, price, gpus), smallest, slo_p95_s
+        )
+        if meeting is None:
+            notes.append(
+                f"no reserved size up to {_MAX_RESERVED} meets p95 <= {slo_p95_s:g} s "
+                "(a single request is slower than the objective)"
+            )
+        else:
+            options.append(meeting)
+    return options
+
+
+def _smallest_meeting(
+    run: Callable[[int], SimResult], low: int, slo_p95_s: float
+) -> SimResult | None:
+    """The smallest worker count from ``low`` whose p95 meets the objective (p95 never rises
+    with more FIFO workers, so: double to bracket, then bisect)."""
+    high = low
+    result = run(high)
+    while not _meets(result, slo_p95_s):
+        if high >= _MAX_RESERVED:
+            return None
+        low, high = high + 1, min(high * 2, _MAX_RESERVED)
+        result = run(high)
+    best = result
+    while low < high:
+        middle = (low + high) // 2
+        probe = run(middle)
+        if _meets(probe, slo_p95_s):
+            best, high = probe, middle
+        else:
+            low = middle + 1
+    return best
+
+
+def _overflow_price(
+    prices: Sequence[Price],
+    results: dict[str, SimResult],
+    overflow: str | None,
+    slo_p95_s: float | None,
+) -> Price | None:
+    if not prices:
+        return None
+    by_name = {price.platform: price for price in prices}
+    if overflow is not None:
+        if overflow not in by_name:
+            raise ValueError(
+                f"overflow platform {overflow!r} is not among the serverless options "
+                f"({', '.join(by_name)})"
+            )
+        return by_name[overflow]
+    ranked = sorted(
+        results.values(), key=lambda result: (not _meets(result, slo_p95_s), result.cost_usd)
+    )
+    return by_name[ranked[0].option]
+
+
+def _hybrid_options(
+    trace: Trace,
+    reserved: Price,
+    overflow: Price,
+    largest: int,
+    slo_p95_s: float | None,
+    max_wait_s: float,
+) -> list[SimResult]:
+    """Hybrids from 1 reserved worker up to the largest reserved option: the cheapest, and the
+    cheapest meeting the objective."""
+    if largest <= _HYBRID_EXHAUSTIVE:
+        sizes = list(range(1, largest + 1))
+    else:
+        sizes = sorted({max(1, round(largest * fraction)) for fraction in _GRID})
+    runs = [
+        simulate_hybrid(trace, reserved, gpus, overflow, max_wait_s=max_wait_s) for gpus in sizes
+    ]
+    cheapest = min(runs, key=lambda result: result.cost_usd)
+    chosen = [cheapest]
+    meeting = [result for result in runs if _meets(result, slo_p95_s)]
+    if meeting:
+        chosen.append(min(meeting, key=lambda result: result.cost_usd))
+    return chosen
+
+
+_GRID: Final = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+def _dedupe(results: list[SimResult]) -> list[SimResult]:
+    seen: set[str] = set()
+    unique = []
+    for result in results:
+        if result.option not in seen:
+            seen.add(result.option)
+            unique.append(result)
+    return unique
+
+
+def _money(value: float) -> str:
+    return f"${value:,.2f}" if abs(value) >= 1 else f"${value:.4f}"
+
+
+def _recommend(
+    results: list[SimResult],
+    best: SimResult | None,
+    runner_up: SimResult | None,
+    slo_p95_s: float | None,
+    shape: Burstiness,
+) -> str:
+    if not results or shape.requests == 0:
+        return "No invocations to replay: nothing to recommend."
+    objective = f"p95 <= {slo_p95_s:g} s" if slo_p95_s is not None else "no latency objective"
+    traffic = (
+        f"The traffic is {shape.label}: {shape.requests:,} requests over "
+        f"{shape.window_s / 3600:.1f} h, peak-to-mean {shape.peak_to_mean:.1f}, "
+        f"idle {shape.idle_share:.0%} of the time, inter-arrival variation (CV) "
+        f"{shape.interarrival_cv:.2f}."
+    )
+    if best is None:
+        fastest = min(results, key=lambda result: result.p95_s or math.inf)
+        return (
+            f"No option meets {objective}. The fastest is {fastest.option} (p95 "
+            f"{fastest.p95_s:.2f} s, {_money(fastest.cost_usd)}). {traffic}"
+        )
+    lines = [
+        f"Recommended: {best.option}, {_money(best.cost_usd)} for this traffic "
+        f"({_money(best.cost_per_request_usd or 0)} a request, p95 {best.p95_s:.2f} s, "
+        f"{best.cold_starts:,} cold starts), the cheapest option that meets {objective}."
+    ]
+    if runner_up is not None:
+        margin = runner_up.cost_usd - best.cost_usd
+        share = margin / runner_up.cost_usd if runner_up.cost_usd else 0.0
+        lines.append(
+            f"Runner-up: {runner_up.option} at {_money(runner_up.cost_usd)}, "
+            f"{_money(margin)} ({share:.0%}) more."
+        )
+    lines.append(traffic)
+    lines.append(_why(best, shape, results))
+    return " ".join(lines)
+
+
+def _why(best: SimResult, shape: Burstiness, results: list[SimResult]) -> str:
+    if best.kind == "serverless":
+        reserved = [result for result in results if result.kind == "reserved"]
+        if not reserved:
+            return "Serverless wins: it pays only for the seconds the GPU works."
+        cheapest = min(reserved, key=lambda result: result.cost_usd)
+        return (
+            f"Serverless wins because reserved capacity is paid for idle time too: the cheapest "
+            f"reserved option ({cheapest.option}, {_money(cheapest.cost_usd)}) would be busy "
+            f"{(cheapest.utilisation or 0):.0%} of what it costs."
+        )
+    if best.kind == "reserved":
+        return (
+            "Reserved wins because the load is steady enough to keep paid GPUs busy "
+            f"({(best.utilisation or 0):.0%} utilised), which beats paying per request."
+        )
+    return (
+        f"Hybrid wins: {best.reserved_gpus} reserved worker(s) carry the baseline at the reserved "
+        f"rate and {best.overflow_requests:,} requests of the peaks overflow to serverless "
+        "instead of paying for reserved capacity that would idle between peaks."
+    )

@@ -1,0 +1,431 @@
+"""What the same traffic would have cost, and how slow it would have been, on each platform.
+
+Pure functions over a :class:`~gpuledger._traffic.Trace` and catalogue prices. Three worker
+models, all first-come first-served:
+
+* **serverless** — workers start on demand: a request that finds no warm worker starts one and
+  waits its cold start (billed where the platform bills start-up). A worker serves up to its
+  ``concurrency``, stays warm for the ``idle_window_s`` after its last request, then scales to
+  zero; a ``prewarmed_workers`` pool never does, and is paid for the whole window. With
+  ``max_workers`` reached, requests queue for the first worker to free up. A request longer than
+  the platform's ``timeout_s`` is stopped there and counted as a failure (its time is billed).
+* **reserved** — N GPUs paid for the whole window, whatever they do; requests queue FIFO.
+* **hybrid** — N reserved GPUs take what they can; a request that would wait longer than
+  ``max_wait_s`` (default: any wait at all) overflows to a serverless platform.
+
+Latency is queueing + cold start + service. Costs use the catalogue's billing rules: execution
+fee, per-GPU-second rate with billing increment and minimum, start-up and idle billing flags.
+Concurrency > 1 bills a worker's busy wall time (the union of its requests), since that is what
+the GPU is held for; each request's own service time is taken as recorded (optimistic: sharing a
+GPU usually slows each request down).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import math
+from array import array
+from collections import deque
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from gpuledger._pricing import Price
+    from gpuledger._traffic import Trace
+
+__all__ = [
+    "SimResult",
+    "simulate_hybrid",
+    "simulate_reserved",
+    "simulate_serverless",
+]
+
+_SLACK: Final = 1e-9
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SimResult:
+    """One option's outcome over a trace (US dollars, seconds)."""
+
+    option: str
+    """``runpod``, ``reserved x3``, ``hybrid 2 x reserved + modal``, ..."""
+    kind: str
+    """``serverless``, ``reserved`` or ``hybrid``."""
+    requests: int
+    cost_usd: float
+    cost_per_request_usd: float | None
+    cost_per_1k_tokens_usd: float | None
+    cold_starts: int
+    failures: int
+    """Requests stopped by the platform's timeout."""
+    p50_s: float | None
+    p95_s: float | None
+    p99_s: float | None
+    mean_wait_s: float | None
+    """Queueing + cold start, averaged over requests."""
+    paid_gpu_seconds: float
+    busy_gpu_seconds: float
+    utilisation: float | None
+    """Busy over paid GPU seconds: how much of what was paid for did work."""
+    reserved_gpus: int = 0
+    overflow_requests: int = 0
+    """Hybrid: requests served by the serverless platform."""
+
+
+class _Latencies:
+    """Latencies of one run, kept compactly, with exact percentiles."""
+
+    __slots__ = ("values", "waits")
+
+    def __init__(self) -> None:
+        self.values = array("d")
+        self.waits = 0.0
+
+    def summary(self) -> tuple[float | None, float | None, float | None, float | None]:
+        count = len(self.values)
+        if not count:
+            return None, None, None, None
+        ordered = sorted(self.values)
+        return (
+            _quantile(ordered, 0.50),
+            _quantile(ordered, 0.95),
+            _quantile(ordered, 0.99),
+            self.waits / count,
+        )
+
+
+def _quantile(ordered: Sequence[float], fraction: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default, "linear")."""
+    position = (len(ordered) - 1) * fraction
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def _billed_seconds(price: Price, seconds: float) -> float:
+    """Per-GPU seconds billed for ``seconds`` of wall time under ``price``'s rounding rules."""
+    increment = price.billing_increment_s
+    if increment > 0:
+        seconds = math.ceil(seconds / increment - _SLACK) * increment
+    return max(seconds, price.minimum_billed_s)
+
+
+class _Serverless:
+    """One serverless platform's workers, fed requests in arrival order."""
+
+    def __init__(self, price: Price, gpu_count: int) -> None:
+        if price.cold_start_s is None:
+            raise ValueError(
+                f"platform {price.platform!r} has no cold_start_s in the catalogue: the "
+                "simulator needs it (add it to your pricing file)"
+            )
+        self.price = price
+        self.gpus = gpu_count
+        self.cold_start_s = price.cold_start_s
+        self.idle_window_s = math.inf if price.idle_window_s is None else price.idle_window_s
+        self.timeout_s = math.inf if price.timeout_s is None else price.timeout_s
+        self.concurrency = max(1, price.concurrency)
+        self.max_workers = price.max_workers
+        self.latencies = _Latencies()
+        self.cold_starts = self.failures = self.requests = 0
+        self.billed_request_seconds = 0.0  # per-GPU seconds billed for requests (rounded)
+        self.billed_startup_seconds = 0.0
+        self.billed_idle_seconds = 0.0
+        self.busy_seconds = 0.0
+        self.billed_request_seconds = 0.0
+        # Concurrency 1: heaps and stacks of plain floats (the common case, kept fast).
+        self.busy: list[float] = []  # end times of busy workers (heap)
+        self.idle: deque[float] = deque()  # free-since times of warm idle workers, ascending
+        self.prewarmed_busy: list[float] = []  # end times of busy pre-warmed workers (heap)
+        self.prewarmed = price.prewarmed_workers
+        # Concurrency > 1: per-worker state [active, busy_since, free_since].
+        self.workers_busy: list[tuple[float, int]] = []  # (end, worker index) heap
+        self.worker_state: list[list[float]] = []
+        self.partial: set[int] = set()  # workers with a free slot and at least one request
+        self.idle_workers: deque[int] = deque()
+        self.live_workers = 0
+
+    # -- concurrency 1 ------------------------------------------------------------------------
+
+    def serve(self, arrival: float, service: float) -> None:
+        """Serve one request arriving at ``arrival`` needing ``service`` seconds of GPU."""
+        if self.concurrency > 1:
+            self._serve_shared(arrival, service)
+            return
+        self.requests += 1
+        wait = 0.0
+        prewarmed_busy = self.prewarmed_busy
+        while prewarmed_busy and prewarmed_busy[0] <= arrival:
+            heapq.heappop(prewarmed_busy)
+        busy, idle = self.busy, self.idle
+        while busy and busy[0] <= arrival:
+            idle.append(heapq.heappop(busy))
+        horizon = arrival - self.idle_window_s
+        while idle and idle[0] < horizon:
+            idle.popleft()
+            self.billed_idle_seconds += self.idle_window_s
+        run = service if service <= self.timeout_s else self.timeout_s
+        if len(prewarmed_busy) < self.prewarmed:
+            heapq.heappush(prewarmed_busy, arrival + run)
+            self._account(wait, run, service, billed=False)
+            return
+        if idle:
+            self.billed_idle_seconds += arrival - idle.pop()
+            start = arrival
+        elif self.max_workers is None or len(busy) < self.max_workers:
+            self.cold_starts += 1
+            wait = self.cold_start_s
+            start = arrival + wait
+            self.billed_startup_seconds += wait
+        else:
+            # Every worker busy and no more allowed: wait for the first to finish (warm).
+            free = heapq.heappop(busy)
+            start = free if free > arrival else arrival
+            wait = start - arrival
+        heapq.heappush(busy, start + run)
+        self._account(wait, run, service, billed=True)
+
+    def _account(self, wait: float, run: float, service: float, *, billed: bool) -> None:
+        if service > self.timeout_s:
+            self.failures += 1
+        self.latencies.values.append(wait + run)
+        self.latencies.waits += wait
+        self.busy_seconds += run
+        if billed:
+            self.billed_request_seconds += _billed_seconds(self.price, run)
+
+    # -- concurrency > 1 ----------------------------------------------------------------------
+
+    def _serve_shared(self, arrival: float, service: float) -> None:
+        self.requests += 1
+        state = self.worker_state
+        heap = self.workers_busy
+        while heap and heap[0][0] <= arrival:
+            end, index = heapq.heappop(heap)
+            self._release(index, end)
+        horizon = arrival - self.idle_window_s
+        idle = self.idle_workers
+        while idle and state[idle[0]][2] < horizon:
+            idle.popleft()
+            self.live_workers -= 1
+            self.billed_idle_seconds += self.idle_window_s
+        run = service if service <= self.timeout_s else self.timeout_s
+        wait = 0.0
+        if self.partial:
+            index = next(iter(self.partial))
+            # The worker may still be starting: a request joining it waits for that too.
+            busy_since = state[index][1]
+            start = busy_since if busy_since > arrival else arrival
+            wait = start - arrival
+        elif idle:
+            index = idle.pop()
+            self.billed_idle_seconds += arrival - state[index][2]
+            start = arrival
+        elif self.max_workers is None or self.live_workers < self.max_workers:
+            self.cold_starts += 1
+            self.live_workers += 1
+            wait = self.cold_start_s
+            self.billed_startup_seconds += wait
+            start = arrival + wait
+            index = len(state)
+            state.append([0.0, start, start])
+        else:
+            end, index = heapq.heappop(heap)
+            self._release(index, end)
+            start = end if end > arrival else arrival
+            wait = start - arrival
+        worker = state[index]
+        if worker[0] == 0:
+            worker[1] = start
+        worker[0] += 1
+        if worker[0] < self.concurrency:
+            self.partial.add(index)
+        else:
+            self.partial.discard(index)
+        heapq.heappush(heap, (start + run, index))
+        self._account(wait, run, service, billed=False)
+
+    def _release(self, index: int, end: float) -> None:
+        worker = self.worker_state[index]
+        worker[0] -= 1
+        if worker[0] == 0:
+            # The worker's busy period ends: bill its wall time, once for all its requests.
+            self.billed_request_seconds += _billed_seconds(self.price, end - worker[1])
+            worker[2] = end
+            self.partial.discard(index)
+            self.idle_workers.append(index)
+        else:
+            self.partial.add(index)
+
+    # -- totals -------------------------------------------------------------------------------
+
+    def finish(self, window_end: float) -> None:
+        """Close the window: busy workers finish, then idle ones stay warm (billed where the
+        platform bills idle time) until they scale down or the window ends."""
+        heap = self.workers_busy
+        while heap:
+            end, index = heapq.heappop(heap)
+            self._release(index, end)
+        free_since = [*self.busy, *self.idle]
+        free_since += [self.worker_state[index][2] for index in self.idle_workers]
+        for free in free_since:
+            self.billed_idle_seconds += min(self.idle_window_s, max(0.0, window_end - free))
+
+    def cost(self, window_s: float) -> tuple[float, float]:
+        """(total cost, paid per-GPU seconds) of everything served."""
+        price = self.price
+        paid = self.billed_request_seconds
+        if price.bills_startup:
+            paid += self.billed_startup_seconds
+        if price.bills_idle:
+            paid += self.billed_idle_seconds
+        paid += self.prewarmed * window_s
+        # The execution fee is per execution, whichever worker ran it.
+        cost = paid * self.gpus * price.per_gpu_second_usd + self.requests * price.execution_fee_usd
+        return cost, paid * self.gpus
+
+
+def _result(
+    option: str,
+    kind: str,
+    trace: Trace,
+    cost: float,
+    paid_gpu_seconds: float,
+    busy_gpu_seconds: float,
+    latencies: _Latencies,
+    cold_starts: int,
+    failures: int,
+    reserved_gpus: int = 0,
+    overflow: int = 0,
+) -> SimResult:
+    requests = len(trace)
+    p50, p95, p99, mean_wait = latencies.summary()
+    tokens = (trace.input_tokens or 0) + (trace.output_tokens or 0)
+    has_tokens = trace.input_tokens is not None or trace.output_tokens is not None
+    return SimResult(
+        option=option,
+        kind=kind,
+        requests=requests,
+        cost_usd=cost,
+        cost_per_request_usd=cost / requests if requests else None,
+        cost_per_1k_tokens_usd=cost / tokens * 1000 if has_tokens and tokens else None,
+        cold_starts=cold_starts,
+        failures=failures,
+        p50_s=p50,
+        p95_s=p95,
+        p99_s=p99,
+        mean_wait_s=mean_wait,
+        paid_gpu_seconds=paid_gpu_seconds,
+        busy_gpu_seconds=busy_gpu_seconds,
+        utilisation=busy_gpu_seconds / paid_gpu_seconds if paid_gpu_seconds > 0 else None,
+        reserved_gpus=reserved_gpus,
+        overflow_requests=overflow,
+    )
+
+
+def simulate_serverless(trace: Trace, price: Price) -> SimResult:
+    """``trace`` served by ``price.platform``'s serverless workers."""
+    model = _Serverless(price, trace.gpu_count)
+    serve = model.serve
+    for arrival, service in zip(trace.arrivals_s, trace.services_s, strict=True):
+        serve(arrival, service)
+    model.finish(trace.window_s)
+    cost, paid = model.cost(trace.window_s)
+    return _result(
+        price.platform,
+        "serverless",
+        trace,
+        cost,
+        paid,
+        model.busy_seconds * trace.gpu_count,
+        model.latencies,
+        model.cold_starts,
+        model.failures,
+    )
+
+
+def simulate_reserved(trace: Trace, price: Price, gpus: int) -> SimResult:
+    """``trace`` served FIFO by ``gpus`` reserved workers (each ``trace.gpu_count`` GPUs),
+    paid for the whole window."""
+    if gpus < 1:
+        raise ValueError(f"reserved needs at least 1 worker, got {gpus}")
+    free = [0.0] * gpus  # a heap of the time each worker is next free
+    latencies = _Latencies()
+    values = latencies.values
+    waits = 0.0
+    busy = 0.0
+    replace = heapq.heapreplace
+    for arrival, service in zip(trace.arrivals_s, trace.services_s, strict=True):
+        first = free[0]
+        start = first if first > arrival else arrival
+        replace(free, start + service)
+        waits += start - arrival
+        values.append(start - arrival + service)
+        busy += service
+    latencies.waits = waits
+    paid = gpus * trace.gpu_count * trace.window_s
+    cost = paid * price.per_gpu_second_usd
+    return _result(
+        f"reserved x{gpus}",
+        "reserved",
+        trace,
+        cost,
+        paid,
+        busy * trace.gpu_count,
+        latencies,
+        0,
+        0,
+        reserved_gpus=gpus,
+    )
+
+
+def simulate_hybrid(
+    trace: Trace,
+    reserved: Price,
+    gpus: int,
+    overflow: Price,
+    *,
+    max_wait_s: float = 0.0,
+) -> SimResult:
+    """``gpus`` reserved workers first; a request that would wait more than ``max_wait_s`` for
+    one goes to ``overflow``'s serverless workers instead."""
+    if gpus < 0:
+        raise ValueError(f"hybrid needs zero or more reserved workers, got {gpus}")
+    free = [0.0] * gpus
+    latencies = _Latencies()
+    values = latencies.values
+    waits = 0.0
+    busy_reserved = 0.0
+    spill = _Serverless(overflow, trace.gpu_count)
+    spill.latencies = latencies  # one latency distribution for the whole option
+    replace = heapq.heapreplace
+    for arrival, service in zip(trace.arrivals_s, trace.services_s, strict=True):
+        if gpus:
+            first = free[0]
+            start = first if first > arrival else arrival
+            if start - arrival <= max_wait_s:
+                replace(free, start + service)
+                waits += start - arrival
+                values.append(start - arrival + service)
+                busy_reserved += service
+                continue
+        spill.serve(arrival, service)
+    latencies.waits += waits
+    spill.finish(trace.window_s)
+    spill_cost, spill_paid = spill.cost(trace.window_s)
+    paid_reserved = gpus * trace.gpu_count * trace.window_s
+    cost = paid_reserved * reserved.per_gpu_second_usd + spill_cost
+    return _result(
+        f"hybrid {gpus} x reserved + {overflow.platform}",
+        "hybrid",
+        trace,
+        cost,
+        paid_reserved + spill_paid,
+        (busy_reserved + spill.busy_seconds) * trace.gpu_count,
+        latencies,
+        spill.cold_starts,
+        spill.failures,
+        reserved_gpus=gpus,
+        overflow=spill.requests,
+    )
