@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from gpuledger._cli_breakeven import breakeven
 from gpuledger._cli_compare import compare_command
 from gpuledger._cli_demo import demo
 from gpuledger._cli_pricing import pricing
@@ -22,3 +23,4 @@ main.add_command(report)
 main.add_command(pricing)
 main.add_command(demo)
 main.add_command(compare_command)
+main.add_command(breakeven)

@@ -1,7 +1,9 @@
 """``gpuledger pricing``: show the prices gpuledger uses, and check a pricing file.
 
 ``gpuledger pricing show [--pricing FILE] [--format table|json]`` prints the shipped catalogue
-merged with ``FILE`` (else ``$GPULEDGER_PRICING``). ``gpuledger pricing validate FILE`` prints
+merged with ``FILE`` (else ``$GPULEDGER_PRICING``): a table of prices and billing rules, then one
+of how each platform's workers behave (cold start, concurrency, worker limit, idle billing,
+pre-warmed pool); JSON gives every field of every price. ``gpuledger pricing validate FILE`` prints
 each problem in ``FILE`` as ``FILE: KEY: REASON`` and exits 1, or ``FILE: ok (N prices)``.
 """
 
@@ -30,6 +32,17 @@ _COLUMNS = (
     "timeout s",
     "start-up billed",
     "source",
+)
+_BEHAVIOUR_COLUMNS = (
+    "platform",
+    "cold start s",
+    "min s",
+    "max s",
+    "concurrency",
+    "max workers",
+    "idle billed",
+    "pre-warmed",
+    "citation",
 )
 
 
@@ -117,13 +130,37 @@ def _row(price: Price) -> tuple[str, ...]:
     )
 
 
+def _behaviour_row(price: Price) -> tuple[str, ...]:
+    return (
+        price.platform,
+        _seconds(price.cold_start_s),
+        _seconds(price.cold_start_min_s),
+        _seconds(price.cold_start_max_s),
+        str(price.concurrency),
+        "-" if price.max_workers is None else str(price.max_workers),
+        "yes" if price.bills_idle else "no",
+        str(price.prewarmed_workers),
+        price.behaviour_citation or "-",
+    )
+
+
+def _aligned(rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    return [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
+
+
 def _as_table(catalogue: Catalogue) -> str:
-    rows = [_COLUMNS, *(_row(price) for price in catalogue.prices())]
-    widths = [max(len(row[column]) for row in rows) for column in range(len(_COLUMNS))]
+    prices = catalogue.prices()
     lines = [f"catalogue {catalogue.version}", "sources:"]
     lines.extend(f"  - {source}" for source in catalogue.sources)
     lines.append("")
-    for row in rows:
-        cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
-        lines.append("  ".join(cells).rstrip())
+    lines.extend(_aligned([_COLUMNS, *(_row(price) for price in prices)]))
+    # Behaviour is a platform's, shared by its GPUs: one row per platform.
+    first_by_platform = {price.platform: price for price in reversed(prices)}
+    behaviour = [_behaviour_row(first_by_platform[name]) for name in sorted(first_by_platform)]
+    lines.extend(["", "workers:"])
+    lines.extend(_aligned([_BEHAVIOUR_COLUMNS, *behaviour]))
     return "\n".join(lines)

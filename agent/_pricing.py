@@ -21,6 +21,25 @@ A cold start adds its init time x GPUs x the per-second rate where the platform 
 Fields a file leaves out: ``execution_fee_usd``, ``billing_increment_s`` and ``minimum_billed_s``
 default to 0 and ``bills_startup`` to false (``execution_fee_usd`` is required for
 ``serverless_execution``); ``idle_window_s`` and ``timeout_s`` stay ``None``, unknown.
+
+Each platform also describes how its workers behave, for the simulator and the break-even
+calculator (platform fields, like the billing rules; seconds):
+
+* ``cold_start_s``: typical time from a new worker being asked for until it can serve, with
+  ``cold_start_min_s`` and ``cold_start_max_s`` the range the source gives (each ``None`` when
+  unknown; the typical value lies within the range);
+* ``concurrency``: requests one worker serves at once (default 1, at least 1);
+* ``max_workers``: most workers the platform runs at once, pre-warmed ones included (default
+  ``None``: no limit known);
+* ``bills_idle``: whether a warm worker's idle time within ``idle_window_s`` is billed, at the
+  per-GPU-second price (default false);
+* ``prewarmed_workers``: workers kept warm at all times (default 0), billed continuously at the
+  per-GPU-second price; a request they serve pays the execution fee but no GPU time of its own,
+  and never waits for a cold start (no more than ``max_workers``);
+* ``behaviour_citation``: where these come from; ``file:<path>`` when a user file changes one of
+  them without citing its own.
+
+A file's behaviour fields never change a price's ``source`` or ``citation``: they are not prices.
 """
 
 from __future__ import annotations
@@ -79,6 +98,11 @@ class Price:
     is ``None`` for the other kinds. ``idle_window_s`` and ``timeout_s`` are ``None`` when unknown.
     ``source`` is where the price came from, ``catalogue:<version>`` or ``file:<path>``;
     ``citation`` is the reference the file gives for it ("" when none).
+
+    The fields after ``citation`` describe the platform's workers (see the module docstring):
+    cold start typical and range, concurrency, worker limit, idle billing, pre-warmed pool, and
+    ``behaviour_citation``, their reference. Their defaults are the plain serverless worker: cold
+    start unknown, one request at a time, no known limit, idle free, no pool.
     """
 
     platform: str
@@ -94,6 +118,14 @@ class Price:
     timeout_s: float | None
     source: str
     citation: str = ""
+    cold_start_s: float | None = None
+    cold_start_min_s: float | None = None
+    cold_start_max_s: float | None = None
+    concurrency: int = 1
+    max_workers: int | None = None
+    bills_idle: bool = False
+    prewarmed_workers: int = 0
+    behaviour_citation: str = ""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -430,7 +462,7 @@ def _parse_toml(text: str, file: str, problems: list[Problem]) -> dict[str, obje
 # itself). Layer 0 is the shipped file, 1 a user file. Platform fields are merged one by one and
 # remember their layer; a GPU table replaces the base's table for that GPU as a whole.
 
-_Value = str | float | bool
+_Value = str | float | bool | int
 
 # Field -> how it is checked.
 _PLATFORM_FIELDS: Final[Mapping[str, str]] = {
@@ -442,8 +474,30 @@ _PLATFORM_FIELDS: Final[Mapping[str, str]] = {
     "idle_window_s": "seconds",
     "timeout_s": "positive_seconds",
     "citation": "text",
+    "cold_start_s": "seconds",
+    "cold_start_min_s": "seconds",
+    "cold_start_max_s": "seconds",
+    "concurrency": "positive_count",
+    "max_workers": "positive_count",
+    "bills_idle": "bool",
+    "prewarmed_workers": "count",
+    "behaviour_citation": "text",
     "gpus": "table",
 }
+# How the platform's workers behave, not what they cost: a file changing one of these leaves the
+# prices' source and citation alone, and the fields share their own citation.
+_BEHAVIOUR_FIELDS: Final = frozenset(
+    {
+        "cold_start_s",
+        "cold_start_min_s",
+        "cold_start_max_s",
+        "concurrency",
+        "max_workers",
+        "bills_idle",
+        "prewarmed_workers",
+        "behaviour_citation",
+    }
+)
 _GPU_FIELDS: Final[Mapping[str, str]] = {
     "per_gpu_second_usd": "price",
     "hourly_usd": "price",
@@ -513,7 +567,10 @@ def _check_value(check: str, value: object) -> tuple[_Value | None, str | None]:
         return value, None
     # Numbers. TOML booleans are Python ints: refuse them explicitly.
     if isinstance(value, bool) or not isinstance(value, int | float):
-        return None, f"must be a number, got {_describe(value)}"
+        what = "a whole number" if check in {"count", "positive_count"} else "a number"
+        return None, f"must be {what}, got {_describe(value)}"
+    if check in {"count", "positive_count"}:
+        return _check_count(check, value)
     number = float(value)
     if not math.isfinite(number):
         return None, f"must be a finite number, got {value!r}"
@@ -522,6 +579,18 @@ def _check_value(check: str, value: object) -> tuple[_Value | None, str | None]:
     if check == "positive_seconds" and number == 0:
         return None, "must be greater than 0"
     return number, None
+
+
+def _check_count(check: str, value: float) -> tuple[_Value | None, str | None]:
+    """A count of workers or requests: a whole number (``2.0`` reads as 2), 0 up or 1 up."""
+    if isinstance(value, float) and not value.is_integer():
+        return None, f"must be a whole number, got {value!r}"
+    count = int(value)
+    if count < 0:
+        return None, f"must not be negative, got {value!r}"
+    if check == "positive_count" and count == 0:
+        return None, "must be at least 1"
+    return count, None
 
 
 def _unknown_key(key: str, allowed: Iterable[str]) -> str:
@@ -740,8 +809,12 @@ def _build(spec: _Spec, file: str, problems: list[Problem]) -> Catalogue:
                     f"no GPU prices: give a [{platform.key}.gpus.<GPU>] table",
                 )
             continue
+        behaviour_citation = _check_behaviour(platform, spec, add)
         price_field = _GPU_PRICE_FIELD[kind]
-        platform_layer = max(layer for _, layer in fields.values())
+        platform_layer = max(
+            (layer for field, (_, layer) in fields.items() if field not in _BEHAVIOUR_FIELDS),
+            default=0,
+        )
         citation_entry = fields.get("citation")
         for gpu_name, gpu in platform.gpus.items():
             for unused in set(_GPU_PRICE_FIELD.values()) - {price_field}:
@@ -775,9 +848,72 @@ def _build(spec: _Spec, file: str, problems: list[Problem]) -> Catalogue:
                     amount=amount,
                     source=source,
                     citation=citation,
+                    behaviour_citation=behaviour_citation,
                 )
             )
     return Catalogue(spec.version, spec.sources, prices, spec.aliases)
+
+
+def _check_behaviour(platform: _Platform, spec: _Spec, add: Callable[[str, str], None]) -> str:
+    """Report behaviour fields that contradict each other; return the behaviour citation.
+
+    A contradiction is reported by the layer that sets one of its fields (the shipped file's own
+    are checked when it is read), and not at all where one of them had a bad value (already
+    reported: the value in force is the base's, which the file did not mean).
+    """
+    fields = platform.fields
+
+    def given(*names: str) -> bool:
+        mine = any(name in fields and fields[name][1] == spec.layer for name in names)
+        return mine and not platform.rejected.intersection(names)
+
+    def value(name: str) -> float | None:
+        entry = fields.get(name)
+        return None if entry is None else float(entry[0])
+
+    low, high, typical = value("cold_start_min_s"), value("cold_start_max_s"), value("cold_start_s")
+    range_ok = True
+    if low is not None and high is not None and low > high:
+        range_ok = False
+        if given("cold_start_min_s", "cold_start_max_s"):
+            add(
+                f"{platform.key}.cold_start_min_s",
+                f"greater than cold_start_max_s ({low:g} > {high:g})",
+            )
+    names = ("cold_start_s", "cold_start_min_s", "cold_start_max_s")
+    outside = typical is not None and (
+        (low is not None and typical < low) or (high is not None and typical > high)
+    )
+    if range_ok and outside and given(*names):
+        shown = f"{'-' if low is None else f'{low:g}'} to {'-' if high is None else f'{high:g}'}"
+        add(
+            f"{platform.key}.cold_start_s",
+            f"{typical:g} is outside cold_start_min_s to cold_start_max_s ({shown}): "
+            "the typical cold start lies within the range (set the range too)",
+        )
+    pool, limit = value("prewarmed_workers"), value("max_workers")
+    too_many = pool is not None and limit is not None and pool > limit
+    if too_many and given("prewarmed_workers", "max_workers"):
+        add(
+            f"{platform.key}.prewarmed_workers",
+            f"more than max_workers ({pool:g} > {limit:g})",
+        )
+
+    newest = max(
+        (
+            layer
+            for field, (_, layer) in fields.items()
+            if field in _BEHAVIOUR_FIELDS and field != "behaviour_citation"
+        ),
+        default=-1,
+    )
+    citation = fields.get("behaviour_citation")
+    if citation is not None and citation[1] >= newest:
+        return str(citation[0])
+    if newest == spec.layer and spec.layer > 0:
+        # The user's file changed how workers behave and cited nothing: say whose word it is.
+        return spec.origin
+    return ""
 
 
 def _price(
@@ -789,10 +925,15 @@ def _price(
     amount: float,
     source: str,
     citation: _Value | None,
+    behaviour_citation: str,
 ) -> Price:
     def number(field: str, default: float | None) -> float | None:
         entry = fields.get(field)
         return default if entry is None else float(entry[0])
+
+    def count(field: str, default: int | None) -> int | None:
+        entry = fields.get(field)
+        return default if entry is None else int(entry[0])
 
     reserved = kind == "reserved"
     fee = number("execution_fee_usd", 0.0) if kind == "serverless_execution" else 0.0
@@ -810,4 +951,12 @@ def _price(
         timeout_s=number("timeout_s", None),
         source=source,
         citation=str(citation) if citation is not None else "",
+        cold_start_s=number("cold_start_s", None),
+        cold_start_min_s=number("cold_start_min_s", None),
+        cold_start_max_s=number("cold_start_max_s", None),
+        concurrency=count("concurrency", 1) or 1,
+        max_workers=count("max_workers", None),
+        bills_idle=bool(fields["bills_idle"][0]) if "bills_idle" in fields else False,
+        prewarmed_workers=count("prewarmed_workers", 0) or 0,
+        behaviour_citation=behaviour_citation,
     )

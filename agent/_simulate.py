@@ -145,6 +145,13 @@ class _Serverless:
         self.partial: set[int] = set()  # workers with a free slot and at least one request
         self.idle_workers: deque[int] = deque()
         self.live_workers = 0
+        # The pre-warmed pool under concurrency > 1: workers that never scale down, paid as a
+        # whole for the window (so neither their requests nor their idle time is billed again).
+        self.pinned = set(range(self.prewarmed)) if self.concurrency > 1 else set()
+        self.pinned_idle: deque[int] = deque(sorted(self.pinned))
+        if self.pinned:
+            self.worker_state = [[0.0, 0.0, 0.0] for _ in self.pinned]
+            self.live_workers = len(self.pinned)
 
     # -- concurrency 1 ------------------------------------------------------------------------
 
@@ -173,7 +180,8 @@ class _Serverless:
         if idle:
             self.billed_idle_seconds += arrival - idle.pop()
             start = arrival
-        elif self.max_workers is None or len(busy) < self.max_workers:
+        elif self.max_workers is None or len(busy) + self.prewarmed < self.max_workers:
+            # (max_workers counts the pre-warmed pool too.)
             self.cold_starts += 1
             wait = self.cold_start_s
             start = arrival + wait
@@ -218,6 +226,9 @@ class _Serverless:
             busy_since = state[index][1]
             start = busy_since if busy_since > arrival else arrival
             wait = start - arrival
+        elif self.pinned_idle:
+            index = self.pinned_idle.pop()
+            start = arrival
         elif idle:
             index = idle.pop()
             self.billed_idle_seconds += arrival - state[index][2]
@@ -250,10 +261,13 @@ class _Serverless:
         worker = self.worker_state[index]
         worker[0] -= 1
         if worker[0] == 0:
-            # The worker's busy period ends: bill its wall time, once for all its requests.
-            self.billed_request_seconds += _billed_seconds(self.price, end - worker[1])
             worker[2] = end
             self.partial.discard(index)
+            if index in self.pinned:
+                self.pinned_idle.append(index)
+                return
+            # The worker's busy period ends: bill its wall time, once for all its requests.
+            self.billed_request_seconds += _billed_seconds(self.price, end - worker[1])
             self.idle_workers.append(index)
         else:
             self.partial.add(index)

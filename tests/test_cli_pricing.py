@@ -36,10 +36,12 @@ def write(directory: Path, text: str, name: str = "mine.toml") -> Path:
     return path
 
 
-def table_rows(output: str) -> dict[str, list[str]]:
-    """The table rows of ``show``, by platform, split on runs of two or more spaces."""
+def table_rows(output: str, table: int = 0) -> dict[str, list[str]]:
+    """The rows of ``show``'s prices (``table`` 0) or workers (1) table, by platform, split on
+    runs of two or more spaces."""
+    blocks = output.split("\n\n")
     rows: dict[str, list[str]] = {}
-    for line in output.splitlines():
+    for line in blocks[1 + table].splitlines():
         cells = [cell for cell in line.split("  ") if cell.strip()]
         if cells and cells[0].strip() in {"runpod", "replicate", "modal", "banana", "reserved"}:
             rows[cells[0].strip()] = [cell.strip() for cell in cells]
@@ -64,6 +66,19 @@ def test_show_table_lists_every_price() -> None:
     assert rows["runpod"][11].startswith("catalogue:2026-03 (article:")
 
 
+def test_show_table_lists_worker_behaviour() -> None:
+    """show prints a workers table after the prices: one row per platform with its citation."""
+    result = invoke("show")
+    assert result.exit_code == 0, result.output
+    assert "\n\nworkers:\nplatform  " in result.output
+    rows = table_rows(result.output, table=1)
+    assert sorted(rows) == ["banana", "modal", "replicate", "reserved", "runpod"]
+    assert rows["runpod"][:8] == ["runpod", "2.5", "2", "15", "1", "-", "no", "0"]
+    assert rows["banana"][:8] == ["banana", "0.5", "-", "0.5", "1", "-", "no", "1"]
+    assert rows["reserved"][:8] == ["reserved", "0", "-", "-", "1", "-", "yes", "0"]
+    assert rows["modal"][8].startswith("article: 'Cold start: 4-6 seconds")
+
+
 def test_show_json_is_machine_readable() -> None:
     """show --format json gives the version, sources and unrounded prices."""
     result = invoke("show", "--format", "json")
@@ -76,6 +91,19 @@ def test_show_json_is_machine_readable() -> None:
     assert by_platform["reserved"]["per_gpu_second_usd"] == 2.69 / 3600
     assert by_platform["banana"]["timeout_s"] is None
     assert by_platform["runpod"]["source"] == "catalogue:2026-03"
+    banana = by_platform["banana"]
+    assert (banana["cold_start_s"], banana["cold_start_min_s"], banana["cold_start_max_s"]) == (
+        0.5,
+        None,
+        0.5,
+    )
+    assert (banana["concurrency"], banana["max_workers"], banana["prewarmed_workers"]) == (
+        1,
+        None,
+        1,
+    )
+    assert (banana["bills_idle"], by_platform["reserved"]["bills_idle"]) == (False, True)
+    assert banana["behaviour_citation"].startswith("article: Banana")
 
 
 def test_show_merges_pricing_file(tmp_path: Path) -> None:
@@ -87,6 +115,26 @@ def test_show_merges_pricing_file(tmp_path: Path) -> None:
     assert document["version"] == "2026-03+mine"
     runpod = next(price for price in document["prices"] if price["platform"] == "runpod")
     assert (runpod["execution_fee_usd"], runpod["source"]) == (0.30, f"file:{path}")
+
+
+def test_show_merges_behaviour_from_pricing_file(tmp_path: Path) -> None:
+    """show --pricing FILE shows the file's worker behaviour in the table and in JSON."""
+    path = write(tmp_path, "[platforms.modal]\nconcurrency = 8\nmax_workers = 50\n")
+    table = invoke("show", "--pricing", str(path))
+    assert table.exit_code == 0, table.output
+    modal_row = table_rows(table.output, table=1)["modal"]
+    assert modal_row == ["modal", "5", "4", "6", "8", "50", "no", "0", f"file:{path}"]
+    document = json.loads(invoke("show", "--pricing", str(path), "--format", "json").output)
+    modal = next(price for price in document["prices"] if price["platform"] == "modal")
+    assert (modal["concurrency"], modal["max_workers"]) == (8, 50)
+
+
+def test_show_bad_behaviour_is_a_clear_error(tmp_path: Path) -> None:
+    """A --pricing file with concurrency 0 exits 1 naming the key and the reason."""
+    path = write(tmp_path, "[platforms.modal]\nconcurrency = 0\n")
+    result = invoke("show", "--pricing", str(path))
+    assert result.exit_code == 1
+    assert f"{path}: platforms.modal.concurrency: must be at least 1" in result.output
 
 
 def test_show_uses_env_file(tmp_path: Path) -> None:

@@ -156,16 +156,78 @@ def test_shipped_platform_rules_from_the_seed() -> None:
     assert (runpod.execution_fee_usd, runpod.per_gpu_second_usd) == (0.25, 0.00024)
     assert (runpod.idle_window_s, runpod.timeout_s, runpod.bills_startup) == (900, 900, True)
     assert (replicate.execution_fee_usd, replicate.per_gpu_second_usd) == (0.0, 0.001)
-    assert (replicate.timeout_s, replicate.idle_window_s, replicate.hourly_usd) == (
-        7200,
-        None,
-        None,
-    )
+    assert (replicate.timeout_s, replicate.hourly_usd) == (7200, None)
     assert (modal.per_gpu_second_usd, modal.timeout_s) == (0.0005, 1800)
     assert (banana.per_gpu_second_usd, banana.timeout_s) == (0.0003, None)
     assert reserved.hourly_usd == 2.69
     assert reserved.per_gpu_second_usd == exact(H100_RESERVED_PER_SECOND)
     assert (reserved.billing_increment_s, reserved.minimum_billed_s) == (0.0, 0.0)
+    # The seed names only RunPod's idle window; the others take it (SEED SILENT, documented).
+    assert [price.idle_window_s for price in (replicate, modal, banana)] == [900, 900, 900]
+    assert reserved.idle_window_s is None
+
+
+@pytest.mark.parametrize(
+    ("platform", "cold_start", "concurrency", "bills_idle", "prewarmed"),
+    [
+        ("runpod", (2.5, 2.0, 15.0), 1, False, 0),
+        ("replicate", (10.0, 8.0, 12.0), 1, False, 0),
+        ("modal", (5.0, 4.0, 6.0), 1, False, 0),
+        ("banana", (0.5, None, 0.5), 1, False, 1),
+        ("reserved", (0.0, None, None), 1, True, 0),
+    ],
+)
+def test_shipped_worker_behaviour(
+    platform: str,
+    cold_start: tuple[float | None, float | None, float | None],
+    concurrency: int,
+    bills_idle: bool,
+    prewarmed: int,
+) -> None:
+    """Cold starts (typical, min, max), concurrency, idle billing and pool are the chosen values."""
+    price = default_catalogue().lookup(platform, "H100")
+    assert price is not None
+    assert (price.cold_start_s, price.cold_start_min_s, price.cold_start_max_s) == cold_start
+    assert (price.concurrency, price.bills_idle, price.prewarmed_workers) == (
+        concurrency,
+        bills_idle,
+        prewarmed,
+    )
+    assert price.max_workers is None  # the seed names no limit for any platform
+    assert isinstance(price.concurrency, int)
+    assert isinstance(price.prewarmed_workers, int)
+
+
+def test_every_shipped_platform_cites_its_behaviour() -> None:
+    """Each serverless platform's behaviour quotes the article; reserved says it needs none."""
+    for price in default_catalogue().prices():
+        if price.kind == "reserved":
+            assert price.behaviour_citation.startswith("by definition"), price
+        else:
+            assert price.behaviour_citation.startswith("article:"), price
+
+
+def test_price_behaviour_defaults() -> None:
+    """A Price built without behaviour fields is the plain serverless worker."""
+    price = make_price()
+    assert (price.cold_start_s, price.cold_start_min_s, price.cold_start_max_s) == (
+        None,
+        None,
+        None,
+    )
+    assert (price.concurrency, price.max_workers, price.bills_idle) == (1, None, False)
+    assert (price.prewarmed_workers, price.behaviour_citation) == (0, "")
+    names = [field.name for field in dataclasses.fields(Price)]
+    assert names[names.index("citation") + 1 :] == [
+        "cold_start_s",
+        "cold_start_min_s",
+        "cold_start_max_s",
+        "concurrency",
+        "max_workers",
+        "bills_idle",
+        "prewarmed_workers",
+        "behaviour_citation",
+    ]
 
 
 def test_default_catalogue_is_cached() -> None:
@@ -470,6 +532,64 @@ def test_bad_env_file_names_the_variable(tmp_path: Path, monkeypatch: pytest.Mon
     assert caught.value.problems == [f"{tmp_path / 'gone.toml'}: (file): no such file"]
 
 
+def test_user_file_overrides_behaviour(tmp_path: Path) -> None:
+    """A file's behaviour fields replace the shipped ones, one by one, and are cited to it;
+    the price's own source and citation stay the catalogue's."""
+    path = write(
+        tmp_path,
+        """
+        [platforms.modal]
+        concurrency = 4
+        max_workers = 10
+        bills_idle = true
+        prewarmed_workers = 2.0
+        """,
+    )
+    modal = load_catalogue(path).lookup("modal", "H100")
+    assert modal is not None
+    assert (modal.concurrency, modal.max_workers, modal.bills_idle) == (4, 10, True)
+    assert modal.prewarmed_workers == 2
+    assert isinstance(modal.prewarmed_workers, int)
+    assert (modal.cold_start_s, modal.cold_start_min_s, modal.cold_start_max_s) == (5, 4, 6)
+    assert modal.behaviour_citation == f"file:{path}"
+    assert modal.source == "catalogue:2026-03"
+    assert modal.citation.startswith("article:")
+    assert modal.per_gpu_second_usd == 0.0005
+
+
+def test_user_file_behaviour_with_its_own_citation(tmp_path: Path) -> None:
+    """A file that changes the cold start and its range and cites them keeps its citation."""
+    path = write(
+        tmp_path,
+        """
+        [platforms.runpod]
+        cold_start_s = 20.0
+        cold_start_min_s = 12.0
+        cold_start_max_s = 40.0
+        behaviour_citation = "our measurements, April 2026"
+        """,
+    )
+    runpod = load_catalogue(path).lookup("runpod", "H100")
+    assert runpod is not None
+    assert (runpod.cold_start_s, runpod.cold_start_min_s, runpod.cold_start_max_s) == (20, 12, 40)
+    assert runpod.behaviour_citation == "our measurements, April 2026"
+    assert (runpod.bills_idle, runpod.idle_window_s) == (False, 900)
+
+
+def test_user_file_new_platform_has_default_behaviour(tmp_path: Path) -> None:
+    """A platform a file adds without behaviour fields gets the defaults and no citation."""
+    path = write(
+        tmp_path,
+        '[platforms.newco]\nkind = "per_second"\n[platforms.newco.gpus.H100]\n'
+        "per_gpu_second_usd = 0.0004\n",
+    )
+    newco = load_catalogue(path).lookup("newco", "H100")
+    assert newco is not None
+    assert newco == make_price(
+        platform="newco", per_gpu_second_usd=0.0004, source=f"file:{path}", citation=""
+    )
+
+
 def test_changing_kind_needs_new_prices(tmp_path: Path) -> None:
     """Turning RunPod into a reserved platform without hourly prices is reported for its GPUs."""
     path = write(tmp_path, '[platforms.runpod]\nkind = "reserved"\n')
@@ -620,6 +740,74 @@ def test_problem_reasons_are_specific(tmp_path: Path) -> None:
         ('sources = "one"\n', "sources", "array of non-empty strings"),
         ('[aliases]\n"NVIDIA" = "H100"\n', "aliases.NVIDIA", "no GPU name"),
         ("platforms = 3\n", "platforms", "must be a table"),
+        # Behaviour fields.
+        (
+            '[platforms.modal]\ncold_start_s = "5"\n',
+            "platforms.modal.cold_start_s",
+            "must be a number, got string '5'",
+        ),
+        (
+            "[platforms.modal]\ncold_start_max_s = -6\n",
+            "platforms.modal.cold_start_max_s",
+            "must not be negative",
+        ),
+        ("[platforms.modal]\nconcurrency = 0\n", "platforms.modal.concurrency", "at least 1"),
+        (
+            "[platforms.modal]\nconcurrency = 1.5\n",
+            "platforms.modal.concurrency",
+            "must be a whole number, got 1.5",
+        ),
+        (
+            "[platforms.modal]\nconcurrency = true\n",
+            "platforms.modal.concurrency",
+            "must be a whole number, got boolean true",
+        ),
+        ("[platforms.modal]\nmax_workers = 0\n", "platforms.modal.max_workers", "at least 1"),
+        (
+            "[platforms.banana]\nprewarmed_workers = -1\n",
+            "platforms.banana.prewarmed_workers",
+            "must not be negative, got -1",
+        ),
+        (
+            '[platforms.runpod]\nbills_idle = "no"\n',
+            "platforms.runpod.bills_idle",
+            "true or false",
+        ),
+        (
+            '[platforms.runpod]\nbehaviour_citation = " "\n',
+            "platforms.runpod.behaviour_citation",
+            "non-empty string",
+        ),
+        (
+            "[platforms.runpod]\ncold_start_min_s = 10\ncold_start_max_s = 5\n",
+            "platforms.runpod.cold_start_min_s",
+            "greater than cold_start_max_s (10 > 5)",
+        ),
+        (
+            "[platforms.runpod]\ncold_start_min_s = 20\n",
+            "platforms.runpod.cold_start_min_s",
+            "greater than cold_start_max_s (20 > 15)",
+        ),
+        (
+            "[platforms.runpod]\ncold_start_s = 20\n",
+            "platforms.runpod.cold_start_s",
+            "20 is outside cold_start_min_s to cold_start_max_s (2 to 15)",
+        ),
+        (
+            "[platforms.banana]\nmax_workers = 3\nprewarmed_workers = 4\n",
+            "platforms.banana.prewarmed_workers",
+            "more than max_workers (4 > 3)",
+        ),
+        (
+            "[platforms.runpod.gpus.H100]\nper_gpu_second_usd = 0.1\nconcurrency = 2\n",
+            "platforms.runpod.gpus.H100.concurrency",
+            "a platform field",
+        ),
+        (
+            "[platforms.modal]\nconcurency = 2\n",
+            "platforms.modal.concurency",
+            "did you mean 'concurrency'?",
+        ),
     ],
 )
 def test_single_problem(tmp_path: Path, text: str, key: str, reason_part: str) -> None:
@@ -627,6 +815,22 @@ def test_single_problem(tmp_path: Path, text: str, key: str, reason_part: str) -
     problems = validate_file(write(tmp_path, text))
     assert keys(problems) == [key]
     assert reason_part in problems[0].reason
+
+
+def test_bad_behaviour_value_is_not_checked_against_the_rest(tmp_path: Path) -> None:
+    """A rejected cold-start bound is reported once, not again as a contradiction of the range."""
+    path = write(tmp_path, "[platforms.runpod]\ncold_start_max_s = -1\ncold_start_s = 14\n")
+    assert keys(validate_file(path)) == ["platforms.runpod.cold_start_max_s"]
+
+
+def test_valid_behaviour_file_has_no_problems(tmp_path: Path) -> None:
+    """Whole-number floats, a typical value at the range's edge and a pool within the limit pass."""
+    path = write(
+        tmp_path,
+        "[platforms.banana]\nmax_workers = 2\nprewarmed_workers = 2.0\nconcurrency = 3.0\n"
+        "[platforms.runpod]\ncold_start_s = 15\n",
+    )
+    assert validate_file(path) == []
 
 
 def test_bad_toml_syntax_gives_line(tmp_path: Path) -> None:
