@@ -34,10 +34,9 @@ import statistics
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from typing import Final
+from typing import Final, Protocol
 
 from gpuledger._ledger import open_ledger
-from gpuledger._record import InvocationRecord
 from gpuledger._report import parse_since
 
 __all__ = [
@@ -171,8 +170,31 @@ class Burstiness:
 # --- traffic from records ------------------------------------------------------------------------
 
 
+class _Usage(Protocol):
+    """What a replay reads of a record: an InvocationRecord, or the ledger's lighter Usage."""
+
+    @property
+    def start_ns(self) -> int: ...
+    @property
+    def end_ns(self) -> int: ...
+    @property
+    def duration_s(self) -> float: ...
+    @property
+    def input_tokens(self) -> int | None: ...
+    @property
+    def output_tokens(self) -> int | None: ...
+    @property
+    def gpu_model(self) -> str | None: ...
+    @property
+    def gpu_count(self) -> int: ...
+    @property
+    def init_duration_s(self) -> float | None: ...
+    @property
+    def cold(self) -> bool: ...
+
+
 def trace_from_records(
-    records: Iterable[InvocationRecord],
+    records: Iterable[_Usage],
     *,
     since_ns: int | None = None,
     until_ns: int | None = None,
@@ -288,7 +310,9 @@ def trace_from_ledger(
         until_ns = now_ns
     with open_ledger(location, create=False) as ledger:
         trace = trace_from_records(
-            ledger.read(since_ns=since_ns, until_ns=until_ns), since_ns=since_ns, until_ns=until_ns
+            ledger.read_usage(since_ns=since_ns, until_ns=until_ns),
+            since_ns=since_ns,
+            until_ns=until_ns,
         )
     source = f"ledger {location}"
     if since_ns is not None:

@@ -518,3 +518,33 @@ def test_read_bounds_beyond_64_bits(ledger_path: str) -> None:
         assert list(ledger.read(since_ns=2**70)) == []
         assert list(ledger.read(until_ns=-(2**70))) == []
         assert len(list(ledger.read(since_ns=-(2**70), until_ns=2**70))) == 1
+
+
+def test_read_usage_matches_read(tmp_path: Path) -> None:
+    """read_usage yields the replay fields of exactly the records read() yields, in order."""
+    from gpuledger._ledger import Usage
+
+    with open_ledger(str(tmp_path / "usage.db")) as ledger:
+        records = [
+            InvocationRecord(
+                record_id=f"{index:032x}",
+                invocation_id=str(index),
+                handler="h",
+                service_name="s",
+                platform="runpod",
+                gpu_model="H100" if index % 2 else None,
+                gpu_count=1 + index % 3,
+                start_ns=1_000 + (7 - index) * 10,
+                end_ns=2_000 + (7 - index) * 10,
+                duration_s=0.5 * index,
+                cold=index == 3,
+                init_duration_s=4.0 if index == 3 else None,
+                input_tokens=index or None,
+            )
+            for index in range(8)
+        ]
+        ledger.write(records)
+        full = list(ledger.read(since_ns=1_010))
+        usage = list(ledger.read_usage(since_ns=1_010))
+    assert usage == [Usage(*(getattr(record, name) for name in Usage._fields)) for record in full]
+    assert len(usage) == 7
