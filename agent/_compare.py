@@ -298,6 +298,16 @@ def _why(best: SimResult, shape: Burstiness, results: list[SimResult]) -> str:
         if not reserved:
             return "Serverless wins: it pays only for the seconds the GPU works."
         cheapest = min(reserved, key=lambda result: result.cost_usd)
+        per_busy_hour = best.cost_usd / best.busy_gpu_seconds * 3600 if best.busy_gpu_seconds else 0
+        reserved_hour = (
+            cheapest.cost_usd / cheapest.paid_gpu_seconds * 3600 if cheapest.paid_gpu_seconds else 0
+        )
+        if per_busy_hour < reserved_hour:
+            return (
+                f"Serverless wins even against fully used reserved GPUs: {best.option} costs "
+                f"{_money(per_busy_hour)} per busy GPU-hour, all overheads included, against "
+                f"{_money(reserved_hour)} per reserved GPU-hour."
+            )
         return (
             f"Serverless wins because reserved capacity is paid for idle time too: the cheapest "
             f"reserved option ({cheapest.option}, {_money(cheapest.cost_usd)}) would be busy "
