@@ -153,46 +153,76 @@ class _Serverless:
             self.worker_state = [[0.0, 0.0, 0.0] for _ in self.pinned]
             self.live_workers = len(self.pinned)
 
-    # -- concurrency 1 ------------------------------------------------------------------------
+    # -- the replay ---------------------------------------------------------------------------
 
-    def serve(self, arrival: float, service: float) -> None:
-        """Serve one request arriving at ``arrival`` needing ``service`` seconds of GPU."""
+    def run(self, arrivals: Sequence[float], services: Sequence[float]) -> None:
+        """Serve requests arriving at ``arrivals`` (ascending) needing ``services`` seconds."""
         if self.concurrency > 1:
-            self._serve_shared(arrival, service)
+            for arrival, service in zip(arrivals, services, strict=True):
+                self._serve_shared(arrival, service)
             return
-        self.requests += 1
-        wait = 0.0
-        prewarmed_busy = self.prewarmed_busy
-        while prewarmed_busy and prewarmed_busy[0] <= arrival:
-            heapq.heappop(prewarmed_busy)
-        busy, idle = self.busy, self.idle
-        while busy and busy[0] <= arrival:
-            idle.append(heapq.heappop(busy))
-        horizon = arrival - self.idle_window_s
-        while idle and idle[0] < horizon:
-            idle.popleft()
-            self.billed_idle_seconds += self.idle_window_s
-        run = service if service <= self.timeout_s else self.timeout_s
-        if len(prewarmed_busy) < self.prewarmed:
-            heapq.heappush(prewarmed_busy, arrival + run)
-            self._account(wait, run, service, billed=False)
-            return
-        if idle:
-            self.billed_idle_seconds += arrival - idle.pop()
-            start = arrival
-        elif self.max_workers is None or len(busy) + self.prewarmed < self.max_workers:
-            # (max_workers counts the pre-warmed pool too.)
-            self.cold_starts += 1
-            wait = self.cold_start_s
-            start = arrival + wait
-            self.billed_startup_seconds += wait
-        else:
-            # Every worker busy and no more allowed: wait for the first to finish (warm).
-            free = heapq.heappop(busy)
-            start = free if free > arrival else arrival
-            wait = start - arrival
-        heapq.heappush(busy, start + run)
-        self._account(wait, run, service, billed=True)
+        # Concurrency 1, the common case, kept to plain floats in locals: this loop is what a
+        # replay of a million requests spends its time in.
+        heappush, heappop = heapq.heappush, heapq.heappop
+        busy, idle, pool_busy = self.busy, self.idle, self.prewarmed_busy
+        pool = self.prewarmed
+        window, timeout, cold = self.idle_window_s, self.timeout_s, self.cold_start_s
+        # max_workers counts the pre-warmed pool too.
+        on_demand = math.inf if self.max_workers is None else self.max_workers - pool
+        increment = self.price.billing_increment_s
+        minimum = self.price.minimum_billed_s
+        ceil = math.ceil
+        record = self.latencies.values.append
+        waits = idle_s = billed_s = busy_s = 0.0
+        cold_starts = failures = 0
+        for arrival, service in zip(arrivals, services, strict=True):
+            if pool:
+                while pool_busy and pool_busy[0] <= arrival:
+                    heappop(pool_busy)
+            while busy and busy[0] <= arrival:
+                idle.append(heappop(busy))
+            if idle:
+                horizon = arrival - window
+                while idle and idle[0] < horizon:
+                    idle.popleft()
+                    idle_s += window
+            if service > timeout:
+                run = timeout
+                failures += 1
+            else:
+                run = service
+            busy_s += run
+            if pool and len(pool_busy) < pool:
+                # The pre-warmed pool is paid as a whole: nothing more to bill for this one.
+                heappush(pool_busy, arrival + run)
+                record(run)
+                continue
+            if idle:
+                idle_s += arrival - idle.pop()
+                wait = 0.0
+                heappush(busy, arrival + run)
+            elif len(busy) < on_demand:
+                cold_starts += 1
+                wait = cold
+                heappush(busy, arrival + cold + run)
+            else:
+                # Every worker busy and no more allowed: wait for the first to finish (warm).
+                free = heappop(busy)
+                start = free if free > arrival else arrival
+                wait = start - arrival
+                heappush(busy, start + run)
+            waits += wait
+            record(wait + run)
+            billed = ceil(run / increment - _SLACK) * increment if increment > 0 else run
+            billed_s += billed if billed > minimum else minimum
+        self.requests += len(arrivals)
+        self.cold_starts += cold_starts
+        self.failures += failures
+        self.latencies.waits += waits
+        self.billed_idle_seconds += idle_s
+        self.billed_request_seconds += billed_s
+        self.billed_startup_seconds += cold_starts * cold
+        self.busy_seconds += busy_s
 
     def _account(self, wait: float, run: float, service: float, *, billed: bool) -> None:
         if service > self.timeout_s:
@@ -341,9 +371,7 @@ def _result(
 def simulate_serverless(trace: Trace, price: Price) -> SimResult:
     """``trace`` served by ``price.platform``'s serverless workers."""
     model = _Serverless(price, trace.gpu_count)
-    serve = model.serve
-    for arrival, service in zip(trace.arrivals_s, trace.services_s, strict=True):
-        serve(arrival, service)
+    model.run(trace.arrivals_s, trace.services_s)
     model.finish(trace.window_s)
     cost, paid = model.cost(trace.window_s)
     return _result(
@@ -406,13 +434,14 @@ def simulate_hybrid(
     one goes to ``overflow``'s serverless workers instead."""
     if gpus < 0:
         raise ValueError(f"hybrid needs zero or more reserved workers, got {gpus}")
+    # Which requests the reserved workers take depends only on the reserved workers, so the
+    # overflow can be collected first and replayed on the serverless platform afterwards.
     free = [0.0] * gpus
     latencies = _Latencies()
     values = latencies.values
     waits = 0.0
     busy_reserved = 0.0
-    spill = _Serverless(overflow, trace.gpu_count)
-    spill.latencies = latencies  # one latency distribution for the whole option
+    spill_arrivals, spill_services = array("d"), array("d")
     replace = heapq.heapreplace
     for arrival, service in zip(trace.arrivals_s, trace.services_s, strict=True):
         if gpus:
@@ -424,7 +453,11 @@ def simulate_hybrid(
                 values.append(start - arrival + service)
                 busy_reserved += service
                 continue
-        spill.serve(arrival, service)
+        spill_arrivals.append(arrival)
+        spill_services.append(service)
+    spill = _Serverless(overflow, trace.gpu_count)
+    spill.latencies = latencies  # one latency distribution for the whole option
+    spill.run(spill_arrivals, spill_services)
     latencies.waits += waits
     spill.finish(trace.window_s)
     spill_cost, spill_paid = spill.cost(trace.window_s)
