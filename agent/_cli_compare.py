@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import sys
 import textwrap
 import time
@@ -184,6 +185,7 @@ def compare_command(
                 slo_p95_s=slo_s,
                 overflow=overflow,
                 progress=step,
+                processes=min(4, os.cpu_count() or 1),
             )
         elapsed = time.perf_counter() - started
     except (ValueError, GpuledgerError) as error:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from gpuledger._simulate import SimResult, simulate_hybrid, simulate_reserved, simulate_serverless
 
@@ -26,7 +26,7 @@ __all__ = ["Comparison", "compare"]
 RESERVED_PLATFORM: Final = "reserved"
 _MAX_RESERVED: Final = 4096
 _HYBRID_EXHAUSTIVE: Final = 16
-"""Up to this many reserved workers every hybrid size is replayed; above it, a geometric grid."""
+"""Up to this many reserved workers every hybrid size is replayed; above it, powers of two."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,13 +60,16 @@ def compare(
     overflow: str | None = None,
     hybrid_max_wait_s: float = 0.0,
     progress: Callable[[str], None] | None = None,
+    processes: int = 1,
 ) -> Comparison:
     """Replay ``trace`` through every option and recommend one.
 
     ``platforms`` limits the serverless platforms (default: every one priced for the GPU);
     ``overflow`` is hybrid's serverless platform (default: the cheapest serverless option that
-    meets the objective, else the cheapest). Raises ValueError for an unknown platform or a GPU
-    the catalogue does not price.
+    meets the objective, else the cheapest). ``processes`` > 1 replays options in that many
+    processes for traces of 200,000 requests or more (they are started with "spawn", so a
+    calling script needs the ``if __name__ == "__main__":`` guard; the CLI has it).
+    Raises ValueError for an unknown platform or a GPU the catalogue does not price.
     """
     from gpuledger._traffic import burstiness  # noqa: PLC0415
 
@@ -77,29 +80,32 @@ def compare(
     notes: list[str] = []
     serverless_prices, reserved_price = _prices(catalogue, model, platforms)
 
-    results: list[SimResult] = []
-    serverless_results: dict[str, SimResult] = {}
-    for price in serverless_prices:
-        say(price.platform)
-        result = simulate_serverless(trace, price)
-        results.append(result)
-        serverless_results[price.platform] = result
-
-    if reserved_price is not None and len(trace):
-        say("reserved")
-        reserved = _reserved_options(trace, reserved_price, slo_p95_s, notes)
-        results.extend(reserved)
-        overflow_price = _overflow_price(serverless_prices, serverless_results, overflow, slo_p95_s)
-        if overflow_price is not None:
-            say("hybrid")
-            largest = max(result.reserved_gpus for result in reserved)
-            results.extend(
-                _hybrid_options(
-                    trace, reserved_price, overflow_price, largest, slo_p95_s, hybrid_max_wait_s
-                )
+    with _Runner(trace, processes) as runner:
+        say("serverless")
+        results = runner.map(simulate_serverless, [(price,) for price in serverless_prices])
+        serverless_results = {result.option: result for result in results}
+        if reserved_price is not None and len(trace):
+            say("reserved")
+            reserved = _reserved_options(trace, reserved_price, slo_p95_s, notes, runner)
+            results.extend(reserved)
+            overflow_price = _overflow_price(
+                serverless_prices, serverless_results, overflow, slo_p95_s
             )
-    elif reserved_price is None:
-        notes.append(f"no reserved price for {model}: reserved and hybrid options left out")
+            if overflow_price is not None:
+                say("hybrid")
+                largest = max(result.reserved_gpus for result in reserved)
+                results.extend(
+                    _hybrid_options(
+                        runner,
+                        reserved_price,
+                        overflow_price,
+                        largest,
+                        slo_p95_s,
+                        hybrid_max_wait_s,
+                    )
+                )
+        elif reserved_price is None:
+            notes.append(f"no reserved price for {model}: reserved and hybrid options left out")
 
     results = _dedupe(results)
     results.sort(key=lambda result: (not _meets(result, slo_p95_s), result.cost_usd))
@@ -145,7 +151,7 @@ def _prices(
 
 
 def _reserved_options(
-    trace: Trace, price: Price, slo_p95_s: float | None, notes: list[str]
+    trace: Trace, price: Price, slo_p95_s: float | None, notes: list[str], runner: _Runner
 ) -> list[SimResult]:
     busy = math.fsum(trace.services_s)
     # Fewer workers than the load needs on average can never drain the queue.
@@ -154,7 +160,7 @@ def _reserved_options(
     options = [cheapest]
     if slo_p95_s is not None and not _meets(cheapest, slo_p95_s):
         meeting = _smallest_meeting(
-            lambda gpus: simulate_reserved(trace, price, gpus), smallest, slo_p95_s
+            lambda gpus: runner.map(simulate_reserved, [(price, gpus)])[0], smallest, slo_p95_s
         )
         if meeting is None:
             notes.append(
@@ -212,7 +218,7 @@ def _overflow_price(
 
 
 def _hybrid_options(
-    trace: Trace,
+    runner: _Runner,
     reserved: Price,
     overflow: Price,
     largest: int,
@@ -224,10 +230,9 @@ def _hybrid_options(
     if largest <= _HYBRID_EXHAUSTIVE:
         sizes = list(range(1, largest + 1))
     else:
-        sizes = sorted({max(1, round(largest * fraction)) for fraction in _GRID})
-    runs = [
-        simulate_hybrid(trace, reserved, gpus, overflow, max_wait_s=max_wait_s) for gpus in sizes
-    ]
+        # Doubling sizes: the cheapest hybrid is often a small reserved baseline.
+        sizes = sorted({*(2**power for power in range(largest.bit_length())), largest})
+    runs = runner.map(_hybrid, [(reserved, gpus, overflow, max_wait_s) for gpus in sizes])
     cheapest = min(runs, key=lambda result: result.cost_usd)
     chosen = [cheapest]
     meeting = [result for result in runs if _meets(result, slo_p95_s)]
@@ -236,7 +241,64 @@ def _hybrid_options(
     return chosen
 
 
-_GRID: Final = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+_PARALLEL_FROM: Final = 200_000
+"""Traces this long are replayed in several processes (smaller ones are done before a process
+pool would have started)."""
+
+
+def _hybrid(trace: Trace, reserved: Price, gpus: int, overflow: Price, wait: float) -> SimResult:
+    return simulate_hybrid(trace, reserved, gpus, overflow, max_wait_s=wait)
+
+
+_worker_trace: Trace | None = None
+
+
+def _set_worker_trace(trace: Trace) -> None:
+    global _worker_trace
+    _worker_trace = trace
+
+
+def _call_with_trace(job: tuple[Callable[..., SimResult], tuple[object, ...]]) -> SimResult:
+    function, arguments = job
+    assert _worker_trace is not None
+    return function(_worker_trace, *arguments)
+
+
+class _Runner:
+    """Runs simulations of one trace: here, or in a pool of processes that received the trace
+    once (the simulations are pure, so the results are the same either way)."""
+
+    def __init__(self, trace: Trace, processes: int) -> None:
+        self.trace = trace
+        self.processes = max(1, processes) if len(trace) >= _PARALLEL_FROM else 1
+        self.pool: Any = None
+
+    def __enter__(self) -> _Runner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+
+    def map(
+        self, function: Callable[..., SimResult], argument_lists: Sequence[tuple[Any, ...]]
+    ) -> list[SimResult]:
+        """``function(trace, *arguments)`` for each argument tuple, in order."""
+        if self.processes == 1 or len(argument_lists) < 2:
+            return [function(self.trace, *arguments) for arguments in argument_lists]
+        if self.pool is None:
+            import concurrent.futures  # noqa: PLC0415
+            import multiprocessing  # noqa: PLC0415
+
+            # "spawn": the parent may hold threads (gpuledger's own writer), which fork copies
+            # mid-lock; spawned workers start clean and get the trace once.
+            self.pool = concurrent.futures.ProcessPoolExecutor(
+                self.processes,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_set_worker_trace,
+                initargs=(self.trace,),
+            )
+        return list(self.pool.map(_call_with_trace, [(function, args) for args in argument_lists]))
 
 
 def _dedupe(results: list[SimResult]) -> list[SimResult]:
