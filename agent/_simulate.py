@@ -205,12 +205,20 @@ class _Serverless:
                 cold_starts += 1
                 wait = cold
                 heappush(busy, arrival + cold + run)
-            else:
+            elif busy and not (pool_busy and pool_busy[0] < busy[0]):
                 # Every worker busy and no more allowed: wait for the first to finish (warm).
                 free = heappop(busy)
                 start = free if free > arrival else arrival
                 wait = start - arrival
                 heappush(busy, start + run)
+            else:
+                # ... and the first to finish is a pre-warmed one (paid as a whole).
+                free = heappop(pool_busy)
+                start = free if free > arrival else arrival
+                heappush(pool_busy, start + run)
+                waits += start - arrival
+                record(start - arrival + run)
+                continue
             waits += wait
             record(wait + run)
             billed = ceil(run / increment - _SLACK) * increment if increment > 0 else run
@@ -223,15 +231,6 @@ class _Serverless:
         self.billed_request_seconds += billed_s
         self.billed_startup_seconds += cold_starts * cold
         self.busy_seconds += busy_s
-
-    def _account(self, wait: float, run: float, service: float, *, billed: bool) -> None:
-        if service > self.timeout_s:
-            self.failures += 1
-        self.latencies.values.append(wait + run)
-        self.latencies.waits += wait
-        self.busy_seconds += run
-        if billed:
-            self.billed_request_seconds += _billed_seconds(self.price, run)
 
     # -- concurrency > 1 ----------------------------------------------------------------------
 
@@ -251,7 +250,8 @@ class _Serverless:
         run = service if service <= self.timeout_s else self.timeout_s
         wait = 0.0
         if self.partial:
-            index = next(iter(self.partial))
+            # The lowest-numbered worker with a free slot: deterministic, whatever came before.
+            index = min(self.partial)
             # The worker may still be starting: a request joining it waits for that too.
             busy_since = state[index][1]
             start = busy_since if busy_since > arrival else arrival
@@ -285,13 +285,18 @@ class _Serverless:
         else:
             self.partial.discard(index)
         heapq.heappush(heap, (start + run, index))
-        self._account(wait, run, service, billed=False)
+        if service > self.timeout_s:
+            self.failures += 1
+        self.latencies.values.append(wait + run)
+        self.latencies.waits += wait
 
     def _release(self, index: int, end: float) -> None:
         worker = self.worker_state[index]
         worker[0] -= 1
         if worker[0] == 0:
             worker[2] = end
+            # A shared worker's GPU is busy for the union of its requests, not their sum.
+            self.busy_seconds += end - worker[1]
             self.partial.discard(index)
             if index in self.pinned:
                 self.pinned_idle.append(index)
