@@ -1,0 +1,283 @@
+"""``compare``: the options searched and the one recommended, and ``gpuledger compare``.
+
+Traffic is synthetic (seeded) or a small ledger; prices are the shipped H100 catalogue. Heavy
+steady traffic is 2,000 requests an hour of 15 s: 8.3 GPUs' worth of work, all day.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+import gpuledger
+from gpuledger import InvocationRecord
+from gpuledger._cli import main
+from gpuledger._compare import Comparison, compare
+from gpuledger._ledger import open_ledger
+from gpuledger._pricing import default_catalogue
+from gpuledger._simulate import SimResult, simulate_reserved
+from gpuledger._traffic import Trace, synthetic
+
+from .conftest import Telemetry
+
+CATALOGUE = default_catalogue()
+SERVERLESS = {"runpod", "replicate", "modal", "banana"}
+# Both dearer per GPU-second than a fully used reserved H100 ($2.69/h = $0.000747/s), unlike
+# Modal ($0.0005/s) and Banana ($0.0003/s), which no steady load makes worth reserving.
+DEARER_THAN_RESERVED = ["runpod", "replicate"]
+OPTION_KEYS = {
+    "option",
+    "cost_usd",
+    "cost_per_request_usd",
+    "cold_starts",
+    "p50_s",
+    "p95_s",
+    "p99_s",
+    "utilisation",
+    "failures",
+}
+SECOND_NS = 1_000_000_000
+BASE_NS = 1_772_323_200 * SECOND_NS  # 2026-03-01T00:00:00Z
+
+
+def run(*args: str) -> Result:
+    """Invoke ``gpuledger compare`` with ``args``."""
+    return CliRunner().invoke(main, ["compare", *args])
+
+
+def run_json(*args: str) -> dict[str, Any]:
+    """``gpuledger compare --format json`` with ``args``, parsed; it must succeed."""
+    result = run(*args, "--format", "json")
+    assert result.exit_code == 0, result.output
+    document: dict[str, Any] = json.loads(result.stdout)
+    return document
+
+
+def bursty() -> Trace:
+    """The seed's bursty day: 100 requests an hour for one hour, then 23 silent."""
+    return synthetic("bursty", rate_per_hour=100, duration_s=15.0, gpu="H100")
+
+
+def steady_heavy() -> Trace:
+    """Six hours of 2,000 requests an hour of 15 s: about 8.3 GPUs busy all the time."""
+    return synthetic("steady", rate_per_hour=2000, duration_s=15.0, days=0.25, gpu="H100")
+
+
+def reserved_options(comparison: Comparison) -> list[SimResult]:
+    """The reserved options compared, fewest GPUs first."""
+    found = [result for result in comparison.results if result.kind == "reserved"]
+    return sorted(found, key=lambda result: result.reserved_gpus)
+
+
+# --- what is recommended ------------------------------------------------------------------------
+
+
+def test_bursty_traffic_recommends_serverless() -> None:
+    """Bursty traffic (100 in an hour, then 23 silent) recommends a serverless option."""
+    # 100 requests in an hour, then 23 silent: a reserved GPU would idle 98% of the day, so a
+    # serverless platform is recommended and costs less than any reserved or hybrid option.
+    comparison = compare(bursty(), CATALOGUE)
+    assert comparison.best is not None
+    assert comparison.best.kind == "serverless"
+    assert comparison.burstiness.label == "bursty"
+    others = [result for result in comparison.results if result.kind != "serverless"]
+    assert others
+    assert all(result.cost_usd > comparison.best.cost_usd for result in others)
+    assert comparison.recommendation.startswith(f"Recommended: {comparison.best.option},")
+
+
+def test_steady_heavy_traffic_recommends_reserved_or_hybrid() -> None:
+    """Steady heavy traffic recommends reserved or hybrid against RunPod and Replicate."""
+    # 8.3 GPUs busy all day against platforms that charge more per GPU-second than a busy reserved
+    # GPU: reserved (or reserved with overflow) wins.
+    comparison = compare(steady_heavy(), CATALOGUE, platforms=DEARER_THAN_RESERVED)
+    assert comparison.best is not None
+    assert comparison.best.kind in {"reserved", "hybrid"}
+    assert comparison.burstiness.label == "steady"
+    cheapest_serverless = min(
+        result.cost_usd for result in comparison.results if result.kind == "serverless"
+    )
+    assert comparison.best.cost_usd < cheapest_serverless
+
+
+def test_steady_heavy_traffic_stays_serverless_where_a_gpu_second_costs_less() -> None:
+    """On the whole catalogue the same load stays on Modal or Banana."""
+    # Modal and Banana charge less per GPU-second than a fully used reserved H100, so no steady
+    # load makes reserving pay (as the break-even module finds).
+    comparison = compare(steady_heavy(), CATALOGUE)
+    assert comparison.best is not None
+    assert comparison.best.option in {"modal", "banana"}
+
+
+def test_the_latency_objective_sizes_the_reserved_option() -> None:
+    """--slo-p95 sizes reserved: the smallest N meeting it, where N - 1 does not."""
+    # Without an objective the reserved option is the fewest GPUs that carry the load (9); with
+    # p95 <= 30 s it is the fewest whose own replay meets it: N meets it, N - 1 does not.
+    trace = steady_heavy()
+    reserved = CATALOGUE.lookup("reserved", "H100")
+    assert reserved is not None
+    unconstrained = reserved_options(compare(trace, CATALOGUE, platforms=DEARER_THAN_RESERVED))
+    assert [option.reserved_gpus for option in unconstrained] == [9]
+
+    constrained = compare(trace, CATALOGUE, platforms=DEARER_THAN_RESERVED, slo_p95_s=30.0)
+    meeting = [option for option in reserved_options(constrained) if option.p95_s <= 30.0]
+    assert meeting
+    gpus = meeting[0].reserved_gpus
+    assert gpus > 9
+    assert simulate_reserved(trace, reserved, gpus).p95_s <= 30.0
+    assert simulate_reserved(trace, reserved, gpus - 1).p95_s > 30.0
+
+
+def test_a_tighter_objective_needs_more_reserved_gpus() -> None:
+    """--slo-p95 20s asks for more reserved GPUs than --slo-p95 30s."""
+
+    def meeting_gpus(slo: str) -> int:
+        document = run_json(
+            *("--profile", "steady", "--rate", "2000/h", "--days", "0.25"),
+            *("--slo-p95", slo, "--platforms", "runpod,replicate"),
+        )
+        sizes = [
+            option["reserved_gpus"]
+            for option in document["options"]
+            if option["kind"] == "reserved" and option["meets_slo"]
+        ]
+        assert sizes, document["options"]
+        return min(sizes)
+
+    assert meeting_gpus("20s") > meeting_gpus("30s")
+
+
+def test_an_objective_no_option_meets_is_said() -> None:
+    """An objective no option meets is said, naming the fastest option."""
+    # p95 <= 5 s with 15 s requests: nothing qualifies, the recommendation says so and names the
+    # fastest option.
+    comparison = compare(bursty(), CATALOGUE, slo_p95_s=5.0)
+    assert comparison.best is None
+    assert comparison.recommendation.startswith("No option meets p95 <= 5 s.")
+
+
+# --- the command line ---------------------------------------------------------------------------
+
+
+def test_json_has_every_option_and_the_recommendation() -> None:
+    """JSON has each option's costs, cold starts, percentiles, utilisation and failures."""
+    # JSON lists each option with its cost, per-request cost, cold starts, percentiles, utilisation
+    # and failures, plus the recommendation in words.
+    document = run_json("--profile", "bursty", "--rate", "100")
+    assert document["options"]
+    for option in document["options"]:
+        assert set(option) >= OPTION_KEYS, option
+    assert {option["option"] for option in document["options"]} >= SERVERLESS | {"reserved x1"}
+    assert document["recommendation"].startswith("Recommended: ")
+    assert document["best"] in SERVERLESS
+
+
+def test_the_table_names_the_recommendation() -> None:
+    """The table has a row per option and ends with the recommendation."""
+    result = run("--profile", "bursty", "--rate", "100/h")
+    assert result.exit_code == 0, result.output
+    assert "reserved x1" in result.output
+    assert "Recommended: " in result.output
+
+
+@pytest.mark.parametrize(
+    ("suffix", "looks_right"),
+    [
+        (".png", lambda data: data.startswith(b"\x89PNG\r\n\x1a\n")),
+        (".svg", lambda data: b"<svg" in data[:2000]),
+        (".html", lambda data: data.lstrip().lower().startswith(b"<!doctype html><html")),
+    ],
+)
+def test_plot_writes_a_file_of_its_type(tmp_path: Path, suffix: str, looks_right: Any) -> None:
+    """--plot out.png, out.svg and out.html write a non-empty file of that type."""
+    pytest.importorskip("matplotlib")
+    path = tmp_path / f"out{suffix}"
+    result = run("--profile", "bursty", "--rate", "100/h", "--plot", str(path))
+    assert result.exit_code == 0, result.output
+    data = path.read_bytes()
+    assert data
+    assert looks_right(data), data[:100]
+    if suffix == ".html":
+        assert b"<svg" in data
+        assert b"Recommended: " in data
+
+
+def make_record(offset_s: float, duration_s: float = 15.0) -> InvocationRecord:
+    """A RunPod H100 record starting ``offset_s`` after BASE_NS."""
+    start_ns = BASE_NS + round(offset_s * SECOND_NS)
+    return InvocationRecord(
+        record_id=uuid.uuid4().hex,
+        invocation_id="job",
+        handler="predict",
+        service_name="svc",
+        platform="runpod",
+        gpu_model="H100",
+        start_ns=start_ns,
+        end_ns=start_ns + round(duration_s * SECOND_NS),
+        duration_s=duration_s,
+    )
+
+
+def test_a_ledger_is_replayed(tmp_path: Path) -> None:
+    """`compare --ledger PATH` replays the seven recorded invocations on every option."""
+    path = str(tmp_path / "ledger.db")
+    with open_ledger(path) as ledger:
+        ledger.write([make_record(offset_s) for offset_s in (0, 30, 60, 600, 1200, 5000, 9000)])
+    document = run_json("--ledger", path)
+    assert document["burstiness"]["requests"] == 7
+    assert {option["requests"] for option in document["options"]} == {7}
+    assert document["gpu"] == "H100"
+    assert document["source"] == f"ledger {path}"
+
+
+def test_a_ledger_written_by_a_traced_handler_is_replayed(telemetry: Telemetry) -> None:
+    """A ledger written by a @traced_handler under a fake clock is replayed."""
+    # Five calls of 15 s each, a minute apart on the fake clock, replay as five 15 s requests on
+    # RunPod's H100 (what the agent was configured with).
+
+    @gpuledger.traced_handler
+    def handler(job: dict[str, Any]) -> dict[str, Any]:
+        telemetry.clock.advance(15.0)
+        return {"id": job["id"]}
+
+    for number in range(5):
+        handler({"id": f"job-{number}", "input": {}})
+        telemetry.clock.advance(60.0)
+    assert len(telemetry.rows()) == 5
+
+    document = run_json("--ledger", str(telemetry.ledger_path))
+    assert document["burstiness"]["requests"] == 5
+    assert document["gpu"] == "H100"
+    runpod = next(option for option in document["options"] if option["option"] == "runpod")
+    assert runpod["requests"] == 5
+    assert runpod["p50_s"] == pytest.approx(15.0)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--profile", "steady", "--rate", "10/h", "--platforms", "nope"],
+            "unknown platform 'nope'",
+        ),
+        (["--profile", "steady"], "--profile needs --rate"),
+        (["--ledger", "missing.db"], "no ledger at missing.db"),
+        (["--profile", "steady", "--rate", "fast"], "'fast' is not a rate"),
+        (["--profile", "steady", "--rate", "10/h", "--plot", "out.pdf"], "must end in .png"),
+    ],
+)
+def test_a_mistake_exits_non_zero_with_a_message(args: list[str], message: str) -> None:
+    """A mistake exits non-zero with one clear message and no traceback."""
+    # An unknown platform, a profile without a rate, a missing ledger, a bad rate or plot name: a
+    # non-zero exit and one clear message, no traceback, and no ledger created.
+    result = run(*args)
+    assert result.exit_code != 0
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert not Path("missing.db").exists()
