@@ -158,27 +158,44 @@ def _reserved_options(
     smallest = max(1, math.ceil(busy / trace.window_s - 1e-9)) if trace.window_s > 0 else 1
     cheapest = simulate_reserved(trace, price, smallest)
     options = [cheapest]
-    if slo_p95_s is not None and not _meets(cheapest, slo_p95_s):
-        meeting = _smallest_meeting(
-            lambda gpus: runner.map(simulate_reserved, [(price, gpus)])[0], smallest, slo_p95_s
+    if slo_p95_s is None or _meets(cheapest, slo_p95_s):
+        return options
+    # A latency is at least its service time, so no option's p95 is below the services' own:
+    # when that is over the objective, no size can meet it and searching would only replay.
+    floor = _p95(trace.services_s)
+    if floor > slo_p95_s + 1e-9:
+        notes.append(
+            f"no option can meet p95 <= {slo_p95_s:g} s: the service times alone have a p95 of "
+            f"{floor:.2f} s"
         )
-        if meeting is None:
-            notes.append(
-                f"no reserved size up to {_MAX_RESERVED} meets p95 <= {slo_p95_s:g} s "
-                "(a single request is slower than the objective)"
-            )
-        else:
-            options.append(meeting)
+        return options
+    meeting = _smallest_meeting(
+        lambda gpus: runner.map(simulate_reserved, [(price, gpus)])[0],
+        smallest,
+        slo_p95_s,
+        first=cheapest,
+    )
+    if meeting is None:
+        notes.append(f"no reserved size up to {_MAX_RESERVED} meets p95 <= {slo_p95_s:g} s")
+    else:
+        options.append(meeting)
     return options
 
 
+def _p95(values: Sequence[float]) -> float:
+    from gpuledger._simulate import _quantile  # noqa: PLC0415
+
+    return _quantile(sorted(values), 0.95) if len(values) else 0.0
+
+
 def _smallest_meeting(
-    run: Callable[[int], SimResult], low: int, slo_p95_s: float
+    run: Callable[[int], SimResult], low: int, slo_p95_s: float, first: SimResult | None = None
 ) -> SimResult | None:
     """The smallest worker count from ``low`` whose p95 meets the objective (p95 never rises
-    with more FIFO workers, so: double to bracket, then bisect)."""
+    with more FIFO workers, so: double to bracket, then bisect). ``first``: ``run(low)``'s
+    result if already known."""
     high = low
-    result = run(high)
+    result = first if first is not None else run(high)
     while not _meets(result, slo_p95_s):
         if high >= _MAX_RESERVED:
             return None
@@ -232,7 +249,21 @@ def _hybrid_options(
     else:
         # Doubling sizes: the cheapest hybrid is often a small reserved baseline.
         sizes = sorted({*(2**power for power in range(largest.bit_length())), largest})
-    runs = runner.map(_hybrid, [(reserved, gpus, overflow, max_wait_s) for gpus in sizes])
+    # Sizes in ascending order, a batch (one per process) at a time. A size whose reserved part
+    # alone costs more than the cheapest hybrid found, and more than the cheapest found that
+    # meets the objective, can be neither: it, and every larger size, is skipped.
+    per_worker = runner.trace.window_s * runner.trace.gpu_count * reserved.per_gpu_second_usd
+    runs: list[SimResult] = []
+    for offset in range(0, len(sizes), runner.processes):
+        batch = sizes[offset : offset + runner.processes]
+        if runs:
+            cheapest_cost = min(result.cost_usd for result in runs)
+            meeting_costs = [result.cost_usd for result in runs if _meets(result, slo_p95_s)]
+            bound = max(cheapest_cost, min(meeting_costs) if meeting_costs else math.inf)
+            batch = [gpus for gpus in batch if gpus * per_worker < bound]
+            if not batch:
+                break
+        runs.extend(runner.map(_hybrid, [(reserved, gpus, overflow, max_wait_s) for gpus in batch]))
     cheapest = min(runs, key=lambda result: result.cost_usd)
     chosen = [cheapest]
     meeting = [result for result in runs if _meets(result, slo_p95_s)]

@@ -86,6 +86,14 @@ class _Latencies:
         count = len(self.values)
         if not count:
             return None, None, None, None
+        try:
+            import numpy  # noqa: PLC0415  (optional: six times faster on a million latencies)
+        except ImportError:
+            pass
+        else:
+            latencies = numpy.frombuffer(self.values, dtype=numpy.float64)
+            p50, p95, p99 = (float(value) for value in numpy.percentile(latencies, [50, 95, 99]))
+            return p50, p95, p99, self.waits / count
         ordered = sorted(self.values)
         return (
             _quantile(ordered, 0.50),
@@ -148,7 +156,9 @@ class _Serverless:
         # The pre-warmed pool under concurrency > 1: workers that never scale down, paid as a
         # whole for the window (so neither their requests nor their idle time is billed again).
         self.pinned = set(range(self.prewarmed)) if self.concurrency > 1 else set()
-        self.pinned_idle: deque[int] = deque(sorted(self.pinned))
+        # A heap: the lowest-numbered idle pool worker first, like partly used workers below,
+        # so the packing never depends on the order workers were last freed in.
+        self.pinned_idle: list[int] = sorted(self.pinned)
         if self.pinned:
             self.worker_state = [[0.0, 0.0, 0.0] for _ in self.pinned]
             self.live_workers = len(self.pinned)
@@ -257,7 +267,7 @@ class _Serverless:
             start = busy_since if busy_since > arrival else arrival
             wait = start - arrival
         elif self.pinned_idle:
-            index = self.pinned_idle.pop()
+            index = heapq.heappop(self.pinned_idle)
             start = arrival
         elif idle:
             index = idle.pop()
@@ -299,7 +309,7 @@ class _Serverless:
             self.busy_seconds += end - worker[1]
             self.partial.discard(index)
             if index in self.pinned:
-                self.pinned_idle.append(index)
+                heapq.heappush(self.pinned_idle, index)
                 return
             # The worker's busy period ends: bill its wall time, once for all its requests.
             self.billed_request_seconds += _billed_seconds(self.price, end - worker[1])

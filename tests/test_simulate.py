@@ -678,15 +678,14 @@ def split_at_a_silent_gap(first: Trace, second: Trace, rules: Price) -> tuple[Tr
 @given(
     first=traces(max_requests=30),
     second=traces(max_requests=30),
-    rules=behaviours(shared_pool=False),
+    rules=behaviours(),
 )
 def test_serverless_totals_add_up_across_a_silent_gap(
     first: Trace, second: Trace, rules: Price
 ) -> None:
     """Serverless totals add up across a silence longer than idle window and backlog."""
     # Cost, cold starts, failures, busy and paid seconds of the two windows add up to the whole's:
-    # idle billing, pools and shared workers included, but not a pool of shared workers (see the
-    # xfail test below).
+    # idle billing, pools and shared workers included, and pools of shared workers.
     whole, head, tail = split_at_a_silent_gap(first, second, rules)
     together = simulate_serverless(whole, rules)
     parts = [simulate_serverless(head, rules), simulate_serverless(tail, rules)]
@@ -714,19 +713,12 @@ def test_shared_workers_pack_the_same_after_an_unrelated_request() -> None:
     assert simulate_serverless(after, rules).paid_gpu_seconds == pytest.approx(0.5 + 4.5)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: idle pre-warmed shared workers are reused last-freed first (pinned_idle is a "
-    "stack) while partly used ones are joined lowest-numbered first (min(partial)) and queued "
-    "ties break by number: which pool worker gets the first request depends on the past",
-)
 def test_a_pool_of_shared_workers_packs_the_same_after_a_silence() -> None:
     """A pool of shared workers packs the same after an unrelated request and a silence."""
     # A pool of 2 workers of 2 slots (the whole fleet), unrounded: five 2 s requests (three at 0 s,
     # two at 1 s) must keep the pool as busy after three unrelated requests and a 2,000 s silence as
-    # alone. Today they do not: alone the first request goes to worker 1 and the fifth queues onto
-    # worker 0, still busy (6 GPU-seconds); after the silence the first goes to worker 0 and the
-    # fifth extends worker 0's busy period instead (7).
+    # alone. Idle pool workers used to be reused last-freed first, so after the silence the first
+    # request went to another worker and the fifth extended a busy period (7 GPU-seconds, not 6).
     rules = plain(concurrency=2, max_workers=2, prewarmed_workers=2, bills_startup=False)
     first = ([0.0, 0.0, 1.0], [2.0, 2.0, 2.0])
     second = ([0.0, 0.0, 0.0, 1.0, 1.0], [2.0] * 5)
