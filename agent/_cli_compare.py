@@ -151,6 +151,12 @@ def compare_command(
         raise click.BadParameter(
             "the plot file must end in .png, .svg or .html", param_hint="'--plot'"
         )
+    if plot is not None:
+        import importlib.util  # noqa: PLC0415
+
+        if importlib.util.find_spec("matplotlib") is None:
+            # Say so before the replay, not after it.
+            raise click.ClickException("--plot needs matplotlib: pip install 'gpuledger[plot]'")
     try:
         slo_s = parse_duration(slo) if slo is not None else None
         if profile is not None:
