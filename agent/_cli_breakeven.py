@@ -24,8 +24,9 @@ from gpuledger._breakeven import (
     parse_duration,
     parse_rate,
 )
+from gpuledger._cli_options import format_option, pricing_option
 from gpuledger._errors import PricingError
-from gpuledger._pricing import PRICING_ENV, Catalogue, Price, load_catalogue
+from gpuledger._pricing import Catalogue, Price, load_catalogue
 
 __all__ = ["breakeven"]
 
@@ -115,21 +116,8 @@ class _Row:
     is_flag=True,
     help="Price cold starts (and billed idle time) of traffic sparser than the idle window.",
 )
-@click.option(
-    "--pricing",
-    "pricing_file",
-    metavar="FILE",
-    default=None,
-    help=f"A pricing file merged over the shipped catalogue [default: ${PRICING_ENV}, if set].",
-)
-@click.option(
-    "--format",
-    "output_format",
-    type=click.Choice(["table", "json"]),
-    default="table",
-    show_default=True,
-    help="A table for people, JSON for programs (numbers unrounded).",
-)
+@pricing_option
+@format_option("numbers")
 def breakeven(
     platforms: tuple[str, ...],
     gpu: str,

@@ -14,8 +14,9 @@ import json
 
 import click
 
+from gpuledger._cli_options import format_option, pricing_option
 from gpuledger._errors import PricingError
-from gpuledger._pricing import PRICING_ENV, Catalogue, Price, check_file, load_catalogue
+from gpuledger._pricing import Catalogue, Price, check_file, load_catalogue
 
 __all__ = ["pricing"]
 
@@ -52,21 +53,8 @@ def pricing() -> None:
 
 
 @pricing.command("show")
-@click.option(
-    "--pricing",
-    "pricing_file",
-    metavar="FILE",
-    default=None,
-    help=f"A pricing file merged over the shipped catalogue [default: ${PRICING_ENV}, if set].",
-)
-@click.option(
-    "--format",
-    "output_format",
-    type=click.Choice(["table", "json"]),
-    default="table",
-    show_default=True,
-    help="A table for people, JSON for programs (prices unrounded).",
-)
+@pricing_option
+@format_option("prices")
 def show(pricing_file: str | None, output_format: str) -> None:
     """Print the catalogue: version, sources and one row per platform and GPU."""
     try:
