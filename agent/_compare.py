@@ -15,7 +15,13 @@ import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-from gpuledger._simulate import SimResult, simulate_hybrid, simulate_reserved, simulate_serverless
+from gpuledger._simulate import (
+    SimResult,
+    reserved_meets,
+    simulate_hybrid,
+    simulate_reserved,
+    simulate_serverless,
+)
 
 if TYPE_CHECKING:
     from gpuledger._pricing import Catalogue, Price
@@ -169,16 +175,13 @@ def _reserved_options(
             f"{floor:.2f} s"
         )
         return options
-    meeting = _smallest_meeting(
-        lambda gpus: runner.map(simulate_reserved, [(price, gpus)])[0],
-        smallest,
-        slo_p95_s,
-        first=cheapest,
-    )
-    if meeting is None:
+    # The search only needs yes/no per size (reserved_meets, which stops early); the size it
+    # settles on is then replayed in full for its row.
+    gpus = _smallest_meeting(lambda size: reserved_meets(trace, size, slo_p95_s), smallest + 1)
+    if gpus is None:
         notes.append(f"no reserved size up to {_MAX_RESERVED} meets p95 <= {slo_p95_s:g} s")
     else:
-        options.append(meeting)
+        options.append(runner.map(simulate_reserved, [(price, gpus)])[0])
     return options
 
 
@@ -188,28 +191,21 @@ def _p95(values: Sequence[float]) -> float:
     return _quantile(sorted(values), 0.95) if len(values) else 0.0
 
 
-def _smallest_meeting(
-    run: Callable[[int], SimResult], low: int, slo_p95_s: float, first: SimResult | None = None
-) -> SimResult | None:
-    """The smallest worker count from ``low`` whose p95 meets the objective (p95 never rises
-    with more FIFO workers, so: double to bracket, then bisect). ``first``: ``run(low)``'s
-    result if already known."""
+def _smallest_meeting(meets: Callable[[int], bool], low: int) -> int | None:
+    """The smallest worker count from ``low`` that ``meets`` the objective (p95 never rises with
+    more FIFO workers, so: double to bracket, then bisect); None up to the cap."""
     high = low
-    result = first if first is not None else run(high)
-    while not _meets(result, slo_p95_s):
+    while not meets(high):
         if high >= _MAX_RESERVED:
             return None
         low, high = high + 1, min(high * 2, _MAX_RESERVED)
-        result = run(high)
-    best = result
     while low < high:
         middle = (low + high) // 2
-        probe = run(middle)
-        if _meets(probe, slo_p95_s):
-            best, high = probe, middle
+        if meets(middle):
+            high = middle
         else:
             low = middle + 1
-    return best
+    return high
 
 
 def _overflow_price(

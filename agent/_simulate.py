@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SimResult",
+    "reserved_meets",
     "simulate_hybrid",
     "simulate_reserved",
     "simulate_serverless",
@@ -491,3 +492,45 @@ def simulate_hybrid(
         reserved_gpus=gpus,
         overflow=spill.requests,
     )
+
+
+def reserved_meets(trace: Trace, gpus: int, slo_p95_s: float) -> bool:
+    """Whether ``gpus`` reserved FIFO workers keep the p95 latency within ``slo_p95_s``.
+
+    Exactly :func:`simulate_reserved`'s p95 (the same interpolation between ranks) compared with
+    the objective, without keeping or sorting the latencies: it counts those over the objective,
+    keeps the largest within it and the smallest over it, and stops as soon as too many are over.
+    """
+    count = len(trace)
+    if count == 0:
+        return True
+    position = (count - 1) * 0.95
+    low = math.floor(position)
+    high = min(low + 1, count - 1)
+    fraction = position - low
+    # p95 <= objective needs ranks low (and high, when interpolating) within the objective.
+    allowed_over = count - 1 - low
+    free = [0.0] * gpus
+    replace = heapq.heapreplace
+    over = 0
+    largest_within = -math.inf
+    smallest_over = math.inf
+    for arrival, service in zip(trace.arrivals_s, trace.services_s, strict=True):
+        first = free[0]
+        start = first if first > arrival else arrival
+        replace(free, start + service)
+        latency = start - arrival + service
+        if latency > slo_p95_s:
+            over += 1
+            if over > allowed_over:
+                return False
+            if latency < smallest_over:  # noqa: PLR1730  (min() costs a call per request)
+                smallest_over = latency
+        elif latency > largest_within:
+            largest_within = latency
+    within = count - over  # ranks 0 .. within-1 are within the objective
+    if high < within or fraction == 0.0:
+        return True
+    # Rank ``low`` is the largest within, rank ``high`` the smallest over: interpolate.
+    p95 = largest_within + (smallest_over - largest_within) * fraction
+    return p95 <= slo_p95_s + 1e-9

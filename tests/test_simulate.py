@@ -741,3 +741,24 @@ def test_reserved_totals_add_up_across_a_silent_gap(first: Trace, second: Trace,
     assert together.cost_usd == pytest.approx(sum(part.cost_usd for part in parts), rel=1e-9)
     busy = sum(part.busy_gpu_seconds for part in parts)
     assert together.busy_gpu_seconds == pytest.approx(busy, rel=1e-9)
+
+
+@_SLOW
+@given(
+    requests=traces(max_requests=60),
+    gpus=st.integers(1, 4),
+    objective=st.floats(0.0, 200.0, allow_nan=False),
+)
+def test_reserved_meets_decides_exactly_as_the_full_replay(
+    requests: Trace, gpus: int, objective: float
+) -> None:
+    """The search's yes/no probe agrees with the full replay's p95 against the objective."""
+    from gpuledger._simulate import reserved_meets
+
+    full = simulate_reserved(requests, price("reserved"), gpus)
+    expected = full.p95_s is None or full.p95_s <= objective + 1e-9
+    assert reserved_meets(requests, gpus, objective) == expected
+    if full.p95_s is not None:
+        # On the objective itself, and just below it, the two still agree.
+        assert reserved_meets(requests, gpus, full.p95_s)
+        assert not reserved_meets(requests, gpus, full.p95_s - 1e-6) or full.p95_s - 1e-6 < 0
