@@ -29,7 +29,7 @@ from gpuledger._logging import configure_logging, get_logger
 from gpuledger._platform import PlatformInfo, default_worker_id, detect_platform, platform_defaults
 from gpuledger._record import InvocationRecord
 from gpuledger._settings import Settings, resolve_settings
-from gpuledger._worker import InitInfo, Phase, WorkerState
+from gpuledger._worker import InitInfo, Phase, WorkerState, shares
 
 __all__ = ["Agent", "HandlerSpec", "configure", "flush", "get_agent", "shutdown"]
 
@@ -103,11 +103,20 @@ class Agent:
         self._setup_pricing()
         self._check_ledger_location(settings.ledger)
         self.worker = _worker_for(settings.prewarm_threshold_s, clock)
+        self.gpu_meter: Any = None
+        """The NVML meter once NVML is open; None before, and for good without a GPU."""
+        self.gpu_uuids: str | None = None
+        self.gpu_reason: dict[str, str] | None = {"gpu": "NVML still opening"}
+        self.gpu_ready = threading.Event()
+        """Set once NVML opened or failed to: GPU fields are measured from then on."""
+        self._gpu_waiting: list[Invocation] = []
         self._setup_telemetry(env)
 
         from gpuledger._pipeline import Pipeline  # noqa: PLC0415
 
-        self.pipeline = Pipeline(self._process_batch, max_pending=settings.max_pending)
+        self.pipeline = Pipeline(
+            self._process_batch, max_pending=settings.max_pending, on_idle=self._gpu_tick
+        )
         self._queue = self.pipeline.queue
         self._max_pending = settings.max_pending
         self._batch_size = self.pipeline.batch_size
@@ -115,11 +124,20 @@ class Agent:
         self._retry: list[InvocationRecord] = []
         self._pseudonym_warned = False
         self.closed = False
+        if settings.gpu_metering == "off":
+            self.gpu_reason = {"gpu": "GPU metering off (gpu_metering=off)"}
+            self.gpu_ready.set()
+        else:
+            # nvmlInit takes tens of ms, seconds on a driver without persistence mode: never on
+            # the import or the first request's path.
+            threading.Thread(
+                target=self._open_gpu, args=(env,), name="gpuledger-nvml-open", daemon=True
+            ).start()
 
     # -- set-up -----------------------------------------------------------------------------
 
     def _setup_pricing(self) -> None:
-        from gpuledger._pricing import compile_pricer, load_catalogue  # noqa: PLC0415
+        from gpuledger._pricing import load_catalogue  # noqa: PLC0415
 
         settings = self.settings
         try:
@@ -139,28 +157,81 @@ class Agent:
                 f"{', '.join([*known, *_LOCAL_PLATFORMS])} (or add it with a pricing file)",
                 settings.sources.get("platform", "argument"),
             )
-        self.price = catalogue.lookup(platform, self.gpu)
-        self.pricer: Callable[..., Any] | None = None
-        self.cost_source: str
-        if self.price is not None:
-            self.pricer = compile_pricer(self.price, catalogue.version)
-            self.cost_source = self.price.source
-        elif platform in _LOCAL_PLATFORMS:
+        # With metering on, an unknown GPU may still be detected: warn after NVML has opened.
+        self._choose_price(warn=settings.gpu_metering == "off" or self.gpu is not None)
+
+    def _choose_price(self, *, warn: bool) -> None:
+        """The price of this platform and GPU; warns when it is unknown (``warn``)."""
+        catalogue = self.catalogue
+        platform = self.platform.platform
+        price = catalogue.lookup(platform, self.gpu)
+        self.price = price
+        if price is not None:
+            from gpuledger._pricing import compile_pricer  # noqa: PLC0415
+
+            self.pricer: Callable[..., Any] | None = compile_pricer(price, catalogue.version)
+            self.cost_source: str = price.source
+            return
+        self.pricer = None
+        if platform in _LOCAL_PLATFORMS:
             self.cost_source = "unpriced: platform 'local' (set GPULEDGER_PLATFORM)"
         elif self.gpu is None:
             self.cost_source = "unpriced: GPU model unknown (set GPULEDGER_GPU)"
-            get_logger().warning(
-                "GPU model unknown: costs are recorded as null; set GPULEDGER_GPU (e.g. H100)",
-                platform=platform,
-            )
+            if warn:
+                get_logger().warning(
+                    "GPU model unknown: costs are recorded as null; set GPULEDGER_GPU (e.g. H100)",
+                    platform=platform,
+                )
         else:
             self.cost_source = f"unpriced: no {platform} price for GPU {self.gpu!r}"
-            get_logger().warning(
-                "no price for this platform and GPU: costs are recorded as null; add it with a "
-                "pricing file (GPULEDGER_PRICING)",
-                platform=platform,
-                gpu=self.gpu,
+            if warn:
+                get_logger().warning(
+                    "no price for this platform and GPU: costs are recorded as null; add it "
+                    "with a pricing file (GPULEDGER_PRICING)",
+                    platform=platform,
+                    gpu=self.gpu,
+                )
+
+    def _open_gpu(self, env: Mapping[str, str]) -> None:
+        """Open NVML (on its own thread): the meter, and the GPU model and count it shows."""
+        try:
+            from gpuledger._gpu import open_meter  # noqa: PLC0415
+
+            settings = self.settings
+            meter, reason = open_meter(
+                settings.nvml,
+                env,
+                time_ns=self._time_ns,
+                sample_hz=settings.gpu_sample_hz,
+                settle_s=settings.gpu_settle_s,
             )
+            if meter is None:
+                self.gpu_reason = {"gpu": reason or "no GPU"}
+                # No driver is a CPU machine, not a fault: one line, at info. NVML present but
+                # failing is a fault: a warning.
+                no_driver = (reason or "").startswith("no ")
+                log = get_logger().info if no_driver else get_logger().warning
+                log("no GPU metering: GPU fields are recorded as null", reason=reason)
+            else:
+                devices = meter.devices
+                if settings.gpu is None:
+                    self.gpu = self.catalogue.canonical_gpu(devices[0].name) or devices[0].name
+                if settings.sources.get("gpu_count") == "default":
+                    self.gpu_count = len(devices)
+                self.gpu_uuids = ",".join(device.uuid for device in devices)
+                self.gpu_reason = None
+            if settings.gpu is None:
+                self._choose_price(warn=True)
+            if self.closed:
+                if meter is not None:
+                    meter.close()
+                return
+            self.gpu_meter = meter
+        except Exception as error:
+            self.gpu_reason = {"gpu": f"NVML failed to open: {type(error).__name__}"}
+            _guard.record_failure("nvml.open", error)
+        finally:
+            self.gpu_ready.set()
 
     @staticmethod
     def _check_ledger_location(location: str) -> None:
@@ -269,14 +340,30 @@ class Agent:
                 active = worker.active
                 worker.active = active + 1
                 last_end_ns = worker.last_end_ns
+                worker.starts = seq = worker.starts + 1
+                worker.running[invocation] = start_ns
                 lock.release()
-                gap = 0 if active else start_ns - last_end_ns
-                invocation.idle_gap_ns = gap if gap > 0 else 0
+                invocation.start_seq = seq
+                if active:
+                    invocation.overlapped = True
+                    invocation.idle_gap_ns = 0
+                else:
+                    gap = start_ns - last_end_ns
+                    invocation.idle_gap_ns = gap if gap > 0 else 0
             else:
                 cold, init, invocation.idle_gap_ns = worker.begin(start_ns)
+                with worker.lock:
+                    invocation.start_seq, invocation.overlapped = worker.register(
+                        invocation, start_ns
+                    )
                 if init is not None:
                     invocation.cold = cold
                     invocation.init = init
+            meter = self.gpu_meter
+            if meter is not None:
+                invocation.meter = meter
+                if meter.boundary_reads:
+                    meter.mark(start_ns)
             if self.tracer is not None:
                 invocation.span = self._start_span(spec.name, start_ns, invocation.cold, init)
                 if activate:
@@ -318,12 +405,17 @@ class Agent:
                 # RunPod fails a job whose handler returns {"error": ...}: its SDK reports FAILED.
                 invocation.outcome = "error"
                 invocation.error_type = "returned_error"
-            end_ns = invocation.start_ns + duration_ns
+            start_ns = invocation.start_ns
+            end_ns = start_ns + duration_ns
             worker = self.worker
             if worker.pending_phases:
                 late_phases = worker.end(end_ns)
                 if late_phases:
                     invocation.phases = (invocation.phases or []) + late_phases
+                with worker.lock:
+                    others = worker.unregister(
+                        invocation, start_ns, end_ns, invocation.start_seq, invocation.overlapped
+                    )
             else:
                 # WorkerState.end's fast path, inlined.
                 lock = worker.lock
@@ -331,16 +423,33 @@ class Agent:
                 worker.active -= 1
                 if end_ns > worker.last_end_ns:  # noqa: PLR1730  (max() costs a call here)
                     worker.last_end_ns = end_ns
+                if invocation.overlapped or worker.starts != invocation.start_seq:
+                    others = worker.unregister(
+                        invocation, start_ns, end_ns, invocation.start_seq, True
+                    )
+                else:
+                    del worker.running[invocation]
+                    others = None
                 lock.release()
+            if others:
+                segments = invocation.segments = shares(start_ns, end_ns, others)
+                invocation.billed_ns = sum((b - a) / n for a, b, n in segments)
+            meter = invocation.meter
+            if meter is not None and meter.boundary_reads:
+                meter.mark(end_ns)
+            queue = self._queue
             span = invocation.span
             if span is not None:
-                invocation.span = None  # an ended span must not stay alive in the queue
-                try:
-                    self._finish_span(invocation, span, error)
-                except Exception as failure:
-                    _guard.record_failure("span.end", failure)
+                if meter is not None and len(queue) < self._max_pending:
+                    # The writer ends it once the GPU numbers are in (at the same end time).
+                    invocation.error = error
+                else:
+                    invocation.span = None  # an ended span must not stay alive in the queue
+                    try:
+                        self._finish_span(invocation, span, error)
+                    except Exception as failure:
+                        _guard.record_failure("span.end", failure)
             # Pipeline.submit's common case, inlined: room in the queue and the writer running.
-            queue = self._queue
             if len(queue) < self._max_pending and self.pipeline.running:
                 queue.append(invocation)
                 if len(queue) >= self._batch_size:
@@ -408,11 +517,22 @@ class Agent:
             _current.reset(invocation._context_token)
             invocation._context_token = None
 
-    def _finish_span(self, invocation: Invocation, span: Any, error: BaseException | None) -> None:
+    def _finish_span(
+        self,
+        invocation: Invocation,
+        span: Any,
+        error: BaseException | None,
+        usage: Any = None,
+    ) -> None:
+        billed_ns = invocation.billed_ns
+        if billed_ns is None:
+            billed_ns = invocation.duration_ns
         attributes: dict[str, Any] = {
             "faas.invocation_id": invocation.invocation_id,
-            "gpuledger.gpu.billed_seconds": invocation.duration_ns * self.gpu_count / 1e9,
+            "gpuledger.gpu.billed_seconds": billed_ns * self.gpu_count / 1e9,
         }
+        if usage is not None:
+            _gpu_attributes(attributes, usage, self.gpu, self.gpu_count, self.gpu_uuids)
         if invocation.idle_gap_ns is not None:
             attributes["gpuledger.idle_gap_s"] = invocation.idle_gap_ns / 1e9
         if invocation.init is not None:
@@ -453,7 +573,10 @@ class Agent:
             init_s = (init_s or 0.0) + sum(
                 phase.duration_s for phase in invocation.phases if phase.parent is None
             )
-        return self.pricer(invocation.duration_ns * self.gpu_count / 1e9, self.gpu_count, init_s)
+        billed_ns = invocation.billed_ns
+        if billed_ns is None:
+            billed_ns = invocation.duration_ns
+        return self.pricer(billed_ns * self.gpu_count / 1e9, self.gpu_count, init_s)
 
     def _emit_init_span(self, init: InitInfo) -> Any:
         """The init as a span of its own (with a child per phase); returns its span context."""
@@ -511,10 +634,70 @@ class Agent:
     # -- the background writer --------------------------------------------------------------
 
     def _process_batch(self, batch: list[Invocation]) -> None:
-        records: list[InvocationRecord] = []
+        waiting = self._gpu_waiting
+        ready: list[Invocation] = []
         for invocation in batch:
+            (ready if invocation.meter is None else waiting).append(invocation)
+        if waiting:
+            self._gpu_tick(force=False)
+        if ready:
+            self._record(ready)
+
+    def _gpu_tick(self, force: bool) -> None:
+        """Measure the invocations waiting for NVML's samples to cover them (all if ``force``),
+        end their spans and record them."""
+        waiting = self._gpu_waiting
+        if not waiting:
+            return
+        meter = waiting[0].meter
+        try:
+            meter.drain()
+        except Exception as error:
+            _guard.record_failure("nvml.drain", error)
+        now_ns = self._time_ns()
+        if force:
+            settled, self._gpu_waiting = waiting, []
+        else:
+            settled = []
+            held: list[Invocation] = []
+            for invocation in waiting:
+                end_ns = invocation.start_ns + invocation.duration_ns
+                (settled if meter.settled(end_ns, now_ns) else held).append(invocation)
+            self._gpu_waiting = held
+        if not settled:
+            return
+        usages: list[Any] = []
+        for invocation in settled:
+            usage = None
             try:
-                records.append(self.build_record(invocation))
+                usage = invocation.meter.measure(
+                    invocation.start_ns,
+                    invocation.start_ns + invocation.duration_ns,
+                    invocation.segments,
+                )
+            except Exception as error:
+                _guard.record_failure("nvml.measure", error)
+            usages.append(usage)
+            span = invocation.span
+            if span is not None:
+                invocation.span = None
+                try:
+                    self._finish_span(invocation, span, invocation.error, usage)
+                except Exception as failure:
+                    _guard.record_failure("span.end", failure)
+                invocation.error = None
+        self._record(settled, usages)
+        with self.worker.lock:
+            oldest = min(self.worker.running.values(), default=now_ns)
+        if self._gpu_waiting:
+            oldest = min(oldest, *(each.start_ns for each in self._gpu_waiting))
+        meter.prune(oldest)
+
+    def _record(self, batch: list[Invocation], usages: list[Any] | None = None) -> None:
+        records: list[InvocationRecord] = []
+        for i, invocation in enumerate(batch):
+            try:
+                records.append(self.build_record(invocation, None if usages is None else usages[i]))
             except Exception as error:
                 _guard.record_failure("record.build", error)
         if self.metrics is not None:
@@ -565,9 +748,11 @@ class Agent:
             )
         return []
 
-    def build_record(self, invocation: Invocation) -> InvocationRecord:
-        """The full record of a finished invocation."""
+    def build_record(self, invocation: Invocation, usage: Any = None) -> InvocationRecord:
+        """The full record of a finished invocation (``usage``: what the GPU meter measured)."""
         duration_s = invocation.duration_ns / 1e9
+        billed_ns = invocation.billed_ns
+        billed_s = duration_s if billed_ns is None else billed_ns / 1e9
         init = invocation.init
         init_duration_s = init.duration_s if init is not None else None
         phases: dict[str, float] | None = init.phase_seconds() if init is not None else None
@@ -606,7 +791,16 @@ class Agent:
             init_duration_s=init_duration_s,
             init_phases=phases,
             idle_gap_s=None if invocation.idle_gap_ns is None else invocation.idle_gap_ns / 1e9,
-            billed_gpu_seconds=duration_s * self.gpu_count,
+            billed_gpu_seconds=billed_s * self.gpu_count,
+            busy_gpu_seconds=usage.busy_gpu_seconds if usage else None,
+            busy_source=usage.busy_source if usage else None,
+            energy_j=usage.energy_j if usage else None,
+            energy_active_j=usage.energy_active_j if usage else None,
+            energy_idle_j=usage.energy_idle_j if usage else None,
+            energy_source=usage.energy_source if usage else None,
+            peak_gpu_memory_bytes=usage.peak_gpu_memory_bytes if usage else None,
+            gpu_uuids=self.gpu_uuids if invocation.meter is not None else None,
+            gpu_unmeasured=_unmeasured(invocation, usage, self.gpu_reason),
             user_id=user_id,
             user_id_pseudonymised=pseudonymised,
             tenant=invocation.tenant,
@@ -660,6 +854,9 @@ class Agent:
                     self.providers.flush(timeout)
             except Exception as error:
                 _guard.record_failure("exporter.flush", error)
+        meter = self.gpu_meter
+        if meter is not None:
+            meter.close()
         if self._ledger is not None:
             try:
                 self._ledger.close()
@@ -667,6 +864,41 @@ class Agent:
                 _guard.record_failure("ledger.close", error)
             self._ledger = None
         return done
+
+
+def _unmeasured(
+    invocation: Invocation, usage: Any, reason: dict[str, str] | None
+) -> dict[str, str] | None:
+    if invocation.meter is None:
+        return reason
+    if usage is None:
+        return {"gpu": "the GPU meter failed on this invocation (gpuledger.telemetry.errors)"}
+    return usage.unmeasured or None
+
+
+def _gpu_attributes(
+    attributes: dict[str, Any], usage: Any, model: str | None, count: int, uuids: str | None
+) -> None:
+    if model is not None:
+        attributes["gpuledger.gpu.model"] = model
+    attributes["gpuledger.gpu.count"] = count
+    if uuids is not None:
+        attributes["gpuledger.gpu.uuids"] = uuids
+    for key, value in (
+        ("gpuledger.gpu.busy_seconds", usage.busy_gpu_seconds),
+        ("gpuledger.gpu.busy_source", usage.busy_source),
+        ("gpuledger.gpu.energy_j", usage.energy_j),
+        ("gpuledger.gpu.energy_active_j", usage.energy_active_j),
+        ("gpuledger.gpu.energy_idle_j", usage.energy_idle_j),
+        ("gpuledger.gpu.energy_source", usage.energy_source),
+        ("gpuledger.gpu.peak_memory_bytes", usage.peak_gpu_memory_bytes),
+    ):
+        if value is not None:
+            attributes[key] = value
+    if usage.unmeasured:
+        attributes["gpuledger.gpu.unmeasured"] = [
+            f"{field}: {why}" for field, why in sorted(usage.unmeasured.items())
+        ]
 
 
 @lru_cache(maxsize=8192)

@@ -52,6 +52,16 @@ class Invocation:
     cost: Any = None
     _context_token: Token[Invocation | None] | None = None
     _otel_token: Any = None
+    # Sharing the worker with other invocations (async handlers, concurrency above 1).
+    start_seq = 0
+    overlapped = False
+    segments: list[tuple[int, int, int]] | None = None
+    """``(from_ns, to_ns, n)`` when others ran alongside; None when it ran alone."""
+    billed_ns: int | float | None = None
+    """This invocation's share of the worker's wall time; None: all of ``duration_ns``."""
+    # GPU metering: the meter, and the error to put on a span ended by the writer.
+    meter: Any = None
+    error: BaseException | None = None
 
     def __init__(self, handler: str, start_ns: int, start_perf_ns: int) -> None:
         self.handler = handler

@@ -107,6 +107,16 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
         "CREATE INDEX invocations_by_invocation ON invocations (invocation_id)",
         "CREATE INDEX invocations_by_user ON invocations (user_id)",
     ),
+    # 2: GPU metering (NVML): where busy time and energy came from, the idle/active split, the
+    # GPUs held, and why a GPU field is unknown.
+    (
+        "ALTER TABLE invocations ADD COLUMN busy_source TEXT",
+        "ALTER TABLE invocations ADD COLUMN energy_active_j REAL",
+        "ALTER TABLE invocations ADD COLUMN energy_idle_j REAL",
+        "ALTER TABLE invocations ADD COLUMN energy_source TEXT",
+        "ALTER TABLE invocations ADD COLUMN gpu_uuids TEXT",
+        "ALTER TABLE invocations ADD COLUMN gpu_unmeasured TEXT",
+    ),
 )
 """The schema, as an ordered list: migration ``n`` (1-based) brings a ledger to version ``n``.
 Append, never edit: a ledger at version ``n`` has run exactly the first ``n`` entries."""

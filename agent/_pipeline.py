@@ -39,8 +39,12 @@ class Pipeline:
         interval_s: float = 0.2,
         batch_size: int = 2048,
         name: str = "gpuledger-writer",
+        on_idle: Callable[[bool], None] | None = None,
     ) -> None:
         self._process = process
+        self._on_idle = on_idle
+        """Called on the thread after each round (``False``), and before a flush marker is
+        released and when stopping (``True``: finish what is held back, now)."""
         self._max_pending = max_pending
         self._interval_s = interval_s
         self._batch_size = batch_size
@@ -141,13 +145,24 @@ class Pipeline:
                         self._process(batch)
                     except Exception as error:  # the writer thread must survive anything
                         _guard_failure(error)
+                if markers:
+                    self._idle(force=True)
                 for marker in markers:
                     marker.done.set()
+            self._idle(force=self._stopping)
             if self._stopping:
                 self.running = False
                 # Anything appended while stopping is flushed by close()'s caller or dropped
                 # with the process; the agent checks ``running`` and falls back to submit().
                 return
+
+    def _idle(self, *, force: bool) -> None:
+        if self._on_idle is None:
+            return
+        try:
+            self._on_idle(force)
+        except Exception as error:
+            _guard_failure(error)
 
 
 def _guard_failure(error: BaseException) -> None:

@@ -63,9 +63,22 @@ class InvocationRecord:
     """Wall time x GPUs held, exactly; the cost applies the platform's billing increment and
     minimum on top (a 0.3 s request on a whole-second platform is billed 1 s)."""
     busy_gpu_seconds: float | None = None
-    """GPU utilisation integrated over the request (NVML); None until measured."""
+    """GPU utilisation integrated over the request (NVML), shared like the billed time."""
+    busy_source: str | None = None
+    """``process`` (NVML's per-process samples of this pid) or ``device`` (the GPU's)."""
     energy_j: float | None = None
+    """The GPUs' energy over the request: the energy counter's delta (or power samples)."""
+    energy_active_j: float | None = None
+    """``energy_j`` above the GPUs' idle power (the lowest power seen on them)."""
+    energy_idle_j: float | None = None
+    energy_source: str | None = None
+    """``counter`` (nvmlDeviceGetTotalEnergyConsumption) or ``power_samples``."""
     peak_gpu_memory_bytes: int | None = None
+    """Most GPU memory the process held during the request (needs the sampler)."""
+    gpu_uuids: str | None = None
+    """The GPUs (or MIG instances) the worker held, comma-separated NVML UUIDs."""
+    gpu_unmeasured: dict[str, str] | None = None
+    """Why GPU fields are null: field (or ``gpu`` for all of them) -> reason."""
 
     # external calls
     external_calls: int | None = None

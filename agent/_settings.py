@@ -88,6 +88,22 @@ def _seconds(value: object) -> float:
     return number
 
 
+def _rate_hz(value: object) -> float:
+    if isinstance(value, bool):
+        raise _Invalid("expected a rate in Hz, got a bool")
+    if isinstance(value, str):
+        try:
+            value = float(value.strip().lower().removesuffix("hz"))
+        except ValueError:
+            raise _Invalid("expected a rate in Hz, e.g. 10") from None
+    if not isinstance(value, int | float):
+        raise _Invalid(f"expected a rate in Hz, got {type(value).__name__}")
+    number = float(value)
+    if not math.isfinite(number) or not 0 <= number <= 1000:
+        raise _Invalid("must be between 0 (off) and 1000 Hz")
+    return number
+
+
 def _choice(options: tuple[str, ...]) -> Callable[[object], str]:
     def parse(value: object) -> str:
         text = _text(value).lower()
@@ -167,7 +183,8 @@ SETTINGS: Final[tuple[Setting, ...]] = (
         _optional_text,
         _const(None),
         "GPU model held by each worker, e.g. `H100`; prices are looked up by it.",
-        "unset: cost is unknown (null) until set",
+        "detected through NVML (e.g. `NVIDIA H100 80GB HBM3` is `H100`); else unknown, and so "
+        "is the cost",
     ),
     Setting(
         "gpu_count",
@@ -175,6 +192,34 @@ SETTINGS: Final[tuple[Setting, ...]] = (
         _positive_int,
         _const(1),
         "GPUs each worker holds; billed GPU seconds are wall time x this.",
+        "the GPUs NVML shows this process (honouring `CUDA_VISIBLE_DEVICES`), else `1`",
+    ),
+    Setting(
+        "gpu_metering",
+        ("GPULEDGER_GPU_METERING",),
+        _choice(("auto", "off")),
+        _const("auto"),
+        "`auto`: meter busy GPU seconds, energy and memory through NVML when a driver and GPU "
+        "are there (the model and count above are then detected too); `off`: never load NVML.",
+        "`auto`",
+    ),
+    Setting(
+        "gpu_sample_hz",
+        ("GPULEDGER_GPU_SAMPLE_HZ",),
+        _rate_hz,
+        _const(0.0),
+        "Rate of the background NVML sampler. `0`: no sampler; the energy counter is read at "
+        "each invocation's start and end (one NVML call per GPU on the request path) and peak "
+        "memory is unknown. Above 0: no NVML call on the request path, peak memory measured.",
+        "`0` (off)",
+    ),
+    Setting(
+        "gpu_settle_s",
+        ("GPULEDGER_GPU_SETTLE",),
+        _seconds,
+        _const(1.0),
+        "Longest the writer waits for the driver's utilisation samples to cover an "
+        "invocation's end before measuring it with what there is (said in `gpu_unmeasured`).",
         "`1`",
     ),
     Setting(
@@ -333,6 +378,14 @@ SETTINGS: Final[tuple[Setting, ...]] = (
         "the global one if the application set it, else gpuledger's own",
     ),
     Setting(
+        "nvml",
+        (),
+        _any,
+        _const(None),
+        "The NVML API object (argument only; tests pass a replay of a recording).",
+        "the `pynvml` module",
+    ),
+    Setting(
         "clock",
         (),
         _any,
@@ -353,6 +406,9 @@ class Settings:
     platform: str | None
     gpu: str | None
     gpu_count: int
+    gpu_metering: str
+    gpu_sample_hz: float
+    gpu_settle_s: float
     ledger: str
     exporters: tuple[str, ...] | None
     tracing: bool
@@ -372,6 +428,7 @@ class Settings:
     strict: bool
     tracer_provider: Any
     meter_provider: Any
+    nvml: Any
     clock: Any
     sources: Mapping[str, str] = dataclasses.field(default_factory=dict)
     """Where each setting's value came from: ``argument``, an env var name, or ``default``."""

@@ -16,7 +16,7 @@ from typing import Final
 
 from gpuledger._process import process_start_ns
 
-__all__ = ["InitInfo", "Phase", "WorkerState"]
+__all__ = ["InitInfo", "Phase", "WorkerState", "shares"]
 
 UNNAMED_PHASE: Final = "(unnamed)"
 
@@ -80,6 +80,11 @@ class WorkerState:
         self.served_first = False
         self.active = 0
         self.last_end_ns = 0
+        # Which invocations run now (key -> start) and which ended while others still ran:
+        # enough to know, when one ends, who shared each instant of it with it.
+        self.running: dict[object, int] = {}
+        self.ended: list[tuple[int, int]] = []
+        self.starts = 0
 
     # -- init -------------------------------------------------------------------------------
 
@@ -106,6 +111,34 @@ class WorkerState:
             self._ready_ns = max(self._ready_ns, now_ns)
 
     # -- requests ---------------------------------------------------------------------------
+
+    def register(self, key: object, start_ns: int) -> tuple[int, bool]:
+        """(Lock held.) ``key`` started at ``start_ns``: its start number, and whether another
+        invocation was running then."""
+        self.starts += 1
+        self.running[key] = start_ns
+        return self.starts, len(self.running) > 1
+
+    def unregister(
+        self, key: object, start_ns: int, end_ns: int, seq: int, overlapped: bool
+    ) -> list[tuple[int, int]] | None:
+        """(Lock held.) ``key`` ended: the intervals of the invocations it overlapped, or None
+        when it ran alone (nobody running at its start and nobody started since)."""
+        running = self.running
+        running.pop(key, None)
+        if not overlapped and self.starts == seq:
+            return None
+        ended = self.ended
+        others = [(start, end) for start, end in ended if end > start_ns]
+        others.extend((start, end_ns) for start in running.values())
+        if running:
+            ended.append((start_ns, end_ns))
+            oldest = min(running.values())
+            if ended[0][1] <= oldest:
+                self.ended = [(start, end) for start, end in ended if end > oldest]
+        else:
+            ended.clear()
+        return others
 
     def begin(self, start_ns: int) -> tuple[bool, InitInfo | None, int]:
         """A request starts: is it cold, the init to attribute to it, and its idle gap (ns)."""
@@ -141,3 +174,25 @@ class WorkerState:
                 return None
             phases, self.pending_phases = self.pending_phases, []
             return phases
+
+
+def shares(start_ns: int, end_ns: int, others: list[tuple[int, int]]) -> list[tuple[int, int, int]]:
+    """``[start_ns, end_ns)`` cut where the number of running invocations changes:
+    ``(from, to, n)`` with ``n`` counting this invocation too."""
+    changes: dict[int, int] = {}
+    for other_start, other_end in others:
+        low, high = max(other_start, start_ns), min(other_end, end_ns)
+        if high > low:
+            changes[low] = changes.get(low, 0) + 1
+            changes[high] = changes.get(high, 0) - 1
+    segments: list[tuple[int, int, int]] = []
+    running = 1
+    cursor = start_ns
+    for point in sorted(changes):
+        if point > cursor:
+            segments.append((cursor, point, running))
+            cursor = point
+        running += changes[point]
+    if end_ns > cursor or not segments:
+        segments.append((cursor, end_ns, running))
+    return segments

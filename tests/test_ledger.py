@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from gpuledger import InvocationRecord, LedgerError, _ledger
+from gpuledger._record import FIELD_NAMES
 from gpuledger._ledger import (
     DEFAULT_LEDGER,
     MIGRATIONS,
@@ -61,8 +62,14 @@ def full_record() -> InvocationRecord:
         idle_gap_s=0.125,
         billed_gpu_seconds=0.5,
         busy_gpu_seconds=0.3125,
+        busy_source="process",
         energy_j=71.0,
+        energy_active_j=50.5,
+        energy_idle_j=20.5,
+        energy_source="counter",
         peak_gpu_memory_bytes=40 * 2**30,
+        gpu_uuids="GPU-5f1c0d7e-0000-1111-2222-333344445555",
+        gpu_unmeasured={"peak_gpu_memory_bytes": "needs the sampler"},
         external_calls=3,
         external_call_seconds=0.2,
         external_wait_seconds=0.15,
@@ -337,37 +344,42 @@ def test_schema_columns_match_record(ledger_path: str) -> None:
 
 
 def test_migrates_version_1_forward(ledger_path: str) -> None:
-    """A ledger at version 1 is brought to version 2 by a second migration, keeping its rows."""
+    """A ledger written at schema 1 (gpuledger 0.1) is brought to the newest schema by the real
+    migrations, keeping its rows; the columns added since read as unknown (None)."""
     record = full_record()
-    version_1 = MIGRATIONS[:1]
-    with _ledger._open(ledger_path, create=True, migrations=version_1) as ledger:
-        assert ledger.schema_version == 1
-        ledger.write([record])
-    version_2 = (
-        *version_1,
-        (
-            "ALTER TABLE invocations ADD COLUMN gpu_clock_mhz INTEGER",
-            "CREATE INDEX invocations_by_tenant ON invocations (tenant)",
-        ),
-    )
-    with _ledger._open(ledger_path, create=False, migrations=version_2) as ledger:
-        assert ledger.schema_version == 2
-        assert list(ledger.read()) == [record]
+    added = ("busy_source", "energy_active_j", "energy_idle_j", "energy_source", "gpu_uuids")
+    added_json = ("gpu_unmeasured",)
+    old_fields = [name for name in FIELD_NAMES if name not in (*added, *added_json)]
     with sqlite3.connect(ledger_path) as connection:
-        columns = {row[1] for row in connection.execute("PRAGMA table_info(invocations)")}
+        _ledger._migrate(connection, ledger_path, MIGRATIONS[:1])
+        row = _ledger._encode(record)
+        values = [row[FIELD_NAMES.index(name)] for name in old_fields]
+        connection.execute(
+            f"INSERT INTO invocations ({', '.join(old_fields)}) "
+            f"VALUES ({', '.join('?' * len(old_fields))})",
+            values,
+        )
+    connection.close()
+    with open_ledger(ledger_path, create=False) as ledger:
+        assert ledger.schema_version == SCHEMA_VERSION
+        (read,) = ledger.read()
+    expected = dataclasses.replace(record, **dict.fromkeys((*added, *added_json)))
+    assert read == expected
+    with sqlite3.connect(ledger_path) as connection:
         versions = [row[0] for row in connection.execute("SELECT version FROM schema_migrations")]
     connection.close()
-    assert "gpu_clock_mhz" in columns
-    assert versions == [1, 2]
-    # The code that knows only version 1 now refuses the file.
+    assert versions == list(range(1, SCHEMA_VERSION + 1))
+    # Code that knows only schema 1 refuses the migrated file rather than misread it.
     with pytest.raises(LedgerError, match="newer"):
-        _ledger._open(ledger_path, create=False, migrations=version_1)
+        _ledger._open(ledger_path, create=False, migrations=MIGRATIONS[:1])
 
 
 def test_missing_column_refused(ledger_path: str) -> None:
     """A schema lacking a record field's column is refused, naming the column."""
-    (statements,) = MIGRATIONS
-    broken = (tuple(s.replace("cost_source TEXT", "cost_sauce TEXT") for s in statements),)
+    broken = (
+        tuple(s.replace("cost_source TEXT", "cost_sauce TEXT") for s in MIGRATIONS[0]),
+        *MIGRATIONS[1:],
+    )
     with pytest.raises(LedgerError, match=r"lacks the column.*cost_source"):
         _ledger._open(ledger_path, create=True, migrations=broken)
 
