@@ -285,7 +285,19 @@ class Agent:
                 user_attributes=settings.user_id_on_metrics,
                 telemetry_errors=_guard.error_counts,
                 pending=lambda: self.pipeline.pending,
+                gpu_readings=self._gpu_readings,
             )
+
+    def _gpu_readings(self) -> list[dict[str, Any]]:
+        meter = self.gpu_meter
+        if meter is None:
+            return []
+        try:
+            readings: list[dict[str, Any]] = meter.device_readings()
+        except Exception as error:
+            _guard.record_failure("nvml.device_metrics", error)
+            return []
+        return readings
 
     def resource_attributes(self) -> dict[str, Any]:
         """OpenTelemetry resource attributes of this worker (semantic-convention names)."""

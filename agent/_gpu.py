@@ -69,8 +69,20 @@ _NO_SAMPLER_MEMORY: Final = "needs the sampler (gpu_sample_hz > 0): memory is re
 
 
 def nvml_error_kind(error: BaseException) -> str:
-    """``NVMLError_NotSupported`` -> ``NotSupported``; other exceptions by class name."""
-    return type(error).__name__.removeprefix("NVMLError_")
+    """``NVMLError_NotSupported`` -> ``NotSupported``; other exceptions by class name.
+
+    pynvml raises ``NVMLLibraryMismatchError`` (not an ``NVMLError``) for a function the
+    installed driver lacks behind its version-checked wrappers: that is ``LibraryMismatch``.
+    """
+    name = type(error).__name__
+    if name == "NVMLLibraryMismatchError":
+        return "LibraryMismatch"
+    return name.removeprefix("NVMLError_")
+
+
+def _is_nvml_error(error: BaseException) -> bool:
+    name = type(error).__name__
+    return name.startswith("NVMLError") or name == "NVMLLibraryMismatchError"
 
 
 @dataclasses.dataclass(slots=True)
@@ -189,7 +201,9 @@ class _Track:
         self.util: list[tuple[int, int]] = []  # (t_us, percent), sorted
         self.util_cursor = 0
         self.util_reason: str | None = None
-        self.process: list[tuple[int, int]] = []  # (t_us, sm percent) of our pid
+        # (from_us, to_us, share): our pid's share of the SM utilisation of all processes in
+        # each window NVML aggregated per process (it returns one mean per pid per call).
+        self.process: list[tuple[int, int, float]] = []
         self.process_cursor = 0
         self.process_reason: str | None = None
         self.power: list[tuple[int, int]] = []  # (t_us, mW)
@@ -229,6 +243,12 @@ class GpuMeter:
         self.boundary_reads = sample_hz <= 0
         """True when the request path reads the energy counters at each invocation's edges."""
         self._stop = threading.Event()
+        # Per-process windows start now (an earlier one would average in the time before us);
+        # the device samples already buffered are taken, for the first invocation's start.
+        now_us = time_ns() // 1000
+        for track in self._tracks:
+            track.process_cursor = now_us
+        self.drain()
         self._sampler: threading.Thread | None = None
         if sample_hz > 0:
             self._sampler = threading.Thread(
@@ -298,14 +318,13 @@ class GpuMeter:
                         track, "nvmlDeviceGetProcessUtilization", error, now_ns
                     )
             else:
-                newest = track.process_cursor
-                for sample in samples:
-                    stamp = int(sample.timeStamp)
-                    newest = max(newest, stamp)
-                    if sample.pid == self.pid:
-                        track.process.append((stamp, int(sample.smUtil)))
-                track.process.sort()
-                track.process_cursor = newest
+                cursor = track.process_cursor
+                newest = max((int(sample.timeStamp) for sample in samples), default=cursor)
+                total = sum(int(sample.smUtil) for sample in samples)
+                ours = sum(int(sample.smUtil) for sample in samples if sample.pid == self.pid)
+                if cursor and newest > cursor:
+                    track.process.append((cursor, newest, ours / total if total else 1.0))
+                track.process_cursor = max(cursor, newest)
 
     def _samples(
         self, track: _Track, device: GpuDevice, kind: int, cursor: int, now_ns: int
@@ -332,8 +351,11 @@ class GpuMeter:
         """Count and log (once per kind and function) an NVML failure; returns the reason."""
         kind = nvml_error_kind(error)
         reason = f"{function}: {kind}"
-        if not hasattr(error, "value"):  # not an NVMLError: a bug, or a binding gone wrong
-            _guard.record_failure("nvml.call", error)
+        if not _is_nvml_error(error):  # a bug, or a binding gone wrong: counted, never raised
+            try:
+                _guard.record_failure("nvml.call", error)
+            except Exception:  # strict mode (tests) re-raises; the meter must carry on
+                get_logger().exception("gpuledger NVML failure (strict mode)")
             return reason
         _guard.count(f"nvml.{kind}")
         if (function, kind) not in self._logged:
@@ -344,7 +366,7 @@ class GpuMeter:
                 function=function,
                 error=kind,
             )
-        if kind in ("GPUIsLost", "Unknown", "Uninitialized", "ResetRequired"):
+        if kind in ("GpuIsLost", "Unknown", "Uninitialized", "ResetRequired"):
             if track.lost_ns is None:
                 track.lost_ns = now_ns
                 track.lost_reason = reason
@@ -457,8 +479,10 @@ class GpuMeter:
                 usage.unmeasured["busy_gpu_seconds"] = f"{track.lost_reason} ({_label(device)})"
                 return
             per_process = track.pid_visible and track.process_reason is None
-            values = _process_values(track) if per_process else None
-            busy, covered = _integrate_util(track.util, values, start_ns, end_ns, shares)
+            windows = track.process if per_process else None
+            busy, covered, used_windows = _integrate_util(
+                track.util, windows, start_ns, end_ns, shares
+            )
             if duration > 0 and covered < duration * 0.999:
                 fraction = covered / duration
                 if fraction < 0.5:
@@ -472,7 +496,7 @@ class GpuMeter:
                     f"estimated: utilisation samples cover {fraction:.0%} of the invocation"
                 )
             total += busy
-            sources.add("process" if per_process else "device")
+            sources.add("process" if used_windows else "device")
         usage.busy_gpu_seconds = total
         usage.busy_source = "process" if sources == {"process"} else "device"
 
@@ -597,28 +621,28 @@ def _label(device: GpuDevice) -> str:
     return f"GPU {device.index}" if device.index is not None else device.uuid
 
 
-def _process_values(track: _Track) -> dict[int, int]:
-    return dict(track.process)
-
-
 def _integrate_util(
     util: list[tuple[int, int]],
-    process: dict[int, int] | None,
+    windows: list[tuple[int, int, float]] | None,
     start_ns: int,
     end_ns: int,
     shares: list[Segment],
-) -> tuple[float, int]:
-    """Busy seconds (share-weighted) and covered ns of ``[start_ns, end_ns)``.
+) -> tuple[float, int, bool]:
+    """Busy seconds (share-weighted), covered ns of ``[start_ns, end_ns)``, and whether
+    per-process windows scaled any of it.
 
-    Sample ``i`` at ``t_i`` is the utilisation of ``(t_{i-1}, t_i]``. With per-process values,
-    a device period's value is our process's sample in that period, 0 when there is none (NVML
-    lists only processes that ran in the period).
+    Sample ``i`` at ``t_i`` is the device's utilisation over ``(t_{i-1}, t_i]``. With
+    per-process ``windows``, a period's utilisation is scaled by this process's share of all
+    processes' SM utilisation in the window that holds ``t_i``: on a GPU of its own that share
+    is 1 and the device's per-period resolution is kept; on a shared GPU the others' work is
+    taken out. Periods outside every window count whole (the device's samples).
     """
     busy = 0.0
     covered = 0
+    used = False
     first = bisect.bisect_left(util, (start_ns // 1000, -1))
     first = max(first, 1)  # sample 0 has no known period start
-    process_stamps = sorted(process) if process is not None else []
+    ends = [window[1] for window in windows] if windows else []
     for i in range(first, len(util)):
         t0_ns = util[i - 1][0] * 1000
         t1_ns = util[i][0] * 1000
@@ -628,16 +652,16 @@ def _integrate_util(
         high = min(t1_ns, end_ns)
         if high <= low:
             continue
-        if process is None:
-            percent = util[i][1]
-        else:
-            lo = bisect.bisect_right(process_stamps, util[i - 1][0])
-            hi = bisect.bisect_right(process_stamps, util[i][0])
-            percent = max((process[s] for s in process_stamps[lo:hi]), default=0)
+        percent: float = util[i][1]
+        if windows:
+            at = bisect.bisect_left(ends, util[i][0])
+            if at < len(windows) and windows[at][0] < util[i][0]:
+                percent *= windows[at][2]
+                used = True
         covered += high - low
         if percent:
             busy += percent / 100.0 * _weighted_ns(low, high, shares) / 1e9
-    return busy, covered
+    return busy, covered, used
 
 
 def _weighted_ns(low: int, high: int, shares: list[Segment]) -> float:

@@ -52,6 +52,7 @@ class InvocationMetrics:
         user_attributes: bool,
         telemetry_errors: Callable[[], dict[str, int]],
         pending: Callable[[], int],
+        gpu_readings: Callable[[], list[dict[str, Any]]] | None = None,
     ) -> None:
         from opentelemetry.metrics import CallbackOptions, Observation  # noqa: PLC0415
 
@@ -90,6 +91,11 @@ class InvocationMetrics:
         self._busy = meter.create_counter(
             "gpuledger.gpu.busy", unit="s", description="GPU seconds the GPU was busy (NVML)."
         )
+        self._energy = meter.create_counter(
+            "gpuledger.gpu.energy",
+            unit="J",
+            description="GPU energy used by invocations (NVML energy counter).",
+        )
         self._cost = meter.create_counter(
             "gpuledger.cost",
             unit="USD",
@@ -111,6 +117,8 @@ class InvocationMetrics:
             unit="{error}",
             description="gpuledger's own contained failures and dropped records, by kind.",
         )
+        if gpu_readings is not None:
+            _device_instruments(meter, gpu_readings)
         meter.create_observable_up_down_counter(
             "gpuledger.ledger.pending",
             callbacks=[observe_pending],
@@ -143,8 +151,8 @@ class InvocationMetrics:
             tally = sums.get(group)
             if tally is None:
                 # invocations, errors, timeouts, coldstarts, billed, busy, cost,
-                # and whether busy / cost were seen at all (unknown is not zero)
-                tally = sums[group] = [0.0] * 9
+                # whether busy / cost were seen at all (unknown is not zero), energy, seen
+                tally = sums[group] = [0.0] * 11
             tally[0] += 1
             if record.outcome == "error":
                 tally[1] += 1
@@ -159,6 +167,9 @@ class InvocationMetrics:
             if record.cost_usd is not None:
                 tally[6] += record.cost_usd
                 tally[8] = 1
+            if record.energy_j is not None:
+                tally[9] += record.energy_j
+                tally[10] = 1
         for group, tally in sums.items():
             attributes = dict(group)
             self._invocations.add(int(tally[0]), attributes)
@@ -173,3 +184,78 @@ class InvocationMetrics:
                 self._busy.add(tally[5], attributes)
             if tally[8]:
                 self._cost.add(tally[6], attributes)
+            if tally[10]:
+                self._energy.add(tally[9], attributes)
+
+
+_READINGS_TTL_S: Final = 1.0
+"""One export reads each GPU once: the five device instruments share a reading this fresh."""
+
+
+def _device_instruments(meter: Any, gpu_readings: Callable[[], list[dict[str, Any]]]) -> None:
+    """The ``hw.*`` device instruments of the OpenTelemetry hardware semantic conventions, read
+    from NVML when a reader collects (never on the request path)."""
+    import time  # noqa: PLC0415
+
+    from opentelemetry.metrics import CallbackOptions, Observation  # noqa: PLC0415
+
+    cache: dict[str, Any] = {"at": -_READINGS_TTL_S, "readings": []}
+
+    def readings() -> list[dict[str, Any]]:
+        now = time.monotonic()
+        if now - cache["at"] >= _READINGS_TTL_S:
+            cache["readings"] = gpu_readings()
+            cache["at"] = now
+        result: list[dict[str, Any]] = cache["readings"]
+        return result
+
+    def attributes(reading: dict[str, Any]) -> dict[str, str]:
+        device = reading["device"]
+        return {
+            "hw.id": device.uuid,
+            "hw.type": "gpu",
+            "hw.name": f"GPU {device.index}" if device.index is not None else device.uuid,
+            "hw.model": device.name,
+            "hw.vendor": "NVIDIA",
+        }
+
+    def observe(key: str, pick: Callable[[Any], float]) -> Callable[[CallbackOptions], Any]:
+        def callback(options: CallbackOptions) -> Iterable[Observation]:
+            return [
+                Observation(pick(reading[key]), attributes(reading))
+                for reading in readings()
+                if key in reading
+            ]
+
+        return callback
+
+    meter.create_observable_gauge(
+        "hw.gpu.utilization",
+        callbacks=[observe("utilization", float)],
+        unit="1",
+        description="Share of the last driver sample period in which a kernel ran.",
+    )
+    meter.create_observable_up_down_counter(
+        "hw.gpu.memory.usage",
+        callbacks=[observe("memory", lambda pair: int(pair[0]))],
+        unit="By",
+        description="GPU memory in use.",
+    )
+    meter.create_observable_up_down_counter(
+        "hw.gpu.memory.limit",
+        callbacks=[observe("memory", lambda pair: int(pair[1]))],
+        unit="By",
+        description="GPU memory in all.",
+    )
+    meter.create_observable_gauge(
+        "hw.power",
+        callbacks=[observe("power_w", float)],
+        unit="W",
+        description="GPU power draw.",
+    )
+    meter.create_observable_counter(
+        "hw.energy",
+        callbacks=[observe("energy_j", float)],
+        unit="J",
+        description="GPU energy since the driver loaded (NVML counter).",
+    )

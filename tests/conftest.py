@@ -137,6 +137,8 @@ def telemetry(tmp_path: Path, clock: FakeClock) -> Telemetry:
         meter_provider=meter_provider,
         clock=clock,
         strict=True,
+        # Deterministic on any machine: GPU tests replay recorded NVML (tests/test_gpu*.py).
+        gpu_metering="off",
     )
     return Telemetry(clock, ledger_path, span_exporter, metric_reader)
 

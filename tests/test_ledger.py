@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 
 from gpuledger import InvocationRecord, LedgerError, _ledger
-from gpuledger._record import FIELD_NAMES
 from gpuledger._ledger import (
     DEFAULT_LEDGER,
     MIGRATIONS,
@@ -24,6 +23,7 @@ from gpuledger._ledger import (
     default_ledger_location,
     open_ledger,
 )
+from gpuledger._record import FIELD_NAMES
 
 BASE_NS = 1_772_323_200_000_000_000  # 2026-03-01T00:00:00Z
 
