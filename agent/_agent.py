@@ -646,6 +646,9 @@ class Agent:
     # -- the background writer --------------------------------------------------------------
 
     def _process_batch(self, batch: list[Invocation]) -> None:
+        if self.gpu_meter is None and not self._gpu_waiting:
+            self._record(batch)  # no GPU metering: nothing to wait for
+            return
         waiting = self._gpu_waiting
         ready: list[Invocation] = []
         for invocation in batch:
@@ -782,7 +785,7 @@ class Agent:
         cost = invocation.cost
         if cost is None and self.pricer is not None:
             cost = self._cost(invocation)
-        return InvocationRecord(
+        record = InvocationRecord(
             # Time-ordered ids keep the ledger's primary-key index append-mostly.
             record_id=f"{invocation.start_ns:016x}{os.urandom(8).hex()}",
             invocation_id=invocation.invocation_id,
@@ -804,15 +807,7 @@ class Agent:
             init_phases=phases,
             idle_gap_s=None if invocation.idle_gap_ns is None else invocation.idle_gap_ns / 1e9,
             billed_gpu_seconds=billed_s * self.gpu_count,
-            busy_gpu_seconds=usage.busy_gpu_seconds if usage else None,
-            busy_source=usage.busy_source if usage else None,
-            energy_j=usage.energy_j if usage else None,
-            energy_active_j=usage.energy_active_j if usage else None,
-            energy_idle_j=usage.energy_idle_j if usage else None,
-            energy_source=usage.energy_source if usage else None,
-            peak_gpu_memory_bytes=usage.peak_gpu_memory_bytes if usage else None,
-            gpu_uuids=self.gpu_uuids if invocation.meter is not None else None,
-            gpu_unmeasured=_unmeasured(invocation, usage, self.gpu_reason),
+            gpu_unmeasured=self.gpu_reason if invocation.meter is None else None,
             user_id=user_id,
             user_id_pseudonymised=pseudonymised,
             tenant=invocation.tenant,
@@ -827,6 +822,23 @@ class Agent:
             pricing_version=cost.catalogue_version if cost else None,
             cost_source=cost.source if cost else self.cost_source,
         )
+        if invocation.meter is not None:
+            # Set after construction: the common record (no GPU) passes fewer arguments.
+            record.gpu_uuids = self.gpu_uuids
+            if usage is None:
+                record.gpu_unmeasured = {
+                    "gpu": "the GPU meter failed on this invocation (gpuledger.telemetry.errors)"
+                }
+            else:
+                record.busy_gpu_seconds = usage.busy_gpu_seconds
+                record.busy_source = usage.busy_source
+                record.energy_j = usage.energy_j
+                record.energy_active_j = usage.energy_active_j
+                record.energy_idle_j = usage.energy_idle_j
+                record.energy_source = usage.energy_source
+                record.peak_gpu_memory_bytes = usage.peak_gpu_memory_bytes
+                record.gpu_unmeasured = usage.unmeasured or None
+        return record
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -876,16 +888,6 @@ class Agent:
                 _guard.record_failure("ledger.close", error)
             self._ledger = None
         return done
-
-
-def _unmeasured(
-    invocation: Invocation, usage: Any, reason: dict[str, str] | None
-) -> dict[str, str] | None:
-    if invocation.meter is None:
-        return reason
-    if usage is None:
-        return {"gpu": "the GPU meter failed on this invocation (gpuledger.telemetry.errors)"}
-    return usage.unmeasured or None
 
 
 def _gpu_attributes(

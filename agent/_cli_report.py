@@ -28,6 +28,8 @@ _TABLE_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("errors", "errors", "int"),
     ("billed GPU s", "billed_gpu_seconds", "seconds"),
     ("busy GPU s", "busy_gpu_seconds", "seconds"),
+    ("busy %", "busy_share", "percent"),
+    ("energy kJ", "energy_j", "kilojoules"),
     ("cost USD", "cost_usd", "usd"),
     ("unpriced", "unpriced", "int"),
     ("tokens in", "input_tokens", "int"),
@@ -151,6 +153,8 @@ def _format(value: float | None, kind: str) -> str:
         return f"{value:,}"
     if kind == "percent":
         return f"{value * 100:.1f}"
+    if kind == "kilojoules":
+        return f"{value / 1000:,.3f}"
     if kind == "usd":
         # Per-request prices are fractions of a cent: six decimals below a dollar, four above.
         return f"{value:,.4f}" if abs(value) >= 1 else f"{value:.6f}"

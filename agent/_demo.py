@@ -181,6 +181,8 @@ def _start_worker(
         worker_id=f"demo-worker-{number}",
         exporters="none",
         prewarm_threshold_s=10.0,
+        # Simulated traffic on a simulated clock: this machine's GPU (if any) did not serve it.
+        gpu_metering="off",
     )
     clock.advance(rng.uniform(1.5, 2.5))  # interpreter start and imports (the unnamed rest)
     with gpuledger.phase("model_load"):

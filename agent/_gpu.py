@@ -62,7 +62,7 @@ MAX_POWER_W: Final = 5000.0
 """No GPU draws more: a counter step implying more is a glitch (a reset, a wrap), not energy."""
 _MIN_IDLE_STEP_NS: Final = 100_000_000
 """Energy steps shorter than this are too coarse (counter granularity) to estimate idle power."""
-_KEEP_NS: Final = 120 * 10**9
+_KEEP_NS: Final = 10 * 10**9
 """Readings older than this (and older than every open invocation) are pruned."""
 _PID_RECHECK_NS: Final = 5 * 10**9
 _NO_SAMPLER_MEMORY: Final = "needs the sampler (gpu_sample_hz > 0): memory is read, not counted"
@@ -177,6 +177,7 @@ class _Track:
     __slots__ = (
         "energy",
         "energy_reason",
+        "idle_scanned",
         "lost_ns",
         "lost_reason",
         "memory",
@@ -198,6 +199,7 @@ class _Track:
     def __init__(self) -> None:
         self.energy: list[tuple[int, int]] = []  # (t_ns, mJ)
         self.energy_reason: str | None = None
+        self.idle_scanned = 0  # energy readings already looked at for the idle power
         self.util: list[tuple[int, int]] = []  # (t_us, percent), sorted
         self.util_cursor = 0
         self.util_reason: str | None = None
@@ -539,13 +541,16 @@ class GpuMeter:
             usage.unmeasured["energy_idle_j"] = "idle power not seen yet on this GPU"
 
     def _idle_power_w(self, track: _Track) -> float | None:
-        """The lowest power seen on the device: its idle power (Kepler's method)."""
+        """The lowest power seen on the device: its idle power (Kepler's method). Energy
+        readings far enough apart count as average power; each is looked at once."""
         lowest = track.min_power_w
         readings = track.energy
-        for (t0, v0), (t1, v1) in itertools.pairwise(readings):
+        for (t0, v0), (t1, v1) in itertools.pairwise(readings[max(0, track.idle_scanned - 1) :]):
             step = t1 - t0
             if step >= _MIN_IDLE_STEP_NS and v1 >= v0:
                 lowest = min(lowest, (v1 - v0) / 1000.0 / (step / 1e9))
+        track.idle_scanned = len(readings)
+        track.min_power_w = lowest
         return None if math.isinf(lowest) else lowest
 
     def _measure_memory(self, usage: GpuUsage, start_ns: int, end_ns: int) -> None:
@@ -554,12 +559,13 @@ class GpuMeter:
             return
         peak = 0
         for device, track in zip(self.devices, self._tracks, strict=True):
-            inside = [value for t, value in track.memory if start_ns <= t <= end_ns]
+            memory = track.memory
+            lo = bisect.bisect_left(memory, (start_ns, -1))
+            hi = bisect.bisect_right(memory, (end_ns, math.inf))
+            inside = [value for _, value in memory[lo:hi]]
             if not inside:
                 # Shorter than a sampler period: the readings either side bound it.
-                before = [value for t, value in track.memory if t < start_ns][-1:]
-                after = [value for t, value in track.memory if t > end_ns][:1]
-                inside = before + after
+                inside = [value for _, value in memory[max(0, lo - 1) : lo + 1]]
             if not inside:
                 usage.unmeasured["peak_gpu_memory_bytes"] = (
                     f"no memory reading yet ({_label(device)})"
@@ -581,7 +587,9 @@ class GpuMeter:
                 # Keep one reading before the cut: it brackets the next invocation's start.
                 cut = bisect.bisect_left(track.energy, (before_ns, -1))
                 if cut > 1:
+                    self._idle_power_w(track)  # look at what goes before it goes
                     del track.energy[: cut - 1]
+                    track.idle_scanned = max(0, track.idle_scanned - (cut - 1))
                 for samples in (track.util, track.process, track.power):
                     cut = bisect.bisect_left(samples, (before_us, -1))
                     if cut > 1:
@@ -642,7 +650,6 @@ def _integrate_util(
     used = False
     first = bisect.bisect_left(util, (start_ns // 1000, -1))
     first = max(first, 1)  # sample 0 has no known period start
-    ends = [window[1] for window in windows] if windows else []
     for i in range(first, len(util)):
         t0_ns = util[i - 1][0] * 1000
         t1_ns = util[i][0] * 1000
@@ -654,7 +661,7 @@ def _integrate_util(
             continue
         percent: float = util[i][1]
         if windows:
-            at = bisect.bisect_left(ends, util[i][0])
+            at = bisect.bisect_left(windows, util[i][0], key=_window_end)
             if at < len(windows) and windows[at][0] < util[i][0]:
                 percent *= windows[at][2]
                 used = True
@@ -662,6 +669,10 @@ def _integrate_util(
         if percent:
             busy += percent / 100.0 * _weighted_ns(low, high, shares) / 1e9
     return busy, covered, used
+
+
+def _window_end(window: tuple[int, int, float]) -> int:
+    return window[1]
 
 
 def _weighted_ns(low: int, high: int, shares: list[Segment]) -> float:
@@ -683,14 +694,18 @@ def _counter_energy(
     """Share-weighted joules from counter readings (mJ at instants), or None and why."""
     if not readings:
         return None, "no energy counter reading yet"
-    ordered = sorted(readings)
     start = shares[0][0]
     end = shares[-1][1]
-    if ordered[0][0] > start or ordered[-1][0] < end:
+    # Readings are appended in time order but for threads racing by microseconds: find the
+    # bracket by bisection with a margin of a few readings, and sort only that.
+    lo = max(0, bisect.bisect_right(readings, (start, math.inf)) - 4)
+    hi = bisect.bisect_left(readings, (end, -1)) + 4
+    ordered = sorted(readings[lo:hi])
+    if not ordered or ordered[0][0] > start or ordered[-1][0] < end:
         return None, "no energy counter reading at the invocation's start or end"
-    lo = bisect.bisect_right(ordered, (start, math.inf)) - 1
-    hi = bisect.bisect_left(ordered, (end, -1))
-    window = ordered[lo : hi + 1]
+    first = bisect.bisect_right(ordered, (start, math.inf)) - 1
+    last = bisect.bisect_left(ordered, (end, -1))
+    window = ordered[first : last + 1]
     for (t0, v0), (t1, v1) in itertools.pairwise(window):
         if v1 < v0:
             return None, "energy counter went backwards (driver reload or reset)"
@@ -727,8 +742,11 @@ def _power_energy(
     end = shares[-1][1]
     total = 0.0
     covered = 0
-    for i in range(1, len(power)):
+    first = max(1, bisect.bisect_left(power, (start // 1000, -1)))
+    for i in range(first, len(power)):
         t0, t1 = power[i - 1][0] * 1000, power[i][0] * 1000
+        if t0 >= end:
+            break
         low, high = max(t0, start), min(t1, end)
         if high <= low:
             continue

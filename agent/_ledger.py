@@ -551,12 +551,23 @@ def _indices(kind: _Kind) -> tuple[int, ...]:
 _getter: Final = operator.attrgetter(*FIELD_NAMES)
 
 
+_last_json: dict[int, tuple[object, str]] = {}
+"""Per JSON column, the last object encoded and its text: records are values, and a worker's
+records share one ``gpu_unmeasured`` dict while it has no GPU, so most rows re-use the text."""
+
+
 def _encode(record: InvocationRecord) -> list[Any]:
     """The row for ``record``: dicts become JSON text; sqlite3 stores bools as 0/1 itself."""
     row = list(_getter(record))
     for index in _indices("json"):
-        if row[index] is not None:
-            row[index] = json.dumps(row[index], separators=(",", ":"))
+        value = row[index]
+        if value is not None:
+            last = _last_json.get(index)
+            if last is not None and last[0] is value:
+                row[index] = last[1]
+            else:
+                row[index] = text = json.dumps(value, separators=(",", ":"))
+                _last_json[index] = (value, text)
     return row
 
 

@@ -55,6 +55,11 @@ class ReportRow:
     billed_gpu_seconds: float
     busy_gpu_seconds: float | None
     """Sum over the records that measured it; None when none did."""
+    busy_share: float | None
+    """Busy over billed GPU seconds, over the records that measured busy: what the GPU time
+    paid for was used for; 1 - this is the waste (loading, waiting, idle). None: not measured."""
+    energy_j: float | None
+    """GPU energy, summed over the records that measured it."""
     cost_usd: float | None
     """Sum over the priced records; None when none was priced."""
     unpriced: int
@@ -66,6 +71,7 @@ class ReportRow:
     # Raw samples, kept so that totals() can compute exact percentiles and means across groups.
     _durations_s: tuple[float, ...] = dataclasses.field(default=(), repr=False, compare=False)
     _init_durations_s: tuple[float, ...] = dataclasses.field(default=(), repr=False, compare=False)
+    _busy_billed_s: float = dataclasses.field(default=0.0, repr=False, compare=False)
 
 
 REPORT_COLUMNS: Final = tuple(
@@ -134,7 +140,9 @@ def totals(rows: Sequence[ReportRow]) -> ReportRow:
         mean_init_s=math.fsum(init_durations) / len(init_durations) if init_durations else None,
         errors=sum(row.errors for row in rows),
         billed_gpu_seconds=math.fsum(row.billed_gpu_seconds for row in rows),
-        busy_gpu_seconds=_sum_known(row.busy_gpu_seconds for row in rows),
+        busy_gpu_seconds=(busy := _sum_known(row.busy_gpu_seconds for row in rows)),
+        busy_share=_share(busy, math.fsum(row._busy_billed_s for row in rows)),
+        energy_j=_sum_known(row.energy_j for row in rows),
         cost_usd=_sum_known(row.cost_usd for row in rows),
         unpriced=sum(row.unpriced for row in rows),
         input_tokens=_sum_known_int(row.input_tokens for row in rows),
@@ -143,7 +151,14 @@ def totals(rows: Sequence[ReportRow]) -> ReportRow:
         duration_p95_s=_percentile(durations, 0.95),
         _durations_s=tuple(durations),
         _init_durations_s=tuple(init_durations),
+        _busy_billed_s=math.fsum(row._busy_billed_s for row in rows),
     )
+
+
+def _share(busy: float | None, billed: float) -> float | None:
+    if busy is None:
+        return None
+    return busy / billed if billed > 0 else 0.0
 
 
 class _Tally:
@@ -152,9 +167,11 @@ class _Tally:
     __slots__ = (
         "billed",
         "busy",
+        "busy_billed",
         "cold_starts",
         "cost",
         "durations",
+        "energy",
         "errors",
         "init_durations",
         "input_tokens",
@@ -172,6 +189,8 @@ class _Tally:
         self.init_durations: list[float] = []
         self.billed = _ExactSum()
         self.busy = _ExactSum()
+        self.busy_billed = _ExactSum()
+        self.energy = _ExactSum()
         self.cost = _ExactSum()
         self.input_tokens: list[int] = []
         self.output_tokens: list[int] = []
@@ -188,6 +207,9 @@ class _Tally:
             self.errors += 1
         if record.busy_gpu_seconds is not None:
             self.busy.add(record.busy_gpu_seconds)
+            self.busy_billed.add(record.billed_gpu_seconds)
+        if record.energy_j is not None:
+            self.energy.add(record.energy_j)
         if record.cost_usd is None:
             self.unpriced += 1
         else:
@@ -211,7 +233,9 @@ class _Tally:
             ),
             errors=self.errors,
             billed_gpu_seconds=self.billed.value(),
-            busy_gpu_seconds=self.busy.value() if self.busy.count else None,
+            busy_gpu_seconds=(busy := self.busy.value() if self.busy.count else None),
+            busy_share=_share(busy, self.busy_billed.value()),
+            energy_j=self.energy.value() if self.energy.count else None,
             cost_usd=self.cost.value() if self.cost.count else None,
             unpriced=self.unpriced,
             input_tokens=sum(self.input_tokens) if self.input_tokens else None,
@@ -220,6 +244,7 @@ class _Tally:
             duration_p95_s=_percentile(durations, 0.95),
             _durations_s=tuple(durations),
             _init_durations_s=tuple(self.init_durations),
+            _busy_billed_s=self.busy_billed.value(),
         )
 
 

@@ -239,3 +239,23 @@ def test_parse_since_bad_text(text: str) -> None:
     """Anything else raises ValueError saying what is accepted."""
     with pytest.raises(ValueError, match=r"cannot read .* as a start time.*7d.*2026-03-01"):
         parse_since(text, now_ns=BASE_NS)
+
+
+def test_busy_share_counts_only_records_that_measured_busy() -> None:
+    """busy % is busy over the billed seconds of the records that measured busy (the waste is
+    the rest); an unmeasured record's billed time does not dilute it. Energy sums the known."""
+    records = [
+        make_record(user_id="a", billed_gpu_seconds=2.0, busy_gpu_seconds=0.5, energy_j=100.0),
+        make_record(user_id="a", billed_gpu_seconds=1.0, busy_gpu_seconds=None, energy_j=None),
+        make_record(user_id="b", billed_gpu_seconds=2.0, busy_gpu_seconds=1.5, energy_j=50.0),
+        make_record(user_id="c", billed_gpu_seconds=3.0),
+    ]
+    rows = {row.key: row for row in aggregate(records, by="user")}
+    assert rows["a"].busy_share == 0.25
+    assert rows["a"].energy_j == 100.0
+    assert rows["b"].busy_share == 0.75
+    assert rows["c"].busy_share is None
+    assert rows["c"].energy_j is None
+    total = totals(list(rows.values()))
+    assert total.busy_share == 0.5  # (0.5 + 1.5) / (2 + 2)
+    assert total.energy_j == 150.0
