@@ -352,22 +352,22 @@ class Agent:
                 active = worker.active
                 worker.active = active + 1
                 last_end_ns = worker.last_end_ns
-                worker.starts = seq = worker.starts + 1
-                worker.running[invocation] = start_ns
-                lock.release()
-                invocation.start_seq = seq
                 if active:
-                    invocation.overlapped = True
-                    invocation.idle_gap_ns = 0
+                    worker.join(invocation, start_ns)
                 else:
-                    gap = start_ns - last_end_ns
-                    invocation.idle_gap_ns = gap if gap > 0 else 0
+                    worker.lone = invocation
+                    worker.lone_start_ns = start_ns
+                lock.release()
+                gap = 0 if active else start_ns - last_end_ns
+                invocation.idle_gap_ns = gap if gap > 0 else 0
             else:
                 cold, init, invocation.idle_gap_ns = worker.begin(start_ns)
                 with worker.lock:
-                    invocation.start_seq, invocation.overlapped = worker.register(
-                        invocation, start_ns
-                    )
+                    if worker.active > 1:
+                        worker.join(invocation, start_ns)
+                    else:
+                        worker.lone = invocation
+                        worker.lone_start_ns = start_ns
                 if init is not None:
                     invocation.cold = cold
                     invocation.init = init
@@ -425,9 +425,7 @@ class Agent:
                 if late_phases:
                     invocation.phases = (invocation.phases or []) + late_phases
                 with worker.lock:
-                    others = worker.unregister(
-                        invocation, start_ns, end_ns, invocation.start_seq, invocation.overlapped
-                    )
+                    others = worker.leave(invocation, start_ns, end_ns)
             else:
                 # WorkerState.end's fast path, inlined.
                 lock = worker.lock
@@ -435,13 +433,11 @@ class Agent:
                 worker.active -= 1
                 if end_ns > worker.last_end_ns:  # noqa: PLR1730  (max() costs a call here)
                     worker.last_end_ns = end_ns
-                if invocation.overlapped or worker.starts != invocation.start_seq:
-                    others = worker.unregister(
-                        invocation, start_ns, end_ns, invocation.start_seq, True
-                    )
-                else:
-                    del worker.running[invocation]
+                if worker.lone is invocation:  # ran alone throughout
+                    worker.lone = None
                     others = None
+                else:
+                    others = worker.leave(invocation, start_ns, end_ns)
                 lock.release()
             if others:
                 segments = invocation.segments = shares(start_ns, end_ns, others)
@@ -703,7 +699,7 @@ class Agent:
                 invocation.error = None
         self._record(settled, usages)
         with self.worker.lock:
-            oldest = min(self.worker.running.values(), default=now_ns)
+            oldest = self.worker.oldest_start_ns() or now_ns
         if self._gpu_waiting:
             oldest = min(oldest, *(each.start_ns for each in self._gpu_waiting))
         meter.prune(oldest)

@@ -53,8 +53,6 @@ class Invocation:
     _context_token: Token[Invocation | None] | None = None
     _otel_token: Any = None
     # Sharing the worker with other invocations (async handlers, concurrency above 1).
-    start_seq = 0
-    overlapped = False
     segments: list[tuple[int, int, int]] | None = None
     """``(from_ns, to_ns, n)`` when others ran alongside; None when it ran alone."""
     billed_ns: int | float | None = None

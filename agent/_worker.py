@@ -80,11 +80,14 @@ class WorkerState:
         self.served_first = False
         self.active = 0
         self.last_end_ns = 0
-        # Which invocations run now (key -> start) and which ended while others still ran:
-        # enough to know, when one ends, who shared each instant of it with it.
+        # Who shares the worker. An invocation that starts alone is only noted as ``lone``
+        # (the common case costs one assignment); when another starts beside it, both go into
+        # ``running`` (key -> start). ``ended`` keeps the intervals of those that ended while
+        # others still ran: enough to tell, when one ends, who shared each instant with it.
+        self.lone: object = None
+        self.lone_start_ns = 0
         self.running: dict[object, int] = {}
         self.ended: list[tuple[int, int]] = []
-        self.starts = 0
 
     # -- init -------------------------------------------------------------------------------
 
@@ -112,22 +115,22 @@ class WorkerState:
 
     # -- requests ---------------------------------------------------------------------------
 
-    def register(self, key: object, start_ns: int) -> tuple[int, bool]:
-        """(Lock held.) ``key`` started at ``start_ns``: its start number, and whether another
-        invocation was running then."""
-        self.starts += 1
+    def join(self, key: object, start_ns: int) -> None:
+        """(Lock held.) ``key`` starts at ``start_ns`` while others run."""
+        lone = self.lone
+        if lone is not None:
+            self.running[lone] = self.lone_start_ns
+            self.lone = None
         self.running[key] = start_ns
-        return self.starts, len(self.running) > 1
 
-    def unregister(
-        self, key: object, start_ns: int, end_ns: int, seq: int, overlapped: bool
-    ) -> list[tuple[int, int]] | None:
+    def leave(self, key: object, start_ns: int, end_ns: int) -> list[tuple[int, int]] | None:
         """(Lock held.) ``key`` ended: the intervals of the invocations it overlapped, or None
-        when it ran alone (nobody running at its start and nobody started since)."""
+        when it ran alone throughout."""
+        if self.lone is key:
+            self.lone = None
+            return None
         running = self.running
         running.pop(key, None)
-        if not overlapped and self.starts == seq:
-            return None
         ended = self.ended
         others = [(start, end) for start, end in ended if end > start_ns]
         others.extend((start, end_ns) for start in running.values())
@@ -139,6 +142,13 @@ class WorkerState:
         else:
             ended.clear()
         return others
+
+    def oldest_start_ns(self) -> int | None:
+        """(Lock held.) When the longest-running invocation started; None when none runs."""
+        starts = list(self.running.values())
+        if self.lone is not None:
+            starts.append(self.lone_start_ns)
+        return min(starts, default=None)
 
     def begin(self, start_ns: int) -> tuple[bool, InitInfo | None, int]:
         """A request starts: is it cold, the init to attribute to it, and its idle gap (ns)."""

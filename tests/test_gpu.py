@@ -500,3 +500,91 @@ def test_gpu_meter_never_raises_into_a_handler(clock: FakeClock) -> None:
     assert usage.busy_gpu_seconds is None
     assert usage.energy_j is None
     assert usage.unmeasured
+
+
+def test_no_permission_for_process_samples_falls_back_to_the_device(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    recording = synthetic_recording(
+        duration_s=10,
+        busy=[(0.0, 5.0, 1.0)],
+        pid=PID,
+        errors=[
+            {
+                "function": "nvmlDeviceGetProcessUtilization",
+                "error": "NoPermission",
+                "from_us": 0,
+                "until_us": None,
+            }
+        ],
+    )
+    telemetry, _ = _configure(tmp_path, clock, recording)
+
+    @gpuledger.traced_handler
+    def handler(job: dict[str, Any]) -> None:
+        clock.advance(1.0)
+
+    clock.advance(0.5)
+    handler({"id": "j", "input": {}})
+    _settle(clock)
+    (row,) = telemetry.rows()
+    assert row["busy_source"] == "device"
+    assert row["busy_gpu_seconds"] == pytest.approx(1.0, rel=0.01)
+    assert _guard.error_counts()["nvml.NoPermission"] >= 1
+
+
+def test_shared_gpu_bills_only_this_processes_share(tmp_path: Path, clock: FakeClock) -> None:
+    """Another process runs kernels on the same GPU half of the time we do: NVML's per-process
+    samples take its work out of our busy time."""
+    recording = synthetic_recording(duration_s=10, busy=[(0.0, 5.0, 1.0)], pid=PID)
+    stream = recording["devices"][0]["streams"]["process_utilization"]
+    ours = [row for row in stream if row[1] == PID]
+    # the other process: the same samples, a third of the SM time each; ours two thirds
+    others = [[t, PID + 1, sm // 3, mem, enc, dec] for t, _, sm, mem, enc, dec in ours]
+    for row in ours:
+        row[2] = row[2] * 2 // 3
+    recording["devices"][0]["streams"]["process_utilization"] = sorted(
+        ours + others, key=lambda row: (row[0], row[1])
+    )
+    telemetry, _ = _configure(tmp_path, clock, recording, strict=True)
+
+    @gpuledger.traced_handler
+    def handler(job: dict[str, Any]) -> None:
+        clock.advance(3.0)
+
+    clock.advance(0.5)
+    handler({"id": "j", "input": {}})
+    _settle(clock)
+    (row,) = telemetry.rows()
+    assert row["busy_source"] == "process"
+    assert row["busy_gpu_seconds"] == pytest.approx(3.0 * 2 / 3, rel=0.01)
+
+
+def test_without_a_driver_the_real_pynvml_says_so(tmp_path: Path) -> None:
+    """No `nvml` argument: the real pynvml is loaded; on a machine without a driver (CI) the
+    agent runs, GPU fields are null and the reason names NVML's error."""
+    import pynvml
+
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:
+        pass
+    else:
+        pynvml.nvmlShutdown()
+        pytest.skip("this machine has an NVIDIA driver")
+    agent = gpuledger.configure(ledger=str(tmp_path / "l.db"), exporters="none", strict=True)
+    assert agent.gpu_ready.wait(10)
+    assert agent.gpu_meter is None
+
+    @gpuledger.traced_handler
+    def handler(job: dict[str, Any]) -> str:
+        return "fine"
+
+    assert handler({"id": "j", "input": {}}) == "fine"
+    gpuledger.flush(5)
+    from gpuledger._ledger import open_ledger
+
+    with open_ledger(str(tmp_path / "l.db"), create=False) as ledger:
+        (record,) = ledger.read()
+    assert record.busy_gpu_seconds is None
+    assert record.gpu_unmeasured == {"gpu": "no NVIDIA driver (LibraryNotFound)"}

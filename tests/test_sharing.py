@@ -53,21 +53,26 @@ def test_shares_add_up_to_the_workers_wall_time(intervals: list[tuple[int, int]]
         # At one instant: ends first, then starts; an empty interval starts and ends first.
         events.append((start, -2 if start == end else 2, index))
         events.append((end, -1 if start == end else 1, index))
-    seqs: dict[int, tuple[int, bool]] = {}
     billed: dict[int, float] = {}
-    for _, kind, index in sorted(events, key=lambda e: (e[0], e[1], e[2])):
+    keys = {index: object() for index in range(len(intervals))}
+    for _, kind, index in sorted(events):
         start, end = intervals[index]
-        key = ("invocation", index)
-        if kind % 2 == 0:
-            seqs[index] = worker.register(key, start)
+        key = keys[index]
+        if kind % 2 == 0:  # a start, as Agent.enter does it
+            if worker.active:
+                worker.join(key, start)
+            else:
+                worker.lone, worker.lone_start_ns = key, start
+            worker.active += 1
         else:
-            seq, overlapped = seqs[index]
-            others = worker.unregister(key, start, end, seq, overlapped)
+            worker.active -= 1
+            others = worker.leave(key, start, end)
             segments = shares(start, end, others or [])
             billed[index] = sum((b - a) / n for a, b, n in segments)
             assert segments[0][0] == start
             assert segments[-1][1] == end
     assert worker.running == {}
+    assert worker.lone is None
     assert worker.ended == []
     assert sum(billed.values()) == pytest.approx(_union_length(intervals), abs=1e-6)
 
