@@ -8,6 +8,7 @@ invocation.
 from __future__ import annotations
 
 from gpuledger._agent import configure, flush, shutdown
+from gpuledger._calls import external_call, instrument, uninstrument
 from gpuledger._errors import ConfigError, GpuledgerError, LedgerError, PricingError
 from gpuledger._handler import phase, traced_handler, traced_init
 from gpuledger._invocation import Invocation, current_invocation, record_tokens, tag
@@ -25,11 +26,14 @@ __all__ = [
     "__version__",
     "configure",
     "current_invocation",
+    "external_call",
     "flush",
+    "instrument",
     "phase",
     "record_tokens",
     "shutdown",
     "tag",
     "traced_handler",
     "traced_init",
+    "uninstrument",
 ]

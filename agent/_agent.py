@@ -23,6 +23,7 @@ from types import FrameType
 from typing import Any
 
 from gpuledger import _guard
+from gpuledger._calls import CallSummary, calls_measured, summarise
 from gpuledger._errors import ConfigError, PricingError
 from gpuledger._invocation import Invocation, _current
 from gpuledger._logging import configure_logging, get_logger
@@ -442,6 +443,8 @@ class Agent:
             if others:
                 segments = invocation.segments = shares(start_ns, end_ns, others)
                 invocation.billed_ns = sum((b - a) / n for a, b, n in segments)
+            if invocation.calls is not None:
+                invocation.external = summarise(invocation.calls, start_ns, end_ns)
             meter = invocation.meter
             if meter is not None and meter.boundary_reads:
                 meter.mark(end_ns)
@@ -541,6 +544,19 @@ class Agent:
         }
         if usage is not None:
             _gpu_attributes(attributes, usage, self.gpu, self.gpu_count, self.gpu_uuids)
+        external = invocation.external
+        if external is not None:
+            wait_cost = self._wait_cost(invocation, external.wait_seconds)
+            attributes["gpuledger.external.calls"] = external.calls
+            attributes["gpuledger.external.call_seconds"] = external.call_seconds
+            attributes["gpuledger.external.wait_seconds"] = external.wait_seconds
+            attributes["gpuledger.external.errors"] = external.errors
+            if wait_cost is not None:
+                attributes["gpuledger.external.wait_cost_usd"] = wait_cost
+            attributes["gpuledger.external.targets"] = [
+                f"{target}: {entry['calls']} calls, {entry['wait_s']:.6f} s waited"
+                for target, entry in sorted(external.targets.items())
+            ]
         if invocation.idle_gap_ns is not None:
             attributes["gpuledger.idle_gap_s"] = invocation.idle_gap_ns / 1e9
         if invocation.init is not None:
@@ -573,6 +589,18 @@ class Agent:
             span.set_status(self._status_error)
         span.set_attributes(attributes)
         span.end(end_time=invocation.start_ns + invocation.duration_ns)
+
+    def _wait_cost(self, invocation: Invocation, wait_s: float) -> float | None:
+        """What ``wait_s`` of this invocation's wall time cost: its billed share of it at the
+        platform's per-GPU-second rate (GPUs held included); None when unpriced."""
+        price = self.price
+        if price is None:
+            return None
+        duration = invocation.duration_ns
+        share = 1.0
+        if invocation.billed_ns is not None and duration > 0:
+            share = invocation.billed_ns / duration
+        return float(wait_s * share * self.gpu_count * price.per_gpu_second_usd)
 
     def _cost(self, invocation: Invocation) -> Any:
         assert self.pricer is not None
@@ -804,6 +832,7 @@ class Agent:
             idle_gap_s=None if invocation.idle_gap_ns is None else invocation.idle_gap_ns / 1e9,
             billed_gpu_seconds=billed_s * self.gpu_count,
             gpu_unmeasured=self.gpu_reason if invocation.meter is None else None,
+            **self._external_fields(invocation),
             user_id=user_id,
             user_id_pseudonymised=pseudonymised,
             tenant=invocation.tenant,
@@ -835,6 +864,32 @@ class Agent:
                 record.peak_gpu_memory_bytes = usage.peak_gpu_memory_bytes
                 record.gpu_unmeasured = usage.unmeasured or None
         return record
+
+    def _external_fields(self, invocation: Invocation) -> dict[str, Any]:
+        external: CallSummary | None = invocation.external
+        if external is None:
+            if not calls_measured():
+                return {}  # nothing counts calls in this process: unknown, not 0
+            return {
+                "external_calls": 0,
+                "external_call_seconds": 0.0,
+                "external_wait_seconds": 0.0,
+                "external_wait_cost_usd": None if self.price is None else 0.0,
+            }
+        targets: dict[str, dict[str, float]] = {}
+        for target, entry in external.targets.items():
+            row: dict[str, float] = dict(entry)
+            cost = self._wait_cost(invocation, float(entry["wait_s"]))
+            if cost is not None:
+                row["wait_usd"] = cost
+            targets[target] = row
+        return {
+            "external_calls": external.calls,
+            "external_call_seconds": external.call_seconds,
+            "external_wait_seconds": external.wait_seconds,
+            "external_wait_cost_usd": self._wait_cost(invocation, external.wait_seconds),
+            "external_targets": targets or None,
+        }
 
     # -- lifecycle --------------------------------------------------------------------------
 

@@ -57,6 +57,10 @@ class Invocation:
     """``(from_ns, to_ns, n)`` when others ran alongside; None when it ran alone."""
     billed_ns: int | float | None = None
     """This invocation's share of the worker's wall time; None: all of ``duration_ns``."""
+    # Outgoing calls: appended by external_call() and the span processor (any thread), and
+    # their summary once the invocation ended.
+    calls: list[Any] | None = None
+    external: Any = None
     # GPU metering: the meter, and the error to put on a span ended by the writer.
     meter: Any = None
     error: BaseException | None = None

@@ -117,6 +117,11 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
         "ALTER TABLE invocations ADD COLUMN gpu_uuids TEXT",
         "ALTER TABLE invocations ADD COLUMN gpu_unmeasured TEXT",
     ),
+    # 3: outgoing calls: the cost of the wait, and calls and wait per target (JSON).
+    (
+        "ALTER TABLE invocations ADD COLUMN external_wait_cost_usd REAL",
+        "ALTER TABLE invocations ADD COLUMN external_targets TEXT",
+    ),
 )
 """The schema, as an ordered list: migration ``n`` (1-based) brings a ledger to version ``n``.
 Append, never edit: a ledger at version ``n`` has run exactly the first ``n`` entries."""

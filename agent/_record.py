@@ -85,6 +85,11 @@ class InvocationRecord:
     external_call_seconds: float | None = None
     external_wait_seconds: float | None = None
     """Wall time covered by at least one outgoing call (union of intervals)."""
+    external_wait_cost_usd: float | None = None
+    """What that wait cost: its share of the billed GPU time at the platform's GPU rate."""
+    external_targets: dict[str, dict[str, float]] | None = None
+    """Per target (``host:port``, ``postgresql://host:port``, ``s3://bucket``, ...): ``calls``,
+    ``call_s``, ``wait_s``, ``wait_usd``, ``errors`` and ``bytes`` where known."""
 
     # who
     user_id: str | None = None

@@ -18,13 +18,16 @@ PUBLIC_API = {
     "__version__",
     "configure",
     "current_invocation",
+    "external_call",
     "flush",
+    "instrument",
     "phase",
     "record_tokens",
     "shutdown",
     "tag",
     "traced_handler",
     "traced_init",
+    "uninstrument",
 }
 
 

@@ -70,6 +70,8 @@ def full_record() -> InvocationRecord:
         peak_gpu_memory_bytes=40 * 2**30,
         gpu_uuids="GPU-5f1c0d7e-0000-1111-2222-333344445555",
         gpu_unmeasured={"peak_gpu_memory_bytes": "needs the sampler"},
+        external_wait_cost_usd=0.000_012,
+        external_targets={"postgresql://10.0.0.5:5432": {"calls": 3, "wait_s": 0.05}},
         external_calls=3,
         external_call_seconds=0.2,
         external_wait_seconds=0.15,
@@ -347,8 +349,15 @@ def test_migrates_version_1_forward(ledger_path: str) -> None:
     """A ledger written at schema 1 (gpuledger 0.1) is brought to the newest schema by the real
     migrations, keeping its rows; the columns added since read as unknown (None)."""
     record = full_record()
-    added = ("busy_source", "energy_active_j", "energy_idle_j", "energy_source", "gpu_uuids")
-    added_json = ("gpu_unmeasured",)
+    added = (
+        "busy_source",
+        "energy_active_j",
+        "energy_idle_j",
+        "energy_source",
+        "gpu_uuids",
+        "external_wait_cost_usd",
+    )
+    added_json = ("gpu_unmeasured", "external_targets")
     old_fields = [name for name in FIELD_NAMES if name not in (*added, *added_json)]
     with sqlite3.connect(ledger_path) as connection:
         _ledger._migrate(connection, ledger_path, MIGRATIONS[:1])
