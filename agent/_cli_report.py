@@ -30,6 +30,9 @@ _TABLE_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("busy GPU s", "busy_gpu_seconds", "seconds"),
     ("busy %", "busy_share", "percent"),
     ("energy kJ", "energy_j", "kilojoules"),
+    ("calls", "external_calls", "int"),
+    ("wait s", "external_wait_s", "seconds"),
+    ("wait USD", "external_wait_cost_usd", "usd"),
     ("cost USD", "cost_usd", "usd"),
     ("unpriced", "unpriced", "int"),
     ("tokens in", "input_tokens", "int"),
@@ -52,7 +55,8 @@ _TABLE_COLUMNS: tuple[tuple[str, str, str], ...] = (
     type=click.Choice(GROUP_BY),
     default="user",
     show_default=True,
-    help="What each row stands for.",
+    help="What each row stands for. By target, an invocation counts under each target it "
+    "called, with that target's calls and wait (rows overlap; TOTAL counts each once).",
 )
 @click.option(
     "--since",
@@ -70,7 +74,8 @@ _TABLE_COLUMNS: tuple[tuple[str, str, str], ...] = (
     help="table for people (with a TOTAL row); json or csv for tools (groups only).",
 )
 def report(location: str | None, by: str, since: str | None, output_format: str) -> None:
-    """Cost, GPU seconds and cold starts per user, tenant, endpoint, platform, day or invocation.
+    """Cost, GPU seconds, cold starts and external wait per user, tenant, endpoint, platform,
+    day, invocation or outgoing-call target.
 
     Unknown values are shown as "-" (table), null (json) or empty (csv), never as zero: busy
     GPU seconds where no GPU was metered, cost where the catalogue had no price.
@@ -84,7 +89,13 @@ def report(location: str | None, by: str, since: str | None, output_format: str)
     target = location if location is not None else default_ledger_location()
     try:
         with open_ledger(target, create=False) as ledger:
-            rows = aggregate(ledger.read(since_ns=since_ns), by)
+            total = None
+            if by == "target":  # rows overlap (one invocation, several targets): total apart
+                records = list(ledger.read(since_ns=since_ns))
+                total = totals(aggregate(records, "platform")) if records else None
+                rows = aggregate(records, by)
+            else:
+                rows = aggregate(ledger.read(since_ns=since_ns), by)
             path = ledger.path
     except LedgerError as exc:
         raise click.ClickException(str(exc)) from None
@@ -97,7 +108,7 @@ def report(location: str | None, by: str, since: str | None, output_format: str)
         window = f" since {since}" if since is not None else ""
         click.echo(f"no invocations in {path}{window}")
     else:
-        click.echo(_table(rows, by))
+        click.echo(_table(rows, by, total))
 
 
 def _plain(row: ReportRow) -> dict[str, object]:
@@ -118,8 +129,8 @@ def _csv(rows: list[ReportRow]) -> str:
     return buffer.getvalue()
 
 
-def _table(rows: list[ReportRow], by: str) -> str:
-    total = totals(rows)
+def _table(rows: list[ReportRow], by: str, total: ReportRow | None = None) -> str:
+    total = total or totals(rows)
     headers = [by, *(header for header, _, _ in _TABLE_COLUMNS)]
     body = [_cells(row) for row in rows]
     footer = _cells(total)

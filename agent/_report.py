@@ -28,7 +28,7 @@ __all__ = [
     "totals",
 ]
 
-GROUP_BY: Final = ("user", "tenant", "endpoint", "platform", "day", "invocation")
+GROUP_BY: Final = ("user", "tenant", "endpoint", "platform", "day", "invocation", "target")
 """What a report can group by."""
 NO_KEY: Final = "(none)"
 """The group of records that carry no user, tenant or endpoint."""
@@ -60,6 +60,12 @@ class ReportRow:
     paid for was used for; 1 - this is the waste (loading, waiting, idle). None: not measured."""
     energy_j: float | None
     """GPU energy, summed over the records that measured it."""
+    external_calls: int | None
+    """Outgoing calls (grouped by target: to that target), over the records that counted them."""
+    external_wait_s: float | None
+    """Wall time spent waiting on at least one outgoing call (per target when grouped by it)."""
+    external_wait_cost_usd: float | None
+    """What that wait cost at the platform's GPU rate."""
     cost_usd: float | None
     """Sum over the priced records; None when none was priced."""
     unpriced: int
@@ -112,14 +118,24 @@ def aggregate(records: Iterable[InvocationRecord], by: str) -> list[ReportRow]:
     Rows are sorted by cost, highest first (unpriced groups last), then by key; grouped by
     ``day`` they are in date order instead, as a time series reads.
     """
-    key_of = _key_function(by)
     tallies: dict[str, _Tally] = {}
-    for record in records:
-        key = key_of(record)
-        tally = tallies.get(key)
-        if tally is None:
-            tally = tallies[key] = _Tally()
-        tally.add(record)
+    if by == "target":
+        # An invocation counts once under each target it called (a row is "the invocations
+        # that called it"), with that target's calls and wait; rows do not add up across.
+        for record in records:
+            for target in record.external_targets or (NO_KEY,):
+                tally = tallies.get(target)
+                if tally is None:
+                    tally = tallies[target] = _Tally()
+                tally.add(record, target)
+    else:
+        key_of = _key_function(by)
+        for record in records:
+            key = key_of(record)
+            tally = tallies.get(key)
+            if tally is None:
+                tally = tallies[key] = _Tally()
+            tally.add(record)
     rows = [tally.row(key) for key, tally in tallies.items()]
     if by == "day":
         return sorted(rows, key=lambda row: row.key)
@@ -143,6 +159,9 @@ def totals(rows: Sequence[ReportRow]) -> ReportRow:
         busy_gpu_seconds=(busy := _sum_known(row.busy_gpu_seconds for row in rows)),
         busy_share=_share(busy, math.fsum(row._busy_billed_s for row in rows)),
         energy_j=_sum_known(row.energy_j for row in rows),
+        external_calls=_sum_known_int(row.external_calls for row in rows),
+        external_wait_s=_sum_known(row.external_wait_s for row in rows),
+        external_wait_cost_usd=_sum_known(row.external_wait_cost_usd for row in rows),
         cost_usd=_sum_known(row.cost_usd for row in rows),
         unpriced=sum(row.unpriced for row in rows),
         input_tokens=_sum_known_int(row.input_tokens for row in rows),
@@ -173,6 +192,9 @@ class _Tally:
         "durations",
         "energy",
         "errors",
+        "ext_calls",
+        "ext_cost",
+        "ext_wait",
         "init_durations",
         "input_tokens",
         "invocations",
@@ -191,12 +213,27 @@ class _Tally:
         self.busy = _ExactSum()
         self.busy_billed = _ExactSum()
         self.energy = _ExactSum()
+        self.ext_calls: list[int] = []
+        self.ext_wait = _ExactSum()
+        self.ext_cost = _ExactSum()
         self.cost = _ExactSum()
         self.input_tokens: list[int] = []
         self.output_tokens: list[int] = []
 
-    def add(self, record: InvocationRecord) -> None:
+    def add(self, record: InvocationRecord, target: str | None = None) -> None:
         self.invocations += 1
+        entry = (record.external_targets or {}).get(target) if target is not None else None
+        if entry is not None:  # grouped by target: that target's share of the calls
+            self.ext_calls.append(int(entry.get("calls", 0)))
+            self.ext_wait.add(float(entry.get("wait_s", 0.0)))
+            if "wait_usd" in entry:
+                self.ext_cost.add(float(entry["wait_usd"]))
+        elif record.external_calls is not None:
+            self.ext_calls.append(record.external_calls)
+            if record.external_wait_seconds is not None:
+                self.ext_wait.add(record.external_wait_seconds)
+            if record.external_wait_cost_usd is not None:
+                self.ext_cost.add(record.external_wait_cost_usd)
         self.durations.append(record.duration_s)
         self.billed.add(record.billed_gpu_seconds)
         if record.cold:
@@ -236,6 +273,9 @@ class _Tally:
             busy_gpu_seconds=(busy := self.busy.value() if self.busy.count else None),
             busy_share=_share(busy, self.busy_billed.value()),
             energy_j=self.energy.value() if self.energy.count else None,
+            external_calls=sum(self.ext_calls) if self.ext_calls else None,
+            external_wait_s=self.ext_wait.value() if self.ext_wait.count else None,
+            external_wait_cost_usd=self.ext_cost.value() if self.ext_cost.count else None,
             cost_usd=self.cost.value() if self.cost.count else None,
             unpriced=self.unpriced,
             input_tokens=sum(self.input_tokens) if self.input_tokens else None,

@@ -96,6 +96,17 @@ class InvocationMetrics:
             unit="J",
             description="GPU energy used by invocations (NVML energy counter).",
         )
+        self._external_calls = meter.create_counter(
+            "gpuledger.external.calls",
+            unit="{call}",
+            description="Outgoing calls made by invocations, by target.",
+        )
+        self._external_wait = meter.create_counter(
+            "gpuledger.external.wait",
+            unit="s",
+            description="Wall time invocations waited on outgoing calls (union of the calls), "
+            "by target.",
+        )
         self._cost = meter.create_counter(
             "gpuledger.cost",
             unit="USD",
@@ -133,6 +144,7 @@ class InvocationMetrics:
         microseconds; a batch holds up to thousands of records); histograms get every value.
         """
         sums: dict[tuple[tuple[str, str], ...], list[float]] = {}
+        external: dict[tuple[tuple[str, str], ...], list[float]] = {}
         for record in records:
             attributes: dict[str, str] = {
                 "faas.trigger": self._trigger,
@@ -148,6 +160,13 @@ class InvocationMetrics:
             if record.init_duration_s is not None:
                 self._init_duration.record(record.init_duration_s, attributes)
             group = tuple(attributes.items())
+            for target, entry in (record.external_targets or {}).items():
+                by_target = (*group, ("gpuledger.external.target", target))
+                pair = external.get(by_target)
+                if pair is None:
+                    pair = external[by_target] = [0.0, 0.0]
+                pair[0] += entry.get("calls", 0)
+                pair[1] += entry.get("wait_s", 0.0)
             tally = sums.get(group)
             if tally is None:
                 # invocations, errors, timeouts, coldstarts, billed, busy, cost,
@@ -186,6 +205,10 @@ class InvocationMetrics:
                 self._cost.add(tally[6], attributes)
             if tally[10]:
                 self._energy.add(tally[9], attributes)
+        for by_target, (calls, wait) in external.items():
+            attributes = dict(by_target)
+            self._external_calls.add(int(calls), attributes)
+            self._external_wait.add(wait, attributes)
 
 
 _READINGS_TTL_S: Final = 1.0

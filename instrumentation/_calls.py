@@ -25,7 +25,8 @@ import contextvars
 import importlib
 import importlib.util
 import threading
-from collections.abc import Callable, Mapping
+import weakref
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -118,8 +119,12 @@ class CallAggregator(SpanProcessor):
             if not self._is_client(span):
                 return
             invocation = _current.get()
-            if invocation is not None:
-                self._open[span.context.span_id] = invocation
+            if invocation is None:
+                return
+            parent = span.parent
+            if parent is not None and parent.span_id in self._open:
+                return  # inside another call (botocore over urllib3, say): the same wait
+            self._open[span.context.span_id] = invocation
         except Exception as error:
             _guard.record_failure("calls.span_start", error)
 
@@ -140,7 +145,7 @@ class CallAggregator(SpanProcessor):
                 end,
                 target_of(attributes, span.name),
                 operation_of(attributes, span.name),
-                outcome_of(attributes, span.status),
+                outcome_of(attributes, span.status, span.events),
                 size_of(attributes),
             )
         except Exception as error:
@@ -193,17 +198,24 @@ def operation_of(attributes: Mapping[str, Any], name: str) -> str:
     return name
 
 
-def outcome_of(attributes: Mapping[str, Any], status: Any) -> str:
-    """``ok``, the HTTP status code, or the error type (``ConnectTimeout``, ``500`` ...)."""
+def outcome_of(attributes: Mapping[str, Any], status: Any, events: Sequence[Any] = ()) -> str:
+    """``ok``, the HTTP status code, or the error's type (``ConnectionError``, ``500`` ...):
+    from ``error.type``, else the span's recorded exception, else its status."""
     code = attributes.get("http.response.status_code") or attributes.get("http.status_code")
     error = attributes.get("error.type")
     if code is not None and (error is None or str(error) == str(code)):
         return str(code)
-    if error:
+    if error and error != "_OTHER":
         return str(error).rsplit(".", 1)[-1]
+    for event in events:
+        if event.name == "exception" and event.attributes:
+            kind = event.attributes.get("exception.type")
+            if kind:
+                return str(kind).rsplit(".", 1)[-1]
     status_code = getattr(status, "status_code", None)
     if status_code is not None and getattr(status_code, "name", "") == "ERROR":
-        return str(getattr(status, "description", None) or "error")
+        description = str(getattr(status, "description", None) or "error")
+        return description.split(":", 1)[0]  # "ConnectionError: HTTPConnectionPool(...)"
     return OK
 
 
@@ -229,9 +241,10 @@ def size_of(attributes: Mapping[str, Any]) -> int | None:
 
 _lock = threading.RLock()
 _aggregator = CallAggregator()
-_attached: set[int] = set()
+_attached: weakref.WeakSet[Any] = weakref.WeakSet()
 _provider: Any = None
-_on: dict[str, Any] = {}
+_on: dict[str, tuple[Any, Any]] = {}
+"""library -> (its instrumentor, the tracer provider it was switched on with)."""
 _threads_patched = False
 
 
@@ -254,9 +267,9 @@ def _tracer_provider() -> Any:
         if _provider is None:
             _provider = TracerProvider()
         provider = _provider
-    if id(provider) not in _attached:
+    if provider not in _attached:
         provider.add_span_processor(_aggregator)
-        _attached.add(id(provider))
+        _attached.add(provider)
     return provider
 
 
@@ -287,8 +300,11 @@ def instrument(*libraries: str, threads: bool = True) -> dict[str, str]:
 
 
 def _switch_on(name: str, provider: Any, *, asked: bool) -> str:
-    if name in _on:
-        return "on"
+    current = _on.get(name)
+    if current is not None:
+        if current[1] is provider:
+            return "on"
+        _switch_off(name)  # gpuledger was configured anew, with another provider: follow it
     library = LIBRARIES[name]
     if importlib.util.find_spec(library.module) is None:
         return "not installed"
@@ -310,8 +326,17 @@ def _switch_on(name: str, provider: Any, *, asked: bool) -> str:
     except Exception as error:  # a version the instrumentor does not support, say
         _guard.record_failure(f"calls.instrument.{name}", error)
         return f"failed: {type(error).__name__}: {error}"
-    _on[name] = instrumentor
+    _on[name] = (instrumentor, provider)
     return "on"
+
+
+def _switch_off(name: str) -> None:
+    entry = _on.pop(name, None)
+    if entry is not None:
+        try:
+            entry[0].uninstrument()
+        except Exception as error:
+            _guard.record_failure(f"calls.uninstrument.{name}", error)
 
 
 def uninstrument(*libraries: str) -> None:
@@ -319,12 +344,7 @@ def uninstrument(*libraries: str) -> None:
     context propagation off again."""
     with _lock:
         for name in list(libraries) or list(_on):
-            instrumentor = _on.pop(name, None)
-            if instrumentor is not None:
-                try:
-                    instrumentor.uninstrument()
-                except Exception as error:
-                    _guard.record_failure(f"calls.uninstrument.{name}", error)
+            _switch_off(name)
         if not libraries and _threads_patched:
             _unpatch_threads()
 

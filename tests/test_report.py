@@ -66,6 +66,7 @@ MIXED = [
         ("platform", {"runpod": 2, "modal": 2}),
         ("day", {"2026-02-28": 1, "2026-03-01": 1, "2026-03-02": 2}),
         ("invocation", {"j1": 1, "j2": 2, "j3": 1}),
+        ("target", {"(none)": 4}),  # none of them counted calls
     ],
 )
 def test_group_by_each_key(by: str, expected: dict[str, int]) -> None:
@@ -76,7 +77,15 @@ def test_group_by_each_key(by: str, expected: dict[str, int]) -> None:
 
 def test_group_by_covers_every_choice() -> None:
     """The parametrised test above covers every GROUP_BY choice."""
-    assert set(GROUP_BY) == {"user", "tenant", "endpoint", "platform", "day", "invocation"}
+    assert set(GROUP_BY) == {
+        "user",
+        "tenant",
+        "endpoint",
+        "platform",
+        "day",
+        "invocation",
+        "target",
+    }
 
 
 def test_unknown_group_by_refused() -> None:
@@ -259,3 +268,38 @@ def test_busy_share_counts_only_records_that_measured_busy() -> None:
     total = totals(list(rows.values()))
     assert total.busy_share == 0.5  # (0.5 + 1.5) / (2 + 2)
     assert total.energy_j == 150.0
+
+
+def test_by_target_counts_each_targets_share() -> None:
+    """Grouped by target, an invocation counts under each target it called, with that
+    target's calls, wait and wait cost; totals over all records are not double counted."""
+    records = [
+        make_record(
+            external_calls=3,
+            external_wait_seconds=0.3,
+            external_wait_cost_usd=0.03,
+            external_targets={
+                "postgresql://db:5432": {"calls": 2, "wait_s": 0.2, "wait_usd": 0.02},
+                "s3://weights": {"calls": 1, "wait_s": 0.1, "wait_usd": 0.01},
+            },
+        ),
+        make_record(
+            external_calls=1,
+            external_wait_seconds=0.5,
+            external_wait_cost_usd=0.05,
+            external_targets={"s3://weights": {"calls": 1, "wait_s": 0.5, "wait_usd": 0.05}},
+        ),
+        make_record(external_calls=0, external_wait_seconds=0.0, external_wait_cost_usd=0.0),
+    ]
+    rows = {row.key: row for row in aggregate(records, "target")}
+    assert rows["s3://weights"].invocations == 2
+    assert rows["s3://weights"].external_calls == 2
+    assert rows["s3://weights"].external_wait_s == pytest.approx(0.6)
+    assert rows["s3://weights"].external_wait_cost_usd == pytest.approx(0.06)
+    assert rows["postgresql://db:5432"].external_calls == 2
+    assert rows["(none)"].external_calls == 0
+    (platform_row,) = aggregate(records, "platform")
+    total = totals([platform_row])
+    assert total.invocations == 3
+    assert total.external_calls == 4
+    assert total.external_wait_s == pytest.approx(0.8)

@@ -1,0 +1,488 @@
+"""Outgoing calls against real servers on 127.0.0.1: counted, summed, their union (the wait)
+exact against the CLIENT spans the official instrumentations produced, failures recorded."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.server
+import json
+import socket
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+
+import gpuledger
+from gpuledger import _guard
+from gpuledger._calls import _union_ns
+from gpuledger._ledger import open_ledger
+from gpuledger._record import InvocationRecord
+from gpuledger.instrumentation import _calls as calls_module
+
+from .conftest import FakeClock
+
+RUNPOD_H100_PER_GPU_SECOND = 0.00024
+
+
+# --- a local HTTP server with a controllable delay ----------------------------------------------
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        url = urllib.parse.urlsplit(self.path)
+        query = dict(urllib.parse.parse_qsl(url.query))
+        time.sleep(float(query.get("delay", "0")))
+        status = int(query.get("status", "200"))
+        body = b"x" * int(query.get("bytes", "2"))
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # a client timed out
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+
+@pytest.fixture(scope="module")
+def http_url() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class Calls:
+    """gpuledger configured (real clock), with instrumentation on and the spans kept."""
+
+    def __init__(self, ledger: Path, exporter: InMemorySpanExporter) -> None:
+        self.ledger = ledger
+        self.exporter = exporter
+
+    def records(self) -> list[InvocationRecord]:
+        assert gpuledger.flush(10)
+        with open_ledger(str(self.ledger), create=False) as ledger:
+            return list(ledger.read())
+
+    def record(self) -> InvocationRecord:
+        (record,) = self.records()
+        return record
+
+    def client_spans(self) -> list[ReadableSpan]:
+        return [s for s in self.exporter.get_finished_spans() if s.kind is SpanKind.CLIENT]
+
+
+@pytest.fixture
+def calls(tmp_path: Path) -> Iterator[Calls]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    ledger = tmp_path / "ledger.db"
+    gpuledger.configure(
+        ledger=str(ledger),
+        platform="runpod",
+        gpu="H100",
+        tracer_provider=provider,
+        exporters="none",
+        gpu_metering="off",
+        strict=True,
+    )
+    states = gpuledger.instrument()
+    assert states["requests"] == "on", states
+    try:
+        yield Calls(ledger, exporter)
+    finally:
+        gpuledger.uninstrument()
+
+
+def _check_against_spans(record: InvocationRecord, spans: list[ReadableSpan]) -> None:
+    """The record's sum and union are exactly those of the CLIENT spans (timer resolution)."""
+    intervals = [(span.start_time or 0, span.end_time or 0) for span in spans]
+    assert record.external_calls == len(spans)
+    assert record.external_call_seconds == pytest.approx(
+        sum(end - start for start, end in intervals) / 1e9, abs=1e-9
+    )
+    assert record.external_wait_seconds == pytest.approx(_union_ns(intervals) / 1e9, abs=1e-9)
+
+
+# --- HTTP clients --------------------------------------------------------------------------------
+
+
+def test_sequential_calls_sum_equals_wait(calls: Calls, http_url: str) -> None:
+    import requests
+
+    @gpuledger.traced_handler
+    def handler(job: dict[str, Any]) -> int:
+        total = 0
+        for _ in range(2):
+            total += len(requests.get(f"{http_url}/?delay=0.05&bytes=100", timeout=5).content)
+        return total
+
+    assert handler({"id": "seq", "input": {}}) == 200
+    record = calls.record()
+    _check_against_spans(record, calls.client_spans())
+    assert record.external_calls == 2
+    assert record.external_call_seconds == pytest.approx(record.external_wait_seconds, abs=1e-6)
+    assert record.external_wait_seconds >= 0.1
+    (target,) = record.external_targets or {}
+    assert target == http_url.removeprefix("http://")
+    entry = (record.external_targets or {})[target]
+    assert entry["calls"] == 2
+    assert entry["errors"] == 0
+    assert record.external_wait_cost_usd == pytest.approx(
+        record.external_wait_seconds * RUNPOD_H100_PER_GPU_SECOND
+    )
+
+
+def test_parallel_calls_overlap_so_wait_is_less_than_the_sum(calls: Calls, http_url: str) -> None:
+    """Three 0.2 s calls at once from an executor the handler starts: they count for it (the
+    context follows into the pool), and the wait is about 0.2 s, not the 0.6 s summed."""
+    import requests
+
+    @gpuledger.traced_handler
+    def handler(job: dict[str, Any]) -> list[int]:
+        with ThreadPoolExecutor(3) as pool:
+            futures = [
+                pool.submit(requests.get, f"{http_url}/?delay=0.2", timeout=5) for _ in range(3)
+            ]
+            return [future.result().status_code for future in futures]
+
+    assert handler({"id": "par", "input": {}}) == [200, 200, 200]
+    record = calls.record()
+    _check_against_spans(record, calls.client_spans())
+    assert record.external_calls == 3
+    assert record.external_call_seconds >= 0.6
+    assert 0.2 <= record.external_wait_seconds < record.external_call_seconds
+
+
+def test_httpx_async_gather(calls: Calls, http_url: str) -> None:
+    import httpx
+
+    @gpuledger.traced_handler
+    async def handler(job: dict[str, Any]) -> list[int]:
+        async with httpx.AsyncClient() as client:
+            responses = await asyncio.gather(
+                *(client.get(f"{http_url}/?delay=0.1") for _ in range(2))
+            )
+        return [response.status_code for response in responses]
+
+    assert asyncio.run(handler({"id": "hx", "input": {}})) == [200, 200]
+    record = calls.record()
+    _check_against_spans(record, calls.client_spans())
+    assert record.external_calls == 2
+    assert record.external_wait_seconds < record.external_call_seconds
+
+
+def test_aiohttp_and_urllib3(calls: Calls, http_url: str) -> None:
+    import aiohttp
+    import urllib3
+
+    @gpuledger.traced_handler
+    async def with_aiohttp(job: dict[str, Any]) -> int:
+        async with aiohttp.ClientSession() as session, session.get(f"{http_url}/") as response:
+            return response.status
+
+    @gpuledger.traced_handler
+    def with_urllib3(job: dict[str, Any]) -> int:
+        return int(urllib3.PoolManager().request("GET", f"{http_url}/?status=404").status)
+
+    assert asyncio.run(with_aiohttp({"id": "aio", "input": {}})) == 200
+    assert with_urllib3({"id": "u3", "input": {}}) == 404
+    by_id = {record.invocation_id: record for record in calls.records()}
+    assert by_id["aio"].external_calls == 1
+    assert by_id["u3"].external_calls == 1
+    target = http_url.removeprefix("http://")
+    assert (by_id["u3"].external_targets or {})[target]["errors"] == 1  # a 404 failed
+
+
+def test_failures_are_recorded_and_never_change_the_handler(
+    calls: Calls, http_url: str, closed_port: int
+) -> None:
+    import requests
+
+    @gpuledger.traced_handler
+    def handler(job: dict[str, Any]) -> list[str]:
+        seen = []
+        for url, timeout in (
+            (f"http://127.0.0.1:{closed_port}/", 5.0),  # connection refused
+            (f"{http_url}/?delay=1", 0.05),  # read timeout
+            (f"{http_url}/?status=500", 5.0),
+        ):
+            try:
+                seen.append(str(requests.get(url, timeout=timeout).status_code))
+            except requests.RequestException as error:
+                seen.append(type(error).__name__)
+        return seen
+
+    assert handler({"id": "fail", "input": {}}) == ["ConnectionError", "ReadTimeout", "500"]
+    record = calls.record()
+    assert record.outcome == "ok"
+    assert record.external_calls == 3
+    targets = record.external_targets or {}
+    assert targets[f"127.0.0.1:{closed_port}"]["errors"] == 1
+    assert targets[http_url.removeprefix("http://")]["errors"] == 2
+    outcomes = sorted(
+        calls_module.outcome_of(span.attributes or {}, span.status, span.events)
+        for span in calls.client_spans()
+    )
+    assert outcomes == ["500", "ConnectionError", "ReadTimeout"]
+
+
+def test_a_raising_call_raises_the_same_exception(calls: Calls, closed_port: int) -> None:
+    import requests
+
+    caught: list[BaseException] = []
+
+    @gpuledger.traced_handler
+    def handler(job: dict[str, Any]) -> None:
+        try:
+            requests.get(f"http://127.0.0.1:{closed_port}/", timeout=5)
+        except requests.ConnectionError as error:
+            caught.append(error)
+            raise
+
+    with pytest.raises(requests.ConnectionError) as raised:
+        handler({"id": "raise", "input": {}})
+    assert raised.value is caught[0]
+    record = calls.record()
+    assert record.outcome == "error"
+    assert record.external_calls == 1
+
+
+def test_threads_and_to_thread_carry_the_invocation(calls: Calls, http_url: str) -> None:
+    import requests
+
+    @gpuledger.traced_handler
+    async def handler(job: dict[str, Any]) -> None:
+        thread = threading.Thread(target=requests.get, args=(f"{http_url}/",))
+        thread.start()
+        thread.join()
+        await asyncio.to_thread(requests.get, f"{http_url}/")
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, requests.get, f"{http_url}/")
+
+    asyncio.run(handler({"id": "threads", "input": {}}))
+    assert calls.record().external_calls == 3
+
+
+def test_calls_outside_or_after_an_invocation_do_not_count(calls: Calls, http_url: str) -> None:
+    import requests
+
+    requests.get(f"{http_url}/", timeout=5)  # no invocation
+    started = threading.Event()
+    left: list[threading.Thread] = []
+
+    @gpuledger.traced_handler
+    def handler(job: dict[str, Any]) -> None:
+        def late() -> None:
+            started.set()
+            requests.get(f"{http_url}/?delay=0.3", timeout=5)
+
+        thread = threading.Thread(target=late)
+        thread.start()
+        left.append(thread)
+        started.wait(5)
+
+    handler({"id": "left-behind", "input": {}})
+    left[0].join()
+    record = calls.record()
+    assert record.external_calls == 0  # measured: none ended inside the invocation
+    assert record.external_wait_seconds == 0.0
+
+
+def test_instrument_is_idempotent_and_reversible(calls: Calls, http_url: str) -> None:
+    import requests
+
+    again = gpuledger.instrument("requests")
+    assert again == {"requests": "on"}
+
+    @gpuledger.traced_handler
+    def handler(job: dict[str, Any]) -> None:
+        requests.get(f"{http_url}/", timeout=5)
+
+    handler({"id": "once", "input": {}})
+    gpuledger.uninstrument("requests", "urllib3")  # requests runs over urllib3
+    handler({"id": "off", "input": {}})
+    by_id = {record.invocation_id: record for record in calls.records()}
+    assert by_id["once"].external_calls == 1  # not 2: instrumented once
+    assert by_id["off"].external_calls == 0
+
+
+def test_unknown_and_missing_libraries(calls: Calls, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValueError, match="no such library; known: httpx"):
+        gpuledger.instrument("grpc")
+    real = calls_module.importlib.util.find_spec
+
+    def find_spec(name: str, *args: Any) -> Any:
+        return None if name == "redis" else real(name, *args)
+
+    monkeypatch.setattr(calls_module.importlib.util, "find_spec", find_spec)
+    gpuledger.uninstrument("redis")
+    assert gpuledger.instrument("redis") == {"redis": "not installed"}
+
+    def no_package(name: str, package: str | None = None) -> Any:
+        raise ImportError(name)
+
+    gpuledger.uninstrument("httpx")
+    monkeypatch.setattr(calls_module.importlib, "import_module", no_package)
+    state = gpuledger.instrument("httpx")["httpx"]
+    assert state.startswith("instrumentation missing: pip install 'gpuledger[calls]'")
+
+
+def test_span_attributes(calls: Calls, http_url: str) -> None:
+    import requests
+
+    @gpuledger.traced_handler
+    def handler(job: dict[str, Any]) -> None:
+        requests.get(f"{http_url}/?delay=0.02", timeout=5)
+
+    handler({"id": "attrs", "input": {}})
+    record = calls.record()
+    (server,) = [s for s in calls.exporter.get_finished_spans() if s.kind is SpanKind.SERVER]
+    attributes = server.attributes or {}
+    assert attributes["gpuledger.external.calls"] == 1
+    assert attributes["gpuledger.external.wait_seconds"] == record.external_wait_seconds
+    assert attributes["gpuledger.external.wait_cost_usd"] == record.external_wait_cost_usd
+    (client,) = calls.client_spans()
+    assert client.parent is not None
+    assert client.parent.span_id == server.context.span_id
+
+
+# --- by hand ------------------------------------------------------------------------------------
+
+
+def test_external_call_by_hand_sync_and_async(tmp_path: Path, clock: FakeClock) -> None:
+    gpuledger.configure(
+        ledger=str(tmp_path / "l.db"),
+        platform="runpod",
+        gpu="H100",
+        clock=clock,
+        exporters="none",
+        gpu_metering="off",
+        strict=True,
+    )
+
+    @gpuledger.traced_handler
+    def handler(job: dict[str, Any]) -> str:
+        with gpuledger.external_call("vectordb.query", target="qdrant://10.0.0.7:6334"):
+            clock.advance(1.0)
+            # nested, so the two overlap: 1-2 s
+            with gpuledger.external_call("s3.get", target="s3://weights") as call:
+                clock.advance(1.0)
+                call.set_size(4096)
+        clock.advance(0.5)
+        with contextlib.suppress(KeyError), gpuledger.external_call("cache.get"):
+            clock.advance(0.25)
+            raise KeyError("miss")
+        return "done"
+
+    @gpuledger.traced_handler
+    async def async_handler(job: dict[str, Any]) -> None:
+        async with gpuledger.external_call("grpc.embed", target="embedder:50051"):
+            clock.advance(0.5)
+
+    assert handler({"id": "by-hand", "input": {}}) == "done"
+    asyncio.run(async_handler({"id": "async", "input": {}}))
+    assert gpuledger.flush(5)
+    with open_ledger(str(tmp_path / "l.db"), create=False) as ledger:
+        by_id = {record.invocation_id: record for record in ledger.read()}
+    record = by_id["by-hand"]
+    assert record.external_calls == 3
+    assert record.external_call_seconds == pytest.approx(2.0 + 1.0 + 0.25)
+    assert record.external_wait_seconds == pytest.approx(2.0 + 0.25)  # the union
+    targets = record.external_targets or {}
+    assert targets["s3://weights"]["bytes"] == 4096
+    assert targets["cache"]["errors"] == 1  # raised KeyError: its outcome
+    assert record.external_wait_cost_usd == pytest.approx(2.25 * RUNPOD_H100_PER_GPU_SECOND)
+    assert by_id["async"].external_wait_seconds == pytest.approx(0.5)
+
+
+def test_external_call_outside_an_invocation_does_nothing() -> None:
+    with gpuledger.external_call("s3.get") as call:
+        call.set_outcome(200)
+    with pytest.raises(ValueError, match="non-empty string"):
+        gpuledger.external_call("")
+    assert _guard.error_counts() == {}
+
+
+def test_unmeasured_stays_unknown(tmp_path: Path, clock: FakeClock) -> None:
+    """Nothing counts calls in this process: the fields are None (unknown), not 0."""
+    import gpuledger._calls as calls_state
+
+    calls_state._state["measured"] = False
+    gpuledger.configure(
+        ledger=str(tmp_path / "l.db"), clock=clock, exporters="none", gpu_metering="off"
+    )
+
+    @gpuledger.traced_handler
+    def handler(job: dict[str, Any]) -> None:
+        clock.advance(0.1)
+
+    handler({"id": "x", "input": {}})
+    assert gpuledger.flush(5)
+    with open_ledger(str(tmp_path / "l.db"), create=False) as ledger:
+        (record,) = ledger.read()
+    assert record.external_calls is None
+    assert record.external_wait_seconds is None
+    json.dumps(record.to_dict())
+
+
+def test_external_metrics_by_target(tmp_path: Path, clock: FakeClock) -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    reader = InMemoryMetricReader()
+    gpuledger.configure(
+        ledger=str(tmp_path / "l.db"),
+        clock=clock,
+        exporters="none",
+        gpu_metering="off",
+        meter_provider=MeterProvider(metric_readers=[reader]),
+        strict=True,
+    )
+
+    @gpuledger.traced_handler
+    def handler(job: dict[str, Any]) -> None:
+        for _ in range(2):
+            with gpuledger.external_call("db.query", target="postgresql://db:5432"):
+                clock.advance(0.25)
+
+    handler({"id": "a", "input": {}})
+    handler({"id": "b", "input": {}})
+    assert gpuledger.flush(5)
+    data = reader.get_metrics_data()
+    points = {
+        metric.name: list(metric.data.data_points)
+        for resource in (data.resource_metrics if data else [])
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+    }
+    (calls_point,) = points["gpuledger.external.calls"]
+    (wait_point,) = points["gpuledger.external.wait"]
+    assert calls_point.value == 4
+    assert wait_point.value == pytest.approx(1.0)
+    assert wait_point.attributes["gpuledger.external.target"] == "postgresql://db:5432"
