@@ -93,7 +93,10 @@ class Calls:
         return record
 
     def client_spans(self) -> list[ReadableSpan]:
-        return [s for s in self.exporter.get_finished_spans() if s.kind is SpanKind.CLIENT]
+        """The CLIENT spans that are calls of their own (not nested inside another call)."""
+        spans = [s for s in self.exporter.get_finished_spans() if s.kind is SpanKind.CLIENT]
+        ids = {span.context.span_id for span in spans}
+        return [span for span in spans if span.parent is None or span.parent.span_id not in ids]
 
 
 @pytest.fixture
@@ -120,9 +123,13 @@ def calls(tmp_path: Path) -> Iterator[Calls]:
 
 
 def _check_against_spans(record: InvocationRecord, spans: list[ReadableSpan]) -> None:
-    """The record's sum and union are exactly those of the CLIENT spans (timer resolution)."""
-    intervals = [(span.start_time or 0, span.end_time or 0) for span in spans]
-    assert record.external_calls == len(spans)
+    """The record's sum and union are exactly those of the CLIENT spans made during it."""
+    intervals = [
+        (span.start_time or 0, span.end_time or 0)
+        for span in spans
+        if (span.start_time or 0) >= record.start_ns and (span.end_time or 0) <= record.end_ns
+    ]
+    assert record.external_calls == len(intervals)
     assert record.external_call_seconds == pytest.approx(
         sum(end - start for start, end in intervals) / 1e9, abs=1e-9
     )
@@ -486,3 +493,83 @@ def test_external_metrics_by_target(tmp_path: Path, clock: FakeClock) -> None:
     assert calls_point.value == 4
     assert wait_point.value == pytest.approx(1.0)
     assert wait_point.attributes["gpuledger.external.target"] == "postgresql://db:5432"
+
+
+# --- databases and object stores (real servers from tests/services.py) --------------------------
+
+
+def test_redis_postgres_and_s3_are_targets_of_their_own(
+    calls: Calls, redis_server: tuple[str, int], postgres_db: str, s3_endpoint: str
+) -> None:
+    import boto3
+    import psycopg
+    import redis
+
+    from .services import S3_CLIENT_KWARGS
+
+    host, port = redis_server
+    cache = redis.Redis(host=host, port=port)
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, **S3_CLIENT_KWARGS)
+    s3.create_bucket(Bucket="gpuledger-calls")  # outside any invocation: not counted
+
+    @gpuledger.traced_handler
+    def handler(job: dict[str, Any]) -> str:
+        cache.set("prompt:1", "cached")
+        cached = cache.get("prompt:1")
+        with psycopg.connect(postgres_db) as connection:
+            connection.execute("SELECT pg_sleep(0.05)")
+            (value,) = connection.execute("SELECT 41 + 1").fetchone() or (None,)
+        s3.put_object(Bucket="gpuledger-calls", Key="out.txt", Body=b"result")
+        body = s3.get_object(Bucket="gpuledger-calls", Key="out.txt")["Body"].read()
+        return f"{cached!r} {value} {body!r}"
+
+    assert handler({"id": "stores", "input": {}}) == "b'cached' 42 b'result'"
+    record = calls.record()
+    targets = record.external_targets or {}
+    assert targets[f"redis://{host}:{port}"]["calls"] == 2
+    postgres = next(entry for target, entry in targets.items() if target.startswith("postgresql"))
+    assert postgres["calls"] >= 2
+    assert postgres["wait_s"] >= 0.05  # the pg_sleep
+    # put + get, not the urllib3 calls beneath them; the botocore instrumentation names the
+    # service, not the bucket (aws.s3.bucket is not set for S3 calls)
+    assert targets["aws:s3"]["calls"] == 2
+    assert record.external_calls == sum(int(entry["calls"]) for entry in targets.values())
+    _check_against_spans(record, calls.client_spans())
+
+
+def test_a_failing_database_call_is_recorded(calls: Calls, closed_port: int) -> None:
+    import redis
+
+    @gpuledger.traced_handler
+    def handler(job: dict[str, Any]) -> str:
+        try:
+            redis.Redis(host="127.0.0.1", port=closed_port, socket_connect_timeout=1).get("k")
+        except redis.ConnectionError:
+            return "fell back"
+        return "cached"
+
+    assert handler({"id": "down", "input": {}}) == "fell back"
+    record = calls.record()
+    targets = record.external_targets or {}
+    (entry,) = targets.values()
+    assert entry["errors"] == entry["calls"] >= 1
+
+
+def test_nested_client_spans_are_one_call(calls: Calls) -> None:
+    """A CLIENT span inside another (an SDK over its HTTP library) is the same wait, once."""
+    agent_provider = calls_module._tracer_provider()
+    tracer = agent_provider.get_tracer("test")
+
+    @gpuledger.traced_handler
+    def handler(job: dict[str, Any]) -> None:
+        attributes = {"server.address": "api.example", "server.port": 443}
+        with (
+            tracer.start_as_current_span("outer", kind=SpanKind.CLIENT, attributes=attributes),
+            tracer.start_as_current_span("inner", kind=SpanKind.CLIENT),
+        ):
+            time.sleep(0.01)
+
+    handler({"id": "nested", "input": {}})
+    record = calls.record()
+    assert record.external_calls == 1
+    assert list(record.external_targets or {}) == ["api.example"]

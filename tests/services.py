@@ -1,0 +1,419 @@
+"""Real servers on 127.0.0.1 for tests: redis-server, PostgreSQL and moto's S3 server.
+
+Loaded for every test module by ``pytest_plugins`` in ``tests/conftest.py``. Each server listens on
+a free port of 127.0.0.1 only, keeps its files (and its log) in a temporary directory, and is
+stopped by pid at teardown; an ``atexit`` safety net kills whatever is still running when the
+interpreter exits. Nothing global is set (no environment variables, no default ports).
+
+Fixtures:
+
+- ``redis_server`` (session): ``(host, port)`` of a ``redis-server`` without persistence.
+- ``postgres_dsn`` (session): the DSN of a PostgreSQL server's ``postgres`` database, user
+  ``postgres``, trust authentication (no password).
+- ``postgres_db`` (function): the DSN of a fresh database made for one test, dropped after it.
+- ``s3_endpoint`` (session): ``http://127.0.0.1:PORT`` of moto's S3-compatible HTTP server; pass
+  ``S3_CLIENT_KWARGS`` (dummy keys, us-east-1) to boto3 with it. Its state lasts the session, so
+  give each test its own bucket names.
+
+Redis and PostgreSQL come from Debian's packages (``apt-get install redis-server postgresql``);
+``.ci/run`` installs them. Where one is missing the tests that need it are skipped, or fail when
+the ``CI`` environment variable is set (CI must not skip them silently).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import pytest
+
+HOST = "127.0.0.1"
+
+S3_CLIENT_KWARGS: dict[str, str] = {
+    "aws_access_key_id": "testing",
+    "aws_secret_access_key": "testing",
+    "region_name": "us-east-1",
+}
+"""Keyword arguments for ``boto3.client("s3", endpoint_url=s3_endpoint, **S3_CLIENT_KWARGS)``."""
+
+INSTALL_HINT = "apt-get install redis-server postgresql"
+REDIS_START_TIMEOUT_S = 10.0
+POSTGRES_INITDB_TIMEOUT_S = 120.0
+POSTGRES_START_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 10.0
+_PORT_ATTEMPTS = 3  # a free port can be taken by someone else before the server binds it
+_PORT_IN_USE = re.compile(r"address already in use|could not bind|could not create any", re.I)
+
+_running: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def _kill_leftovers() -> None:
+    """Safety net (atexit): SIGKILL every server this module started that is still running."""
+    for proc in list(_running.values()):
+        if proc.poll() is None:
+            proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+    _running.clear()
+
+
+atexit.register(_kill_leftovers)
+
+
+class ServerStartError(RuntimeError):
+    """A server exited or did not answer in time; the message ends with its log's tail."""
+
+
+def in_ci() -> bool:
+    """True when the ``CI`` environment variable is set (to anything but empty, 0 or false)."""
+    return os.environ.get("CI", "").strip().lower() not in {"", "0", "false"}
+
+
+def missing(what: str) -> NoReturn:
+    """Skip the test because ``what`` is not installed; in CI, fail it instead."""
+    if in_ci():
+        pytest.fail(
+            f"{what} not found, and CI is set: .ci/run should have installed it ({INSTALL_HINT})",
+            pytrace=False,
+        )
+    pytest.skip(f"{what} not found; to run these tests: {INSTALL_HINT}")
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def log_tail(path: Path, lines: int = 30) -> str:
+    """The last ``lines`` lines of a log file, or a note that there is none."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return f"(no log at {path})"
+    return "\n".join(text.splitlines()[-lines:]) or f"(empty log at {path})"
+
+
+def stop(
+    proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = STOP_TIMEOUT_S
+) -> None:
+    """Send ``sig`` to ``proc`` by pid, wait up to ``timeout`` s, then SIGKILL it."""
+    try:
+        if proc.poll() is None:
+            proc.send_signal(sig)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=timeout)
+    finally:
+        _running.pop(proc.pid, None)
+
+
+def _spawn(argv: Sequence[str], log: Path, **popen: Any) -> subprocess.Popen[bytes]:
+    """Start ``argv`` in a new session (Ctrl-C reaches only pytest), its output added to ``log``."""
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            **popen,
+        )
+    _running[proc.pid] = proc
+    return proc
+
+
+def _wait_ready(
+    proc: subprocess.Popen[bytes],
+    ready: Callable[[], bool],
+    what: str,
+    log: Path,
+    timeout: float,
+) -> None:
+    """Poll ``ready()`` until it is true; stop ``proc`` and raise if it exits or times out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            _running.pop(proc.pid, None)
+            raise ServerStartError(
+                f"{what} exited with status {proc.returncode} before answering; "
+                f"log {log}:\n{log_tail(log)}"
+            )
+        if ready():
+            return
+        if time.monotonic() > deadline:
+            stop(proc, signal.SIGKILL)
+            raise ServerStartError(
+                f"{what} did not answer within {timeout:g} s; log {log}:\n{log_tail(log)}"
+            )
+        time.sleep(0.05)
+
+
+def _start_on_free_port(
+    argv_for: Callable[[int], Sequence[str]],
+    ready_for: Callable[[int], Callable[[], bool]],
+    what: str,
+    log: Path,
+    timeout: float,
+    **popen: Any,
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Start a server on a free port and wait until it answers; retry if the port got taken."""
+    for attempt in range(1, _PORT_ATTEMPTS + 1):
+        port = free_port()
+        proc = _spawn(argv_for(port), log, **popen)
+        try:
+            _wait_ready(proc, ready_for(port), what, log, timeout)
+        except ServerStartError:
+            if attempt < _PORT_ATTEMPTS and _PORT_IN_USE.search(log_tail(log, 10)):
+                continue
+            raise
+        return proc, port
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+# --- Redis -----------------------------------------------------------------------------------
+
+
+def redis_binary() -> str | None:
+    """``redis-server`` from PATH, else /usr/bin (Debian), else None."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    fallback = Path("/usr/bin/redis-server")
+    return str(fallback) if os.access(fallback, os.X_OK) else None
+
+
+def _redis_pings(port: int) -> Callable[[], bool]:
+    def ready() -> bool:
+        try:
+            with socket.create_connection((HOST, port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    return ready
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
+    """``(host, port)`` of a ``redis-server`` on 127.0.0.1, no persistence, for the session.
+
+    Its working directory and ``redis.log`` are in a pytest temporary directory. Tests share the
+    server: use distinct keys, or ``FLUSHALL`` first.
+    """
+    binary = redis_binary()
+    if binary is None:
+        missing("redis-server")
+    workdir = tmp_path_factory.mktemp("redis")
+    log = workdir / "redis.log"
+
+    def argv(port: int) -> list[str]:
+        return [
+            binary,
+            "--port", str(port),
+            "--bind", HOST,
+            "--save", "",
+            "--appendonly", "no",
+            "--daemonize", "no",
+            "--dir", str(workdir),
+        ]  # fmt: skip
+
+    proc, port = _start_on_free_port(
+        argv, _redis_pings, "redis-server", log, REDIS_START_TIMEOUT_S, cwd=workdir
+    )
+    try:
+        yield HOST, port
+    finally:
+        stop(proc, signal.SIGTERM)
+
+
+# --- PostgreSQL ------------------------------------------------------------------------------
+
+
+def _version_key(name: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in name.split("."))
+    except ValueError:
+        return (-1,)
+
+
+def postgres_bindir() -> Path | None:
+    """The newest Debian PostgreSQL (``/usr/lib/postgresql/<version>/bin``), else PATH's."""
+    candidates = [
+        bindir
+        for bindir in Path("/usr/lib/postgresql").glob("*/bin")
+        if (bindir / "initdb").is_file() and (bindir / "postgres").is_file()
+    ]
+    if candidates:
+        return max(candidates, key=lambda bindir: _version_key(bindir.parent.name))
+    initdb, postgres = shutil.which("initdb"), shutil.which("postgres")
+    if initdb and postgres and Path(initdb).parent == Path(postgres).parent:
+        return Path(initdb).parent
+    return None
+
+
+def _postgres_identity() -> tuple[dict[str, Any], tuple[int, int] | None]:
+    """Popen arguments that run initdb/postgres as an ordinary user, and that user's uid/gid.
+
+    PostgreSQL refuses to run as root. As root the programs run as the ``postgres`` system user
+    (Debian's package creates it): ``Popen(user=, group=, extra_groups=[])`` switches user in the
+    child before exec, so the pid we hold is the server's own (no ``runuser`` in between).
+    """
+    if os.geteuid() != 0:
+        return {}, None
+    try:
+        account = pwd.getpwnam("postgres")
+    except KeyError:
+        missing("the postgres system user (tests run as root)")
+    env = {**os.environ, "HOME": account.pw_dir, "USER": "postgres", "LOGNAME": "postgres"}
+    popen: dict[str, Any] = {
+        "user": account.pw_uid,
+        "group": account.pw_gid,
+        "extra_groups": [],
+        "env": env,
+    }
+    return popen, (account.pw_uid, account.pw_gid)
+
+
+def _postgres_answers(port: int) -> Callable[[], bool]:
+    import psycopg
+
+    dsn = f"postgresql://postgres@{HOST}:{port}/postgres"
+
+    def ready() -> bool:
+        try:
+            with psycopg.connect(dsn, connect_timeout=2):
+                return True
+        except psycopg.OperationalError:
+            return False
+
+    return ready
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn() -> Iterator[str]:
+    """DSN ``postgresql://postgres@127.0.0.1:PORT/postgres`` of a PostgreSQL for the session.
+
+    A new cluster (``initdb``: trust authentication, UTF8, C locale, no sync) in a temporary
+    directory, with ``fsync``, ``synchronous_commit`` and ``full_page_writes`` off; its Unix socket
+    and ``postgres.log`` are in that directory too. Prefer ``postgres_db`` in tests, so that tables
+    of one test are not seen by another.
+    """
+    bindir = postgres_bindir()
+    if bindir is None:
+        missing("PostgreSQL (initdb and postgres)")
+    popen, owner = _postgres_identity()
+    # As root, pytest's own temporary directories (under /tmp/pytest-of-root, mode 0700) are
+    # closed to the postgres user: use a directory of our own in /tmp, owned by that user.
+    base = Path(tempfile.mkdtemp(prefix="pg-", dir="/tmp" if owner else None))
+    try:
+        data, sockets = base / "data", base / "sockets"
+        sockets.mkdir()
+        if owner:
+            for path in (base, sockets):
+                os.chown(path, *owner)
+        log = base / "postgres.log"
+        initdb_argv = [
+            str(bindir / "initdb"),
+            "--pgdata", str(data),
+            "--username", "postgres",
+            "--auth", "trust",
+            "--encoding", "UTF8",
+            "--locale", "C",
+            "--no-sync",
+        ]  # fmt: skip
+        with log.open("ab") as out:
+            result = subprocess.run(
+                initdb_argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=base,
+                timeout=POSTGRES_INITDB_TIMEOUT_S,
+                check=False,
+                **popen,
+            )
+        if result.returncode != 0:
+            raise ServerStartError(
+                f"initdb exited with status {result.returncode}; log {log}:\n{log_tail(log)}"
+            )
+
+        def argv(port: int) -> list[str]:
+            return [
+                str(bindir / "postgres"),
+                "-D", str(data),
+                "-k", str(sockets),
+                "-h", HOST,
+                "-p", str(port),
+                "-c", "fsync=off",
+                "-c", "synchronous_commit=off",
+                "-c", "full_page_writes=off",
+            ]  # fmt: skip
+
+        proc, port = _start_on_free_port(
+            argv, _postgres_answers, "postgres", log, POSTGRES_START_TIMEOUT_S, cwd=base, **popen
+        )
+        try:
+            yield f"postgresql://postgres@{HOST}:{port}/postgres"
+        finally:
+            stop(proc, signal.SIGINT)  # SIGINT: PostgreSQL's fast shutdown
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_db(postgres_dsn: str) -> Iterator[str]:
+    """DSN of a database made for this test only (``test_<random>``), dropped after it."""
+    import psycopg
+    from psycopg import sql
+
+    name = f"test_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield f"{postgres_dsn.rsplit('/', 1)[0]}/{name}"
+    finally:
+        with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+# --- S3 (moto) -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """``http://127.0.0.1:PORT`` of moto's S3-compatible HTTP server, in a thread, for the session.
+
+    Use it with ``boto3.client("s3", endpoint_url=s3_endpoint, **S3_CLIENT_KWARGS)``: dummy keys,
+    region us-east-1. No environment variable is set. The server binds port 0 itself, so no other
+    process can take its port first.
+    """
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address=HOST, port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
