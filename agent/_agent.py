@@ -10,6 +10,7 @@ needs it, metrics, the ledger row) happens on the writer's thread.
 from __future__ import annotations
 
 import atexit
+import collections
 import contextlib
 import dataclasses
 import os
@@ -35,6 +36,20 @@ from gpuledger._worker import InitInfo, Phase, WorkerState, shares
 __all__ = ["Agent", "HandlerSpec", "configure", "flush", "get_agent", "shutdown"]
 
 _LOCAL_PLATFORMS = ("local",)
+_DENSE_COUNT = 10
+"""Adaptive flushing: more than this many invocations in ``_DENSE_WINDOW_NS`` is dense."""
+_DENSE_WINDOW_NS = 60 * 10**9
+_SIDECAR_RETRY_S = 5.0
+"""After the sidecar failed, how long the local ledger takes records before it is tried again."""
+
+
+class _StartNotice:
+    """Queued at an invocation's start (sidecar mode): the writer tells the sidecar."""
+
+    __slots__ = ("invocation",)
+
+    def __init__(self, invocation: Invocation) -> None:
+        self.invocation = invocation
 
 
 class HandlerSpec:
@@ -125,6 +140,21 @@ class Agent:
         self._retry: list[InvocationRecord] = []
         self._pseudonym_warned = False
         self.closed = False
+        self._sidecar: Any = None
+        self._sidecar_retry_at = 0.0
+        self._sidecar_warned = False
+        self.sidecar_sent = 0
+        """Records the sidecar acknowledged."""
+        if settings.sidecar is not None:
+            from gpuledger._sidecar_client import SidecarClient  # noqa: PLC0415
+
+            self._sidecar = SidecarClient(settings.sidecar, token=settings.sidecar_token)
+        policy = settings.flush_policy
+        self._flush_each = policy == "invocation"
+        self._flush_adaptive = policy == "adaptive"
+        self._recent_ends: collections.deque[int] = collections.deque(maxlen=_DENSE_COUNT)
+        self.flush_waits: list[float] = []
+        """Seconds invocations' ends waited for their records (flush policies), newest last."""
         if settings.gpu_metering == "off":
             self.gpu_reason = {"gpu": "GPU metering off (gpu_metering=off)"}
             self.gpu_ready.set()
@@ -377,6 +407,10 @@ class Agent:
                 invocation.meter = meter
                 if meter.boundary_reads:
                     meter.mark(start_ns)
+            if self._sidecar is not None:
+                invocation.record_id = f"{start_ns:016x}{os.urandom(8).hex()}"
+                self.pipeline.submit(_StartNotice(invocation))
+                self.pipeline.wake()
             if self.tracer is not None:
                 invocation.span = self._start_span(spec.name, start_ns, invocation.cold, init)
                 if activate:
@@ -467,8 +501,26 @@ class Agent:
                     self.pipeline.wake()
             else:
                 self.pipeline.submit(invocation)
+            if self._flush_each or self._flush_adaptive:
+                self._flush_after(end_ns)
         except Exception as failure:
             _guard.record_failure("handler.end", failure)
+
+    def _flush_after(self, end_ns: int) -> None:
+        """The flush policies: wait (bounded) until this invocation's record has left."""
+        if self._flush_adaptive:
+            ends = self._recent_ends
+            dense = len(ends) == ends.maxlen and end_ns - ends[0] < _DENSE_WINDOW_NS
+            ends.append(end_ns)
+            if dense:
+                return  # frequent invocations: the periodic writer keeps up, nothing to wait for
+        started = time.perf_counter()
+        self.pipeline.flush(self.settings.flush_wait_s)
+        waited = time.perf_counter() - started
+        self.flush_waits.append(waited)
+        del self.flush_waits[:-1000]
+        if self.metrics is not None:
+            self.metrics.record_flush_wait(waited)
 
     def _start_span(self, name: str, start_ns: int, cold: bool, init: InitInfo | None) -> Any:
         links = None
@@ -669,7 +721,9 @@ class Agent:
 
     # -- the background writer --------------------------------------------------------------
 
-    def _process_batch(self, batch: list[Invocation]) -> None:
+    def _process_batch(self, batch: list[Any]) -> None:
+        if self._sidecar is not None:
+            batch = self._send_starts(batch)
         if self.gpu_meter is None and not self._gpu_waiting:
             self._record(batch)  # no GPU metering: nothing to wait for
             return
@@ -681,6 +735,62 @@ class Agent:
             self._gpu_tick(force=False)
         if ready:
             self._record(ready)
+
+    def _send_starts(self, batch: list[Any]) -> list[Invocation]:
+        """Tell the sidecar which invocations started (those not finished yet); returns the
+        finished invocations of ``batch``."""
+        finished: list[Invocation] = []
+        starts: list[dict[str, Any]] = []
+        for item in batch:
+            if type(item) is not _StartNotice:
+                finished.append(item)
+            elif not item.invocation.duration_ns:  # still running: its record will follow
+                starts.append(self._start_notice(item.invocation))
+        if starts and time.monotonic() >= self._sidecar_retry_at:
+            from gpuledger._sidecar_client import SidecarError  # noqa: PLC0415
+
+            try:
+                self._sidecar.send_starts(starts)
+            except SidecarError as error:
+                self._sidecar_failed(error)
+        return finished
+
+    def _start_notice(self, invocation: Invocation) -> dict[str, Any]:
+        user = None
+        if invocation.user_id is not None:
+            user = self.user_key(invocation.user_id)[0]
+        return {
+            "record_id": invocation.record_id,
+            "invocation_id": invocation.invocation_id,
+            "handler": invocation.handler,
+            "start_ns": invocation.start_ns,
+            "pid": os.getpid(),
+            "service_name": self.service_name,
+            "platform": self.platform.platform,
+            "endpoint": self.endpoint,
+            "worker_id": self.worker_id,
+            "region": self.region,
+            "gpu_model": self.gpu,
+            "gpu_count": self.gpu_count,
+            "timeout_s": self.price.timeout_s if self.price is not None else None,
+            "user_id": user,
+            "tenant": invocation.tenant,
+        }
+
+    def _sidecar_failed(self, error: BaseException) -> None:
+        """The sidecar did not take a batch: the local ledger takes records for a while."""
+        self._sidecar_retry_at = time.monotonic() + _SIDECAR_RETRY_S
+        _guard.count("sidecar.fallback")
+        if not self._sidecar_warned:
+            self._sidecar_warned = True
+            get_logger().warning(
+                "gpuledger sidecar unreachable: writing invocations to the local ledger instead "
+                "(and retrying the sidecar every few seconds); counted as "
+                "gpuledger.telemetry.errors kind=sidecar.fallback",
+                sidecar=self.settings.sidecar,
+                ledger=self.settings.ledger,
+                error=str(error),
+            )
 
     def _gpu_tick(self, force: bool) -> None:
         """Measure the invocations waiting for NVML's samples to cover them (all if ``force``),
@@ -747,6 +857,19 @@ class Agent:
         self._write(records)
 
     def _write(self, records: list[InvocationRecord]) -> None:
+        if self._sidecar is not None and records and time.monotonic() >= self._sidecar_retry_at:
+            from gpuledger._sidecar_client import SidecarError  # noqa: PLC0415
+
+            try:
+                self._sidecar.send_records([record.to_dict() for record in records])
+            except SidecarError as error:
+                self._sidecar_failed(error)
+            else:
+                self.sidecar_sent += len(records)
+                if self._retry:  # the ledger is failing too: nothing more to do than retry it
+                    records = []
+                else:
+                    return
         pending = self._retry + records
         try:
             if self._ledger is None:
@@ -811,7 +934,7 @@ class Agent:
             cost = self._cost(invocation)
         record = InvocationRecord(
             # Time-ordered ids keep the ledger's primary-key index append-mostly.
-            record_id=f"{invocation.start_ns:016x}{os.urandom(8).hex()}",
+            record_id=invocation.record_id or f"{invocation.start_ns:016x}{os.urandom(8).hex()}",
             invocation_id=invocation.invocation_id,
             handler=invocation.handler,
             service_name=self.service_name,
@@ -932,6 +1055,8 @@ class Agent:
         meter = self.gpu_meter
         if meter is not None:
             meter.close()
+        if self._sidecar is not None:
+            self._sidecar.close()
         if self._ledger is not None:
             try:
                 self._ledger.close()

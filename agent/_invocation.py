@@ -61,6 +61,8 @@ class Invocation:
     # their summary once the invocation ended.
     calls: list[Any] | None = None
     external: Any = None
+    # With a sidecar: the record's id, given at the start so the start notice can name it.
+    record_id: str | None = None
     # GPU metering: the meter, and the error to put on a span ended by the writer.
     meter: Any = None
     error: BaseException | None = None

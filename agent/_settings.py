@@ -21,6 +21,7 @@ __all__ = ["SETTINGS", "Settings", "resolve_settings", "settings_table"]
 
 EXPORTER_NAMES: Final = ("otlp", "console")
 LOG_FORMATS: Final = ("console", "json")
+FLUSH_POLICIES: Final = ("periodic", "invocation", "adaptive")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 OTLP_ENDPOINT_VARS: Final = (
     "OTEL_EXPORTER_OTLP_ENDPOINT",
@@ -102,6 +103,19 @@ def _rate_hz(value: object) -> float:
     if not math.isfinite(number) or not 0 <= number <= 1000:
         raise _Invalid("must be between 0 (off) and 1000 Hz")
     return number
+
+
+def _sidecar_url(value: object) -> str | None:
+    if value is None:
+        return None
+    text = _text(value)
+    from gpuledger._sidecar_client import parse_sidecar_url  # noqa: PLC0415
+
+    try:
+        parse_sidecar_url(text)
+    except ValueError as error:
+        raise _Invalid(str(error)) from None
+    return text if "://" in text else f"http://{text}"
 
 
 def _choice(options: tuple[str, ...]) -> Callable[[object], str]:
@@ -229,6 +243,44 @@ SETTINGS: Final[tuple[Setting, ...]] = (
         _const("gpuledger.db"),
         "Where every invocation is written: a SQLite file path.",
         "`gpuledger.db` in the working directory",
+    ),
+    Setting(
+        "sidecar",
+        ("GPULEDGER_SIDECAR",),
+        _sidecar_url,
+        _const(None),
+        "Send finished invocations (and start notices) to a `gpuledger sidecar` at this URL, "
+        "e.g. `http://127.0.0.1:4319`, instead of writing the ledger here; if it cannot be "
+        "reached, the local ledger takes them and a log line says so once.",
+        "unset: the ledger is written in-process",
+    ),
+    Setting(
+        "sidecar_token",
+        ("GPULEDGER_SIDECAR_TOKEN",),
+        _optional_text,
+        _const(None),
+        "The sidecar's shared token, when it listens beyond loopback.",
+        "unset",
+    ),
+    Setting(
+        "flush_policy",
+        ("GPULEDGER_FLUSH_POLICY",),
+        _choice(FLUSH_POLICIES),
+        _const("periodic"),
+        "When finished invocations leave the process: `periodic` (every 200 ms, in batches), "
+        "`invocation` (the end of each invocation waits until its record is written or "
+        "acknowledged, up to `flush_wait_s`), `adaptive` (per invocation while they are sparse, "
+        "periodic once more than 10 came in the last minute). See README, Flush before freeze.",
+        "`periodic`",
+    ),
+    Setting(
+        "flush_wait_s",
+        ("GPULEDGER_FLUSH_WAIT",),
+        _seconds,
+        _const(1.0),
+        "Longest an invocation's end waits for its record under the `invocation` and "
+        "`adaptive` flush policies.",
+        "`1`",
     ),
     Setting(
         "exporters",
@@ -410,6 +462,10 @@ class Settings:
     gpu_sample_hz: float
     gpu_settle_s: float
     ledger: str
+    sidecar: str | None
+    sidecar_token: str | None
+    flush_policy: str
+    flush_wait_s: float
     exporters: tuple[str, ...] | None
     tracing: bool
     metrics: bool

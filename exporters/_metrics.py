@@ -107,6 +107,28 @@ class InvocationMetrics:
             description="Wall time invocations waited on outgoing calls (union of the calls), "
             "by target.",
         )
+        self._flush_wait = meter.create_histogram(
+            "gpuledger.flush.wait",
+            unit="s",
+            description="Time an invocation's end waited for its record to leave the process "
+            "(flush policies invocation and adaptive).",
+            explicit_bucket_boundaries_advisory=(
+                0.0001,
+                0.0005,
+                0.001,
+                0.0025,
+                0.005,
+                0.01,
+                0.025,
+                0.05,
+                0.1,
+                0.25,
+                0.5,
+                1.0,
+                2.5,
+                5.0,
+            ),
+        )
         self._cost = meter.create_counter(
             "gpuledger.cost",
             unit="USD",
@@ -136,6 +158,10 @@ class InvocationMetrics:
             unit="{invocation}",
             description="Finished invocations waiting for the background writer.",
         )
+
+    def record_flush_wait(self, seconds: float) -> None:
+        """One invocation's end waited ``seconds`` for its record (a flush policy)."""
+        self._flush_wait.record(seconds, {"faas.trigger": self._trigger})
 
     def record(self, records: Sequence[InvocationRecord]) -> None:
         """Add ``records`` to the instruments.
