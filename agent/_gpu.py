@@ -258,6 +258,10 @@ class GpuMeter:
             )
             self._sampler.start()
 
+    def now_ns(self) -> int:
+        """The meter's clock (the agent's, or the sidecar's)."""
+        return self._time_ns()
+
     # -- the request path ---------------------------------------------------------------------
 
     def mark(self, t_ns: int) -> None:
