@@ -48,7 +48,8 @@ _TABLE_COLUMNS: tuple[tuple[str, str, str], ...] = (
     "location",
     metavar="LOCATION",
     default=None,
-    help=f"Ledger file or sqlite:/// URL.  [default: ${LEDGER_ENV}, else ./gpuledger.db]",
+    help=f"Ledger file, sqlite:/// or postgresql:// URL.  [default: ${LEDGER_ENV}, else "
+    "./gpuledger.db]",
 )
 @click.option(
     "--by",

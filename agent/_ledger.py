@@ -1,5 +1,10 @@
 """The ledger: every finished invocation, kept in an embedded SQLite file (the record of truth).
 
+A ``postgresql://`` (or ``postgres://``) location opens a shared PostgreSQL ledger instead (see
+``_ledger_pg``), so that a fleet of workers and ``gpuledger report`` use one database. Both
+back-ends share this module's schema (:data:`MIGRATIONS`, written in SQLite's dialect and translated
+for PostgreSQL), its row encoding and its read paging, so they store and return the same records.
+
 One table, ``invocations``, holds one row per :class:`InvocationRecord` and one column per field
 (dicts as JSON text, bools as INTEGER 0/1). ``schema_migrations`` holds one row per applied
 migration; the schema version is the highest. The column list for reading and writing is derived
@@ -17,6 +22,7 @@ Needs SQLite 3.24 or newer (upsert syntax), which every supported Python ships.
 
 from __future__ import annotations
 
+import abc
 import functools
 import json
 import math
@@ -31,7 +37,7 @@ import time
 import types
 import typing
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Final, Literal, NamedTuple, TypeVar
+from typing import Any, ClassVar, Final, Literal, NamedTuple, TypeVar
 
 from gpuledger._errors import LedgerError
 from gpuledger._record import FIELD_NAMES, InvocationRecord
@@ -42,8 +48,10 @@ __all__ = [
     "MIGRATIONS",
     "SCHEMA_VERSION",
     "Ledger",
+    "SqliteLedger",
     "Usage",
     "default_ledger_location",
+    "display_location",
     "open_ledger",
 ]
 
@@ -129,6 +137,12 @@ Append, never edit: a ledger at version ``n`` has run exactly the first ``n`` en
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 """The newest schema version this code knows."""
 
+SCHEMA_MIGRATIONS_TABLE: Final = (
+    "CREATE TABLE IF NOT EXISTS schema_migrations ("
+    "version INTEGER NOT NULL PRIMARY KEY, applied_ns INTEGER NOT NULL)"
+)
+"""The bookkeeping table, made by the first migration run (SQLite's dialect, like MIGRATIONS)."""
+
 _BUSY_TIMEOUT_S = 5.0
 """How long SQLite itself waits on a locked file before reporting SQLITE_BUSY."""
 _BUSY_RETRIES = 5
@@ -141,6 +155,7 @@ _READ_PAGE = 1000
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
 _URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+_POSTGRES_SCHEMES = frozenset({"postgresql", "postgres"})
 _MEMORY = ":memory:"
 _T = TypeVar("_T")
 
@@ -154,13 +169,35 @@ def open_ledger(location: str, *, create: bool = True) -> Ledger:
     """Open the ledger at ``location``, bringing its schema up to date.
 
     ``location`` is a file path or a URL: ``sqlite:///relative/path.db`` or
-    ``sqlite:////absolute/path.db`` (SQLAlchemy's spelling). With ``create=False`` a missing
-    file raises :class:`LedgerError` instead of being created; with ``create=True`` missing
-    folders are made too. A ledger at an older schema version is migrated forward either way.
-    Raises :class:`LedgerError` when the file is not a SQLite database, is a database without the
-    gpuledger schema, or was written by a newer gpuledger.
+    ``sqlite:////absolute/path.db`` (SQLAlchemy's spelling), or ``postgresql://`` /
+    ``postgres://`` for a PostgreSQL database (libpq's URL: user, password, host, port, database
+    and query parameters such as ``sslmode``; needs ``pip install 'gpuledger[postgres]'``).
+    With ``create=False`` a missing file, or a database without the gpuledger schema, raises
+    :class:`LedgerError` instead of being created; with ``create=True`` missing folders are made
+    too (a PostgreSQL database must exist: only its tables are made). A ledger at an older schema
+    version is migrated forward either way. Raises :class:`LedgerError` when the file is not a
+    SQLite database, the server cannot be reached or refuses the login, the database holds
+    something other than the gpuledger schema, or it was written by a newer gpuledger.
     """
+    if _is_postgres(location):
+        from gpuledger._ledger_pg import open_postgres  # noqa: PLC0415 - psycopg only if asked
+
+        return open_postgres(location, create=create, migrations=MIGRATIONS)
     return _open(location, create=create, migrations=MIGRATIONS)
+
+
+def display_location(location: str) -> str:
+    """``location`` as it may be shown or logged: a PostgreSQL URL's password is masked."""
+    if _is_postgres(location):
+        from gpuledger._ledger_pg import mask_dsn  # noqa: PLC0415
+
+        return mask_dsn(location)
+    return location
+
+
+def _is_postgres(location: str) -> bool:
+    match = _URL_SCHEME.match(location.strip())
+    return match is not None and match.group(1).lower() in _POSTGRES_SCHEMES
 
 
 class Usage(NamedTuple):
@@ -177,27 +214,33 @@ class Usage(NamedTuple):
     cold: bool
 
 
-class Ledger:
-    """An open ledger. Use :func:`open_ledger`; close it, or use it as a context manager."""
+class Ledger(abc.ABC):
+    """An open ledger, SQLite or PostgreSQL. Use :func:`open_ledger`; close it, or use it as a
+    context manager.
+
+    The back-ends differ in how they connect, write and run a query; reading (ordering, paging,
+    decoding) is written once here, so that both return the same records in the same order.
+    """
 
     location: str
-    """The location as given to :func:`open_ledger`."""
+    """The location as given to :func:`open_ledger` (a PostgreSQL password masked)."""
     path: str
-    """The SQLite file (``:memory:`` for an in-memory ledger)."""
+    """What the ledger is, for messages: the SQLite file (``:memory:`` for an in-memory ledger),
+    or the PostgreSQL URL with its password masked."""
     schema_version: int
     """The ledger's schema version after opening."""
 
-    def __init__(
-        self, connection: sqlite3.Connection, *, location: str, path: str, schema_version: int
-    ) -> None:
-        self._connection: sqlite3.Connection | None = connection
+    _PARAMETER: ClassVar[str] = "?"
+    """The back-end's query parameter placeholder."""
+
+    def __init__(self, *, location: str, path: str, schema_version: int) -> None:
         self._lock = threading.Lock()
         self.location = location
         self.path = path
         self.schema_version = schema_version
 
     def __repr__(self) -> str:
-        state = "closed" if self._connection is None else f"schema {self.schema_version}"
+        state = "closed" if self._closed else f"schema {self.schema_version}"
         return f"<Ledger {self.path!r} {state}>"
 
     def __enter__(self) -> Ledger:
@@ -205,6 +248,103 @@ class Ledger:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    @property
+    @abc.abstractmethod
+    def _closed(self) -> bool:
+        """True once :meth:`close` was called."""
+
+    @abc.abstractmethod
+    def write(self, records: Sequence[InvocationRecord]) -> int:
+        """Store ``records`` in one transaction; return how many were new.
+
+        A record whose ``record_id`` is already stored is skipped, so re-sending a batch never
+        counts a record twice. Raises :class:`LedgerError` if a record cannot be stored, and then
+        stores none of the batch.
+        """
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Close the file or connection; calling it again does nothing."""
+
+    @abc.abstractmethod
+    def _query(self, sql: str, parameters: Sequence[object]) -> list[Any]:
+        """All rows of one read-only query, under the lock; errors become LedgerError."""
+
+    def read(
+        self, *, since_ns: int | None = None, until_ns: int | None = None
+    ) -> Iterator[InvocationRecord]:
+        """Yield stored records ordered by ``start_ns`` (then ``record_id``).
+
+        ``since_ns`` is inclusive and ``until_ns`` exclusive, both Unix nanoseconds. Records
+        are fetched a page at a time, so reading a large ledger needs little memory and does not
+        block writers between pages.
+        """
+        for row in self._rows(FIELD_NAMES, since_ns, until_ns):
+            yield _decode(row)
+
+    def read_usage(
+        self, *, since_ns: int | None = None, until_ns: int | None = None
+    ) -> Iterator[Usage]:
+        """Like :meth:`read`, but only the fields a replay needs (``Usage``): ten times faster
+        than building whole records, which matters for ``compare`` over millions of rows."""
+        for row in self._rows(Usage._fields, since_ns, until_ns):
+            yield Usage._make((*row[:-1], bool(row[-1])))
+
+    def _rows(
+        self, names: Sequence[str], since_ns: int | None, until_ns: int | None
+    ) -> Iterator[tuple[Any, ...]]:
+        # Both back-ends store 64-bit integers; a bound beyond them (the year 2300 on) excludes
+        # everything or nothing rather than overflowing.
+        if (since_ns is not None and since_ns > _INT64_MAX) or (
+            until_ns is not None and until_ns <= _INT64_MIN
+        ):
+            return
+        p = self._PARAMETER
+        bounds: list[str] = []
+        bound_values: list[int] = []
+        if since_ns is not None and since_ns > _INT64_MIN:
+            bounds.append(f"start_ns >= {p}")
+            bound_values.append(since_ns)
+        if until_ns is not None and until_ns <= _INT64_MAX:
+            bounds.append(f"start_ns < {p}")
+            bound_values.append(until_ns)
+        # The paging key rides along at the end of each row.
+        columns = ", ".join([*names, "start_ns", "record_id"])
+        after_last = f"(start_ns, record_id) > ({p}, {p})"
+        order = f" ORDER BY start_ns, record_id LIMIT {_READ_PAGE}"
+        first_page = f"SELECT {columns} FROM invocations {_where(bounds)}{order}"
+        next_page = f"SELECT {columns} FROM invocations {_where([*bounds, after_last])}{order}"
+        last: tuple[int, str] | None = None
+        while True:
+            if last is None:
+                page = self._query(first_page, bound_values)
+            else:
+                page = self._query(next_page, [*bound_values, *last])
+            for row in page:
+                yield row[:-2]
+            if len(page) < _READ_PAGE:
+                return
+            last = (page[-1][-2], page[-1][-1])
+
+    def count(self) -> int:
+        """The number of records stored."""
+        (total,) = self._query("SELECT COUNT(*) FROM invocations", [])[0]
+        return int(total)
+
+
+class SqliteLedger(Ledger):
+    """A ledger in a SQLite file: WAL mode, ``BEGIN IMMEDIATE`` writes retried while busy."""
+
+    def __init__(
+        self, connection: sqlite3.Connection, *, location: str, path: str, schema_version: int
+    ) -> None:
+        super().__init__(location=location, path=path, schema_version=schema_version)
+        self._connection: sqlite3.Connection | None = connection
+
+    @property
+    def _closed(self) -> bool:
+        return self._connection is None
 
     def write(self, records: Sequence[InvocationRecord]) -> int:
         """Store ``records`` in one transaction; return how many were new.
@@ -238,66 +378,6 @@ class Ledger:
                     f"could not write {len(rows)} record(s) to the ledger at {self.path}: {exc}"
                 ) from exc
 
-    def read(
-        self, *, since_ns: int | None = None, until_ns: int | None = None
-    ) -> Iterator[InvocationRecord]:
-        """Yield stored records ordered by ``start_ns`` (then ``record_id``).
-
-        ``since_ns`` is inclusive and ``until_ns`` exclusive, both Unix nanoseconds. Records
-        are fetched a page at a time, so reading a large ledger needs little memory and does not
-        block writers between pages.
-        """
-        for row in self._rows(FIELD_NAMES, since_ns, until_ns):
-            yield _decode(row)
-
-    def read_usage(
-        self, *, since_ns: int | None = None, until_ns: int | None = None
-    ) -> Iterator[Usage]:
-        """Like :meth:`read`, but only the fields a replay needs (``Usage``): ten times faster
-        than building whole records, which matters for ``compare`` over millions of rows."""
-        for row in self._rows(Usage._fields, since_ns, until_ns):
-            yield Usage._make((*row[:-1], bool(row[-1])))
-
-    def _rows(
-        self, names: Sequence[str], since_ns: int | None, until_ns: int | None
-    ) -> Iterator[tuple[Any, ...]]:
-        # SQLite integers are 64-bit; a bound beyond them (the year 2300 on) excludes everything
-        # or nothing rather than overflowing.
-        if (since_ns is not None and since_ns > _INT64_MAX) or (
-            until_ns is not None and until_ns <= _INT64_MIN
-        ):
-            return
-        bounds: list[str] = []
-        bound_values: list[int] = []
-        if since_ns is not None and since_ns > _INT64_MIN:
-            bounds.append("start_ns >= ?")
-            bound_values.append(since_ns)
-        if until_ns is not None and until_ns <= _INT64_MAX:
-            bounds.append("start_ns < ?")
-            bound_values.append(until_ns)
-        # The paging key rides along at the end of each row.
-        columns = ", ".join([*names, "start_ns", "record_id"])
-        after_last = "(start_ns, record_id) > (?, ?)"
-        order = f" ORDER BY start_ns, record_id LIMIT {_READ_PAGE}"
-        first_page = f"SELECT {columns} FROM invocations {_where(bounds)}{order}"
-        next_page = f"SELECT {columns} FROM invocations {_where([*bounds, after_last])}{order}"
-        last: tuple[int, str] | None = None
-        while True:
-            if last is None:
-                page = self._query(first_page, bound_values)
-            else:
-                page = self._query(next_page, [*bound_values, *last])
-            for row in page:
-                yield row[:-2]
-            if len(page) < _READ_PAGE:
-                return
-            last = (page[-1][-2], page[-1][-1])
-
-    def count(self) -> int:
-        """The number of records stored."""
-        (total,) = self._query("SELECT COUNT(*) FROM invocations", [])[0]
-        return int(total)
-
     def close(self) -> None:
         """Close the file; calling it again does nothing."""
         with self._lock:
@@ -322,7 +402,7 @@ class Ledger:
 # --- opening -------------------------------------------------------------------------------------
 
 
-def _open(location: str, *, create: bool, migrations: Sequence[Migration]) -> Ledger:
+def _open(location: str, *, create: bool, migrations: Sequence[Migration]) -> SqliteLedger:
     """Open ``location`` against an explicit migration list (tests pass a longer one)."""
     path = _parse_location(location)
     uri = False
@@ -359,7 +439,7 @@ def _open(location: str, *, create: bool, migrations: Sequence[Migration]) -> Le
     except BaseException:
         connection.close()
         raise
-    return Ledger(connection, location=location, path=path, schema_version=version)
+    return SqliteLedger(connection, location=location, path=path, schema_version=version)
 
 
 def _parse_location(location: str) -> str:
@@ -371,14 +451,10 @@ def _parse_location(location: str) -> str:
     if match is None:
         return text if text == _MEMORY else os.path.expanduser(text)
     scheme = match.group(1).lower()
-    if scheme.startswith("postgres"):
-        raise LedgerError(
-            f"PostgreSQL ledgers are not supported yet ({location!r}); "
-            "use a file path or sqlite:///path"
-        )
     if scheme != "sqlite":
         raise LedgerError(
-            f"unknown ledger location {location!r}: use a file path or sqlite:///path"
+            f"unknown ledger location {location!r}: use a file path, sqlite:///path or "
+            "postgresql://user@host/database"
         )
     rest = text[len("sqlite://") :]
     if not rest.startswith("/") or rest == "/":
@@ -403,24 +479,38 @@ def _prepare(
         connection.execute("PRAGMA synchronous = NORMAL")
         version = _retry_busy(lambda: _schema_version(connection, path))
         if version is None and not create:
-            raise LedgerError(f"the ledger at {path} is empty: it has no gpuledger schema yet")
+            raise _empty_error(path)
         if version is None or version < newest:
             version = _retry_busy(lambda: _migrate(connection, path, migrations))
     except sqlite3.DatabaseError as exc:
         raise _open_error(path, exc) from exc
+    _check_schema(path, version, newest, lambda: _columns(connection))
+    return version
+
+
+def _empty_error(path: str) -> LedgerError:
+    """Opening without ``create`` found no schema (both back-ends say it alike)."""
+    return LedgerError(f"the ledger at {path} is empty: it has no gpuledger schema yet")
+
+
+def _check_schema(path: str, version: int, newest: int, columns: Callable[[], set[str]]) -> None:
+    """Refuse a ledger this code must not write: a newer schema, or a column missing.
+
+    Shared by both back-ends so that they refuse alike; ``columns`` is asked only when the version
+    is readable, and returns the ``invocations`` table's column names.
+    """
     if version > newest:
         raise LedgerError(
             f"the ledger at {path} has schema version {version}, newer than this gpuledger "
             f"knows ({newest}): upgrade gpuledger to read it"
         )
-    missing = set(FIELD_NAMES) - _columns(connection)
+    missing = set(FIELD_NAMES) - columns()
     if missing:
         raise LedgerError(
             f"the ledger at {path} (schema version {version}) lacks the column(s) "
             f"{', '.join(sorted(missing))}: a field was added to InvocationRecord without a "
             "migration"
         )
-    return version
 
 
 def _open_error(path: str, exc: sqlite3.DatabaseError) -> LedgerError:
@@ -466,10 +556,7 @@ def _migrate(connection: sqlite3.Connection, path: str, migrations: Sequence[Mig
     try:
         version = _schema_version(connection, path) or 0
         if version == 0:
-            connection.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations ("
-                "version INTEGER NOT NULL PRIMARY KEY, applied_ns INTEGER NOT NULL)"
-            )
+            connection.execute(SCHEMA_MIGRATIONS_TABLE)
         for number, statements in enumerate(migrations[version:], start=version + 1):
             for statement in statements:
                 connection.execute(statement)
@@ -553,6 +640,14 @@ def _indices(kind: _Kind) -> tuple[int, ...]:
     return tuple(i for i, each in enumerate(_field_kinds()) if each == kind)
 
 
+@functools.cache
+def _float_indices() -> tuple[int, ...]:
+    """Every float field, required or optional: where a back-end that keeps NaN must store NULL
+    instead, to read back as SQLite does (NaN for a required float, None for an optional one)."""
+    hints = typing.get_type_hints(InvocationRecord)
+    return tuple(i for i, name in enumerate(FIELD_NAMES) if _strip_optional(hints[name]) is float)
+
+
 _getter: Final = operator.attrgetter(*FIELD_NAMES)
 
 
@@ -591,9 +686,10 @@ def _decode(row: Sequence[Any]) -> InvocationRecord:
 
 
 @functools.cache
-def _insert_sql() -> str:
+def _insert_sql(parameter: str = "?") -> str:
+    """The idempotent insert of one row, with the back-end's parameter placeholder."""
     columns = ", ".join(FIELD_NAMES)
-    placeholders = ", ".join("?" * len(FIELD_NAMES))
+    placeholders = ", ".join([parameter] * len(FIELD_NAMES))
     # ON CONFLICT names the key: unlike INSERT OR IGNORE, it does not also drop rows that break
     # a NOT NULL constraint without a word.
     return (

@@ -36,7 +36,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Final, Protocol
 
-from gpuledger._ledger import open_ledger
+from gpuledger._ledger import display_location, open_ledger
 from gpuledger._report import parse_since
 
 __all__ = [
@@ -314,7 +314,7 @@ def trace_from_ledger(
             since_ns=since_ns,
             until_ns=until_ns,
         )
-    source = f"ledger {location}"
+    source = f"ledger {display_location(location)}"
     if since_ns is not None:
         source += f" since {_format_instant(since_ns)}"
     return dataclasses.replace(trace, source=source)

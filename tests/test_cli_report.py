@@ -186,11 +186,12 @@ def test_corrupt_ledger(tmp_path: Path) -> None:
     assert isinstance(result.exception, SystemExit)
 
 
-def test_postgres_ledger_not_yet(tmp_path: Path) -> None:
-    """A postgresql:// ledger exits 1 saying it is not supported yet."""
-    result = run("--ledger", "postgresql://db/gpuledger")
+def test_unreachable_postgres_ledger_exits_1_without_the_password(tmp_path: Path) -> None:
+    """A postgresql:// ledger that cannot be reached exits 1 with one line; no password."""
+    result = run("--ledger", "postgresql://user:hunter2@127.0.0.1:1/gpuledger")
     assert result.exit_code == 1
-    assert "not supported yet" in result.output
+    assert "cannot connect" in result.output
+    assert "hunter2" not in result.output
 
 
 @pytest.mark.parametrize(("output_format", "expected"), [("table", None), ("json", "[]\n")])

@@ -243,12 +243,6 @@ def test_create_makes_missing_folders(tmp_path: Path) -> None:
     assert path.is_file()
 
 
-def test_postgres_not_supported_yet() -> None:
-    """A postgresql:// location is refused with a clear message."""
-    with pytest.raises(LedgerError, match="PostgreSQL ledgers are not supported yet"):
-        open_ledger("postgresql://user@db/gpuledger")
-
-
 @pytest.mark.parametrize("location", ["mysql://db/x", "sqlite://", "sqlite:///", "  "])
 def test_bad_location_refused(location: str) -> None:
     """Unknown schemes, malformed sqlite URLs and empty locations raise LedgerError."""
