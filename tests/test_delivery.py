@@ -148,27 +148,14 @@ def _start_rotel_on(ports: list[int], workdir: Path) -> Rotel:
     log = workdir / "rotel.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROTEL_")}
     env["NO_COLOR"] = "1"
-    proc = _spawn(
-        [
-            str(binary),
-            "start",
-            "--otlp-grpc-endpoint",
-            f"{HOST}:{grpc}",
-            "--otlp-http-endpoint",
-            f"{HOST}:{http}",
-            "--debug-log",
-            "traces",
-            "--debug-log-verbosity",
-            "detailed",
-            "--batch-timeout",
-            "50ms",
-            "--exporter",
-            "blackhole",
-        ],  # fmt: skip
-        log,
-        cwd=workdir,
-        env=env,
-    )
+    argv = [
+        str(binary), "start",
+        "--otlp-grpc-endpoint", f"{HOST}:{grpc}",
+        "--otlp-http-endpoint", f"{HOST}:{http}",
+        "--debug-log", "traces", "--debug-log-verbosity", "detailed",
+        "--batch-timeout", "50ms", "--exporter", "blackhole",
+    ]  # fmt: skip
+    proc = _spawn(argv, log, cwd=workdir, env=env)
     _wait_ready(proc, lambda: _accepts(http) and _accepts(grpc), "rotel", log, 20)
     return Rotel(f"http://{HOST}:{http}", f"{HOST}:{grpc}", log, proc)
 
