@@ -8,7 +8,9 @@ from gpuledger._cli_breakeven import breakeven
 from gpuledger._cli_compare import compare_command
 from gpuledger._cli_demo import demo
 from gpuledger._cli_pricing import pricing
+from gpuledger._cli_proxy import proxy
 from gpuledger._cli_report import report
+from gpuledger._cli_sidecar import sidecar_command
 
 __all__ = ["main"]
 
@@ -24,3 +26,5 @@ main.add_command(pricing)
 main.add_command(demo)
 main.add_command(compare_command)
 main.add_command(breakeven)
+main.add_command(proxy)
+main.add_command(sidecar_command)

@@ -21,7 +21,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 import gpuledger
 from gpuledger import _agent, _guard
 
-pytest_plugins = ["tests.services"]  # redis_server, postgres_dsn, postgres_db, s3_endpoint
+pytest_plugins = ["tests.services", "tests.receivers", "tests.upstreams"]  # servers started on 127.0.0.1
 
 EPOCH_NS = 1_764_000_000 * 10**9  # a fixed wall-clock instant, 2025-11-24
 

@@ -31,7 +31,6 @@ from .services import free_port
 if TYPE_CHECKING:  # imported for real by pytest_plugins, which must load it first
     from .receivers import DDAgent, ReceivedMetric, ReceivedSpan, Rotel
 
-pytest_plugins = ["tests.receivers"]  # rotel, ddagent, rotel_to_ddagent
 
 pytestmark = pytest.mark.slow
 

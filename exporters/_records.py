@@ -1,0 +1,176 @@
+"""Finished invocation records as OpenTelemetry spans, for exporters that work from records.
+
+The in-process agent builds its SERVER span while the handler runs. The sidecar only ever sees the
+finished :class:`~gpuledger.InvocationRecord`, so it rebuilds the same span from it:
+:func:`record_to_span` gives a SERVER span named after the handler, from ``start_ns`` to
+``end_ns``, with the attributes the agent puts on its own span (``faas.*``, ``enduser.*``,
+``gen_ai.usage.*``, ``gpuledger.*``: GPU, external calls, cost) and status ERROR with
+``error.type`` for every outcome but ``ok``.
+
+Its trace and span ids are derived from ``record_id`` (SHA-256), so a batch sent again after a
+crash or an outage carries the same ids as the first time and receivers that deduplicate on them
+count it once. Its resource (:func:`record_resource`) is the worker's, from the record's service,
+platform, endpoint, worker, region and GPU fields: the attributes ``Agent.resource_attributes``
+gives in the worker itself.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from typing import Any, Final
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+from gpuledger._platform import platform_defaults
+from gpuledger._record import InvocationRecord
+
+__all__ = [
+    "record_resource",
+    "record_resource_attributes",
+    "record_to_span",
+    "span_attributes",
+    "span_ids",
+]
+
+_ID_DOMAIN: Final = b"gpuledger.span:"
+"""Prefixed to the record id before hashing, so these ids collide with no other use of it."""
+_STATUS_ERROR: Final = trace.Status(trace.StatusCode.ERROR)
+_STATUS_UNSET: Final = trace.Status(trace.StatusCode.UNSET)
+_FLAGS: Final = trace.TraceFlags(trace.TraceFlags.SAMPLED)
+
+
+def span_ids(record_id: str) -> tuple[int, int]:
+    """The ``(trace_id, span_id)`` of ``record_id``'s span: the first 128 and next 64 bits of
+    SHA-256 over it, never zero (an all-zero id is invalid in OpenTelemetry)."""
+    digest = hashlib.sha256(_ID_DOMAIN + record_id.encode("utf-8")).digest()
+    trace_id = int.from_bytes(digest[:16], "big") or 1
+    span_id = int.from_bytes(digest[16:24], "big") or 1
+    return trace_id, span_id
+
+
+def record_resource_attributes(record: InvocationRecord) -> dict[str, Any]:
+    """The worker's resource attributes, as ``Agent.resource_attributes`` gives them (``None``
+    values left out)."""
+    platform = platform_defaults(record.platform)
+    attributes: dict[str, Any] = {
+        "service.name": record.service_name,
+        "cloud.provider": platform.cloud_provider,
+        "cloud.platform": platform.cloud_platform,
+        "cloud.region": record.region,
+        "faas.name": record.endpoint or record.service_name,
+        "faas.instance": record.worker_id,
+        "gpuledger.platform": record.platform,
+        "gpuledger.gpu.model": record.gpu_model,
+        "gpuledger.gpu.count": record.gpu_count,
+    }
+    return {key: value for key, value in attributes.items() if value is not None}
+
+
+def record_resource(record: InvocationRecord) -> Resource:
+    """The resource of the worker that produced ``record``; one object per distinct worker, so a
+    batch's spans group under as few resources as there were workers."""
+    return _resource(tuple(sorted(record_resource_attributes(record).items())))
+
+
+@functools.lru_cache(maxsize=1024)
+def _resource(attributes: tuple[tuple[str, Any], ...]) -> Resource:
+    # Resource.create adds the SDK's own attributes and OTEL_RESOURCE_ATTRIBUTES (deployment-wide
+    # attributes set on the sidecar); the record's own attributes win over both.
+    return Resource.create(dict(attributes))
+
+
+@functools.cache
+def _scope() -> InstrumentationScope:
+    from gpuledger import __version__  # noqa: PLC0415  (as exporters/_metrics.py does)
+
+    return InstrumentationScope("gpuledger", __version__)
+
+
+def record_to_span(record: InvocationRecord, resource: Resource) -> ReadableSpan:
+    """The SERVER span of ``record`` under ``resource`` (see the module docstring)."""
+    trace_id, span_id = span_ids(record.record_id)
+    context = trace.SpanContext(trace_id, span_id, is_remote=False, trace_flags=_FLAGS)
+    failed = record.outcome != "ok"
+    return ReadableSpan(
+        name=record.handler,
+        context=context,
+        parent=None,
+        resource=resource,
+        attributes=span_attributes(record),
+        kind=trace.SpanKind.SERVER,
+        status=_STATUS_ERROR if failed else _STATUS_UNSET,
+        start_time=record.start_ns,
+        end_time=max(record.end_ns, record.start_ns),
+        instrumentation_scope=_scope(),
+    )
+
+
+def span_attributes(record: InvocationRecord) -> dict[str, Any]:
+    """The span attributes of ``record``: the agent's ``_start_span``/``_finish_span`` set, plus
+    ``gpuledger.record_id`` (to find the span's ledger row) and ``gpuledger.outcome``."""
+    attributes: dict[str, Any] = {
+        "faas.trigger": platform_defaults(record.platform).faas_trigger,
+        "faas.coldstart": record.cold,
+        "faas.invocation_id": record.invocation_id,
+        "gpuledger.record_id": record.record_id,
+        "gpuledger.outcome": record.outcome,
+        "gpuledger.gpu.billed_seconds": record.billed_gpu_seconds,
+        "gpuledger.gpu.count": record.gpu_count,
+    }
+    optional: tuple[tuple[str, object], ...] = (
+        ("gpuledger.gpu.model", record.gpu_model),
+        ("gpuledger.gpu.uuids", record.gpu_uuids),
+        ("gpuledger.gpu.busy_seconds", record.busy_gpu_seconds),
+        ("gpuledger.gpu.busy_source", record.busy_source),
+        ("gpuledger.gpu.energy_j", record.energy_j),
+        ("gpuledger.gpu.energy_active_j", record.energy_active_j),
+        ("gpuledger.gpu.energy_idle_j", record.energy_idle_j),
+        ("gpuledger.gpu.energy_source", record.energy_source),
+        ("gpuledger.gpu.peak_memory_bytes", record.peak_gpu_memory_bytes),
+        ("gpuledger.idle_gap_s", record.idle_gap_s),
+        ("gpuledger.init.duration_s", record.init_duration_s),
+        ("gpuledger.tenant", record.tenant),
+        ("gen_ai.usage.input_tokens", record.input_tokens),
+        ("gen_ai.usage.output_tokens", record.output_tokens),
+        ("gpuledger.cost.usd", record.cost_usd),
+        ("gpuledger.cost.execution_usd", record.cost_execution_usd),
+        ("gpuledger.cost.gpu_usd", record.cost_gpu_usd),
+        ("gpuledger.cost.coldstart_usd", record.cost_coldstart_usd),
+        ("gpuledger.pricing.version", record.pricing_version),
+    )
+    for key, value in optional:
+        if value is not None:
+            attributes[key] = value
+    if record.gpu_unmeasured:
+        attributes["gpuledger.gpu.unmeasured"] = [
+            f"{field}: {why}" for field, why in sorted(record.gpu_unmeasured.items())
+        ]
+    if record.external_calls is not None:
+        attributes["gpuledger.external.calls"] = record.external_calls
+        if record.external_call_seconds is not None:
+            attributes["gpuledger.external.call_seconds"] = record.external_call_seconds
+        if record.external_wait_seconds is not None:
+            attributes["gpuledger.external.wait_seconds"] = record.external_wait_seconds
+        if record.external_wait_cost_usd is not None:
+            attributes["gpuledger.external.wait_cost_usd"] = record.external_wait_cost_usd
+        targets = record.external_targets or {}
+        attributes["gpuledger.external.errors"] = int(
+            sum(entry.get("errors", 0) for entry in targets.values())
+        )
+        attributes["gpuledger.external.targets"] = [
+            f"{target}: {int(entry.get('calls', 0))} calls, "
+            f"{float(entry.get('wait_s', 0.0)):.6f} s waited"
+            for target, entry in sorted(targets.items())
+        ]
+    if record.user_id is not None:
+        key = "enduser.pseudo.id" if record.user_id_pseudonymised else "enduser.id"
+        attributes[key] = record.user_id
+    for tag, value in record.tags.items():
+        attributes[f"gpuledger.tag.{tag}"] = value
+    if record.outcome != "ok":
+        attributes["error.type"] = record.error_type or record.outcome
+    return attributes
