@@ -20,7 +20,15 @@ import pytest
 
 from gpuledger._ledger import open_ledger
 
-from .receivers import HOST, Rotel, _accepts, free_ports, rotel_binary, unavailable
+from .receivers import (
+    HOST,
+    DDAgent,
+    Rotel,
+    _accepts,
+    free_ports,
+    rotel_binary,
+    unavailable,
+)
 from .services import _spawn, _wait_ready, stop
 
 pytestmark = pytest.mark.slow
@@ -29,7 +37,9 @@ GPULEDGER = str(Path(sys.executable).parent / "gpuledger")
 
 
 class Sidecar:
-    def __init__(self, workdir: Path, otlp_endpoint: str | None = None) -> None:
+    def __init__(
+        self, workdir: Path, otlp_endpoint: str | None = None, protocol: str | None = None
+    ) -> None:
         (self.port,) = free_ports(1)
         self.url = f"http://{HOST}:{self.port}"
         self.ledger = workdir / "fleet.db"
@@ -43,6 +53,8 @@ class Sidecar:
         ]  # fmt: skip
         if otlp_endpoint:
             argv += ["--otlp-endpoint", otlp_endpoint]
+        if protocol:
+            argv += ["--otlp-protocol", protocol]
         env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "GPULEDGER_"))}
         self.proc = _spawn(argv, self.log, env=env)
         _wait_ready(self.proc, lambda: self.health() is not None, "sidecar", self.log, 20)
@@ -220,3 +232,28 @@ def test_collector_down_then_back_every_record_arrives_once(tmp_path: Path) -> N
     assert set(seen) == expected  # none lost
     assert all(count == 1 for count in seen.values()), {k: v for k, v in seen.items() if v > 1}
     assert len(sidecar.rows()) == 150  # and the ledger has each once
+
+
+def test_sidecar_over_grpc_through_a_collector_into_datadogs_test_agent(
+    tmp_path: Path, rotel_to_ddagent: Rotel, ddagent: DDAgent
+) -> None:
+    """The Datadog route: sidecar -> OTLP/gRPC -> collector -> Datadog's OTLP intake (the test
+    agent standing in for the Datadog Agent). What the test agent got is what is checked."""
+    ddagent.clear()
+    sidecar = Sidecar(
+        tmp_path, otlp_endpoint=f"http://{rotel_to_ddagent.grpc_endpoint}", protocol="grpc"
+    )
+    try:
+        records = _records("dd", 20)
+        for record in records:
+            record.update(cost_usd=0.0005, user_id="alice", billed_gpu_seconds=0.0005)
+        _post_records(sidecar.url, records)
+        spans = ddagent.wait_for_spans(20, name="predict", timeout=60)
+    finally:
+        sidecar.stop()
+    got = {span.attributes["faas.invocation_id"]: span for span in spans}
+    assert set(got) == {f"dd-{n}" for n in range(20)}
+    span = got["dd-0"]
+    assert span.kind == "SPAN_KIND_SERVER"
+    assert span.attributes["gpuledger.cost.usd"] == 0.0005
+    assert span.resource["service.name"] == "delivery-test"
