@@ -241,7 +241,8 @@ SETTINGS: Final[tuple[Setting, ...]] = (
         ("GPULEDGER_LEDGER",),
         _text,
         _const("gpuledger.db"),
-        "Where every invocation is written: a SQLite file path.",
+        "Where every invocation is written: a SQLite file path (or `sqlite:///` URL), or a "
+        "`postgresql://user@host/db` URL for a ledger shared by a fleet (extra `postgres`).",
         "`gpuledger.db` in the working directory",
     ),
     Setting(

@@ -489,8 +489,7 @@ def test_upstream_failures_are_recorded(
             with pytest.raises(httpx.RemoteProtocolError):
                 response.read()  # cut after the first chunk: the upstream went silent
         with pytest.raises(httpx.ReadTimeout):
-            client.get("/sleep", params={"s": "0.45"}, timeout=0.15)
-    time.sleep(0.5)  # the cancelled invocation ends when the proxy sees the client gone
+            client.get("/sleep", params={"s": "1"}, timeout=0.15)
     rows = ledger.rows(5)
     outcomes = [(row["outcome"], row["error_type"]) for row in rows]
     assert outcomes == [
@@ -503,7 +502,7 @@ def test_upstream_failures_are_recorded(
     assert json.loads(rows[1]["tags"])["http_status"] == "404"
     assert json.loads(rows[2]["tags"])["http_status"] == "504"
     assert 0.5 <= rows[2]["duration_s"] < 1.5
-    assert 0.1 <= rows[4]["duration_s"] < 0.4  # ended when the client left, not at 0.45 s
+    assert 0.1 <= rows[4]["duration_s"] < 0.8  # ended when the client left, not at 1 s
     (failed,) = [
         span
         for span in ledger.spans.get_finished_spans()
@@ -562,13 +561,13 @@ def test_upstream_down_at_start(
         1,
     )
     assert first["duration_s"] < 0.1  # the wait is the init's, not the request's
-    assert 0.4 <= first["init_duration_s"] < 1.2
+    ready_ns = proxy.proxy.ready_ns
+    assert ready_ns is not None
+    assert 0.4 <= first["init_duration_s"] < (ready_ns - start) / 1e9
     assert json.loads(first["init_phases"]) == {"(unnamed)": first["init_duration_s"]}
     assert (second["outcome"], second["cold"]) == ("ok", 0)
     phases = json.loads(second["init_phases"])
     assert list(phases) == ["upstream_ready"]
-    ready_ns = proxy.proxy.ready_ns
-    assert ready_ns is not None
     # The two parts tile the start: upstream start -> refusal -> ready.
     assert first["init_duration_s"] + phases["upstream_ready"] == pytest.approx(
         (ready_ns - start) / 1e9, abs=PROC_START_RESOLUTION_S
