@@ -488,15 +488,42 @@ class OpenStart:
     gone_ns: int | None
 
 
+class _FairLock:
+    """A first-come, first-served lock. ``threading.Lock`` is not fair: under a steady stream
+    of requests the receiver's threads kept taking it back, and the consumers starved (the
+    ledger got nothing until the load stopped). Tickets served in order make every waiter wait
+    at most one turn per thread ahead of it."""
+
+    __slots__ = ("_condition", "_next", "_serving")
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition(threading.Lock())
+        self._next = 0
+        self._serving = 0
+
+    def __enter__(self) -> None:
+        with self._condition:
+            ticket = self._next
+            self._next += 1
+            while self._serving != ticket:
+                self._condition.wait()
+
+    def __exit__(self, *exc_info: object) -> None:
+        with self._condition:
+            self._serving += 1
+            self._condition.notify_all()
+
+
 class Spool:
     """The sidecar's disk spool (see the module docstring). Thread-safe: one connection, one
-    lock, so writes never wait on each other's file locks and ``seq`` order is commit order."""
+    fair lock, so writes never wait on each other's file locks, ``seq`` order is commit order,
+    and the consumers get their turn under a steady load."""
 
     def __init__(
         self, path: str, *, synchronous: str = "normal", max_bytes: int | None = None
     ) -> None:
         self.path = path
-        self._lock = threading.Lock()
+        self._lock = _FairLock()
         self._lock_file: int | None = None
         self._connection: sqlite3.Connection | None = None
         lock_existed = os.path.exists(f"{path}.lock")
