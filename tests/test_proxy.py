@@ -49,10 +49,8 @@ from gpuledger._proxy import (
 )
 from tests.services import free_port, log_tail
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # loaded as a plugin by tests/conftest.py, which must import it first
     from tests.upstreams import Upstream, Upstreams
-
-# Not imported here (that would keep pytest from loading it as a plugin): only as one.
 
 T = TypeVar("T")
 READY_S = 30.0
