@@ -21,7 +21,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 import gpuledger
 from gpuledger import _agent, _guard
 
-pytest_plugins = ["tests.services", "tests.receivers", "tests.upstreams"]  # servers started on 127.0.0.1
+# Servers the tests start on 127.0.0.1: PostgreSQL, Redis, S3, OTLP receivers, model servers.
+pytest_plugins = ["tests.services", "tests.receivers", "tests.upstreams"]
 
 EPOCH_NS = 1_764_000_000 * 10**9  # a fixed wall-clock instant, 2025-11-24
 
