@@ -77,8 +77,9 @@ def _outcome(error: BaseException) -> str:
         return "cancelled"
     # Only a process that imported asyncio can raise its CancelledError; importing it here
     # would cost every user ~20 ms of start-up.
-    asyncio = sys.modules.get("asyncio")
-    if asyncio is not None and isinstance(error, asyncio.CancelledError):
+    # (Another thread may be importing asyncio right now: its module can be half-built.)
+    cancelled = getattr(sys.modules.get("asyncio"), "CancelledError", None)
+    if cancelled is not None and isinstance(error, cancelled):
         return "cancelled"
     if isinstance(error, TimeoutError):
         return "timeout"
@@ -293,6 +294,7 @@ class Agent:
             tracer_provider=settings.tracer_provider,
             meter_provider=settings.meter_provider,
             export_timeout_s=settings.flush_timeout_s,
+            prometheus_address=(settings.prometheus_host, settings.prometheus_port),
         )
         if self.providers.tracer_provider is not None:
             from opentelemetry import context as otel_context  # noqa: PLC0415

@@ -143,8 +143,9 @@ def platform_defaults(platform: str) -> PlatformInfo:
                 cloud_platform=rule.cloud_platform,
                 faas_trigger=rule.faas_trigger,
             )
-    trigger = "http" if platform == "banana" else "other"
-    return PlatformInfo(platform, None, None, trigger)
+    if platform == "banana":  # Potassium serves HTTP; Banana documents no variable to detect
+        return PlatformInfo(platform, "banana", "banana_potassium", "http")
+    return PlatformInfo(platform, None, None, "other")
 
 
 def _first(env: Mapping[str, str], names: tuple[str, ...]) -> str | None:

@@ -19,7 +19,7 @@ from gpuledger._errors import ConfigError
 
 __all__ = ["SETTINGS", "Settings", "resolve_settings", "settings_table"]
 
-EXPORTER_NAMES: Final = ("otlp", "console")
+EXPORTER_NAMES: Final = ("otlp", "console", "prometheus")
 LOG_FORMATS: Final = ("console", "json")
 FLUSH_POLICIES: Final = ("periodic", "invocation", "adaptive")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
@@ -102,6 +102,13 @@ def _rate_hz(value: object) -> float:
     number = float(value)
     if not math.isfinite(number) or not 0 <= number <= 1000:
         raise _Invalid("must be between 0 (off) and 1000 Hz")
+    return number
+
+
+def _port(value: object) -> int:
+    number = _positive_int(value)
+    if number > 65535:
+        raise _Invalid("a TCP port is at most 65535")
     return number
 
 
@@ -288,8 +295,27 @@ SETTINGS: Final[tuple[Setting, ...]] = (
         ("GPULEDGER_EXPORTERS",),
         _exporters,
         _const(None),
-        "Telemetry exporters: comma list of `otlp`, `console`; `none`; or `auto`.",
+        "Telemetry exporters: comma list of `otlp`, `console`, `prometheus` (metrics only: "
+        "an HTTP `/metrics` endpoint for Prometheus to scrape; extra `prometheus`); `none`; "
+        "or `auto`.",
         "`auto`: `otlp` when `OTEL_EXPORTER_OTLP_ENDPOINT` (or the traces/metrics one) is set",
+    ),
+    Setting(
+        "prometheus_host",
+        ("GPULEDGER_PROMETHEUS_HOST",),
+        _text,
+        _const("127.0.0.1"),
+        "Address the `prometheus` exporter's `/metrics` endpoint binds; `0.0.0.0` to be scraped "
+        "from other hosts (it has no authentication).",
+        "`127.0.0.1` (loopback only)",
+    ),
+    Setting(
+        "prometheus_port",
+        ("GPULEDGER_PROMETHEUS_PORT",),
+        _port,
+        _const(9464),
+        "TCP port of the `prometheus` exporter's `/metrics` endpoint.",
+        "`9464`",
     ),
     Setting(
         "tracing",
@@ -468,6 +494,8 @@ class Settings:
     flush_policy: str
     flush_wait_s: float
     exporters: tuple[str, ...] | None
+    prometheus_host: str
+    prometheus_port: int
     tracing: bool
     metrics: bool
     pseudonymize_users: bool

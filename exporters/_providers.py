@@ -5,6 +5,13 @@ it takes its tracer and meter from them and adds nothing to their pipelines. Onl
 application has set none, and an exporter is asked for, does it build SDK providers (batch span
 processor, periodic metric reader) with the requested exporters and make them global, so the
 application's own instrumentation reaches the same backend.
+
+The ``prometheus`` exporter is for metrics only: a ``PrometheusMetricReader`` (pull: the SDK
+collects when Prometheus scrapes) and the ``prometheus_client`` HTTP server that serves it on
+``prometheus_host:prometheus_port`` (loopback by default). Prometheus names the OpenTelemetry
+metrics its own way: dots become underscores, the unit is appended and counters end in
+``_total`` (``faas.invocations`` is ``faas_invocations_total``, ``gpuledger.gpu.billed`` is
+``gpuledger_gpu_billed_seconds_total``; the README lists them all).
 """
 
 from __future__ import annotations
@@ -14,6 +21,9 @@ from collections.abc import Mapping
 from typing import Any
 
 __all__ = ["Providers", "setup_providers"]
+
+TRACE_EXPORTERS = ("otlp", "console")
+"""The exporters that take spans; ``prometheus`` takes metrics only."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -55,6 +65,7 @@ class Providers:
         if self.owns_meter_provider and self.meter_provider is not None:
             remaining_ms = max(1, int((deadline - time.monotonic()) * 1000))
             self.meter_provider.shutdown(timeout_millis=remaining_ms)
+            _stop_prometheus_server()
 
 
 # Providers gpuledger built and made global. OpenTelemetry lets a global provider be set only
@@ -92,12 +103,15 @@ def setup_providers(
     tracer_provider: Any | None = None,
     meter_provider: Any | None = None,
     export_timeout_s: float = 10.0,
+    prometheus_address: tuple[str, int] | None = None,
 ) -> Providers:
     """Pick or build the providers for ``tracing``/``metrics`` with ``exporters``.
 
     Returns providers set to ``None`` where there is nowhere to send the signal (no provider
     given, none set by the application, no exporter asked for): then gpuledger does not produce
-    that signal at all, and the ledger alone records the invocations.
+    that signal at all, and the ledger alone records the invocations. ``prometheus_address``:
+    ``(host, port)`` of the ``prometheus`` exporter's endpoint; ``None`` resolves the
+    ``prometheus_host``/``prometheus_port`` settings from the environment (else their defaults).
     """
     origin = "argument" if tracer_provider is not None or meter_provider is not None else ""
     ours_tracer = ours_meter = False
@@ -120,13 +134,16 @@ def setup_providers(
         return result
 
     resource = None
-    if tracing and result.tracer_provider is None:
+    trace_exporters = tuple(name for name in exporters if name in TRACE_EXPORTERS)
+    if tracing and result.tracer_provider is None and trace_exporters:
         resource = _resource(resource_attributes)
-        result.tracer_provider = _build_tracer_provider(resource, exporters, export_timeout_s)
+        result.tracer_provider = _build_tracer_provider(resource, trace_exporters, export_timeout_s)
         result.owns_tracer_provider = True
     if metrics and result.meter_provider is None:
         resource = resource or _resource(resource_attributes)
-        result.meter_provider = _build_meter_provider(resource, exporters, export_timeout_s)
+        result.meter_provider = _build_meter_provider(
+            resource, exporters, export_timeout_s, prometheus_address
+        )
         result.owns_meter_provider = True
     if result.owns_tracer_provider or result.owns_meter_provider:
         result.origin = result.origin or "gpuledger"
@@ -159,13 +176,21 @@ def _build_tracer_provider(resource: Any, exporters: tuple[str, ...], timeout_s:
     return provider
 
 
-def _build_meter_provider(resource: Any, exporters: tuple[str, ...], timeout_s: float) -> Any:
+def _build_meter_provider(
+    resource: Any,
+    exporters: tuple[str, ...],
+    timeout_s: float,
+    prometheus_address: tuple[str, int] | None = None,
+) -> Any:
     from opentelemetry import metrics  # noqa: PLC0415
     from opentelemetry.sdk.metrics import MeterProvider  # noqa: PLC0415
     from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader  # noqa: PLC0415
 
-    readers = []
+    readers: list[Any] = []
     for name in exporters:
+        if name == "prometheus":
+            readers.append(_prometheus_reader(prometheus_address))
+            continue
         if name == "otlp":
             exporter: Any = _otlp_metric_exporter(timeout_s)
         else:
@@ -177,6 +202,48 @@ def _build_meter_provider(resource: Any, exporters: tuple[str, ...], timeout_s: 
     _built["meter"] = provider
     metrics.set_meter_provider(provider)
     return provider
+
+
+def _prometheus_reader(address: tuple[str, int] | None) -> Any:
+    """A ``PrometheusMetricReader``, and its HTTP endpoint started on ``address``.
+
+    A port already taken is a contained failure (logged, counted, re-raised when strict): the
+    handler runs on, and the reader still collects for a later scrape of the process's registry.
+    """
+    try:
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader  # noqa: PLC0415
+        from prometheus_client import start_http_server  # noqa: PLC0415
+    except ImportError as missing:
+        raise ImportError(
+            "the prometheus exporter needs opentelemetry-exporter-prometheus: "
+            "pip install 'gpuledger[prometheus]'"
+        ) from missing
+    host, port = address if address is not None else _prometheus_address_from_env()
+    reader = PrometheusMetricReader()
+    if "prometheus_server" not in _built:
+        try:
+            _built["prometheus_server"] = start_http_server(port, addr=host)
+        except OSError as error:
+            from gpuledger import _guard  # noqa: PLC0415
+
+            _guard.record_failure("prometheus_endpoint", error)
+    return reader
+
+
+def _prometheus_address_from_env() -> tuple[str, int]:
+    from gpuledger._settings import resolve_settings  # noqa: PLC0415
+
+    settings = resolve_settings({})
+    return settings.prometheus_host, settings.prometheus_port
+
+
+def _stop_prometheus_server() -> None:
+    started = _built.pop("prometheus_server", None)
+    if started is not None:
+        server, thread = started
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=1.0)
 
 
 def _otlp_protocol() -> str:

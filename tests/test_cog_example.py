@@ -1,0 +1,403 @@
+"""The Cog example (examples/cog/predict.py) served by the real Cog HTTP server, and the adapter.
+
+The slow tests start Cog 0.23's server (coglet) as its image does, without Docker, from a venv of
+its own that holds ``cog`` and gpuledger's dependencies (made once per machine, see
+``cog_gpuledger_python``); gpuledger itself comes from this checkout, through a tree of links
+made per session, so the server always runs the code under test. Cog runs the predictor in a
+worker subprocess: gpuledger is configured there from the ``GPULEDGER_*`` variables the test
+gives the server, which is what the tests check, along with the ledger rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import inspect
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import tomllib
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gpuledger.instrumentation.cog import SETUP_PHASE, traced_predictor
+from tests.services import HOST, _spawn, free_port, in_ci, log_tail
+from tests.upstreams import (
+    COG_VERSION,
+    PIP_TIMEOUT_S,
+    VENV_TIMEOUT_S,
+    VenvUnavailable,
+    _run_step,
+    cache_dir,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "cog"
+SETUP_S = 0.4
+"""What the tests ask the example's setup() to take (EXAMPLE_SETUP_S), in seconds."""
+READY_TIMEOUT_S = 60.0
+PREDICT_TIMEOUT_S = 60.0
+
+
+# -- the venv: cog + gpuledger's dependencies, gpuledger from this checkout -----------------------
+
+
+def _requirements() -> list[str]:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    return [f"cog=={COG_VERSION}", *pyproject["project"]["dependencies"]]
+
+
+def _cog_venv() -> Path:
+    """The Python of a cached venv with Cog and gpuledger's dependencies (not gpuledger)."""
+    requirements = _requirements()
+    key = hashlib.sha256("\n".join(requirements).encode()).hexdigest()[:10]
+    python_version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    root = cache_dir()
+    venv = root / f"cog-{COG_VERSION}-gpuledger-deps-{key}-py{python_version}"
+    python = venv / "bin" / "python"
+    marker = venv / ".complete"
+    import fcntl
+
+    root.mkdir(parents=True, exist_ok=True)
+    with (root / f"{venv.name}.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another pytest making it: wait for it
+        if marker.is_file() and os.access(python, os.X_OK):
+            return python
+        log = root / f"{venv.name}.log"
+        log.write_bytes(b"")
+        _run_step([sys.executable, "-m", "venv", "--clear", str(venv)], log, VENV_TIMEOUT_S, "venv")
+        pip = [
+            str(python), "-m", "pip", "install", "--quiet", "--retries", "2", "--timeout", "30",
+            *requirements,
+        ]  # fmt: skip
+        _run_step(pip, log, PIP_TIMEOUT_S, "pip install cog and gpuledger's dependencies")
+        check = "import cog.server.http, opentelemetry.sdk, structlog, wrapt, click, pynvml"
+        _run_step([str(python), "-c", check], log, 60, "import check")
+        marker.write_text("\n".join(requirements) + "\n", encoding="utf-8")
+        return python
+
+
+def _link_gpuledger(site: Path) -> Path:
+    """A ``gpuledger`` package under ``site`` made of links to this checkout (its package-dir)."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    package_dirs: dict[str, str] = pyproject["tool"]["setuptools"]["package-dir"]
+    # Parents before children: gpuledger/, then gpuledger/instrumentation, ...
+    for package, source in sorted(package_dirs.items()):
+        target = site.joinpath(*package.split("."))
+        target.mkdir(parents=True, exist_ok=True)
+        for entry in (ROOT / source).iterdir():
+            if entry.name != "__pycache__" and not (target / entry.name).exists():
+                (target / entry.name).symlink_to(entry)
+    return site
+
+
+@pytest.fixture(scope="session")
+def cog_gpuledger(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(python, site): Cog's venv with gpuledger's deps, and the folder for its PYTHONPATH."""
+    try:
+        python = _cog_venv()
+    except (VenvUnavailable, OSError) as error:
+        message = f"the venv for cog=={COG_VERSION} + gpuledger's dependencies: {error}"
+        if in_ci():
+            pytest.fail(f"{message} (CI is set)", pytrace=False)
+        pytest.skip(
+            f"{message}; it needs PyPI the first time and is kept in {cache_dir()} "
+            "(GPULEDGER_TEST_CACHE)"
+        )
+    return python, _link_gpuledger(tmp_path_factory.mktemp("cog-site"))
+
+
+# -- the server ------------------------------------------------------------------------------
+
+
+class CogServer:
+    """Cog's HTTP server for one predictor class of the example, on 127.0.0.1."""
+
+    def __init__(self, python: Path, site: Path, workdir: Path, predictor: str) -> None:
+        self.port = free_port()
+        self.log = workdir / f"cog-{predictor}.log"
+        self.ledger = workdir / "ledger.db"
+        env = {
+            name: value
+            for name, value in os.environ.items()
+            if not name.startswith(("GPULEDGER_", "OTEL_", "COG_", "REPLICATE_", "EXAMPLE_"))
+            and name != "PYTHONPATH"
+        }
+        env.update(
+            PORT=str(self.port),
+            COG_PREDICT_TYPE_STUB=f"predict.py:{predictor}",
+            PATH=f"{python.parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            PYTHONPATH=str(site),
+            PYTHONUNBUFFERED="1",
+            # Read in Cog's worker subprocess, which inherits the server's environment.
+            GPULEDGER_LEDGER=str(self.ledger),
+            GPULEDGER_GPU="H100",
+            GPULEDGER_WORKER_ID="cog-test-worker",
+            GPULEDGER_SERVICE_NAME="cog-example",
+            GPULEDGER_EXPORTERS="none",
+            GPULEDGER_GPU_METERING="off",
+            GPULEDGER_STRICT="1",
+            EXAMPLE_SETUP_S=str(SETUP_S),
+            EXAMPLE_SECONDS_PER_TOKEN="0.001",
+        )
+        argv = [str(python), "-m", "cog.server.http", "--host", HOST]
+        # The example's folder is the app's working directory, as /src is in Cog's image.
+        self.proc = _spawn(argv, self.log, env=env, cwd=EXAMPLE)
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def wait_ready(self) -> None:
+        """Poll /health-check until Cog says READY (setup() returned)."""
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        status = None
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                break
+            with contextlib.suppress(OSError, ValueError):
+                with urllib.request.urlopen(f"{self.url}/health-check", timeout=2) as response:
+                    status = json.load(response).get("status")
+                if status == "READY":
+                    return
+            time.sleep(0.05)
+        raise AssertionError(f"Cog not ready (last status {status}):\n{log_tail(self.log, 60)}")
+
+    def predict(self, identifier: str, inputs: dict[str, Any]) -> dict[str, Any]:
+        """PUT /predictions/{id} and wait for its answer (Cog's synchronous mode)."""
+        request = urllib.request.Request(
+            f"{self.url}/predictions/{identifier}",
+            data=json.dumps({"id": identifier, "input": inputs}).encode(),
+            headers={"Content-Type": "application/json"},
+            method="PUT",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=PREDICT_TIMEOUT_S) as response:
+                answer: dict[str, Any] = json.load(response)
+        except urllib.error.HTTPError as error:
+            answer = json.loads(error.read() or b"{}")
+        return answer
+
+    def schema(self) -> dict[str, Any]:
+        """Cog's OpenAPI schema, built from predict()'s signature."""
+        with urllib.request.urlopen(f"{self.url}/openapi.json", timeout=10) as response:
+            schema: dict[str, Any] = json.load(response)
+        return schema
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL of its process group (the worker subprocess too)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(10)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(5)
+
+
+@contextlib.contextmanager
+def cog_server(cog_gpuledger: tuple[Path, Path], workdir: Path, predictor: str) -> Iterator[Any]:
+    """A ready Cog server for ``predictor``, stopped afterwards."""
+    python, site = cog_gpuledger
+    server = CogServer(python, site, workdir, predictor)
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+def ledger_rows(path: Path, expected: int, timeout: float = 5.0) -> list[dict[str, Any]]:
+    """The ledger's rows, oldest first, once there are ``expected`` (or those at timeout)."""
+    deadline = time.monotonic() + timeout
+    rows: list[dict[str, Any]] = []
+    while True:
+        if path.exists():
+            with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as db:
+                db.row_factory = sqlite3.Row
+                with contextlib.suppress(sqlite3.OperationalError):  # no table yet
+                    query = "SELECT * FROM invocations ORDER BY start_ns"
+                    rows = [dict(row) for row in db.execute(query)]
+        if len(rows) >= expected or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.05)
+
+
+# -- through the real Cog server -------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_predictions_are_ledgered_cold_then_warm(
+    cog_gpuledger: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Cog's worker writes a cold row with the setup phase, then warm ones, and a failed one."""
+    with cog_server(cog_gpuledger, tmp_path, "Predictor") as server:
+        first = server.predict("pred-1", {"prompt": "hello cold gpu", "user": "user-42"})
+        # flush_policy=adaptive: a sparse prediction's row is written before its answer.
+        after_first = ledger_rows(server.ledger, 1, timeout=0)
+        second = server.predict("pred-2", {"prompt": "warm now", "max_tokens": 3})
+        failed = server.predict("pred-3", {"prompt": "   "})
+        rows = ledger_rows(server.ledger, 3)
+    log = log_tail(server.log, 60)
+
+    assert first["status"] == "succeeded", (first, log)
+    assert len(first["output"].split()) == 8  # max_tokens' default, from Input(default=8)
+    assert second["status"] == "succeeded", (second, log)
+    assert len(second["output"].split()) == 3
+    assert failed["status"] == "failed", (failed, log)
+    assert "prompt must not be empty" in failed["error"]
+    assert len(after_first) == 1, log
+
+    assert len({row["invocation_id"] for row in rows}) == 3, log
+    assert [row["outcome"] for row in rows] == ["ok", "ok", "error"]
+    assert rows[2]["error_type"] == "ValueError"
+    assert [row["cold"] for row in rows] == [1, 0, 0]
+    cold = rows[0]
+    phases = json.loads(cold["init_phases"])
+    assert phases[SETUP_PHASE] >= SETUP_S
+    assert cold["init_duration_s"] >= phases[SETUP_PHASE]
+    assert cold["user_id"] == "user-42"
+    assert (cold["input_tokens"], cold["output_tokens"]) == (3, 8)
+    assert rows[1]["init_duration_s"] is None
+    assert rows[1]["idle_gap_s"] >= 0
+    for row in rows:
+        # Each setting reached Cog's worker subprocess through the environment.
+        assert row["platform"] == "replicate"
+        assert row["gpu_model"] == "H100"
+        assert row["worker_id"] == "cog-test-worker"
+        assert row["billed_gpu_seconds"] == pytest.approx(row["duration_s"])
+        assert row["cost_usd"] is not None and row["cost_usd"] > 0
+        assert row["handler"] == "Predictor.predict"
+
+
+@pytest.mark.slow
+def test_streaming_predictions_stream_and_are_ledgered(
+    cog_gpuledger: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """An Iterator[str] predictor still streams its words; its invocation ends with the stream."""
+    with cog_server(cog_gpuledger, tmp_path, "StreamingPredictor") as server:
+        answer = server.predict("stream-1", {"prompt": "stream me", "max_tokens": 5})
+        rows = ledger_rows(server.ledger, 1)
+    log = log_tail(server.log, 60)
+
+    assert answer["status"] == "succeeded", (answer, log)
+    assert isinstance(answer["output"], list)
+    assert len(answer["output"]) == 5
+    assert len(rows) == 1, log
+    (row,) = rows
+    assert (row["outcome"], row["cold"], row["output_tokens"]) == ("ok", 1, 5)
+    assert row["handler"] == "StreamingPredictor.predict"
+    assert json.loads(row["init_phases"])[SETUP_PHASE] >= SETUP_S
+
+
+# -- the decorator, without Cog --------------------------------------------------------------
+
+
+class _Base:
+    """Stands for cog.BaseRunner in these tests (its own placeholder methods)."""
+
+    def setup(self) -> None:
+        """Cog's placeholder."""
+
+
+def test_decorator_keeps_signatures_and_records_setup_then_predictions(telemetry: Any) -> None:
+    """setup() is the init phase, predict() an invocation; both keep their exact signatures."""
+
+    @traced_predictor
+    class Predictor(_Base):
+        def setup(self, weights: str | None = None) -> None:
+            telemetry.clock.advance(2.0)
+
+        def predict(self, prompt: str, count: int = 2) -> list[str]:
+            return [prompt] * count
+
+    assert str(inspect.signature(Predictor.predict)) == (
+        "(self, prompt: 'str', count: 'int' = 2) -> 'list[str]'"
+    )
+    spec = inspect.getfullargspec(Predictor.predict)  # what Cog validates, not following wraps
+    assert (spec.args, spec.varargs, spec.varkw) == (["self", "prompt", "count"], None, None)
+    assert inspect.getfullargspec(Predictor.setup).args == ["self", "weights"]
+
+    predictor = Predictor()
+    predictor.setup()
+    assert predictor.predict("a", count=3) == ["a", "a", "a"]
+    assert predictor.predict(prompt="b") == ["b", "b"]
+
+    first, second = telemetry.rows()
+    assert json.loads(first["init_phases"])[SETUP_PHASE] == pytest.approx(2.0)
+    assert (first["handler"], first["cold"], second["cold"]) == ("Predictor.predict", 1, 0)
+
+
+def test_run_generators_and_async_keep_their_kind(telemetry: Any) -> None:
+    """run() (BaseRunner) is traced too; generator and coroutine methods stay what they were."""
+    import asyncio
+
+    @traced_predictor(name="stream")
+    class Runner(_Base):
+        def run(self, n: int) -> Iterator[str]:
+            yield from (str(index) for index in range(n))
+
+    @traced_predictor
+    class AsyncPredictor(_Base):
+        async def predict(self, x: int) -> int:
+            return x + 1
+
+    assert inspect.isgeneratorfunction(Runner.run)
+    assert inspect.iscoroutinefunction(AsyncPredictor.predict)
+    assert list(Runner().run(3)) == ["0", "1", "2"]
+    assert asyncio.run(AsyncPredictor().predict(1)) == 2
+    assert [row["handler"] for row in telemetry.rows()] == ["stream", "AsyncPredictor.predict"]
+
+
+def test_decorating_twice_traces_once(telemetry: Any) -> None:
+    """A class decorated twice records one invocation per prediction."""
+
+    class Predictor(_Base):
+        def predict(self, x: int) -> int:
+            return x
+
+    traced_predictor(traced_predictor(Predictor)).setup(Predictor())
+    assert Predictor().predict(1) == 1
+    assert len(telemetry.rows()) == 1
+
+
+def test_misuse_is_a_type_error() -> None:
+    """A function, or a class with neither or both of run() and predict(), is refused."""
+
+    def predict(x: int) -> int:
+        return x
+
+    class Neither(_Base):
+        pass
+
+    class Both(_Base):
+        def run(self) -> int:
+            return 1
+
+        def predict(self) -> int:
+            return 1
+
+    for target in (predict, Neither, Both):
+        with pytest.raises(TypeError):
+            traced_predictor(target)
+    with pytest.raises(ValueError, match="setup_phase"):
+        traced_predictor(setup_phase="")
+
+
+def test_module_imports_without_cog() -> None:
+    """Importing the adapter (and gpuledger) loads no cog module."""
+    code = (
+        "import sys, gpuledger.instrumentation.cog; "
+        "assert not [m for m in sys.modules if m == 'cog' or m.startswith(('cog.', 'coglet'))]"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -1,0 +1,282 @@
+"""The Modal example (examples/modal/app.py) and gpuledger.instrumentation.modal, driven through
+the real modal package with ``.local()``: no Modal account, each call runs in this process."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+modal = pytest.importorskip("modal")
+
+import gpuledger  # noqa: E402
+from gpuledger.instrumentation.modal import traced_cls, traced_function  # noqa: E402
+
+from .conftest import Telemetry  # noqa: E402
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "modal" / "app.py"
+
+# .local() warns that the example's ledger Volume is not mounted here; that is expected.
+pytestmark = pytest.mark.filterwarnings("ignore:The .* function is executing locally")
+
+
+def _load_example() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("gpuledger_modal_example", EXAMPLE)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def example() -> ModuleType:
+    """The example app, imported once (as Modal imports it in each container)."""
+    return _load_example()
+
+
+@pytest.fixture(autouse=True)
+def instant_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stand-in model loads and generates without waiting, unless a test says otherwise."""
+    monkeypatch.setenv("EXAMPLE_MODEL_LOAD_S", "0")
+    monkeypatch.setenv("EXAMPLE_SECONDS_PER_TOKEN", "0")
+
+
+def _union_seconds(intervals: list[tuple[int, int]]) -> float:
+    total = 0
+    cursor: int | None = None
+    for start, end in sorted(intervals):
+        if cursor is None or start > cursor:
+            total += end - start
+            cursor = end
+        elif end > cursor:
+            total += end - cursor
+            cursor = end
+    return total / 1e9
+
+
+def test_a_function_call_is_one_invocation(example: ModuleType, telemetry: Telemetry) -> None:
+    """``@app.function`` over ``@traced_function``: each .local() call is one row."""
+    first = example.embed.local("hello world", user="user-42")
+    second = example.embed.local("hello world")
+    assert len(first) == 8
+    rows = telemetry.rows()
+    assert [row["handler"] for row in rows] == ["embed", "embed"]
+    assert [row["cold"] for row in rows] == [1, 0]
+    assert rows[0]["user_id"] == "user-42"
+    assert rows[1]["user_id"] is None
+    assert [row["input_tokens"] for row in rows] == [2, 2]
+    assert second == first
+    assert rows[0]["invocation_id"] != rows[1]["invocation_id"]
+
+
+def test_the_first_method_call_is_cold_with_the_enter_phase(
+    example: ModuleType, telemetry: Telemetry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``@modal.enter`` is the init phase ``load_model`` of the first, cold, method call."""
+    monkeypatch.setenv("EXAMPLE_MODEL_LOAD_S", "0.05")
+    generator = example.Generator()
+    reply = generator.generate.local("hello world", user="user-1")
+    generator.generate.local("and again", user="user-2")
+    rows = telemetry.rows()
+    assert [row["handler"] for row in rows] == ["Generator.generate"] * 2
+    assert [row["cold"] for row in rows] == [1, 0]
+    phases = json.loads(rows[0]["init_phases"])
+    assert set(phases) == {"load_model", "(unnamed)"}
+    assert rows[1]["init_phases"] is None
+    assert [row["user_id"] for row in rows] == ["user-1", "user-2"]
+    assert rows[0]["output_tokens"] == 16
+    assert reply == {"output": example.ToyModel(0).generate("hello world", 16)}
+    spans = telemetry.spans("Generator.generate")
+    assert [span.attributes["faas.coldstart"] for span in spans] == [True, False]
+
+
+def test_the_enter_phase_is_timed(example: ModuleType, telemetry: Telemetry) -> None:
+    """The phase lasts as long as the ``@modal.enter`` method ran (fake clock)."""
+
+    def slow_load(self: Any) -> None:
+        telemetry.clock.advance(2.5)
+        self.model = example.ToyModel(0)
+
+    @modal.App("timed").cls(serialized=True)
+    @traced_cls
+    class Timed:
+        model: Any = None
+
+        @modal.enter()
+        def load_model(self) -> None:
+            slow_load(self)
+
+        @modal.method()
+        def generate(self, prompt: str) -> str:
+            telemetry.clock.advance(1.0)
+            return str(self.model.generate(prompt, 2))
+
+    assert Timed().generate.local("hi") == example.ToyModel(0).generate("hi", 2)
+    (row,) = telemetry.rows()
+    assert row["cold"] == 1
+    assert json.loads(row["init_phases"])["load_model"] == pytest.approx(2.5)
+    assert row["duration_s"] == pytest.approx(1.0)
+    assert row["billed_gpu_seconds"] == pytest.approx(1.0)
+
+
+def test_exceptions_and_results_pass_through(example: ModuleType, telemetry: Telemetry) -> None:
+    """A method that raises raises the same exception; the row says ``error``."""
+    generator = example.Generator()
+    with pytest.raises(ValueError, match="the prompt is empty") as raised:
+        generator.generate.local("   ")
+    assert type(raised.value) is ValueError
+    reply = generator.generate.local("fine", max_tokens=3)
+    assert reply == {"output": example.ToyModel(0).generate("fine", 3)}
+    rows = telemetry.rows()
+    assert [(row["outcome"], row["error_type"]) for row in rows] == [
+        ("error", "ValueError"),
+        ("ok", None),
+    ]
+
+
+def test_concurrent_async_calls_split_the_billed_time(
+    example: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four overlapping inputs of a ``@modal.concurrent`` method (real time, 0.16 s each): their
+    billed seconds add up to the time at least one ran, not to the sum of their durations."""
+    ledger = tmp_path / "ledger.db"
+    gpuledger.configure(
+        ledger=str(ledger), platform="modal", gpu="H100", strict=True, gpu_metering="off"
+    )
+    monkeypatch.setenv("EXAMPLE_SECONDS_PER_TOKEN", "0.01")
+    generator = example.Generator()
+    generator.generate.local("warm up", max_tokens=1)  # runs @modal.enter (async .local() won't)
+
+    async def burst() -> list[dict[str, Any]]:
+        calls = [generator.generate_async.local(f"prompt {n}", user="u") for n in range(4)]
+        return list(await asyncio.gather(*calls))
+
+    replies = asyncio.run(burst())
+    assert [reply["output"] for reply in replies] == [
+        example.ToyModel(0).generate(f"prompt {n}", 16) for n in range(4)
+    ]
+    assert gpuledger.flush(5)
+    with sqlite3.connect(ledger) as db:
+        db.row_factory = sqlite3.Row
+        rows = [
+            dict(row)
+            for row in db.execute(
+                "SELECT * FROM invocations WHERE handler = 'Generator.generate_async'"
+            )
+        ]
+    assert len(rows) == 4
+    billed = sum(row["billed_gpu_seconds"] for row in rows)
+    union = _union_seconds([(row["start_ns"], row["end_ns"]) for row in rows])
+    assert billed == pytest.approx(union, rel=1e-6)
+    for row in rows:
+        assert row["duration_s"] >= 0.15
+        assert row["billed_gpu_seconds"] < 0.5 * row["duration_s"]  # shared four ways
+        assert row["platform"] == "modal"
+
+
+def test_overlapping_inputs_split_exactly(telemetry: Telemetry) -> None:
+    """A runs 0-3 s and B 1-4 s in one container: each is billed 1 s alone + 1 s shared."""
+    clock = telemetry.clock
+
+    @modal.App("overlap").cls(serialized=True)
+    @modal.concurrent(max_inputs=2)
+    @traced_cls
+    class Server:
+        @modal.method()
+        async def serve(self, started: asyncio.Event, release: asyncio.Event) -> str:
+            started.set()
+            await release.wait()
+            return "done"
+
+    async def scenario() -> list[str]:
+        server = Server()
+        a_started, a_release = asyncio.Event(), asyncio.Event()
+        b_started, b_release = asyncio.Event(), asyncio.Event()
+        a = asyncio.ensure_future(server.serve.local(a_started, a_release))
+        await a_started.wait()  # A starts at 0
+        clock.advance(1.0)
+        b = asyncio.ensure_future(server.serve.local(b_started, b_release))
+        await b_started.wait()  # B starts at 1
+        clock.advance(2.0)
+        a_release.set()
+        first = await a  # A ends at 3
+        clock.advance(1.0)
+        b_release.set()
+        return [first, await b]  # B ends at 4
+
+    assert asyncio.run(scenario()) == ["done", "done"]
+    rows = telemetry.rows()
+    assert [row["duration_s"] for row in rows] == [pytest.approx(3.0)] * 2
+    assert [row["billed_gpu_seconds"] for row in rows] == [pytest.approx(2.0)] * 2
+
+
+def test_platform_and_resource_come_from_modals_environment(
+    example: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Not configured: Modal's variables make the platform ``modal``, with task and region."""
+    monkeypatch.setenv("MODAL_TASK_ID", "ta-01TEST")
+    monkeypatch.setenv("MODAL_REGION", "us-east-1")
+    monkeypatch.setenv("MODAL_APP_NAME", "gpuledger-example")
+    monkeypatch.setenv("GPULEDGER_LEDGER", str(tmp_path / "ledger.db"))
+    monkeypatch.setenv("GPULEDGER_GPU_METERING", "off")
+    monkeypatch.setenv("GPULEDGER_STRICT", "1")
+    example.embed.local("hello")
+    assert gpuledger.flush(5)
+    with sqlite3.connect(tmp_path / "ledger.db") as db:
+        row = db.execute("SELECT platform, worker_id, region, endpoint FROM invocations").fetchone()
+    assert row == ("modal", "ta-01TEST", "us-east-1", "gpuledger-example")
+
+
+def test_decorators_over_modals_are_refused_with_the_fix() -> None:
+    """Above ``@app.cls``/``@app.function`` the decorators raise and say which order works."""
+    app = modal.App("order")
+
+    class Plain:
+        @modal.method()
+        def f(self) -> None: ...
+
+    with pytest.raises(TypeError, match=r"under @app\.cls\(\)"):
+        traced_cls(app.cls(serialized=True)(Plain))
+
+    def g() -> None: ...
+
+    with pytest.raises(TypeError, match=r"under @app\.function\(\)"):
+        traced_function(app.function(serialized=True)(g))
+
+
+def test_tracing_twice_changes_nothing(telemetry: Telemetry) -> None:
+    """``traced_cls`` skips methods already traced; applying it twice records one invocation."""
+
+    @modal.App("twice").cls(serialized=True)
+    @traced_cls
+    @traced_cls
+    class Twice:
+        @modal.method()
+        @traced_function(name="custom")
+        def a(self) -> int:
+            return 1
+
+        @modal.method()
+        def b(self) -> int:
+            return 2
+
+    instance = Twice()
+    assert (instance.a.local(), instance.b.local()) == (1, 2)
+    assert [row["handler"] for row in telemetry.rows()] == ["custom", "Twice.b"]
+
+
+def test_importing_the_instrumentation_does_not_import_modal() -> None:
+    """``import gpuledger.instrumentation.modal`` leaves ``modal`` unimported."""
+    code = (
+        "import sys, gpuledger.instrumentation.modal\n"
+        "assert 'modal' not in sys.modules, 'modal imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
