@@ -37,15 +37,12 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
-import fcntl
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -65,14 +62,13 @@ from tests.services import (
     log_tail,
     stop,
 )
+from tests.venvs import PYTHON_VERSION, VenvUnavailable, cached_venv
 
 DDAPM_VERSION = "1.69.1"
 """The ``ddapm-test-agent`` release the fixture installs (its venv is keyed by it)."""
 
 ROTEL_START_TIMEOUT_S = 15.0
 DDAPM_START_TIMEOUT_S = 30.0
-DDAPM_VENV_TIMEOUT_S = 120.0
-DDAPM_PIP_TIMEOUT_S = 300.0
 WAIT_TIMEOUT_S = 15.0
 """Default bound of ``wait_for_*``: rotel batches for 50 ms, then forwards (5 s timeout)."""
 HTTP_TIMEOUT_S = 5.0
@@ -521,96 +517,17 @@ def rotel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rotel]:
 # --- Datadog's test agent --------------------------------------------------------------------
 
 
-def cache_dir() -> Path:
-    """Where tests keep what they install once per machine: ``$GPULEDGER_TEST_CACHE``, else
-    ``$XDG_CACHE_HOME/gpuledger-tests``, else ``~/.cache/gpuledger-tests``."""
-    chosen = os.environ.get("GPULEDGER_TEST_CACHE")
-    if chosen:
-        return Path(chosen)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "gpuledger-tests"
-
-
-def _run_step(argv: Sequence[str], log: Path, timeout: float, what: str) -> None:
-    with log.open("ab") as out:
-        out.write(f"$ {' '.join(argv)}\n".encode())
-        out.flush()
-        try:
-            result = subprocess.run(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                timeout=timeout,
-                check=False,
-                env={
-                    **{k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
-                    "PIP_DISABLE_PIP_VERSION_CHECK": "1",
-                    "PIP_NO_INPUT": "1",
-                },
-            )
-        except subprocess.TimeoutExpired:
-            raise ReceiverUnavailable(
-                f"{what} took over {timeout:g} s; log {log}:\n{log_tail(log)}"
-            ) from None
-    if result.returncode != 0:
-        raise ReceiverUnavailable(
-            f"{what} exited with status {result.returncode}; log {log}:\n{log_tail(log)}"
-        )
-
-
 def ddapm_venv(version: str = DDAPM_VERSION) -> Path:
-    """The venv with ``ddapm-test-agent==version``, made on first use and reused after.
-
-    Keyed by the test agent's version and this Python's; a lock file serialises concurrent
-    pytest runs; the venv counts as made only once ``.complete`` is written after the install
-    and a ``--version`` check, so a half-made one (a killed run) is made again.
-    Raises ``ReceiverUnavailable`` when it cannot be made.
-    """
-    python = f"{sys.version_info.major}.{sys.version_info.minor}"
-    root = cache_dir()
-    venv = root / f"ddapm-test-agent-{version}-py{python}"
-    marker = venv / ".complete"
-    executable = venv / "bin" / "ddapm-test-agent"
+    """The venv with ``ddapm-test-agent==version``, made on first use and reused after (see
+    tests/venvs.py). Raises ``ReceiverUnavailable`` when it cannot be made."""
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        lock = (root / f"{venv.name}.lock").open("a")
-    except OSError as error:
-        raise ReceiverUnavailable(f"cannot write the test cache {root}: {error}") from error
-    with lock:
-        deadline = time.monotonic() + DDAPM_VENV_TIMEOUT_S + DDAPM_PIP_TIMEOUT_S + 30
-        while True:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise ReceiverUnavailable(f"{lock.name} stayed locked") from None
-                time.sleep(0.2)
-        try:
-            if marker.is_file() and os.access(executable, os.X_OK):
-                return venv
-            shutil.rmtree(venv, ignore_errors=True)
-            log = root / f"{venv.name}.log"
-            log.write_bytes(b"")
-            # The running interpreter, even from a venv: venv builds on its base Python.
-            _run_step(
-                [sys.executable, "-m", "venv", str(venv)],
-                log,
-                DDAPM_VENV_TIMEOUT_S,
-                "python -m venv",
-            )
-            pip = [
-                str(venv / "bin" / "python"), "-m", "pip", "install",
-                "--quiet", "--retries", "2", "--timeout", "30",
-                f"ddapm-test-agent=={version}",
-            ]  # fmt: skip
-            _run_step(pip, log, DDAPM_PIP_TIMEOUT_S, f"pip install ddapm-test-agent=={version}")
-            _run_step([str(executable), "--version"], log, 60, "ddapm-test-agent --version")
-            marker.write_text(f"ddapm-test-agent=={version}\n", encoding="utf-8")
-            return venv
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+        return cached_venv(
+            f"ddapm-test-agent-{version}-py{PYTHON_VERSION}",
+            [f"ddapm-test-agent=={version}"],
+            lambda venv: [str(venv / "bin" / "ddapm-test-agent"), "--version"],
+        )
+    except VenvUnavailable as error:
+        raise ReceiverUnavailable(str(error)) from None
 
 
 def _otlp_value(value: dict[str, Any]) -> Any:

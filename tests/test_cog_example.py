@@ -20,7 +20,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-import tomllib
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -30,14 +29,14 @@ from typing import Any
 import pytest
 
 from gpuledger.instrumentation.cog import SETUP_PHASE, traced_predictor
-from tests.services import HOST, _spawn, free_port, in_ci, log_tail
-from tests.upstreams import (
-    COG_VERSION,
-    PIP_TIMEOUT_S,
-    VENV_TIMEOUT_S,
-    VenvUnavailable,
-    _run_step,
-    cache_dir,
+from tests.services import HOST, _spawn, free_port, log_tail
+from tests.upstreams import COG_VERSION
+from tests.venvs import (
+    PYTHON_VERSION,
+    cached_venv,
+    gpuledger_dependencies,
+    link_gpuledger,
+    venv_or_skip,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,69 +50,24 @@ PREDICT_TIMEOUT_S = 60.0
 # -- the venv: cog + gpuledger's dependencies, gpuledger from this checkout -----------------------
 
 
-def _requirements() -> list[str]:
-    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
-    return [f"cog=={COG_VERSION}", *pyproject["project"]["dependencies"]]
-
-
 def _cog_venv() -> Path:
     """The Python of a cached venv with Cog and gpuledger's dependencies (not gpuledger)."""
-    requirements = _requirements()
+    requirements = [f"cog=={COG_VERSION}", *gpuledger_dependencies()]
     key = hashlib.sha256("\n".join(requirements).encode()).hexdigest()[:10]
-    python_version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    root = cache_dir()
-    venv = root / f"cog-{COG_VERSION}-gpuledger-deps-{key}-py{python_version}"
-    python = venv / "bin" / "python"
-    marker = venv / ".complete"
-    import fcntl
-
-    root.mkdir(parents=True, exist_ok=True)
-    with (root / f"{venv.name}.lock").open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # another pytest making it: wait for it
-        if marker.is_file() and os.access(python, os.X_OK):
-            return python
-        log = root / f"{venv.name}.log"
-        log.write_bytes(b"")
-        _run_step([sys.executable, "-m", "venv", "--clear", str(venv)], log, VENV_TIMEOUT_S, "venv")
-        pip = [
-            str(python), "-m", "pip", "install", "--quiet", "--retries", "2", "--timeout", "30",
-            *requirements,
-        ]  # fmt: skip
-        _run_step(pip, log, PIP_TIMEOUT_S, "pip install cog and gpuledger's dependencies")
-        check = "import cog.server.http, opentelemetry.sdk, structlog, wrapt, click, pynvml"
-        _run_step([str(python), "-c", check], log, 60, "import check")
-        marker.write_text("\n".join(requirements) + "\n", encoding="utf-8")
-        return python
-
-
-def _link_gpuledger(site: Path) -> Path:
-    """A ``gpuledger`` package under ``site`` made of links to this checkout (its package-dir)."""
-    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
-    package_dirs: dict[str, str] = pyproject["tool"]["setuptools"]["package-dir"]
-    # Parents before children: gpuledger/, then gpuledger/instrumentation, ...
-    for package, source in sorted(package_dirs.items()):
-        target = site.joinpath(*package.split("."))
-        target.mkdir(parents=True, exist_ok=True)
-        for entry in (ROOT / source).iterdir():
-            if entry.name != "__pycache__" and not (target / entry.name).exists():
-                (target / entry.name).symlink_to(entry)
-    return site
+    check = "import cog.server.http, opentelemetry.sdk, structlog, wrapt, click, pynvml"
+    venv = cached_venv(
+        f"cog-{COG_VERSION}-gpuledger-deps-{key}-py{PYTHON_VERSION}",
+        requirements,
+        lambda venv: [str(venv / "bin" / "python"), "-c", check],
+    )
+    return venv / "bin" / "python"
 
 
 @pytest.fixture(scope="session")
 def cog_gpuledger(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(python, site): Cog's venv with gpuledger's deps, and the folder for its PYTHONPATH."""
-    try:
-        python = _cog_venv()
-    except (VenvUnavailable, OSError) as error:
-        message = f"the venv for cog=={COG_VERSION} + gpuledger's dependencies: {error}"
-        if in_ci():
-            pytest.fail(f"{message} (CI is set)", pytrace=False)
-        pytest.skip(
-            f"{message}; it needs PyPI the first time and is kept in {cache_dir()} "
-            "(GPULEDGER_TEST_CACHE)"
-        )
-    return python, _link_gpuledger(tmp_path_factory.mktemp("cog-site"))
+    python = venv_or_skip(_cog_venv, f"cog=={COG_VERSION} + gpuledger's dependencies")
+    return python, link_gpuledger(tmp_path_factory.mktemp("cog-site"))
 
 
 # -- the server ------------------------------------------------------------------------------

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import fcntl
+import hashlib
 import json
 import os
 import sqlite3
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -16,65 +15,41 @@ from typing import Any
 
 import pytest
 
-from tests.services import HOST, _spawn, free_port, in_ci, log_tail, stop
-from tests.upstreams import POTASSIUM_VERSION, VenvUnavailable, _run_step, cache_dir
+from tests.services import HOST, _spawn, free_port, log_tail, stop
+from tests.upstreams import POTASSIUM_VERSION
+from tests.venvs import (
+    PYTHON_VERSION,
+    cached_venv,
+    gpuledger_dependencies,
+    link_gpuledger,
+    venv_or_skip,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "potassium" / "app.py"
-# gpuledger's own dependencies (pyproject.toml), next to Potassium's pins.
-GPULEDGER_DEPENDENCIES = (
-    "opentelemetry-api>=1.27",
-    "opentelemetry-sdk>=1.27",
-    "opentelemetry-exporter-otlp-proto-http>=1.27",
-    "nvidia-ml-py>=12.535",
-    "wrapt>=1.16",
-    "structlog>=24.1",
-    "click>=8.1",
-)
 
 
 def _venv() -> Path:
     """The Python of a cached venv with Potassium and gpuledger's dependencies (not gpuledger)."""
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    root = cache_dir()
-    venv = root / f"potassium-{POTASSIUM_VERSION}-gpuledger-deps-py{version}"
-    python = venv / "bin" / "python"
-    marker = venv / ".complete"
-    root.mkdir(parents=True, exist_ok=True)
-    with (root / f"{venv.name}.lock").open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if marker.is_file() and os.access(python, os.X_OK):
-            return python
-        log = root / f"{venv.name}.log"
-        log.write_bytes(b"")
-        _run_step([sys.executable, "-m", "venv", "--clear", str(venv)], log, 120, "venv")
-        pip = [str(python), "-m", "pip", "install", "--quiet", "--retries", "2", "--timeout", "30"]
-        requirements = [f"potassium=={POTASSIUM_VERSION}", *GPULEDGER_DEPENDENCIES]
-        _run_step([*pip, *requirements], log, 600, "pip install")
-        marker.write_text("\n".join(requirements), encoding="utf-8")
-        return python
+    requirements = [f"potassium=={POTASSIUM_VERSION}", *gpuledger_dependencies()]
+    key = hashlib.sha256("\n".join(requirements).encode()).hexdigest()[:10]
+    venv = cached_venv(
+        f"potassium-{POTASSIUM_VERSION}-gpuledger-deps-{key}-py{PYTHON_VERSION}",
+        requirements,
+        lambda venv: [str(venv / "bin" / "python"), "-c", "import potassium, structlog, wrapt"],
+    )
+    return venv / "bin" / "python"
 
 
 @pytest.fixture(scope="session")
 def potassium_gpuledger_python() -> Path:
     """Python with Potassium and gpuledger's dependencies; gpuledger itself comes by PYTHONPATH."""
-    try:
-        return _venv()
-    except VenvUnavailable as error:
-        if in_ci():
-            pytest.fail(f"the Potassium venv could not be made: {error}", pytrace=False)
-        pytest.skip(f"the Potassium venv could not be made (needs PyPI once): {error}")
+    return venv_or_skip(_venv, f"potassium=={POTASSIUM_VERSION} + gpuledger's dependencies")
 
 
 def _source_tree(into: Path) -> Path:
-    """A ``gpuledger`` package of links to this checkout (agent/ and its two subpackages)."""
-    package = into / "gpuledger"
-    package.mkdir(parents=True)
-    for entry in (ROOT / "agent").iterdir():
-        (package / entry.name).symlink_to(entry)
-    (package / "instrumentation").symlink_to(ROOT / "instrumentation")
-    (package / "exporters").symlink_to(ROOT / "exporters")
-    return into
+    """A ``gpuledger`` package of links to this checkout, for the server's PYTHONPATH."""
+    return link_gpuledger(into)
 
 
 def post(url: str, payload: dict[str, Any], headers: dict[str, str]) -> tuple[int, bytes]:

@@ -33,9 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -48,12 +46,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.services import HOST, ServerStartError, _spawn, free_port, in_ci, log_tail, stop
+from tests.services import HOST, ServerStartError, _spawn, free_port, log_tail, stop
+from tests.venvs import PYTHON_VERSION, cached_venv, clean_env, venv_or_skip
 
 COG_VERSION = "0.23.1"
 POTASSIUM_VERSION = "0.5.0"
-VENV_TIMEOUT_S = 120.0
-PIP_TIMEOUT_S = 600.0
 READY_TIMEOUT_S = 60.0
 
 COG_SETUP_S = 0.5
@@ -229,113 +226,19 @@ main()
 '''
 
 
-class VenvUnavailable(RuntimeError):
-    """A model server's venv could not be made; the message ends with the log's tail."""
-
-
-def cache_dir() -> Path:
-    """Where tests keep what they install once per machine: ``$GPULEDGER_TEST_CACHE``, else
-    ``$XDG_CACHE_HOME/gpuledger-tests``, else ``~/.cache/gpuledger-tests``."""
-    chosen = os.environ.get("GPULEDGER_TEST_CACHE")
-    if chosen:
-        return Path(chosen)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "gpuledger-tests"
-
-
-def _clean_env() -> dict[str, str]:
-    """Our environment without what would change a model server's (or pip's) behaviour."""
-    return {
-        name: value
-        for name, value in os.environ.items()
-        if name != "PYTHONPATH" and not name.startswith(("GPULEDGER_", "OTEL_", "COG_"))
-    }
-
-
-def _run_step(argv: Sequence[str], log: Path, timeout: float, what: str) -> None:
-    with log.open("ab") as out:
-        out.write(f"$ {' '.join(argv)}\n".encode())
-        out.flush()
-        try:
-            result = subprocess.run(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                timeout=timeout,
-                check=False,
-                env={**_clean_env(), "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"},
-            )
-        except subprocess.TimeoutExpired:
-            raise VenvUnavailable(
-                f"{what} took over {timeout:g} s; log {log}:\n{log_tail(log)}"
-            ) from None
-    if result.returncode != 0:
-        raise VenvUnavailable(
-            f"{what} exited with status {result.returncode}; log {log}:\n{log_tail(log)}"
-        )
-
-
 def server_venv(requirement: str, check: str) -> Path:
-    """The Python of a venv holding ``requirement`` (``cog==0.23.1``), made on first use.
-
-    Keyed by the requirement and this Python's version; a lock file serialises concurrent pytest
-    runs; the venv counts as made only once ``.complete`` is written after the install and the
-    ``check`` import, so a half-made one (a killed run) is made again. Raises VenvUnavailable.
-    """
-    python_version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    root = cache_dir()
-    venv = root / f"{requirement.replace('==', '-')}-py{python_version}"
-    marker = venv / ".complete"
-    python = venv / "bin" / "python"
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        lock = (root / f"{venv.name}.lock").open("a")
-    except OSError as error:
-        raise VenvUnavailable(f"cannot write the test cache {root}: {error}") from error
-    with lock:
-        deadline = time.monotonic() + VENV_TIMEOUT_S + PIP_TIMEOUT_S + 30
-        while True:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise VenvUnavailable(f"{lock.name} stayed locked") from None
-                time.sleep(0.2)
-        try:
-            if marker.is_file() and os.access(python, os.X_OK):
-                return python
-            shutil.rmtree(venv, ignore_errors=True)
-            log = root / f"{venv.name}.log"
-            log.write_bytes(b"")
-            # The running interpreter, even from a venv: venv builds on its base Python.
-            _run_step([sys.executable, "-m", "venv", str(venv)], log, VENV_TIMEOUT_S, "venv")
-            pip = [
-                str(python), "-m", "pip", "install",
-                "--quiet", "--retries", "2", "--timeout", "30", requirement,
-            ]  # fmt: skip
-            _run_step(pip, log, PIP_TIMEOUT_S, f"pip install {requirement}")
-            _run_step([str(python), "-c", f"import {check}"], log, 60, f"import {check}")
-            marker.write_text(f"{requirement}\n", encoding="utf-8")
-            return python
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    """The Python of a venv holding ``requirement`` (``cog==0.23.1``), made on first use; the
+    ``check`` module must import. Raises VenvUnavailable."""
+    venv = cached_venv(
+        f"{requirement.replace('==', '-')}-py{PYTHON_VERSION}",
+        [requirement],
+        lambda venv: [str(venv / "bin" / "python"), "-c", f"import {check}"],
+    )
+    return venv / "bin" / "python"
 
 
 def _venv_or_skip(requirement: str, check: str) -> Path:
-    try:
-        return server_venv(requirement, check)
-    except VenvUnavailable as error:
-        if in_ci():
-            pytest.fail(
-                f"the venv for {requirement} could not be made, and CI is set: {error}",
-                pytrace=False,
-            )
-        pytest.skip(
-            f"the venv for {requirement} could not be made (it needs PyPI the first time; it is "
-            f"kept in {cache_dir()}, see GPULEDGER_TEST_CACHE): {error}"
-        )
+    return venv_or_skip(lambda: server_venv(requirement, check), requirement)
 
 
 @pytest.fixture(scope="session")
@@ -439,7 +342,7 @@ class Upstreams:
         (app / "predict.py").write_text(textwrap.dedent(predictor), encoding="utf-8")
         port = free_port()
         env = {
-            **_clean_env(),
+            **clean_env(),
             "PORT": str(port),
             "COG_PREDICT_TYPE_STUB": "predict.py:Predictor",
             "PATH": f"{python.parent}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -454,7 +357,7 @@ class Upstreams:
         app.mkdir(exist_ok=True)
         (app / "app.py").write_text(textwrap.dedent(app_source), encoding="utf-8")
         port = free_port()
-        env = {**_clean_env(), "PORT": str(port), "PYTHONUNBUFFERED": "1"}
+        env = {**clean_env(), "PORT": str(port), "PYTHONUNBUFFERED": "1"}
         argv = [str(python), "app.py"]
         return self._start("potassium", argv, env, app, port, POTASSIUM_INIT_S)
 
@@ -466,7 +369,7 @@ class Upstreams:
         argv = [
             sys.executable, str(script), "--port", str(chosen), "--ready-after", str(ready_after)
         ]  # fmt: skip
-        return self._start(f"plain-{chosen}", argv, _clean_env(), self.workdir, chosen, ready_after)
+        return self._start(f"plain-{chosen}", argv, clean_env(), self.workdir, chosen, ready_after)
 
     def close(self) -> None:
         """Stop every server started."""
