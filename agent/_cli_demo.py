@@ -75,6 +75,6 @@ def demo(
     )
     ctx.invoke(report, location=ledger, by="user", since=None, output_format="table")
     click.echo(
-        f"\nmore: gpuledger report --ledger {ledger} --by tenant|endpoint|day|invocation "
+        f"\nmore: gpuledger report --ledger {ledger} --by tenant|endpoint|day|invocation|target "
         "[--format json|csv]"
     )
