@@ -383,8 +383,62 @@ def parse_rotel_debug(text: str) -> tuple[list[ReceivedSpan], list[ReceivedMetri
     return spans, metrics
 
 
+class _Waits:
+    """Bounded waits for what a receiver got: ``spans(name)``, ``received_metrics(name)`` and
+    ``diagnose()`` come from the receiver; ``label`` names it in a failure."""
+
+    label = "the receiver"
+
+    def spans(self, name: str | None = None) -> list[ReceivedSpan]:
+        raise NotImplementedError
+
+    def received_metrics(self, name: str | None = None) -> list[ReceivedMetric]:
+        raise NotImplementedError
+
+    def diagnose(self) -> str:
+        raise NotImplementedError
+
+    def wait_for_spans(
+        self,
+        count: int,
+        name: str | None = None,
+        timeout: float = WAIT_TIMEOUT_S,
+        where: Callable[[ReceivedSpan], bool] | None = None,
+    ) -> list[ReceivedSpan]:
+        """At least ``count`` spans (called ``name``, and for which ``where`` is true, if
+        given), polled for up to ``timeout``; all such spans."""
+
+        def probe() -> list[ReceivedSpan] | None:
+            spans = [span for span in self.spans(name) if where is None or where(span)]
+            return spans if len(spans) >= count else None
+
+        result: list[ReceivedSpan] = _poll(
+            f"{count} span(s){f' named {name!r}' if name else ''} at {self.label}",
+            probe,
+            timeout,
+            self.diagnose,
+        )
+        return result
+
+    def wait_for_metric(
+        self,
+        name: str,
+        timeout: float = WAIT_TIMEOUT_S,
+        where: Callable[[ReceivedMetric], bool] | None = None,
+    ) -> list[ReceivedMetric]:
+        """The exports of metric ``name`` (for which ``where`` is true, if given): at least one,
+        polled for up to ``timeout``."""
+        result: list[ReceivedMetric] = _poll(
+            f"metric {name!r} at {self.label}",
+            lambda: [m for m in self.received_metrics(name) if where is None or where(m)],
+            timeout,
+            self.diagnose,
+        )
+        return result
+
+
 @dataclasses.dataclass
-class Rotel:
+class Rotel(_Waits):
     """A running rotel: where to send OTLP, and what it printed that it received."""
 
     http_endpoint: str
@@ -412,6 +466,11 @@ class Rotel:
         spans, _ = parse_rotel_debug(self.output())
         return [span for span in spans if name is None or span.name == name]
 
+    label = "rotel"
+
+    def received_metrics(self, name: str | None = None) -> list[ReceivedMetric]:
+        return self.metrics(name)
+
     def metrics(self, name: str | None = None) -> list[ReceivedMetric]:
         """The metrics rotel printed (one entry per export), optionally only ``name``."""
         _, metrics = parse_rotel_debug(self.output())
@@ -420,44 +479,6 @@ class Rotel:
     def diagnose(self) -> str:
         state = "running" if self.proc.poll() is None else f"exited {self.proc.returncode}"
         return f"rotel ({state}) log {self.log}:\n{log_tail(self.log, 40)}"
-
-    def wait_for_spans(
-        self,
-        count: int,
-        name: str | None = None,
-        timeout: float = WAIT_TIMEOUT_S,
-        where: Callable[[ReceivedSpan], bool] | None = None,
-    ) -> list[ReceivedSpan]:
-        """At least ``count`` spans (called ``name``, and for which ``where`` is true, if
-        given), polled for up to ``timeout``; all such spans."""
-
-        def probe() -> list[ReceivedSpan] | None:
-            spans = [span for span in self.spans(name) if where is None or where(span)]
-            return spans if len(spans) >= count else None
-
-        result: list[ReceivedSpan] = _poll(
-            f"{count} span(s){f' named {name!r}' if name else ''} at rotel",
-            probe,
-            timeout,
-            self.diagnose,
-        )
-        return result
-
-    def wait_for_metric(
-        self,
-        name: str,
-        timeout: float = WAIT_TIMEOUT_S,
-        where: Callable[[ReceivedMetric], bool] | None = None,
-    ) -> list[ReceivedMetric]:
-        """The exports of metric ``name`` (for which ``where`` is true, if given): at least one,
-        polled for up to ``timeout``."""
-        result: list[ReceivedMetric] = _poll(
-            f"metric {name!r} at rotel",
-            lambda: [m for m in self.metrics(name) if where is None or where(m)],
-            timeout,
-            self.diagnose,
-        )
-        return result
 
 
 def rotel_binary() -> Path | None:
@@ -581,7 +602,7 @@ def _otlp_point(point: dict[str, Any]) -> ReceivedPoint:
 
 
 @dataclasses.dataclass
-class DDAgent:
+class DDAgent(_Waits):
     """A running ``ddapm-test-agent``: its intakes, and what its OTLP intake got."""
 
     base_url: str
@@ -644,6 +665,11 @@ class DDAgent:
                         )
         return found
 
+    label = "ddapm-test-agent"
+
+    def received_metrics(self, name: str | None = None) -> list[ReceivedMetric]:
+        return self.metric_exports(name)
+
     def metric_exports(self, name: str | None = None) -> list[ReceivedMetric]:
         """The metrics in ``metrics()`` (one entry per export), optionally only ``name``."""
         found = []
@@ -675,44 +701,6 @@ class DDAgent:
     def diagnose(self) -> str:
         state = "running" if self.proc.poll() is None else f"exited {self.proc.returncode}"
         return f"ddapm-test-agent ({state}) log {self.log}:\n{log_tail(self.log, 40)}"
-
-    def wait_for_spans(
-        self,
-        count: int,
-        name: str | None = None,
-        timeout: float = WAIT_TIMEOUT_S,
-        where: Callable[[ReceivedSpan], bool] | None = None,
-    ) -> list[ReceivedSpan]:
-        """At least ``count`` spans (called ``name``, and for which ``where`` is true, if
-        given), polled for up to ``timeout``; all such spans."""
-
-        def probe() -> list[ReceivedSpan] | None:
-            spans = [span for span in self.spans(name) if where is None or where(span)]
-            return spans if len(spans) >= count else None
-
-        result: list[ReceivedSpan] = _poll(
-            f"{count} span(s){f' named {name!r}' if name else ''} at ddapm-test-agent",
-            probe,
-            timeout,
-            self.diagnose,
-        )
-        return result
-
-    def wait_for_metric(
-        self,
-        name: str,
-        timeout: float = WAIT_TIMEOUT_S,
-        where: Callable[[ReceivedMetric], bool] | None = None,
-    ) -> list[ReceivedMetric]:
-        """The exports of metric ``name`` (for which ``where`` is true, if given): at least one,
-        polled for up to ``timeout``."""
-        result: list[ReceivedMetric] = _poll(
-            f"metric {name!r} at ddapm-test-agent",
-            lambda: [m for m in self.metric_exports(name) if where is None or where(m)],
-            timeout,
-            self.diagnose,
-        )
-        return result
 
 
 def _ddapm_answers(ports: list[int]) -> Callable[[], bool]:
