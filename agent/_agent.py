@@ -139,6 +139,7 @@ class Agent:
         self._batch_size = self.pipeline.batch_size
         self._ledger: Any = None
         self._retry: list[InvocationRecord] = []
+        self._ledger_failed_at: float | None = None
         self._pseudonym_warned = False
         self.closed = False
         self._sidecar: Any = None
@@ -265,16 +266,9 @@ class Agent:
         finally:
             self.gpu_ready.set()
 
-    @staticmethod
-    def _check_ledger_location(location: str) -> None:
-        if "://" in location and not location.startswith("sqlite://"):
-            return  # other back-ends check themselves when opened
-        path = location.removeprefix("sqlite:///").removeprefix("sqlite://")
-        parent = os.path.dirname(path) or "."
-        if not os.path.isdir(parent):
-            raise ConfigError(
-                "ledger", location, f"directory {parent!r} does not exist", "argument"
-            )
+    def _check_ledger_location(self, location: str) -> None:
+        if self.settings.sidecar is None:  # with a sidecar, the local ledger is the fallback
+            check_ledger_location(location, self.settings.sources.get("ledger", "argument"))
 
     def _setup_telemetry(self, env: Mapping[str, str]) -> None:
         settings = self.settings
@@ -887,9 +881,40 @@ class Agent:
             if overflow:
                 _guard.count("ledger.dropped", overflow)
             self._retry = pending[overflow:]
+            self._ledger_failing(error)
             _guard.record_failure("ledger.write", error)
         else:
+            if self._ledger_failed_at is not None:
+                self._ledger_failed_at = None
+                get_logger().warning(
+                    "gpuledger's ledger is writable again; held invocations written",
+                    ledger=self._ledger_display(),
+                    written=len(pending),
+                )
             self._retry = []
+
+    def _ledger_failing(self, error: BaseException) -> None:
+        """Say loudly, at once and then every minute while it lasts, that the ledger is failing.
+
+        The disk is the problem (full, read-only, removed), not a record: every invocation is
+        held in memory and retried, and lost if the process exits first.
+        """
+        now = time.monotonic()
+        if self._ledger_failed_at is not None and now - self._ledger_failed_at < 60.0:
+            return
+        self._ledger_failed_at = now
+        get_logger().error(
+            "gpuledger CANNOT WRITE ITS LEDGER: invocations are held in memory and retried, "
+            "and are lost if this process exits before the ledger is writable again",
+            ledger=self._ledger_display(),
+            error=f"{type(error).__name__}: {error}",
+            held=len(self._retry),
+        )
+
+    def _ledger_display(self) -> str:
+        from gpuledger._ledger import display_location  # noqa: PLC0415
+
+        return display_location(self.settings.ledger)
 
     def _write_one_by_one(self, records: list[InvocationRecord]) -> list[InvocationRecord]:
         """After a failed batch: write what can be written, so one bad record cannot hold the
@@ -1159,6 +1184,28 @@ def configure(**settings: Any) -> Agent:
     if old is not None:
         old.shutdown()
     return new_agent
+
+
+def check_ledger_location(location: str, source: str) -> None:
+    """Raise ConfigError if the SQLite ledger at ``location`` could not be created or written,
+    so that a ledger that can never be written fails the configuration instead of losing every
+    invocation later."""
+    from gpuledger._location import unwritable_reason  # noqa: PLC0415
+
+    reason = unwritable_reason(location)
+    if reason is not None:
+        raise ConfigError("ledger", location, reason, source)
+
+
+def check_environment() -> None:
+    """Check the settings the environment gives, as the first invocation would use them.
+
+    ``@traced_handler`` calls it at decoration when nothing is configured yet, so that a bad
+    ``GPULEDGER_*`` value fails at import (the deploy), never on a request. Raises ConfigError.
+    """
+    resolved = resolve_settings({})
+    if resolved.sidecar is None:
+        check_ledger_location(resolved.ledger, resolved.sources.get("ledger", "default"))
 
 
 def get_agent() -> Agent | None:

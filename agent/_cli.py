@@ -1,4 +1,17 @@
-"""The ``gpuledger`` command line."""
+"""The ``gpuledger`` command line.
+
+Every command exits alike:
+
+- 0: it did what was asked; a command group run alone (``gpuledger``, ``gpuledger pricing``)
+  prints its help, which is what was asked.
+- 2: a usage error, the command line itself is wrong: a value that cannot be read (``--duration
+  0s``, ``--since last tuesday``), a name the catalogue does not know (``--platform lambda``), a
+  choice not offered, options that conflict. The message names the option
+  (``click.BadParameter``/``click.UsageError``).
+- 1: a well-formed request that failed: a missing or corrupt ledger or pricing file, a GPU the
+  catalogue has no price for, a ledger the demo may not write, a failed check (``pricing
+  validate``) (``click.ClickException``).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +20,7 @@ import click
 from gpuledger._cli_breakeven import breakeven
 from gpuledger._cli_compare import compare_command
 from gpuledger._cli_demo import demo
+from gpuledger._cli_options import help_when_bare
 from gpuledger._cli_pricing import pricing
 from gpuledger._cli_proxy import proxy
 from gpuledger._cli_report import report
@@ -15,10 +29,12 @@ from gpuledger._cli_sidecar import sidecar_command
 __all__ = ["main"]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, invoke_without_command=True)
 @click.version_option(package_name="gpuledger")
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """gpuledger: what each GPU inference request costs, and where it should run."""
+    help_when_bare(ctx)
 
 
 main.add_command(report)

@@ -9,7 +9,7 @@ import click
 
 from gpuledger._pricing import PRICING_ENV
 
-__all__ = ["format_option", "pricing_option"]
+__all__ = ["format_option", "help_when_bare", "pricing_option"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -39,3 +39,13 @@ def format_option(what: str) -> Callable[[F], F]:
         )(function)
 
     return decorate
+
+
+def help_when_bare(ctx: click.Context) -> None:
+    """Print a group's help when it was run without a subcommand (exit 0: help was asked for).
+
+    For groups declared with ``invoke_without_command=True``; click's own answer to a bare group
+    is the help and exit code 2, a usage error.
+    """
+    if ctx.invoked_subcommand is None:
+        click.echo(ctx.get_help())

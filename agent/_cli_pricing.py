@@ -14,7 +14,7 @@ import json
 
 import click
 
-from gpuledger._cli_options import format_option, pricing_option
+from gpuledger._cli_options import format_option, help_when_bare, pricing_option
 from gpuledger._errors import PricingError
 from gpuledger._pricing import Catalogue, Price, check_file, load_catalogue
 
@@ -47,9 +47,11 @@ _BEHAVIOUR_COLUMNS = (
 )
 
 
-@click.group("pricing")
-def pricing() -> None:
+@click.group("pricing", invoke_without_command=True)
+@click.pass_context
+def pricing(ctx: click.Context) -> None:
     """The pricing catalogue: show the prices in use, check a pricing file."""
+    help_when_bare(ctx)
 
 
 @pricing.command("show")

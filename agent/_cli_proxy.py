@@ -10,6 +10,13 @@ __all__ = ["proxy"]
 
 INSTALL_HINT = "pip install 'gpuledger[proxy]'"
 
+# The option behind each setting a ConfigError can name, where the two spellings differ.
+_OPTION_OF_SETTING = {
+    "ready_timeout_s": "--ready-timeout",
+    "upstream_timeout_s": "--upstream-timeout",
+    "unmetered_paths": "--unmetered-path",
+}
+
 
 @click.command("proxy")
 @click.option(
@@ -198,6 +205,13 @@ def proxy(
             "service_name": service_name,
         }
         gpuledger.configure(**{key: value for key, value in settings.items() if value is not None})
+    except gpuledger.ConfigError as error:
+        if error.source != "argument":  # from the environment: not this command line's mistake
+            raise click.ClickException(str(error)) from None
+        option = _OPTION_OF_SETTING.get(error.setting, "--" + error.setting.replace("_", "-"))
+        raise click.BadParameter(
+            f"{error.value!r}: {error.reason}", param_hint=f"'{option}'"
+        ) from None
     except gpuledger.GpuledgerError as error:
         raise click.ClickException(str(error)) from None
     try:

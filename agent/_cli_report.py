@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
 import time
+from collections.abc import Callable, Sequence
+from typing import Any, Final
 
 import click
 
@@ -14,32 +17,69 @@ from gpuledger._errors import LedgerError
 from gpuledger._ledger import LEDGER_ENV, default_ledger_location, open_ledger
 from gpuledger._report import GROUP_BY, REPORT_COLUMNS, ReportRow, aggregate, parse_since, totals
 
-__all__ = ["report"]
+__all__ = ["TABLE_COLUMNS", "TableColumn", "report"]
 
 FORMATS = ("table", "json", "csv")
 _UNKNOWN = "-"
 
-# (header, column, formatter) for the table; the key column is added in front.
-_TABLE_COLUMNS: tuple[tuple[str, str, str], ...] = (
-    ("invocations", "invocations", "int"),
-    ("cold", "cold_starts", "int"),
-    ("cold %", "cold_start_share", "percent"),
-    ("init s", "mean_init_s", "seconds"),
-    ("errors", "errors", "int"),
-    ("billed GPU s", "billed_gpu_seconds", "seconds"),
-    ("busy GPU s", "busy_gpu_seconds", "seconds"),
-    ("busy %", "busy_share", "percent"),
-    ("energy kJ", "energy_j", "kilojoules"),
-    ("calls", "external_calls", "int"),
-    ("wait s", "external_wait_s", "seconds"),
-    ("wait USD", "external_wait_cost_usd", "usd"),
-    ("cost USD", "cost_usd", "usd"),
-    ("unpriced", "unpriced", "int"),
-    ("tokens in", "input_tokens", "int"),
-    ("tokens out", "output_tokens", "int"),
-    ("p50 s", "duration_p50_s", "seconds"),
-    ("p95 s", "duration_p95_s", "seconds"),
+
+def _count(value: int) -> str:
+    return f"{value:,}"
+
+
+def _percent(share: float) -> str:
+    return f"{share * 100:.1f}"
+
+
+def _seconds(seconds: float) -> str:
+    return f"{seconds:,.3f}"
+
+
+def _kilojoules(joules: float) -> str:
+    return f"{joules / 1000:,.3f}"
+
+
+def _usd(amount: float) -> str:
+    # Per-request prices are fractions of a cent: six decimals below a dollar, four above.
+    return f"{amount:,.4f}" if abs(amount) >= 1 else f"{amount:.6f}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TableColumn:
+    """One column of the report table: its header, the :class:`ReportRow` field it shows, how a
+    known value is written (unknown is always "-"), and whether the default table has it."""
+
+    header: str
+    field: str
+    format: Callable[[Any], str]
+    default: bool
+
+
+TABLE_COLUMNS: Final = (
+    TableColumn("invocations", "invocations", _count, default=True),
+    TableColumn("cold", "cold_starts", _count, default=True),
+    TableColumn("cold %", "cold_start_share", _percent, default=True),
+    TableColumn("init s", "mean_init_s", _seconds, default=True),
+    TableColumn("errors", "errors", _count, default=True),
+    TableColumn("billed GPU s", "billed_gpu_seconds", _seconds, default=True),
+    TableColumn("busy GPU s", "busy_gpu_seconds", _seconds, default=False),
+    TableColumn("busy %", "busy_share", _percent, default=True),
+    TableColumn("energy kJ", "energy_j", _kilojoules, default=False),
+    TableColumn("calls", "external_calls", _count, default=False),
+    TableColumn("wait s", "external_wait_s", _seconds, default=False),
+    TableColumn("wait USD", "external_wait_cost_usd", _usd, default=False),
+    TableColumn("cost USD", "cost_usd", _usd, default=True),
+    TableColumn("unpriced", "unpriced", _count, default=False),
+    TableColumn("tokens in", "input_tokens", _count, default=False),
+    TableColumn("tokens out", "output_tokens", _count, default=False),
+    TableColumn("p50 s", "duration_p50_s", _seconds, default=False),
+    TableColumn("p95 s", "duration_p95_s", _seconds, default=True),
 )
+"""The table's columns in order, after the key column. The default set is what a chargeback
+reader needs first (what was run, what it cost, and what explains the cost: cold starts and how
+long they took, errors, idle GPU time, slow requests) and fits 100 characters for keys of up to
+a dozen characters (user and tenant names, dates); ``--wide`` shows all.
+A new column is one entry here."""
 
 
 @click.command("report")
@@ -72,11 +112,23 @@ _TABLE_COLUMNS: tuple[tuple[str, str, str], ...] = (
     type=click.Choice(FORMATS),
     default="table",
     show_default=True,
-    help="table for people (with a TOTAL row); json or csv for tools (groups only).",
+    help="table for people (with a TOTAL row); json or csv for tools (groups only, every column).",
 )
-def report(location: str | None, by: str, since: str | None, output_format: str) -> None:
+@click.option(
+    "--wide",
+    is_flag=True,
+    help="Table: show every column (adds busy GPU s, energy, outgoing calls, their wait and "
+    "its cost, unpriced count, tokens in and out, p50 s).",
+)
+def report(
+    location: str | None, by: str, since: str | None, output_format: str, wide: bool
+) -> None:
     """Cost, GPU seconds, cold starts and external wait per user, tenant, endpoint, platform,
     day, invocation or outgoing-call target.
+
+    The table shows invocations, cold starts (count, share, mean init), errors, billed GPU
+    seconds, busy %, cost USD and p95 duration; --wide shows every column, as json and csv
+    always do.
 
     Unknown values are shown as "-" (table), null (json) or empty (csv), never as zero: busy
     GPU seconds where no GPU was metered, cost where the catalogue had no price.
@@ -109,7 +161,8 @@ def report(location: str | None, by: str, since: str | None, output_format: str)
         window = f" since {since}" if since is not None else ""
         click.echo(f"no invocations in {path}{window}")
     else:
-        click.echo(_table(rows, by, total))
+        columns = TABLE_COLUMNS if wide else [column for column in TABLE_COLUMNS if column.default]
+        click.echo(_table(rows, by, columns, total))
 
 
 def _plain(row: ReportRow) -> dict[str, object]:
@@ -130,11 +183,16 @@ def _csv(rows: list[ReportRow]) -> str:
     return buffer.getvalue()
 
 
-def _table(rows: list[ReportRow], by: str, total: ReportRow | None = None) -> str:
+def _table(
+    rows: list[ReportRow],
+    by: str,
+    columns: Sequence[TableColumn],
+    total: ReportRow | None = None,
+) -> str:
     total = total or totals(rows)
-    headers = [by, *(header for header, _, _ in _TABLE_COLUMNS)]
-    body = [_cells(row) for row in rows]
-    footer = _cells(total)
+    headers = [by, *(column.header for column in columns)]
+    body = [_cells(row, columns) for row in rows]
+    footer = _cells(total, columns)
     widths = [
         max(len(line[index]) for line in (headers, *body, footer)) for index in range(len(headers))
     ]
@@ -154,20 +212,10 @@ def _table(rows: list[ReportRow], by: str, total: ReportRow | None = None) -> st
     return "\n".join(lines)
 
 
-def _cells(row: ReportRow) -> list[str]:
-    return [row.key, *(_format(getattr(row, column), kind) for _, column, kind in _TABLE_COLUMNS)]
-
-
-def _format(value: float | None, kind: str) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return _UNKNOWN
-    if kind == "int":
-        return f"{value:,}"
-    if kind == "percent":
-        return f"{value * 100:.1f}"
-    if kind == "kilojoules":
-        return f"{value / 1000:,.3f}"
-    if kind == "usd":
-        # Per-request prices are fractions of a cent: six decimals below a dollar, four above.
-        return f"{value:,.4f}" if abs(value) >= 1 else f"{value:.6f}"
-    return f"{value:,.3f}"
+def _cells(row: ReportRow, columns: Sequence[TableColumn]) -> list[str]:
+    cells = [row.key]
+    for column in columns:
+        value = getattr(row, column.field)
+        unknown = value is None or (isinstance(value, float) and math.isnan(value))
+        cells.append(_UNKNOWN if unknown else column.format(value))
+    return cells

@@ -27,9 +27,16 @@ if TYPE_CHECKING:
     from gpuledger._pricing import Catalogue, Price
     from gpuledger._traffic import Burstiness, Trace
 
-__all__ = ["Comparison", "compare"]
+__all__ = ["MIN_REQUESTS", "MIN_WINDOW_S", "Comparison", "compare"]
 
 RESERVED_PLATFORM: Final = "reserved"
+MIN_REQUESTS: Final = 100
+"""Fewer requests than this are too few to recommend from: a p95 would rest on fewer than five
+of them, and a handful of cold starts would decide the ranking."""
+MIN_WINDOW_S: Final = 86_400.0
+"""A trace shorter than a day (seconds) is too short to recommend from: idle windows,
+scale-to-zero and pre-warmed pools are paid over a day's cycle of traffic, and a few busy hours
+make reserved GPUs look busier than they would be around the clock."""
 _MAX_RESERVED: Final = 4096
 _HYBRID_EXHAUSTIVE: Final = 16
 """Up to this many reserved workers every hybrid size is replayed; above it, powers of two."""
@@ -48,6 +55,9 @@ class Comparison:
     gpu: str
     source: str
     notes: list[str]
+    warning: str | None = None
+    """Why the trace is too short to recommend from (:data:`MIN_REQUESTS`, :data:`MIN_WINDOW_S`),
+    or None when it is long enough or empty."""
 
 
 def _meets(result: SimResult, slo_p95_s: float | None) -> bool:
@@ -131,6 +141,7 @@ def compare(
         gpu=model,
         source=trace.source,
         notes=notes,
+        warning=_too_short(shape),
     )
 
 
@@ -379,6 +390,41 @@ def _recommend(
     lines.append(traffic)
     lines.append(_why(best, shape, results))
     return " ".join(lines)
+
+
+def _too_short(shape: Burstiness) -> str | None:
+    """Why a recommendation from this trace would not hold, or None when it is long enough."""
+    if shape.requests == 0:
+        return None  # nothing is recommended
+    reasons = []
+    if shape.window_s < MIN_WINDOW_S - 1e-6:
+        reasons.append(
+            "idle windows, scale-to-zero and pre-warmed pools only show what they cost over a "
+            "day's cycle of traffic (a few busy hours make reserved GPUs look busier than they "
+            "are around the clock)"
+        )
+    if shape.requests < MIN_REQUESTS:
+        reasons.append(
+            f"with fewer than {MIN_REQUESTS} requests the p95 rests on fewer than five of them, "
+            "and a handful of cold starts decides the ranking"
+        )
+    if not reasons:
+        return None
+    why = "; and ".join(reasons)
+    return (
+        f"the trace is too short to recommend from: {shape.requests:,} requests over "
+        f"{_span(shape.window_s)}; judge from at least {MIN_REQUESTS} requests over at least "
+        f"{MIN_WINDOW_S / 3600:g} hours. {why[0].upper()}{why[1:]}."
+    )
+
+
+def _span(seconds: float) -> str:
+    """A time span in the unit people read it in: minutes, hours or days."""
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} minutes"
+    if seconds < 2 * 86_400:
+        return f"{seconds / 3600:.1f} hours"
+    return f"{seconds / 86_400:.1f} days"
 
 
 def _why(best: SimResult, shape: Burstiness, results: list[SimResult]) -> str:

@@ -18,6 +18,7 @@ from typing import Any
 
 import gpuledger
 from gpuledger import _agent
+from gpuledger._cli_demo import DEMO_SERVICE_NAME
 
 __all__ = ["DemoResult", "run_demo"]
 
@@ -176,7 +177,7 @@ def _start_worker(
         platform=platform,
         gpu=gpu,
         clock=clock,
-        service_name="gpuledger-demo",
+        service_name=DEMO_SERVICE_NAME,
         endpoint="demo-endpoint",
         worker_id=f"demo-worker-{number}",
         exporters="none",

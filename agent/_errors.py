@@ -22,7 +22,7 @@ class ConfigError(GpuledgerError, ValueError):
     """A setting was given a value gpuledger cannot use.
 
     ``setting`` is the keyword name, ``value`` what was given and ``source`` where it came
-    from (``"argument"`` or the environment variable's name).
+    from (``"argument"``, ``"default"`` or the environment variable's name).
     """
 
     def __init__(self, setting: str, value: object, reason: str, source: str = "argument") -> None:
@@ -30,7 +30,7 @@ class ConfigError(GpuledgerError, ValueError):
         self.value = value
         self.reason = reason
         self.source = source
-        where = "argument" if source == "argument" else f"environment variable {source}"
+        where = source if source in ("argument", "default") else f"environment variable {source}"
         super().__init__(f"setting {setting!r} = {value!r} (from {where}): {reason}")
 
 

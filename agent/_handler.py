@@ -84,6 +84,10 @@ def traced_handler(
         spec = HandlerSpec(
             name or getattr(target, "__qualname__", None) or repr(target), user, tags, invocation_id
         )
+        if agent_module._agent is None:
+            # Nothing configured yet: the first invocation will configure from the environment,
+            # so check it now, at import, where a bad value fails the deploy and not a request.
+            agent_module.check_environment()
         agent_module.worker_state().mark_ready(_wall_ns())
         return _wrap(target, spec)
 

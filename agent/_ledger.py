@@ -30,7 +30,6 @@ import operator
 import os
 import pathlib
 import random
-import re
 import sqlite3
 import threading
 import time
@@ -40,6 +39,9 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar, Final, Literal, NamedTuple, TypeVar
 
 from gpuledger._errors import LedgerError
+from gpuledger._location import MEMORY as _MEMORY
+from gpuledger._location import is_postgres as _is_postgres
+from gpuledger._location import parse_location as _parse_location
 from gpuledger._record import FIELD_NAMES, InvocationRecord
 
 __all__ = [
@@ -154,9 +156,6 @@ _READ_PAGE = 1000
 
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
-_URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
-_POSTGRES_SCHEMES = frozenset({"postgresql", "postgres"})
-_MEMORY = ":memory:"
 _T = TypeVar("_T")
 
 
@@ -193,11 +192,6 @@ def display_location(location: str) -> str:
 
         return mask_dsn(location)
     return location
-
-
-def _is_postgres(location: str) -> bool:
-    match = _URL_SCHEME.match(location.strip())
-    return match is not None and match.group(1).lower() in _POSTGRES_SCHEMES
 
 
 class Usage(NamedTuple):
@@ -327,9 +321,16 @@ class Ledger(abc.ABC):
                 return
             last = (page[-1][-2], page[-1][-1])
 
-    def count(self) -> int:
-        """The number of records stored."""
-        (total,) = self._query("SELECT COUNT(*) FROM invocations", [])[0]
+    def count(self, *, service_name_not: str | None = None) -> int:
+        """The number of records stored (those of other services than ``service_name_not``)."""
+        if service_name_not is None:
+            (total,) = self._query("SELECT COUNT(*) FROM invocations", [])[0]
+        else:
+            (total,) = self._query(
+                "SELECT COUNT(*) FROM invocations "
+                f"WHERE service_name IS NULL OR service_name <> {self._PARAMETER}",
+                [service_name_not],
+            )[0]
         return int(total)
 
 
@@ -418,6 +419,8 @@ def _open(location: str, *, create: bool, migrations: Sequence[Migration]) -> Sq
             # mode=rw: never create the file, even if it vanishes after the check above.
             target = pathlib.Path(path).resolve().as_uri() + "?mode=rw"
             uri = True
+            if not _writable(path):
+                return _open_read_only(location, path, migrations)
         else:
             parent = os.path.dirname(os.path.abspath(path))
             try:
@@ -442,27 +445,48 @@ def _open(location: str, *, create: bool, migrations: Sequence[Migration]) -> Sq
     return SqliteLedger(connection, location=location, path=path, schema_version=version)
 
 
-def _parse_location(location: str) -> str:
-    """The SQLite file path named by ``location``."""
-    text = location.strip()
-    if not text:
-        raise LedgerError("the ledger location is empty")
-    match = _URL_SCHEME.match(text)
-    if match is None:
-        return text if text == _MEMORY else os.path.expanduser(text)
-    scheme = match.group(1).lower()
-    if scheme != "sqlite":
-        raise LedgerError(
-            f"unknown ledger location {location!r}: use a file path, sqlite:///path or "
-            "postgresql://user@host/database"
+def _writable(path: str) -> bool:
+    """Whether SQLite could write ``path``: the file, and its folder for the -wal and -shm."""
+    folder = os.path.dirname(os.path.abspath(path))
+    return os.access(path, os.W_OK) and os.access(folder, os.W_OK | os.X_OK)
+
+
+def _open_read_only(location: str, path: str, migrations: Sequence[Migration]) -> SqliteLedger:
+    """Open a ledger this process cannot write (a read-only folder or file), to read it.
+
+    A WAL database normally needs its -shm file, which SQLite cannot create in a read-only
+    folder. With no -wal content there is nothing beyond the main file to read, and
+    ``immutable=1`` reads it without the side files; with -wal content (or a -shm already
+    there), ``mode=ro`` reads through them, as SQLite allows since 3.22.
+    """
+    uri = pathlib.Path(path).resolve().as_uri()
+    wal = f"{path}-wal"
+    has_wal = os.path.exists(f"{path}-shm") or (os.path.exists(wal) and os.path.getsize(wal) > 0)
+    target = f"{uri}?mode=ro" if has_wal else f"{uri}?mode=ro&immutable=1"
+    try:
+        connection = sqlite3.connect(
+            target, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False, uri=True
         )
-    rest = text[len("sqlite://") :]
-    if not rest.startswith("/") or rest == "/":
+        connection.execute(f"PRAGMA busy_timeout = {int(_BUSY_TIMEOUT_S * 1000)}")
+        version = _schema_version(connection, path)
+    except sqlite3.DatabaseError as exc:
         raise LedgerError(
-            f"cannot read {location!r}: write sqlite:///relative/path.db or "
-            "sqlite:////absolute/path.db"
+            f"cannot read the ledger at {path}: it is read-only for this user and SQLite "
+            f"could not open it read-only ({exc})"
+        ) from exc
+    newest = len(migrations)
+    if version is None:
+        connection.close()
+        raise _empty_error(path)
+    if version < newest:
+        connection.close()
+        raise LedgerError(
+            f"the ledger at {path} is read-only for this user and at schema version {version}; "
+            f"this gpuledger reads version {newest}: open it once where it can be written "
+            "(any gpuledger command) to migrate it"
         )
-    return os.path.expanduser(rest[1:])
+    _check_schema(path, version, newest, lambda: _columns(connection))
+    return SqliteLedger(connection, location=location, path=path, schema_version=version)
 
 
 def _prepare(

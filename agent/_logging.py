@@ -2,20 +2,32 @@
 
 gpuledger never calls ``structlog.configure()``: that is the application's. It wraps its own
 logger with its own processors, readable in a terminal (``console``) or one JSON object a line
-(``json``), written to standard error, at ``warning`` and above unless asked for more.
+(``json``), at ``warning`` and above unless asked for more.
+
+Logging is the agent's last resort, so it must never fail the code that logs. Platforms replace
+the standard streams with objects of their own (Cog's ``_SlotLogWriter`` cannot be weakly
+referenced, which structlog's ``PrintLogger`` needs; a worker may close its stderr; a stream may
+raise), so the line goes through :class:`GuardedStderr`: it looks ``sys.stderr`` up at each write,
+falls back to the interpreter's original stream and then to file descriptor 2, and if all of them
+fail it drops the line and counts it (``log.write`` in ``gpuledger.telemetry.errors``). Rendering
+errors (a processor that raises on an odd value) are dropped and counted the same way.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
+import threading
 from typing import Any
 
-__all__ = ["configure_logging", "get_logger"]
+__all__ = ["GuardedStderr", "configure_logging", "get_logger"]
 
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 _logger: Any = None
 _format = "console"
 _level = "warning"
+_writing = threading.local()
 
 
 def configure_logging(log_format: str, log_level: str) -> None:
@@ -25,7 +37,10 @@ def configure_logging(log_format: str, log_level: str) -> None:
 
 
 def get_logger() -> Any:
-    """The agent's bound logger (built on first use, so ``import gpuledger`` stays light)."""
+    """The agent's logger (built on first use, so ``import gpuledger`` stays light).
+
+    Its methods (``debug`` ... ``critical``, ``exception``) never raise.
+    """
     global _logger
     if _logger is None:
         import structlog  # noqa: PLC0415  (lazy: structlog is only needed once something is said)
@@ -35,8 +50,8 @@ def get_logger() -> Any:
             renderer = structlog.processors.JSONRenderer()
         else:
             renderer = structlog.dev.ConsoleRenderer(colors=False)
-        _logger = structlog.wrap_logger(
-            structlog.PrintLogger(sys.stderr),
+        bound = structlog.wrap_logger(
+            GuardedStderr(),
             processors=[
                 structlog.processors.add_log_level,
                 structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -46,4 +61,93 @@ def get_logger() -> Any:
             wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[_level]),
             cache_logger_on_first_use=True,
         ).bind(logger="gpuledger")
+        _logger = _SafeLogger(bound)
     return _logger
+
+
+class GuardedStderr:
+    """A structlog logger that writes each rendered line to standard error and never raises.
+
+    ``sys.stderr`` is looked up at every write, so a stream a platform installs after
+    configuration is honoured; when it fails (closed, raising, ``None``), the interpreter's
+    original ``sys.__stderr__``, then file descriptor 2; when all fail the line is dropped and
+    counted. A stream whose ``write`` logs through gpuledger again does not recurse.
+    """
+
+    __slots__ = ()
+
+    def msg(self, message: str) -> None:
+        """Write ``message`` and a newline."""
+        if getattr(_writing, "active", False):
+            return  # the stream itself logged through gpuledger: drop rather than recurse
+        _writing.active = True
+        try:
+            line = f"{message}\n"
+            if not (_write(sys.stderr, line) or _write(sys.__stderr__, line) or _write_fd(line)):
+                _count_failure()
+        finally:
+            _writing.active = False
+
+    log = debug = info = warn = warning = error = err = critical = fatal = exception = msg
+
+
+def _write(stream: Any, line: str) -> bool:
+    if stream is None:
+        return False
+    try:
+        stream.write(line)
+        flush = getattr(stream, "flush", None)
+        if flush is not None:
+            flush()
+    except Exception:  # any stream, any failure: the caller tries the next one
+        return False
+    return True
+
+
+def _write_fd(line: str) -> bool:
+    try:
+        os.write(2, line.encode("utf-8", "replace"))
+    except Exception:  # fd 2 closed or not writable
+        return False
+    return True
+
+
+def _count_failure() -> None:
+    from gpuledger import _guard  # noqa: PLC0415  (_guard logs through this module)
+
+    with contextlib.suppress(Exception):  # counting is the last thing that can be done
+        _guard.count("log.write")
+
+
+class _SafeLogger:
+    """The bound logger's methods, with any failure inside structlog dropped and counted."""
+
+    __slots__ = ("_bound",)
+
+    def __init__(self, bound: Any) -> None:
+        self._bound = bound
+
+    def _emit(self, method: str, event: str, fields: dict[str, Any]) -> None:
+        try:
+            getattr(self._bound, method)(event, **fields)
+        except Exception:  # a processor or renderer that cannot take a value
+            _count_failure()
+
+    def debug(self, event: str, **fields: Any) -> None:
+        self._emit("debug", event, fields)
+
+    def info(self, event: str, **fields: Any) -> None:
+        self._emit("info", event, fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self._emit("warning", event, fields)
+
+    def error(self, event: str, **fields: Any) -> None:
+        self._emit("error", event, fields)
+
+    def critical(self, event: str, **fields: Any) -> None:
+        self._emit("critical", event, fields)
+
+    def exception(self, event: str, **fields: Any) -> None:
+        """An error with the exception being handled (its traceback), as in ``logging``."""
+        self._emit("exception", event, fields)

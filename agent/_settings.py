@@ -42,6 +42,19 @@ def _text(value: object) -> str:
     return value.strip()
 
 
+def _location(value: object) -> str:
+    """A path or URL: text, or a path object (``pathlib.Path``)."""
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+        if isinstance(value, bytes):
+            raise _Invalid("expected a text path, got a bytes path")
+    return _text(value)
+
+
+def _optional_location(value: object) -> str | None:
+    return None if value is None else _location(value)
+
+
 def _optional_text(value: object) -> str | None:
     return None if value is None else _text(value)
 
@@ -246,7 +259,7 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting(
         "ledger",
         ("GPULEDGER_LEDGER",),
-        _text,
+        _location,
         _const("gpuledger.db"),
         "Where every invocation is written: a SQLite file path (or `sqlite:///` URL), or a "
         "`postgresql://user@host/db` URL for a ledger shared by a fleet (extra `postgres`).",
@@ -361,7 +374,7 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting(
         "pricing",
         ("GPULEDGER_PRICING",),
-        _optional_text,
+        _optional_location,
         _const(None),
         "A TOML pricing file that overrides or extends the shipped catalogue.",
         "unset",

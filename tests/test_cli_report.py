@@ -14,8 +14,10 @@ import pytest
 from click.testing import CliRunner, Result
 
 from gpuledger import InvocationRecord
-from gpuledger._cli_report import report
+from gpuledger._cli import main
+from gpuledger._cli_report import TABLE_COLUMNS, report
 from gpuledger._ledger import open_ledger
+from gpuledger._report import REPORT_COLUMNS
 
 DAY_NS = 86_400 * 1_000_000_000
 
@@ -71,7 +73,9 @@ def test_table_by_user(ledger_path: str) -> None:
     assert "0.000400" in rows["alice"]
     assert "1.2346" in rows["bob"]
     assert "-" in rows["bob"]  # busy unknown for bob, not 0
-    assert "0.750" in rows["alice"]
+    assert "37.5" in rows["alice"]  # busy %: 0.75 of 2 billed GPU seconds
+    wide = run("--ledger", ledger_path, "--wide").output.splitlines()
+    assert "0.750" in next(line for line in wide if line.startswith("alice")).split()
     assert rows["TOTAL"][1] == "4"
     assert "6.2350" in rows["TOTAL"]
 
@@ -235,3 +239,58 @@ def test_default_ledger_in_working_directory(
         ledger.write([make_record(user_id="here")])
     result = run("--format", "json")
     assert [row["key"] for row in json.loads(result.output)] == ["here"]
+
+
+# --- the table's columns: a default set that fits, --wide for all -------------------------------
+
+
+@pytest.fixture
+def demo_ledger(tmp_path: Path) -> str:
+    """A ledger the demo wrote (its users, tenants, endpoint and days)."""
+    path = str(tmp_path / "demo.db")
+    result = CliRunner().invoke(main, ["demo", "--ledger", path])
+    assert result.exit_code == 0, result.output
+    return path
+
+
+@pytest.mark.parametrize("by", ["user", "tenant", "endpoint", "platform", "day", "invocation"])
+def test_default_table_of_the_demo_fits_100_columns(demo_ledger: str, by: str) -> None:
+    """The default table of the demo's ledger is at most 100 characters wide, whatever COLUMNS."""
+    result = CliRunner().invoke(
+        report, ["--ledger", demo_ledger, "--by", by], env={"COLUMNS": "80"}
+    )
+    assert result.exit_code == 0, result.output
+    widest = max(len(line) for line in result.output.splitlines())
+    assert widest <= 100, result.output
+
+
+def test_default_table_keeps_the_chargeback_columns(demo_ledger: str) -> None:
+    """The default table shows the money and what explains it; the rest waits for --wide."""
+    header = run("--ledger", demo_ledger).output.splitlines()[0]
+    shown = [column.header for column in TABLE_COLUMNS if column.default]
+    hidden = [column.header for column in TABLE_COLUMNS if not column.default]
+    assert {"invocations", "cold", "errors", "billed GPU s", "busy %", "cost USD", "p95 s"} <= set(
+        shown
+    )
+    assert hidden
+    assert header.split("  ")[0].strip() == "user"
+    assert [cell.strip() for cell in header.split("  ")[1:] if cell.strip()] == shown
+
+
+def test_wide_table_has_every_column(demo_ledger: str) -> None:
+    """--wide shows every declared column, each for a field that json and csv carry too."""
+    result = run("--ledger", demo_ledger, "--wide")
+    assert result.exit_code == 0, result.output
+    header = result.output.splitlines()[0]
+    cells = [cell.strip() for cell in header.split("  ") if cell.strip()]
+    assert cells == ["user", *(column.header for column in TABLE_COLUMNS)]
+    assert {column.field for column in TABLE_COLUMNS} <= set(REPORT_COLUMNS)
+    lines = [line for line in result.output.splitlines() if line]
+    assert len({len(line) for line in lines[:3]}) == 1  # header, rule and rows line up
+
+
+def test_help_says_wide_shows_the_rest() -> None:
+    """`report --help` names the default columns' purpose and what --wide adds."""
+    result = run("--help")
+    assert "--wide" in result.output
+    assert "every column" in result.output

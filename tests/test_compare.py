@@ -6,7 +6,9 @@ steady traffic is 2,000 requests an hour of 15 s: 8.3 GPUs' worth of work, all d
 
 from __future__ import annotations
 
+import html
 import json
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -287,3 +289,85 @@ def test_a_mistake_exits_non_zero_with_a_message(args: list[str], message: str) 
     assert message in result.output
     assert "Traceback" not in result.output
     assert not Path("missing.db").exists()
+
+
+# --- a trace too short to recommend from --------------------------------------------------------
+
+
+def test_a_short_trace_is_warned_about(tmp_path: Path) -> None:
+    """Three requests over four minutes: the table and JSON warn, saying why and what is enough."""
+    path = str(tmp_path / "short.db")
+    with open_ledger(path) as ledger:
+        ledger.write([make_record(offset_s) for offset_s in (0, 60, 225)])
+    table = run("--ledger", path)
+    assert table.exit_code == 0, table.output
+    warning = next(line for line in table.output.splitlines() if line.startswith("warning:"))
+    assert "too short to recommend from" in warning
+    assert table.output.index("warning:") < table.output.index("Recommended: ")
+    document = run_json("--ledger", path)
+    assert document["best"] is not None  # still compared, but said to be unreliable
+    assert "3 requests" in document["warning"]
+    assert "4.0 minutes" in document["warning"]
+    assert "100 requests" in document["warning"]
+    assert "24 hours" in document["warning"]
+    assert "scale-to-zero" in document["warning"]
+
+
+def test_a_day_of_traffic_is_not_warned_about() -> None:
+    """A day of steady traffic (about 240 requests) is enough: no warning."""
+    document = run_json("--profile", "steady", "--rate", "10/h", "--days", "1")
+    assert document["burstiness"]["requests"] >= 100
+    assert document["warning"] is None
+    assert "warning:" not in run("--profile", "steady", "--rate", "10/h").output
+
+
+def test_many_requests_in_a_few_hours_are_still_too_short() -> None:
+    """Thousands of requests in six hours still miss the night: warned about the span."""
+    comparison = compare(steady_heavy(), CATALOGUE)
+    assert comparison.warning is not None
+    assert "6.0 hours" in comparison.warning
+    assert "day's cycle" in comparison.warning
+    assert "p95 rests" not in comparison.warning  # thousands of requests: the tail is known
+
+
+# --- plots without matplotlib -------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_matplotlib(monkeypatch: pytest.MonkeyPatch) -> None:
+    """matplotlib cannot be imported, as on a base install."""
+    for name in ("matplotlib", "matplotlib.pyplot"):
+        monkeypatch.setitem(sys.modules, name, None)
+
+
+@pytest.mark.usefixtures("no_matplotlib")
+def test_html_plot_needs_no_matplotlib(tmp_path: Path) -> None:
+    """--plot out.html on a base install writes a page with an inline SVG chart and the table."""
+    path = tmp_path / "out.html"
+    result = run("--profile", "bursty", "--rate", "100/h", "--slo-p95", "30s", "--plot", str(path))
+    assert result.exit_code == 0, result.output
+    page = path.read_text(encoding="utf-8")
+    assert page.lower().startswith("<!doctype html>")
+    assert "<svg" in page
+    assert "</svg>" in page
+    names = [line.split("  ")[0] for line in result.output.splitlines() if "  " in line]
+    options = [
+        name for name in names if name in SERVERLESS or name.startswith(("reserved", "hybrid"))
+    ]
+    assert len(options) >= 5
+    for name in options:
+        assert html.escape(name) in page
+    assert "Recommended: " in page
+    assert "objective" in page
+
+
+@pytest.mark.usefixtures("no_matplotlib")
+@pytest.mark.parametrize("suffix", [".png", ".svg"])
+def test_image_plot_without_matplotlib_says_how_to_install_it(tmp_path: Path, suffix: str) -> None:
+    """--plot out.png or out.svg without matplotlib exits 1 before replaying, with the hint."""
+    path = tmp_path / f"out{suffix}"
+    result = run("--profile", "bursty", "--rate", "100/h", "--plot", str(path))
+    assert result.exit_code == 1, result.output
+    assert "pip install 'gpuledger[plot]'" in result.output
+    assert "Recommended" not in result.output
+    assert not path.exists()

@@ -432,15 +432,16 @@ def test_unconfigured_handler_configures_itself_from_the_environment(
 
 
 def test_bad_environment_never_breaks_the_handler(monkeypatch: pytest.MonkeyPatch) -> None:
-    """An invalid GPULEDGER_* value leaves the handler running untraced, and is counted."""
+    """A GPULEDGER_* value that turns bad after decoration (which checks the environment, see
+    test_config_errors.py) leaves the handler running untraced, and is counted."""
     gpuledger.shutdown()
     _guard.set_strict(False)
-    monkeypatch.setenv("GPULEDGER_GPU_COUNT", "two")
 
     @gpuledger.traced_handler
     def handler() -> str:
         return "still served"
 
+    monkeypatch.setenv("GPULEDGER_GPU_COUNT", "two")
     assert handler() == "still served"
     assert _guard.error_counts() == {"configure": 1}
 

@@ -281,9 +281,10 @@ def test_upstream_start_from_proc() -> None:
 
 
 def test_cli_refuses_remote_listen_without_allow_remote() -> None:
-    """`gpuledger proxy --listen 0.0.0.0:...` exits 1 and says why and what to pass."""
+    """`gpuledger proxy --listen 0.0.0.0:...` is a usage error (exit 2) that says why and what to
+    pass."""
     result = CliRunner().invoke(main, ["proxy", "--listen", "0.0.0.0:8080", "--upstream", ":1"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "no authentication of its own" in result.output
     assert "--allow-remote" in result.output
 
@@ -303,8 +304,8 @@ def test_cli_says_how_to_install_aiohttp(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_cli_reports_a_taken_port_and_a_bad_setting(tmp_path: Path) -> None:
-    """A listening address already in use, or an agent setting it cannot use, is a one-line
-    error and exit code 1."""
+    """A listening address already in use is a failed run (exit 1); an agent setting it cannot
+    use is a usage error (exit 2) naming the option; each a one-line error."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -316,8 +317,8 @@ def test_cli_reports_a_taken_port_and_a_bad_setting(tmp_path: Path) -> None:
     result = CliRunner().invoke(
         main, ["proxy", "--upstream", "127.0.0.1:1", "--platform", "nowhere"]
     )
-    assert result.exit_code == 1
-    assert "setting 'platform' = 'nowhere'" in result.output
+    assert result.exit_code == 2
+    assert "Invalid value for '--platform': 'nowhere': no such platform" in result.output
 
 
 # --- a plain server: what passes through -----------------------------------------------------

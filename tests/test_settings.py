@@ -151,3 +151,10 @@ def test_platform_detection(
     )
     if platform == "modal":
         assert info.cloud_provider == "aws"
+
+
+def test_paths_may_be_path_objects(tmp_path: Path) -> None:
+    """ledger= and pricing= take a pathlib.Path as well as text (it was "expected text")."""
+    settings = resolve_settings({"ledger": tmp_path / "l.db", "pricing": tmp_path / "p.toml"}, {})
+    assert settings.ledger == str(tmp_path / "l.db")
+    assert settings.pricing == str(tmp_path / "p.toml")

@@ -1,0 +1,184 @@
+"""A configuration that cannot work fails where it is made, never silently on a request.
+
+An explicit ``configure()`` raises ConfigError for a bad value; settings that come only from the
+environment are checked when ``@traced_handler`` decorates, so a bad ``GPULEDGER_*`` fails the
+deploy at import; a ledger whose disk fails later is said loudly, and again while it lasts.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import gpuledger
+from gpuledger import ConfigError
+
+NOBODY = 65534
+
+
+def _as_other_user(
+    argv: list[str], cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` as a user who cannot write root's read-only folders (root ignores modes)."""
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("running as root without setpriv: cannot drop privileges")
+        prefix = [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("GPULEDGER_")}
+    return subprocess.run(
+        [*prefix, *argv],
+        cwd=cwd,
+        env={**environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def _world_readable_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder outside pytest's private tmp (mode 0700), readable by another user."""
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="gpuledger-ro-"))
+    folder.chmod(0o755)
+    return folder
+
+
+def test_bad_environment_fails_at_decoration(monkeypatch: pytest.MonkeyPatch) -> None:
+    """GPULEDGER_GPU_COUNT=two: the decorator raises, naming the setting and the variable."""
+    monkeypatch.setenv("GPULEDGER_GPU_COUNT", "two")
+    with pytest.raises(ConfigError, match="environment variable GPULEDGER_GPU_COUNT") as caught:
+
+        @gpuledger.traced_handler
+        def handler() -> None: ...
+
+    assert caught.value.setting == "gpu_count"
+
+
+def test_ledger_in_a_missing_directory_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The error says the value came from GPULEDGER_LEDGER, not "(from argument)"."""
+    monkeypatch.setenv("GPULEDGER_LEDGER", str(tmp_path / "missing" / "ledger.db"))
+    with pytest.raises(ConfigError, match=r"GPULEDGER_LEDGER\): directory .* does not exist"):
+        gpuledger.traced_handler(lambda: None)
+    with pytest.raises(ConfigError, match=r"GPULEDGER_LEDGER\): directory .* does not exist"):
+        gpuledger.configure(exporters="none")
+
+
+def test_explicit_configure_names_the_argument(tmp_path: Path) -> None:
+    """A ledger under a regular file, given as an argument: a ConfigError from the argument."""
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match=r"\(from argument\): .*file is not a directory"):
+        gpuledger.configure(ledger=str(tmp_path / "file" / "ledger.db"), exporters="none")
+
+
+def test_a_configured_agent_is_not_checked_again(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """After configure(), decorating does not look at the environment (arguments won)."""
+    gpuledger.configure(ledger=str(tmp_path / "l.db"), exporters="none", gpu_count=2)
+    monkeypatch.setenv("GPULEDGER_GPU_COUNT", "two")
+
+    @gpuledger.traced_handler
+    def handler() -> int:
+        return 7
+
+    assert handler() == 7
+
+
+def test_ledger_in_a_read_only_directory_fails_at_import(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """A read-only folder: the decoration (at import) raises, saying the folder is not writable;
+    before, the handler ran and 0 rows were written, with one log line."""
+    folder = _world_readable_dir(tmp_path_factory)
+    try:
+        folder.chmod(0o555)
+        script = (
+            "import gpuledger\n"
+            "try:\n"
+            "    gpuledger.traced_handler(lambda: None)\n"
+            "except gpuledger.ConfigError as error:\n"
+            "    print('ConfigError:', error)\n"
+        )
+        done = _as_other_user(
+            [sys.executable, "-c", script],
+            cwd=Path("/"),
+            env={"GPULEDGER_LEDGER": str(folder / "ledger.db")},
+        )
+        assert done.returncode == 0, done.stderr
+        assert "ConfigError:" in done.stdout
+        assert "is not writable" in done.stdout
+        assert "GPULEDGER_LEDGER" in done.stdout
+    finally:
+        folder.chmod(0o755)
+        shutil.rmtree(folder)
+
+
+def test_a_ledger_that_fails_later_is_said_loudly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The disk goes away after configuration: an error naming the ledger, the reason and how
+    many invocations are held; when it comes back, they are written and that is said too."""
+    folder = tmp_path / "ledgers"
+    folder.mkdir()
+    ledger = folder / "ledger.db"
+    gpuledger.configure(ledger=str(ledger), exporters="none", platform="runpod", gpu="H100")
+    folder.rmdir()
+    folder.write_text("not a folder any more")
+
+    @gpuledger.traced_handler
+    def handler(value: int) -> int:
+        return value
+
+    assert [handler(1), handler(2)] == [1, 2]
+    gpuledger.flush(5)
+    err = capsys.readouterr().err
+    assert "CANNOT WRITE ITS LEDGER" in err
+    assert str(ledger) in err
+    assert "held=2" in err
+
+    folder.unlink()
+    folder.mkdir()
+    assert handler(3) == 3
+    assert gpuledger.flush(5)
+    assert "writable again" in capsys.readouterr().err
+    with sqlite3.connect(ledger) as connection:
+        assert connection.execute("SELECT count(*) FROM invocations").fetchone() == (3,)
+
+
+def test_report_reads_a_ledger_in_a_read_only_directory(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """`gpuledger report` on a ledger another user cannot write (WAL needs side files): read
+    read-only; before, "unable to open database file" / "attempt to write a readonly database"."""
+    folder = _world_readable_dir(tmp_path_factory)
+    try:
+        ledger = folder / "ledger.db"
+        gpuledger.configure(ledger=str(ledger), exporters="none", platform="runpod", gpu="H100")
+        handler = gpuledger.traced_handler(lambda: None)
+        for _ in range(4):
+            handler()
+        gpuledger.shutdown()
+        ledger.chmod(0o444)
+        folder.chmod(0o555)
+        gpuledger_cli = Path(sys.executable).with_name("gpuledger")
+        done = _as_other_user(
+            [str(gpuledger_cli), "report", "--ledger", str(ledger), "--format", "json"],
+            cwd=Path("/"),
+        )
+        assert done.returncode == 0, done.stderr
+        assert '"invocations": 4' in done.stdout
+    finally:
+        folder.chmod(0o755)
+        shutil.rmtree(folder)
