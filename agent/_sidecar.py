@@ -1580,6 +1580,14 @@ class Sidecar:
             )
         if os.path.abspath(self.ledger_location) == self.spool_path:
             raise ConfigError("spool", self.spool_path, "the spool and the ledger must differ")
+        from gpuledger._location import unwritable_reason  # noqa: PLC0415
+
+        # As the agent does: a missing folder is a mistake to name (a typo would otherwise
+        # create /nonexist/ and write there), not a folder to make.
+        for setting, location in (("spool", self.spool_path), ("ledger", self.ledger_location)):
+            reason = unwritable_reason(location)
+            if reason is not None:
+                raise ConfigError(setting, location, reason)
         span_exporter, check, meter_factory = self._otlp_parts()
         spool = Spool(
             self.spool_path, synchronous=self._synchronous, max_bytes=self._max_spool_bytes

@@ -1198,3 +1198,17 @@ def test_bad_options_name_the_option(args: list[str], option: str) -> None:
     result = CliRunner().invoke(main, ["sidecar", "--listen", "127.0.0.1:0", *args])
     assert result.exit_code == 2, result.output
     assert option in result.output
+
+
+@pytest.mark.parametrize("option", ["--spool", "--ledger"])
+def test_a_missing_folder_is_named_not_created(tmp_path: Path, option: str) -> None:
+    """`--spool`/`--ledger` in a folder that does not exist: a usage error naming it (exit 2),
+    as the agent's configure() does; before, the sidecar silently created the folder."""
+    missing = tmp_path / "nonexist"
+    argv = ["sidecar", "--listen", "127.0.0.1:0", "--spool", str(tmp_path / "spool.db")]
+    argv += ["--ledger", str(tmp_path / "ledger.db"), option, str(missing / "x.db")]
+    result = CliRunner().invoke(main, argv)
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for '{option}'" in result.output
+    assert "does not exist" in result.output
+    assert not missing.exists()
