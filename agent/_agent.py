@@ -1133,6 +1133,7 @@ _agent: Agent | None = None
 _agent_lock = threading.RLock()
 _worker_state: WorkerState | None = None
 _hooks_installed = False
+_sigterm_installed = False
 _previous_sigterm: Any = None
 
 
@@ -1180,7 +1181,7 @@ def configure(**settings: Any) -> Agent:
     with _agent_lock:
         new_agent = Agent(resolved)
         old, _agent = _agent, new_agent
-        _install_hooks()
+        install_exit_hooks()
     if old is not None:
         old.shutdown()
     return new_agent
@@ -1257,17 +1258,23 @@ def reset_for_tests() -> None:
     _pseudonym.cache_clear()
 
 
-def _install_hooks() -> None:
-    """At exit and on SIGTERM, flush; after fork, start afresh in the child."""
-    global _hooks_installed, _previous_sigterm
-    if _hooks_installed:
-        return
-    _hooks_installed = True
-    atexit.register(_at_exit)
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+def install_exit_hooks() -> None:
+    """At exit and on SIGTERM, flush; after fork, start afresh in the child. Idempotent.
+
+    Called by ``configure()`` and, in the main thread, by ``@traced_handler`` when it decorates:
+    a signal handler can only be set from the main thread, and some platforms configure
+    elsewhere (Potassium runs ``@app.init`` in a thread of its own), so decoration at import is
+    where the SIGTERM handler is set for them. It costs no thread and does no I/O.
+    """
+    global _hooks_installed, _sigterm_installed, _previous_sigterm
+    if not _hooks_installed:
+        _hooks_installed = True
+        atexit.register(_at_exit)
+        os.register_at_fork(after_in_child=_after_fork_in_child)
     # Platforms stop workers with SIGTERM, whose default action skips atexit. Only when nobody
     # else handles it: flush, then let the default action run as if we were not here.
-    if threading.current_thread() is threading.main_thread():
+    if not _sigterm_installed and threading.current_thread() is threading.main_thread():
+        _sigterm_installed = True
         with contextlib.suppress(ValueError, OSError):
             if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
                 _previous_sigterm = signal.signal(signal.SIGTERM, _on_sigterm)

@@ -88,6 +88,7 @@ def traced_handler(
             # Nothing configured yet: the first invocation will configure from the environment,
             # so check it now, at import, where a bad value fails the deploy and not a request.
             agent_module.check_environment()
+        agent_module.install_exit_hooks()
         agent_module.worker_state().mark_ready(_wall_ns())
         return _wrap(target, spec)
 

@@ -98,6 +98,9 @@ def instrument(
         return app
     state = _State({"user": user, "tags": tags})
     setattr(app, _STATE_ATTRIBUTE, state)
+    # Potassium runs @app.init, where gpuledger configures, off the main thread, where no SIGTERM
+    # handler can be set; instrument() runs at import, in the main thread.
+    agent_module.install_exit_hooks()
 
     for name in _PATCHED:
         original = getattr(app, name, None)

@@ -45,6 +45,8 @@ SETUP_S = 0.4
 """What the tests ask the example's setup() to take (EXAMPLE_SETUP_S), in seconds."""
 READY_TIMEOUT_S = 60.0
 PREDICT_TIMEOUT_S = 60.0
+SLOT_TIMEOUT_S = 10.0
+"""How long Cog may take to free its slot after answering a prediction, in seconds."""
 
 
 # -- the venv: cog + gpuledger's dependencies, gpuledger from this checkout -----------------------
@@ -111,23 +113,37 @@ class CogServer:
     def url(self) -> str:
         return f"http://{HOST}:{self.port}"
 
-    def wait_ready(self) -> None:
-        """Poll /health-check until Cog says READY (setup() returned)."""
-        deadline = time.monotonic() + READY_TIMEOUT_S
+    def health(self) -> str | None:
+        """Cog's status from /health-check (STARTING, READY, BUSY, ...); None if no answer."""
+        try:
+            with urllib.request.urlopen(f"{self.url}/health-check", timeout=2) as response:
+                status: str | None = json.load(response).get("status")
+        except (OSError, ValueError):
+            return None
+        return status
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
+        """Poll /health-check until Cog says READY: setup() returned, and a slot is free."""
+        deadline = time.monotonic() + timeout
         status = None
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 break
-            with contextlib.suppress(OSError, ValueError):
-                with urllib.request.urlopen(f"{self.url}/health-check", timeout=2) as response:
-                    status = json.load(response).get("status")
-                if status == "READY":
-                    return
-            time.sleep(0.05)
+            status = self.health()
+            if status == "READY":
+                return
+            time.sleep(0.01)
         raise AssertionError(f"Cog not ready (last status {status}):\n{log_tail(self.log, 60)}")
 
     def predict(self, identifier: str, inputs: dict[str, Any]) -> dict[str, Any]:
-        """PUT /predictions/{id} and wait for its answer (Cog's synchronous mode)."""
+        """PUT /predictions/{id}, wait for its answer (Cog's synchronous mode), then for Cog to
+        free its slot.
+
+        Cog 0.23 answers a synchronous prediction before its slot is free again (coglet hands
+        the slot back in a task of its own once the worker says it is idle), and until then
+        /health-check says BUSY and the next PUT gets 409 "At capacity - all prediction slots
+        busy". So a prediction is over, for the next one, when Cog says READY again.
+        """
         request = urllib.request.Request(
             f"{self.url}/predictions/{identifier}",
             data=json.dumps({"id": identifier, "input": inputs}).encode(),
@@ -139,6 +155,7 @@ class CogServer:
                 answer: dict[str, Any] = json.load(response)
         except urllib.error.HTTPError as error:
             answer = json.loads(error.read() or b"{}")
+        self.wait_ready(SLOT_TIMEOUT_S)
         return answer
 
     def schema(self) -> dict[str, Any]:
@@ -232,6 +249,22 @@ def test_predictions_are_ledgered_cold_then_warm(
         assert row["billed_gpu_seconds"] == pytest.approx(row["duration_s"])
         assert row["cost_usd"] is not None and row["cost_usd"] > 0
         assert row["handler"] == "Predictor.predict"
+
+
+@pytest.mark.slow
+def test_back_to_back_predictions_find_a_free_slot(
+    cog_gpuledger: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Each prediction, sent as soon as predict() returned, succeeds: Cog is READY by then."""
+    with cog_server(cog_gpuledger, tmp_path, "Predictor") as server:
+        answers, statuses = [], []
+        for index in range(100):
+            answers.append(server.predict(f"quick-{index}", {"prompt": "quick", "max_tokens": 1}))
+            statuses.append(server.health())
+    log = log_tail(server.log, 60)
+
+    assert [answer.get("status") for answer in answers] == ["succeeded"] * 100, (answers, log)
+    assert statuses == ["READY"] * 100, log
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -96,6 +97,59 @@ def test_the_first_method_call_is_cold_with_the_enter_phase(
     assert reply == {"output": example.ToyModel(0).generate("hello world", 16)}
     spans = telemetry.spans("Generator.generate")
     assert [span.attributes["faas.coldstart"] for span in spans] == [True, False]
+
+
+def test_the_local_run_makes_the_class_first_call_the_cold_one(
+    example: ModuleType, telemetry: Telemetry
+) -> None:
+    """``python app.py``'s calls share one process, whose first call is its one cold start:
+    that is ``Generator.generate``, with ``load_model``, as the README says; ``embed`` is warm."""
+    asyncio.run(example._run_locally())
+    rows = telemetry.rows()
+    assert [row["handler"] for row in rows] == (
+        ["Generator.generate"] * 2 + ["Generator.generate_async"] * 4 + ["embed"]
+    )
+    assert [row["cold"] for row in rows] == [1, 0, 0, 0, 0, 0, 0]
+    assert set(json.loads(rows[0]["init_phases"])) == {"load_model", "(unnamed)"}
+
+
+def test_the_deploy_image_takes_gpuledger_from_the_checkout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """gpuledger is not on PyPI: the image installs the dependencies of the checkout's
+    pyproject.toml and adds each folder of its package-dir where ``import gpuledger...`` finds
+    it in the container (under /root, on Modal's sys.path)."""
+    calls: list[tuple[str, str, str]] = []
+    real_pyproject = modal.Image.pip_install_from_pyproject
+    real_dir = modal.Image.add_local_dir
+    real_pip = modal.Image.pip_install
+
+    def pip_install_from_pyproject(self: Any, pyproject: str, *args: Any, **kwargs: Any) -> Any:
+        calls.append(("pyproject", str(pyproject), ""))
+        return real_pyproject(self, pyproject, *args, **kwargs)
+
+    def add_local_dir(self: Any, local: Any, remote: str, *args: Any, **kwargs: Any) -> Any:
+        calls.append(("dir", str(local), remote))
+        return real_dir(self, local, remote, *args, **kwargs)
+
+    def pip_install(self: Any, *packages: Any, **kwargs: Any) -> Any:
+        calls.append(("pip", " ".join(map(str, packages)), ""))
+        return real_pip(self, *packages, **kwargs)
+
+    monkeypatch.setattr(modal.Image, "pip_install_from_pyproject", pip_install_from_pyproject)
+    monkeypatch.setattr(modal.Image, "add_local_dir", add_local_dir)
+    monkeypatch.setattr(modal.Image, "pip_install", pip_install)
+    _load_example()
+
+    root = EXAMPLE.parents[2]
+    pyproject = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))
+    package_dirs = pyproject["tool"]["setuptools"]["package-dir"]
+    assert ("pyproject", str(root / "pyproject.toml"), "") in calls
+    assert {call for call in calls if call[0] == "dir"} == {
+        ("dir", str(root / source), "/root/" + package.replace(".", "/"))
+        for package, source in package_dirs.items()
+    }
+    assert not [call for call in calls if call[0] == "pip" and "gpuledger" in call[1]]
 
 
 def test_the_enter_phase_is_timed(example: ModuleType, telemetry: Telemetry) -> None:

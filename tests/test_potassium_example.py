@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import signal
 import sqlite3
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -91,6 +94,16 @@ def ledger_rows(path: Path, count: int, timeout: float = 10) -> list[dict[str, A
 
 @pytest.fixture
 def served_example(potassium_gpuledger_python: Path, tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    with _served(potassium_gpuledger_python, tmp_path) as (url, ledger, _):
+        yield url, ledger
+
+
+@contextlib.contextmanager
+def _served(
+    python: Path, tmp_path: Path, flush_policy: str = "invocation"
+) -> Iterator[tuple[str, Path, subprocess.Popen[bytes]]]:
+    """The example app served by Potassium: (its URL, its ledger, its process)."""
+    potassium_gpuledger_python = python
     port = free_port()
     ledger = tmp_path / "ledger.db"
     env = {
@@ -102,7 +115,7 @@ def served_example(potassium_gpuledger_python: Path, tmp_path: Path) -> Iterator
         "PORT": str(port),
         "GPULEDGER_LEDGER": str(ledger),
         "GPULEDGER_GPU": "H100",
-        "GPULEDGER_FLUSH_POLICY": "invocation",
+        "GPULEDGER_FLUSH_POLICY": flush_policy,
         "EXAMPLE_MODEL_LOAD_S": "0.5",
     }
     log = tmp_path / "potassium.log"
@@ -118,10 +131,28 @@ def served_example(potassium_gpuledger_python: Path, tmp_path: Path) -> Iterator
             except OSError:
                 assert time.monotonic() < deadline, f"not ready:\n{log_tail(log)}"
                 time.sleep(0.05)
-        yield url, ledger
+        yield url, ledger, proc
     finally:
         stop(proc, timeout=10)
         print(log_tail(log))
+
+
+@pytest.mark.slow
+def test_sigterm_after_a_request_keeps_its_row(
+    potassium_gpuledger_python: Path, tmp_path: Path
+) -> None:
+    """Potassium runs @app.init (where gpuledger configures) off the main thread, where no
+    SIGTERM handler can be set: the hooks are installed when the handlers are decorated, at
+    import. A SIGTERM right after a request (periodic flush: nothing written yet) still writes
+    its row, and the process ends by SIGTERM as it would without gpuledger."""
+    with _served(potassium_gpuledger_python, tmp_path, flush_policy="periodic") as served:
+        url, ledger, proc = served
+        status, _ = post(url, {"prompt": "hello world"}, {"X-Banana-Request-Id": "b-term"})
+        assert status == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == -signal.SIGTERM
+    (row,) = ledger_rows(ledger, 1, timeout=1)
+    assert row["invocation_id"] == "b-term"
 
 
 @pytest.mark.slow

@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "runpod" / "handler.py"
+ASYNC_EXAMPLE = EXAMPLE.with_name("async_handler.py")
 MODEL_LOAD_S = 0.3
 """What the tests ask the example's model load to take (EXAMPLE_MODEL_LOAD_S), in seconds."""
 RUNPOD_EXECUTION_FEE_USD = 0.25
@@ -266,3 +267,20 @@ def test_served_jobs_are_ledgered_cold_then_warm(
     spans = console_spans(stdout)
     assert span_for(spans, answers[0]["id"])["attributes"]["faas.coldstart"] is True
     assert span_for(spans, answers[1]["id"])["attributes"].get("faas.coldstart", False) is False
+
+
+@pytest.mark.slow
+def test_streaming_refuses_the_one_job_mode_that_would_record_nothing(tmp_path: Path) -> None:
+    """``async_handler.py --stream`` in the SDK's one-job mode (test_input.json): the SDK would
+    return the stream unread, nothing run or recorded, so the example stops and says what to do."""
+    (tmp_path / "test_input.json").write_text('{"id": "job-1", "input": {"tokens": 3}}')
+
+    result = subprocess.run(
+        [sys.executable, str(ASYNC_EXAMPLE), "--stream"],
+        cwd=tmp_path, env=worker_env(tmp_path), capture_output=True, text=True,
+        timeout=RUN_TIMEOUT_S, check=False,
+    )  # fmt: skip
+
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert "--rp_serve_api" in result.stderr
+    assert read_ledger(tmp_path / "ledger.db") == []

@@ -1,6 +1,8 @@
 """Venvs the tests make once per machine, for servers whose pinned dependencies must never meet
 the project's: Datadog's test agent, Cog, Potassium. And a ``gpuledger`` made of links to this
-checkout, so those venvs run the current code with nothing to rebuild.
+checkout, so those venvs run the current code with nothing to rebuild. ``cached_venv`` installs
+a list of requirements; ``cached_venv_made_by`` runs steps of the caller's (the examples'
+READMEs' own install commands, in ``tests/test_example_readmes.py``).
 
 A venv is keyed by its name (which says what is in it and for which Python); a lock file
 serialises concurrent pytest runs; it counts as made only once ``.complete`` is written after the
@@ -17,7 +19,7 @@ import subprocess
 import sys
 import time
 import tomllib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -53,8 +55,18 @@ def clean_env() -> dict[str, str]:
     }
 
 
-def run_step(argv: Sequence[str], log: Path, timeout: float, what: str) -> None:
-    """Run one step of making a venv, its output added to ``log``; VenvUnavailable on failure."""
+def run_step(
+    argv: Sequence[str],
+    log: Path,
+    timeout: float,
+    what: str,
+    *,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> None:
+    """Run one step of making a venv, its output added to ``log``; VenvUnavailable on failure.
+
+    It runs in ``cwd`` (default: ours), in :func:`clean_env` with ``env`` on top."""
     with log.open("ab") as out:
         out.write(f"$ {' '.join(argv)}\n".encode())
         out.flush()
@@ -66,7 +78,13 @@ def run_step(argv: Sequence[str], log: Path, timeout: float, what: str) -> None:
                 stderr=subprocess.STDOUT,
                 timeout=timeout,
                 check=False,
-                env={**clean_env(), "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"},
+                cwd=cwd,
+                env={
+                    **clean_env(),
+                    "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+                    "PIP_NO_INPUT": "1",
+                    **(env or {}),
+                },
             )
         except subprocess.TimeoutExpired:
             raise VenvUnavailable(
@@ -87,6 +105,30 @@ def cached_venv(
 
     ``check(venv)`` is a command that must succeed before the venv counts as made (an import,
     a ``--version``). Raises VenvUnavailable.
+    """
+
+    def install(venv: Path, log: Path) -> None:
+        pip = [
+            str(venv / "bin" / "python"), "-m", "pip", "install",
+            "--quiet", "--retries", "2", "--timeout", "30", *requirements,
+        ]  # fmt: skip
+        run_step(pip, log, PIP_TIMEOUT_S, f"pip install {' '.join(requirements)}")
+
+    return cached_venv_made_by(name, install, check, "\n".join(requirements))
+
+
+def cached_venv_made_by(
+    name: str,
+    install: Callable[[Path, Path], None],
+    check: Callable[[Path], list[str]] | None = None,
+    description: str = "",
+) -> Path:
+    """The venv ``name`` (under :func:`cache_dir`), made on first use by ``python -m venv`` and
+    then ``install(venv, log)``, which runs its steps with :func:`run_step`.
+
+    ``name`` must change whenever what ``install`` does changes: a venv is made once per name.
+    ``check`` as for :func:`cached_venv`; ``description`` is written in its ``.complete``
+    marker. Raises VenvUnavailable.
     """
     root = cache_dir()
     venv = root / name
@@ -115,14 +157,10 @@ def cached_venv(
             log.write_bytes(b"")
             # The running interpreter, even from a venv: venv builds on its base Python.
             run_step([sys.executable, "-m", "venv", str(venv)], log, VENV_TIMEOUT_S, "venv")
-            pip = [
-                str(python), "-m", "pip", "install",
-                "--quiet", "--retries", "2", "--timeout", "30", *requirements,
-            ]  # fmt: skip
-            run_step(pip, log, PIP_TIMEOUT_S, f"pip install {' '.join(requirements)}")
+            install(venv, log)
             if check is not None:
                 run_step(check(venv), log, 60, "check")
-            marker.write_text("\n".join(requirements) + "\n", encoding="utf-8")
+            marker.write_text(description + "\n", encoding="utf-8")
             return venv
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)

@@ -2,9 +2,10 @@
 
 Cog's pattern: ``setup()`` loads the model once per container, ``predict()`` serves each
 prediction. ``@traced_predictor`` on the class is all gpuledger adds: ``setup()`` becomes the init
-phase ``setup`` of the cold start, and each ``predict()`` one invocation (a ledger row and a span)
-whose id is Cog's prediction id. The inputs, their ``Input(...)`` metadata and the output type are
-untouched, so Cog's OpenAPI schema is the same as without gpuledger.
+phase ``setup`` of the cold start, and each ``predict()`` one invocation (a ledger row and a span;
+its id is one gpuledger makes, as Cog 0.23 does not give the predictor its prediction id). The
+inputs, their ``Input(...)`` metadata and the output type are untouched, so Cog's OpenAPI schema
+is the same as without gpuledger.
 
 The "model" is a deterministic stand-in (no download, no torch, no GPU): ``EXAMPLE_SETUP_S``
 (default 0.5) is how long ``setup()`` takes, ``EXAMPLE_SECONDS_PER_TOKEN`` (default 0.002) how

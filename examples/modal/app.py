@@ -10,7 +10,8 @@ gpuledger's decorators go *under* Modal's. The "model" is a deterministic stand-
 download, no torch) so the app runs anywhere: ``EXAMPLE_MODEL_LOAD_S`` (default 0.5) is how
 long loading it takes, ``EXAMPLE_SECONDS_PER_TOKEN`` (default 0.002) each generated token.
 
-Run it here, without a Modal account (``.local()`` runs each function in this process)::
+Run it here, without a Modal account (``.local()`` runs each function in this process; the
+first call, ``Generator.generate``, is the process's one cold start)::
 
     GPULEDGER_PLATFORM=modal GPULEDGER_GPU=H100 python app.py
 
@@ -25,6 +26,7 @@ import asyncio
 import hashlib
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import modal
@@ -39,13 +41,24 @@ DEFAULT_MAX_TOKENS = 16
 
 app = modal.App(APP_NAME)
 
-# gpuledger from PyPI; from a checkout, add `.add_local_python_source("gpuledger")` and its
-# dependencies instead. Settings reach the container as environment variables: GPULEDGER_* from
-# here, the OTLP endpoint and its credentials from the `gpuledger` secret (README.md).
+# gpuledger is not on PyPI yet, so the image takes it from this checkout: its dependencies from
+# pyproject.toml, its code from the three folders that make the `gpuledger` package (as
+# pyproject.toml's package-dir maps them; the price catalogue in agent/data comes along). Once
+# it is published, `.pip_install("gpuledger")` replaces all four lines. Settings reach the
+# container as environment variables: GPULEDGER_* from here, the OTLP endpoint and its
+# credentials from the `gpuledger` secret (README.md). Modal imports this file again in each
+# container, where these paths are neither read nor needed: the image is built already.
+CHECKOUT = Path(__file__).resolve().parent.parent.parent
+SOURCE_IGNORE = ["**/__pycache__"]
 image = (
     modal.Image.debian_slim(python_version="3.11")
-    .pip_install("gpuledger")
+    .pip_install_from_pyproject(str(CHECKOUT / "pyproject.toml"))
     .env({"GPULEDGER_GPU": GPU, "GPULEDGER_FLUSH_POLICY": "adaptive"})
+    .add_local_dir(CHECKOUT / "agent", "/root/gpuledger", ignore=SOURCE_IGNORE)
+    .add_local_dir(
+        CHECKOUT / "instrumentation", "/root/gpuledger/instrumentation", ignore=SOURCE_IGNORE
+    )
+    .add_local_dir(CHECKOUT / "exporters", "/root/gpuledger/exporters", ignore=SOURCE_IGNORE)
 )
 secrets = [modal.Secret.from_name("gpuledger")]
 ledger_volume = modal.Volume.from_name("gpuledger-ledger", create_if_missing=True)
@@ -159,8 +172,12 @@ def main(prompt: str = "hello from modal", user: str = "user-42") -> None:
 
 
 async def _run_locally() -> None:
-    """Every kind of call once, in this process (``.local()``), then the ledger is flushed."""
-    print(embed.local("hello world", user="user-42"))
+    """Every kind of call once, in this process (``.local()``), then the ledger is flushed.
+
+    All of them share this one process, and gpuledger counts one cold start per process: its
+    first call. The class goes first, so that call is ``Generator.generate``, whose
+    ``@modal.enter`` (``load_model``) is part of its cold start, as on a fresh container.
+    """
     generator = Generator()
     print(generator.generate.local("hello world", user="user-42"))
     print(generator.generate.local("and again", user="user-7"))
@@ -168,6 +185,7 @@ async def _run_locally() -> None:
         *(generator.generate_async.local(f"prompt {n}", user="user-9") for n in range(4))
     )
     print(replies)
+    print(embed.local("hello world", user="user-42"))
     gpuledger.flush()
 
 

@@ -1,13 +1,21 @@
 """A RunPod worker that serves several jobs at once, and one that streams: both with gpuledger.
 
-``python async_handler.py`` starts an async worker whose ``concurrency_modifier`` lets RunPod hand
-it up to ``EXAMPLE_CONCURRENCY`` (default 4) jobs at the same time, the way a batching LLM server
-does. Jobs that overlap share the worker: gpuledger splits each instant's billed GPU time equally
-among the jobs running then, so the rows add up to what the worker was billed.
+``handler`` is async, with a ``concurrency_modifier`` that lets RunPod hand the worker up to
+``EXAMPLE_CONCURRENCY`` (default 4) jobs at the same time, the way a batching LLM server does.
+Jobs that overlap share the worker: gpuledger splits each instant's billed GPU time equally among
+the jobs running then, so the rows add up to what the worker was billed.
 
-``python async_handler.py --stream`` starts a generator worker instead, with RunPod's
+``stream_handler`` (``--stream``) is an async generator, with RunPod's
 ``return_aggregate_stream``: each token is streamed as it is produced, and the invocation lasts
-from the first token to the last.
+as long as the stream.
+
+Locally, serve them with the SDK's API and send requests to it (README.md)::
+
+    python async_handler.py --rp_serve_api --rp_api_host 127.0.0.1 --rp_api_port 8000
+    python async_handler.py --stream --rp_serve_api --rp_api_host 127.0.0.1 --rp_api_port 8000
+
+The SDK's one-job local mode (``--test_input``, ``./test_input.json``) never reads a generator
+handler's stream, so ``--stream`` refuses that mode instead of recording nothing.
 
 Settings come from the environment as in ``handler.py`` (``GPULEDGER_*``, ``OTEL_*``); on RunPod
 the endpoint (``RUNPOD_ENDPOINT_ID``) and worker (``RUNPOD_POD_ID``) are picked up by themselves.
@@ -55,12 +63,29 @@ async def stream_handler(job: dict[str, Any]) -> AsyncIterator[str]:
         yield f"t{index}"
 
 
+def _one_job_mode() -> bool:
+    """Whether ``runpod.serverless.start`` would run one local job and exit, as the SDK decides:
+    not its API server (``--rp_serve_api``, ``RUNPOD_REALTIME_PORT``), and ``--test_input`` or
+    no RunPod job queue to take jobs from (``RUNPOD_WEBHOOK_GET_JOB``)."""
+    if "--rp_serve_api" in sys.argv or int(os.environ.get("RUNPOD_REALTIME_PORT") or 0):
+        return False
+    return "--test_input" in sys.argv or not os.environ.get("RUNPOD_WEBHOOK_GET_JOB")
+
+
 if __name__ == "__main__":
+    stream = "--stream" in sys.argv
+    if stream:
+        sys.argv.remove("--stream")
+        if _one_job_mode():
+            sys.exit(
+                "--stream: the runpod SDK's one-job local mode (--test_input, test_input.json) "
+                "returns a generator handler's stream unread, so nothing would run; serve it "
+                "with --rp_serve_api instead (see README.md)"
+            )
     gpuledger.configure()
     with gpuledger.phase("model_load"):
         time.sleep(float(os.environ.get("EXAMPLE_MODEL_LOAD_S", "0.2")))
-    if "--stream" in sys.argv:
-        sys.argv.remove("--stream")
+    if stream:
         runpod.serverless.start({"handler": stream_handler, "return_aggregate_stream": True})
     else:
         runpod.serverless.start({"handler": handler, "concurrency_modifier": concurrency_modifier})
