@@ -16,7 +16,6 @@ import inspect
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from typing import Any
 import pytest
 
 from gpuledger.instrumentation.cog import SETUP_PHASE, traced_predictor
+from tests.ledgers import ledger_rows
 from tests.services import HOST, _spawn, free_port, log_tail
 from tests.upstreams import COG_VERSION
 from tests.venvs import (
@@ -186,22 +186,6 @@ def cog_server(cog_gpuledger: tuple[Path, Path], workdir: Path, predictor: str) 
         yield server
     finally:
         server.stop()
-
-
-def ledger_rows(path: Path, expected: int, timeout: float = 5.0) -> list[dict[str, Any]]:
-    """The ledger's rows, oldest first, once there are ``expected`` (or those at timeout)."""
-    deadline = time.monotonic() + timeout
-    rows: list[dict[str, Any]] = []
-    while True:
-        if path.exists():
-            with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as db:
-                db.row_factory = sqlite3.Row
-                with contextlib.suppress(sqlite3.OperationalError):  # no table yet
-                    query = "SELECT * FROM invocations ORDER BY start_ns"
-                    rows = [dict(row) for row in db.execute(query)]
-        if len(rows) >= expected or time.monotonic() > deadline:
-            return rows
-        time.sleep(0.05)
 
 
 # -- through the real Cog server -------------------------------------------------------------

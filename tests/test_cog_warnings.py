@@ -22,8 +22,9 @@ from pathlib import Path
 import pytest
 
 from gpuledger._nvml_replay import save_recording, synthetic_recording
+from tests.ledgers import ledger_rows
 from tests.services import HOST, _spawn, log_tail
-from tests.test_cog_example import EXAMPLE, CogServer, cog_gpuledger, ledger_rows
+from tests.test_cog_example import EXAMPLE, CogServer, cog_gpuledger
 
 __all__ = ["cog_gpuledger"]  # the fixture, used by name below
 

@@ -32,7 +32,6 @@ import re
 import shlex
 import shutil
 import signal
-import sqlite3
 import subprocess
 import time
 import tomllib
@@ -44,6 +43,7 @@ from typing import Any
 
 import pytest
 
+from tests.ledgers import ledger_rows, union_seconds
 from tests.services import HOST, _spawn, free_port, log_tail
 from tests.services import stop as stop_process
 from tests.venvs import (
@@ -409,34 +409,11 @@ def readme_shell(
         shell.close()
 
 
-def ledger_rows(path: Path, count: int, timeout: float = ROWS_TIMEOUT_S) -> list[dict[str, Any]]:
-    """The ledger's rows, oldest first, once it has ``count`` (rows are written in batches)."""
-    deadline = time.monotonic() + timeout
-    rows: list[dict[str, Any]] = []
-    while True:
-        if path.exists():
-            with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as db:
-                db.row_factory = sqlite3.Row
-                with contextlib.suppress(sqlite3.OperationalError):  # no table yet
-                    query = "SELECT * FROM invocations ORDER BY start_ns, rowid"
-                    rows = [dict(row) for row in db.execute(query)]
-        if len(rows) >= count or time.monotonic() > deadline:
-            assert len(rows) == count, f"{len(rows)} rows in {path}, not {count}: {rows}"
-            return rows
-        time.sleep(0.05)
-
-
-def union_seconds(rows: Sequence[Mapping[str, Any]]) -> float:
-    """The time at least one of ``rows`` ran, in seconds."""
-    total, cursor = 0, None
-    for start, end in sorted((row["start_ns"], row["end_ns"]) for row in rows):
-        if cursor is None or start > cursor:
-            total += end - start
-            cursor = end
-        elif end > cursor:
-            total += end - cursor
-            cursor = end
-    return total / 1e9
+def _rows(path: Path, count: int) -> list[dict[str, Any]]:
+    """Exactly ``count`` rows of the ledger at ``path``, once they are written."""
+    rows = ledger_rows(path, count, timeout=ROWS_TIMEOUT_S)
+    assert len(rows) == count, f"{len(rows)} rows in {path}, not {count}: {rows}"
+    return rows
 
 
 def report_lists(output: str, invocation_ids: Sequence[str]) -> None:
@@ -503,7 +480,7 @@ def test_runpod_readme(tmp_path: Path) -> None:
         shell.run("python handler.py")
         report = shell.run("gpuledger report --ledger gpuledger.db --by invocation")
         report_lists(report.stdout, ["job-1", "local-job-1"])
-        rows = ledger_rows(folder / "gpuledger.db", 2)
+        rows = _rows(folder / "gpuledger.db", 2)
         assert [row["invocation_id"] for row in rows] == ["job-1", "local-job-1"]
         assert [row["cold"] for row in rows] == [1, 1]  # a new process each
         for row in rows:
@@ -524,7 +501,7 @@ def test_runpod_readme(tmp_path: Path) -> None:
         assert queued["status"] == "IN_PROGRESS"
         status = shell.run("curl -s -X POST", replace={"test-<uuid>": queued["id"]})
         assert json.loads(status.stdout)["status"] == "COMPLETED"
-        served = ledger_rows(folder / "gpuledger.db", 4)[2:]
+        served = _rows(folder / "gpuledger.db", 4)[2:]
         assert [row["invocation_id"] for row in served] == [answer["id"], queued["id"]]
         assert [row["cold"] for row in served] == [1, 0]
         assert served[1]["idle_gap_s"] > 0
@@ -533,10 +510,10 @@ def test_runpod_readme(tmp_path: Path) -> None:
         server = shell.start("GPULEDGER_LEDGER=concurrent.db python async_handler.py", "/")
         answers = shell.run("for n in 1 2 3 4; do echo").stdout.splitlines()
         assert [json.loads(line)["status"] for line in answers] == ["COMPLETED"] * 4
-        rows = ledger_rows(folder / "concurrent.db", 4)
+        rows = _rows(folder / "concurrent.db", 4)
         report = shell.run("gpuledger report --ledger concurrent.db --by invocation")
         report_lists(report.stdout, [row["invocation_id"] for row in rows])
-        union = union_seconds(rows)
+        union = union_seconds((row["start_ns"], row["end_ns"]) for row in rows)
         assert union < 0.75 * sum(row["duration_s"] for row in rows)  # they overlapped
         assert sum(row["billed_gpu_seconds"] for row in rows) == pytest.approx(union, rel=1e-6)
         assert all(row["billed_gpu_seconds"] < row["duration_s"] for row in rows)
@@ -547,7 +524,7 @@ def test_runpod_readme(tmp_path: Path) -> None:
         server = shell.start("GPULEDGER_LEDGER=stream.db python async_handler.py --stream", "/")
         answer = json.loads(shell.run("curl -s -w '\\n' http://127.0.0.1:8000/runsync").stdout)
         assert answer["output"] == [f"t{index}" for index in range(5)]
-        (row,) = ledger_rows(folder / "stream.db", 1)
+        (row,) = _rows(folder / "stream.db", 1)
         report_lists(shell.run("gpuledger report --ledger stream.db").stdout, [answer["id"]])
         assert (row["output_tokens"], row["outcome"]) == (5, "ok")
         assert row["duration_s"] > 5 * 0.02 - 0.01
@@ -568,7 +545,7 @@ def test_modal_readme(tmp_path: Path) -> None:
         shell.setup()
         shell.run("GPULEDGER_PLATFORM=modal GPULEDGER_GPU=H100 EXAMPLE_MODEL_LOAD_S=0.2 python")
         report = shell.run("gpuledger report --ledger gpuledger.db --by invocation")
-        rows = ledger_rows(shell.cwd / "gpuledger.db", 7)
+        rows = _rows(shell.cwd / "gpuledger.db", 7)
         report_lists(report.stdout, [row["invocation_id"] for row in rows])
         assert [row["handler"] for row in rows] == (
             ["Generator.generate"] * 2 + ["Generator.generate_async"] * 4 + ["embed"]
@@ -581,7 +558,7 @@ def test_modal_readme(tmp_path: Path) -> None:
         concurrent = rows[2:6]
         assert all(row["billed_gpu_seconds"] < 0.5 * row["duration_s"] for row in concurrent)
         assert sum(row["billed_gpu_seconds"] for row in concurrent) == pytest.approx(
-            union_seconds(concurrent), rel=1e-6
+            union_seconds((row["start_ns"], row["end_ns"]) for row in concurrent), rel=1e-6
         )
         shell.finish()
 
@@ -599,7 +576,7 @@ def test_cog_readme(tmp_path: Path) -> None:
         assert answer["status"] == "succeeded", (answer, server.output())
         assert len(answer["output"].split()) == 8
         report = shell.run("gpuledger report --ledger gpuledger.db --by invocation")
-        (row,) = ledger_rows(shell.cwd / "gpuledger.db", 1)
+        (row,) = _rows(shell.cwd / "gpuledger.db", 1)
         report_lists(report.stdout, [row["invocation_id"]])  # gpuledger's id: Cog gives none
         assert (row["cold"], row["user_id"], row["platform"]) == (1, "user-42", "replicate")
         assert json.loads(row["init_phases"])["setup"] >= 0.5
@@ -616,7 +593,7 @@ def test_potassium_readme(tmp_path: Path) -> None:
         server = shell.start("python app.py", "/")
         answer = json.loads(shell.run("curl -s http://127.0.0.1:8000/").stdout)
         assert len(answer["output"].split()) == 16
-        (row,) = ledger_rows(shell.cwd / "gpuledger.db", 1)
+        (row,) = _rows(shell.cwd / "gpuledger.db", 1)
         report = shell.run("gpuledger report --ledger gpuledger.db --by invocation")
         report_lists(report.stdout, ["req-1"])
         assert (row["cold"], row["user_id"], row["platform"]) == (1, "user-42", "banana")

@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from tests.ledgers import union_seconds
+
 modal = pytest.importorskip("modal")
 
 import gpuledger  # noqa: E402
@@ -48,19 +50,6 @@ def instant_model(monkeypatch: pytest.MonkeyPatch) -> None:
     """The stand-in model loads and generates without waiting, unless a test says otherwise."""
     monkeypatch.setenv("EXAMPLE_MODEL_LOAD_S", "0")
     monkeypatch.setenv("EXAMPLE_SECONDS_PER_TOKEN", "0")
-
-
-def _union_seconds(intervals: list[tuple[int, int]]) -> float:
-    total = 0
-    cursor: int | None = None
-    for start, end in sorted(intervals):
-        if cursor is None or start > cursor:
-            total += end - start
-            cursor = end
-        elif end > cursor:
-            total += end - cursor
-            cursor = end
-    return total / 1e9
 
 
 def test_a_function_call_is_one_invocation(example: ModuleType, telemetry: Telemetry) -> None:
@@ -228,7 +217,7 @@ def test_concurrent_async_calls_split_the_billed_time(
         ]
     assert len(rows) == 4
     billed = sum(row["billed_gpu_seconds"] for row in rows)
-    union = _union_seconds([(row["start_ns"], row["end_ns"]) for row in rows])
+    union = union_seconds([(row["start_ns"], row["end_ns"]) for row in rows])
     assert billed == pytest.approx(union, rel=1e-6)
     for row in rows:
         assert row["duration_s"] >= 0.15

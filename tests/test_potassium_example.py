@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import time
 import urllib.error
@@ -18,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from tests.ledgers import ledger_rows
 from tests.services import HOST, _spawn, free_port, log_tail, stop
 from tests.upstreams import POTASSIUM_VERSION
 from tests.venvs import (
@@ -67,29 +67,6 @@ def post(url: str, payload: dict[str, Any], headers: dict[str, str]) -> tuple[in
             return response.status, response.read()
     except urllib.error.HTTPError as error:
         return error.code, error.read()
-
-
-def ledger_rows(path: Path, count: int, timeout: float = 10) -> list[dict[str, Any]]:
-    """The ledger's rows once there are ``count`` of them (the server writes them in batches)."""
-    deadline = time.monotonic() + timeout
-    found: list[dict[str, Any]] = []
-    while time.monotonic() < deadline:
-        if path.exists():
-            connection = sqlite3.connect(path)
-            connection.row_factory = sqlite3.Row
-            try:
-                found = [
-                    dict(row)
-                    for row in connection.execute("SELECT * FROM invocations ORDER BY rowid")
-                ]
-            except sqlite3.OperationalError:
-                found = []  # the table is not made yet
-            finally:
-                connection.close()
-            if len(found) >= count:
-                return found
-        time.sleep(0.1)
-    raise AssertionError(f"{len(found)} of {count} rows in the ledger after {timeout} s")
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from gpuledger._ledger import open_ledger
+from tests.ledgers import union_length
 
 pytestmark = pytest.mark.slow
 
@@ -180,16 +181,7 @@ def test_concurrent_jobs_split_the_workers_billed_time(run_worker: Any, tmp_path
     assert {row.region for row in rows} == {"EU-RO-1"}
     assert {row.platform for row in rows} == {"runpod"}
     # several ran at once (each took ~0.5 s; 8 of them did not take 4 s)
-    intervals = sorted((row.start_ns, row.end_ns) for row in rows)
-    union = 0
-    cursor = None
-    for start, end in intervals:
-        if cursor is None or start > cursor:
-            union += end - start
-            cursor = end
-        elif end > cursor:
-            union += end - cursor
-            cursor = end
+    union = union_length((row.start_ns, row.end_ns) for row in rows)
     total_duration = sum(row.duration_s for row in rows)
     assert union / 1e9 < total_duration * 0.75  # they overlapped
     # the split: billed seconds add up to the time the worker had a job, not to the sum

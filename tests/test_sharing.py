@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 import gpuledger
 from gpuledger._pricing import load_catalogue
 from gpuledger._worker import WorkerState, shares
+from tests.ledgers import union_length
 
 from .conftest import Telemetry
 
@@ -21,19 +22,6 @@ def test_shares_cut_where_the_count_changes() -> None:
     assert shares(0, 10, [(-5, 3), (1, 20)]) == [(0, 1, 2), (1, 3, 3), (3, 10, 2)]
     assert shares(0, 10, [(10, 20), (-3, 0)]) == [(0, 10, 1)]  # touching is not sharing
     assert shares(5, 5, []) == [(5, 5, 1)]
-
-
-def _union_length(intervals: list[tuple[int, int]]) -> int:
-    total = 0
-    cursor = None
-    for start, end in sorted(intervals):
-        if cursor is None or start > cursor:
-            total += end - start
-            cursor = end
-        elif end > cursor:
-            total += end - cursor
-            cursor = end
-    return total
 
 
 @settings(max_examples=300, deadline=None)
@@ -74,7 +62,7 @@ def test_shares_add_up_to_the_workers_wall_time(intervals: list[tuple[int, int]]
     assert worker.running == {}
     assert worker.lone is None
     assert worker.ended == []
-    assert sum(billed.values()) == pytest.approx(_union_length(intervals), abs=1e-6)
+    assert sum(billed.values()) == pytest.approx(union_length(intervals), abs=1e-6)
 
 
 def test_overlapping_generators_split_billed_time_and_cost(telemetry: Telemetry) -> None:
