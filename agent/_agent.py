@@ -1207,6 +1207,11 @@ def check_environment() -> None:
     resolved = resolve_settings({})
     if resolved.sidecar is None:
         check_ledger_location(resolved.ledger, resolved.sources.get("ledger", "default"))
+    if "otlp" in resolved.resolved_exporters() and (resolved.tracing or resolved.metrics):
+        from gpuledger.exporters._providers import otlp_protocol  # noqa: PLC0415
+
+        for signal in ("TRACES", "METRICS"):
+            otlp_protocol(signal)
 
 
 def get_agent() -> Agent | None:

@@ -1384,14 +1384,9 @@ def resolve_otlp(
 ) -> OtlpTarget | None:
     """The OTLP target from ``--otlp-endpoint``/``--otlp-protocol``, else the standard
     ``OTEL_EXPORTER_OTLP_*`` variables; None when no endpoint is given anywhere."""
-    protocol = (
-        protocol
-        or environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
-        or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-        or "http/protobuf"
-    ).strip()
-    if protocol not in ("http/protobuf", "grpc"):
-        raise ConfigError("otlp_protocol", protocol, "expected http/protobuf or grpc")
+    from gpuledger.exporters._providers import otlp_protocol  # noqa: PLC0415
+
+    protocol = otlp_protocol("TRACES", environ, given=protocol)
     if endpoint:
         base = endpoint.strip()
         if protocol == "grpc":

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
-__all__ = ["Providers", "setup_providers"]
+__all__ = ["OTLP_PROTOCOLS", "Providers", "otlp_protocol", "setup_providers"]
 
 TRACE_EXPORTERS = ("otlp", "console")
 """The exporters that take spans; ``prometheus`` takes metrics only."""
@@ -113,6 +113,10 @@ def setup_providers(
     ``(host, port)`` of the ``prometheus`` exporter's endpoint; ``None`` resolves the
     ``prometheus_host``/``prometheus_port`` settings from the environment (else their defaults).
     """
+    if "otlp" in exporters:  # a protocol no exporter speaks fails before anything is built
+        for signal, wanted in (("TRACES", tracing), ("METRICS", metrics)):
+            if wanted:
+                otlp_protocol(signal)
     origin = "argument" if tracer_provider is not None or meter_provider is not None else ""
     ours_tracer = ours_meter = False
     if tracing and tracer_provider is None:
@@ -246,14 +250,42 @@ def _stop_prometheus_server() -> None:
         thread.join(timeout=1.0)
 
 
-def _otlp_protocol() -> str:
+OTLP_PROTOCOLS: Final = ("http/protobuf", "grpc")
+"""The OTLP protocols the OpenTelemetry Python exporters speak (the spec's ``http/json`` is not
+among them)."""
+
+
+def otlp_protocol(
+    signal: str, environ: Mapping[str, str] | None = None, given: str | None = None
+) -> str:
+    """The OTLP protocol for ``signal`` (``TRACES`` or ``METRICS``): ``given`` (a command-line
+    option), else ``OTEL_EXPORTER_OTLP_<SIGNAL>_PROTOCOL``, else ``OTEL_EXPORTER_OTLP_PROTOCOL``,
+    else ``http/protobuf``, as the OpenTelemetry specification orders them.
+
+    The one parser of the protocol, for the worker and the sidecar alike: a value neither
+    exporter speaks raises ConfigError naming where it came from (it used to be a ConfigError in
+    the sidecar and silently http/protobuf in the worker).
+    """
     import os  # noqa: PLC0415
 
-    return (
-        os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
-        or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-        or "http/protobuf"
-    ).strip()
+    env = os.environ if environ is None else environ
+    source, value = "argument", given
+    if not value:
+        for name in (f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
+            if env.get(name, "").strip():
+                source, value = name, env[name]
+                break
+    protocol = (value or "http/protobuf").strip().lower()
+    if protocol not in OTLP_PROTOCOLS:
+        from gpuledger._errors import ConfigError  # noqa: PLC0415
+
+        unsupported = " (the OpenTelemetry Python exporters have no http/json)" * (
+            protocol == "http/json"
+        )
+        raise ConfigError(
+            "otlp_protocol", value, f"expected http/protobuf or grpc{unsupported}", source
+        )
+    return protocol
 
 
 def _timeout(signal: str, timeout_s: float) -> float | None:
@@ -284,7 +316,7 @@ def _otlp_exporter(signal: str, timeout_s: float) -> Any:
     import importlib  # noqa: PLC0415
 
     module_suffix, class_name = _OTLP_CLASSES[signal]
-    transport = "grpc" if _otlp_protocol() == "grpc" else "http"
+    transport = "grpc" if otlp_protocol(signal) == "grpc" else "http"
     try:
         module = importlib.import_module(
             f"opentelemetry.exporter.otlp.proto.{transport}.{module_suffix}"

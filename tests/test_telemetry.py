@@ -19,6 +19,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import gpuledger
+from gpuledger import ConfigError
 
 from .conftest import Telemetry, run_python
 
@@ -358,3 +359,27 @@ def test_otlp_protocol_and_timeout(
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", "7000")
     assert _timeout("TRACES", 2.5) == 2.5
     assert _timeout("METRICS", 2.5) is None  # the exporter reads the variable itself
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"), ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "grcp")],
+)
+def test_an_otlp_protocol_no_exporter_speaks_is_a_config_error(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    """The worker and the sidecar parse OTEL_EXPORTER_OTLP_*PROTOCOL with one function and
+    refuse alike; the worker used to export over http/protobuf without a word."""
+    from gpuledger._sidecar import resolve_otlp
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError, match=f"environment variable {variable}"):
+        gpuledger.traced_handler(lambda: None)  # checked at decoration: the deploy fails
+    with pytest.raises(ConfigError, match=f"environment variable {variable}"):
+        gpuledger.configure(exporters="otlp")
+    if variable == "OTEL_EXPORTER_OTLP_PROTOCOL":  # the sidecar exports spans: TRACES' protocol
+        import os
+
+        with pytest.raises(ConfigError, match=f"environment variable {variable}"):
+            resolve_otlp(None, None, dict(os.environ))
