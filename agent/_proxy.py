@@ -82,7 +82,6 @@ import contextlib
 import dataclasses
 import ipaddress
 import json
-import os
 import signal
 import time
 from collections.abc import Callable, Iterable
@@ -98,6 +97,7 @@ from gpuledger._agent import Agent, HandlerSpec
 from gpuledger._errors import ConfigError
 from gpuledger._invocation import Invocation
 from gpuledger._logging import get_logger
+from gpuledger._process import started_ns as upstream_start_ns
 
 __all__ = [
     "PRESETS",
@@ -342,26 +342,6 @@ def proxy_config(
         request_id_header=id_header or None,
         **{name: value for name, value in options.items() if value is not None},
     )
-
-
-def upstream_start_ns(pid: int) -> int | None:
-    """When process ``pid`` started, as Unix ns, from ``/proc/<pid>/stat``; None if unreadable.
-
-    Field 22 is the start in clock ticks since boot (on CLOCK_BOOTTIME), as
-    ``gpuledger._process`` reads it for this process.
-    """
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat_file:
-            stat = stat_file.read()
-        # The command name (field 2) may hold spaces and parentheses: split after its last ')'.
-        fields = stat[stat.rindex(b")") + 2 :].split()
-        start_ticks = int(fields[19])
-        age_s = time.clock_gettime(time.CLOCK_BOOTTIME) - start_ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, AttributeError):
-        return None
-    if age_s < 0:
-        return None
-    return time.time_ns() - int(age_s * 1e9)
 
 
 class _Result:

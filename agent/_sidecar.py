@@ -83,6 +83,7 @@ from typing import Any, Final, Protocol
 
 from gpuledger._errors import ConfigError, GpuledgerError
 from gpuledger._logging import get_logger
+from gpuledger._process import process_alive, process_start
 from gpuledger._record import InvocationRecord
 
 __all__ = [
@@ -770,48 +771,6 @@ class Spool:
 
 
 # --- processes -------------------------------------------------------------------------------
-
-
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """``(state, start time in clock ticks)`` of ``pid`` from ``/proc``; None where unreadable."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            text = stat.read().decode("ascii", "replace")
-    except OSError:
-        return None
-    # The command name (field 2) may hold spaces and parentheses: count from the last ')'.
-    fields = text[text.rfind(")") + 2 :].split()
-    try:
-        return fields[0], int(fields[19])
-    except (IndexError, ValueError):
-        return None
-
-
-def process_start(pid: int) -> int | None:
-    """When ``pid`` started (clock ticks since boot), or None if unknown."""
-    stat = _proc_stat(pid)
-    return None if stat is None else stat[1]
-
-
-def process_alive(pid: int, started: int | None) -> bool:
-    """Whether the process ``pid`` that started at ``started`` (None: unknown) still runs.
-
-    A zombie counts as dead (it ran its last instruction; with no init to reap it, it would
-    otherwise look alive for ever), and so does a pid reused by a process that started later.
-    """
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # it exists, under another user
-    stat = _proc_stat(pid)
-    if stat is None:
-        return True
-    state, ticks = stat
-    if state in ("Z", "X", "x"):
-        return False
-    return started is None or ticks == started
 
 
 # --- sinks and consumers ---------------------------------------------------------------------
