@@ -13,7 +13,7 @@ from collections import Counter
 
 from gpuledger._logging import get_logger
 
-__all__ = ["error_counts", "record_failure", "reset", "set_strict"]
+__all__ = ["count", "error_counts", "log_once", "record_failure", "reset", "set_strict"]
 
 _lock = threading.Lock()
 _counts: Counter[str] = Counter()
@@ -31,18 +31,27 @@ def record_failure(kind: str, error: BaseException) -> None:
 
     Called from an ``except`` block; re-raises the active exception under strict mode.
     """
+    log_once(
+        kind,
+        "gpuledger internal failure; your handler is unaffected, further ones are counted "
+        "in gpuledger.telemetry.errors",
+        error,
+    )
+    if _strict:
+        raise error
+
+
+def log_once(kind: str, message: str, error: BaseException) -> None:
+    """Count ``error`` under ``kind``; log ``message`` with it the first time ``kind`` fails.
+
+    Never raises, strict or not: for processes that serve no handler (the sidecar), where a
+    failure is retried and must only be said once and counted.
+    """
     with _lock:
         _counts[kind] += 1
         first = _counts[kind] == 1
     if first:
-        get_logger().error(
-            "gpuledger internal failure; your handler is unaffected, further ones are counted "
-            "in gpuledger.telemetry.errors",
-            kind=kind,
-            error=f"{type(error).__name__}: {error}",
-        )
-    if _strict:
-        raise error
+        get_logger().error(message, kind=kind, error=f"{type(error).__name__}: {error}")
 
 
 def count(kind: str, amount: int = 1) -> None:

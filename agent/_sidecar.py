@@ -81,6 +81,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Final, Protocol
 
+from gpuledger import _guard
 from gpuledger._errors import ConfigError, GpuledgerError
 from gpuledger._logging import get_logger
 from gpuledger._process import process_alive, process_start
@@ -920,8 +921,10 @@ class _OtlpSink:
             try:
                 metrics.record(group)
             except Exception as error:  # metrics are best effort: the span went out
-                _log_once(
-                    "metrics", "gpuledger sidecar: recording invocation metrics failed", error
+                _guard.log_once(
+                    "sidecar.metrics",
+                    "gpuledger sidecar: recording invocation metrics failed",
+                    error,
                 )
 
     def _new_metrics(self, resource: Any, platform: str) -> Any:
@@ -1098,8 +1101,8 @@ class _Consumer:
             self._on_advance()
         except Exception as error:
             if not self._stop.is_set():
-                _log_once(
-                    f"save.{self.name}",
+                _guard.log_once(
+                    f"sidecar.save.{self.name}",
                     f"gpuledger sidecar: the {self.name} cursor cannot be saved in the spool "
                     "(retried with each batch)",
                     error,
@@ -1240,8 +1243,10 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             self.close_connection = True  # the client went away or stalled past the timeout
         except Exception as error:  # a bug: say so, keep serving
-            _log_once(
-                "http", "gpuledger sidecar: a request failed (a bug: please report it)", error
+            _guard.log_once(
+                "sidecar.http",
+                "gpuledger sidecar: a request failed (a bug: please report it)",
+                error,
             )
             with contextlib.suppress(Exception):
                 self._error(500, f"internal error: {type(error).__name__}", close=True)
@@ -1813,7 +1818,7 @@ class Sidecar:
             try:
                 self._gpu.started(notices)
             except Exception as error:  # GPU fields stay null: the record is what matters
-                _log_once("gpu", "gpuledger sidecar: GPU metering failed", error)
+                _guard.log_once("sidecar.gpu", "gpuledger sidecar: GPU metering failed", error)
         if kind == "records":
             self._counters.add("records_received", accepted + duplicates)
             self._counters.add("records_duplicate", duplicates)
@@ -1830,7 +1835,7 @@ class Sidecar:
             try:
                 self._gpu.fill(records)
             except Exception as error:  # GPU fields stay null: the record is what matters
-                _log_once("gpu", "gpuledger sidecar: GPU metering failed", error)
+                _guard.log_once("sidecar.gpu", "gpuledger sidecar: GPU metering failed", error)
 
     def _spool_failed(self, error: sqlite3.Error) -> str:
         reason = f"the spool cannot be written ({error}): nothing from this request was kept"
@@ -1925,7 +1930,9 @@ class Sidecar:
             except Exception as error:
                 if self._stop_watch.is_set():
                     return
-                _log_once("watch", "gpuledger sidecar: the watcher failed (it keeps going)", error)
+                _guard.log_once(
+                    "sidecar.watch", "gpuledger sidecar: the watcher failed (it keeps going)", error
+                )
 
     def check_open_invocations(self) -> int:
         """One look at the open starts (what the watcher does every ``watch_interval_s``):
@@ -2040,16 +2047,6 @@ class Sidecar:
         if gpu is None:
             return None, "unpriced: GPU model unknown (set GPULEDGER_GPU)"
         return None, f"unpriced: no {platform} price for GPU {gpu!r}"
-
-
-_logged: set[str] = set()
-
-
-def _log_once(kind: str, message: str, error: BaseException) -> None:
-    """Log ``error`` the first time a failure of ``kind`` happens in this process."""
-    if kind not in _logged:
-        _logged.add(kind)
-        get_logger().error(message, error=f"{type(error).__name__}: {error}")
 
 
 def _positive(name: str, value: float, *, allow_zero: bool = False) -> None:

@@ -191,3 +191,17 @@ def test_writer_thread_survives_a_replaced_stream(
     assert _serve_three(ledger) == [0, 2, 4]
     assert threading.active_count() >= 1
     assert all(isinstance(line, str) for line in stream.lines)
+
+
+def test_log_once_counts_every_failure_says_the_first_and_never_raises(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """One log-once for the worker and the sidecar: each failure counted, the first said, none
+    raised even under strict (the sidecar's had its own copy, which counted nothing)."""
+    _guard.set_strict(True)
+    for attempt in range(3):
+        _guard.log_once("sidecar.watch", "the watcher failed", RuntimeError(f"try {attempt}"))
+    assert _guard.error_counts()["sidecar.watch"] == 3
+    err = capsys.readouterr().err
+    assert err.count("the watcher failed") == 1
+    assert "try 0" in err
