@@ -6,12 +6,14 @@ Only the user's own mistakes raise; telemetry failures at run time never reach a
     GpuledgerError
     ├── ConfigError (also ValueError)       a setting with a bad value, an unknown keyword
     ├── PricingError (also ValueError)      a pricing file that cannot be used
-    └── LedgerError                         a ledger that is missing, corrupt or too new
+    ├── LedgerError                         a ledger that is missing, corrupt or too new
+    └── SidecarError                        a sidecar that cannot start (spool, address), or
+                                            that did not take what a worker sent
 """
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "GpuledgerError", "LedgerError", "PricingError"]
+__all__ = ["ConfigError", "GpuledgerError", "LedgerError", "PricingError", "SidecarError"]
 
 
 class GpuledgerError(Exception):
@@ -46,3 +48,8 @@ class PricingError(GpuledgerError, ValueError):
 
 class LedgerError(GpuledgerError):
     """The ledger cannot be opened or read (missing, corrupt, or written by a newer version)."""
+
+
+class SidecarError(GpuledgerError):
+    """The sidecar cannot start (its spool cannot be used, or it cannot listen), or, on the
+    worker's side, it did not take what was sent (unreachable, refused, or answered an error)."""

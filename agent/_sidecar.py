@@ -82,7 +82,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Final, Protocol
 
 from gpuledger import _guard
-from gpuledger._errors import ConfigError, GpuledgerError
+from gpuledger._errors import ConfigError, SidecarError
 from gpuledger._logging import get_logger
 from gpuledger._process import process_alive, process_start
 from gpuledger._record import InvocationRecord
@@ -135,10 +135,6 @@ _MAX_PID: Final = 2**31 - 1
 _REQUEST_TIMEOUT_S: Final = 30.0
 """A connection that sends nothing for this long is closed (slow or idle clients)."""
 _SYNCHRONOUS: Final = ("normal", "full")
-
-
-class SidecarError(GpuledgerError):
-    """The sidecar cannot start: its spool cannot be used, or it cannot listen."""
 
 
 class Clock(Protocol):

@@ -20,15 +20,11 @@ import urllib.parse
 from collections.abc import Sequence
 from typing import Any, Final
 
-from gpuledger._errors import GpuledgerError
+from gpuledger._errors import SidecarError
 
 __all__ = ["SidecarClient", "SidecarError", "parse_sidecar_url"]
 
 DEFAULT_PORT: Final = 4319
-
-
-class SidecarError(GpuledgerError):
-    """The sidecar did not take what was sent (unreachable, refused, or answered an error)."""
 
 
 def parse_sidecar_url(url: str) -> tuple[str, int]:
