@@ -328,17 +328,17 @@ class Agent:
 
     def resource_attributes(self) -> dict[str, Any]:
         """OpenTelemetry resource attributes of this worker (semantic-convention names)."""
-        return {
-            "service.name": self.service_name,
-            "cloud.provider": self.platform.cloud_provider,
-            "cloud.platform": self.platform.cloud_platform,
-            "cloud.region": self.region,
-            "faas.name": self.endpoint or self.service_name,
-            "faas.instance": self.worker_id,
-            "gpuledger.platform": self.platform.platform,
-            "gpuledger.gpu.model": self.gpu,
-            "gpuledger.gpu.count": self.gpu_count,
-        }
+        from gpuledger.exporters._attributes import worker_resource_attributes  # noqa: PLC0415
+
+        return worker_resource_attributes(
+            service_name=self.service_name,
+            platform=self.platform.platform,
+            region=self.region,
+            endpoint=self.endpoint,
+            worker_id=self.worker_id,
+            gpu_model=self.gpu,
+            gpu_count=self.gpu_count,
+        )
 
     # -- the request path -------------------------------------------------------------------
 
@@ -479,17 +479,12 @@ class Agent:
             if meter is not None and meter.boundary_reads:
                 meter.mark(end_ns)
             queue = self._queue
-            span = invocation.span
-            if span is not None:
-                if meter is not None and len(queue) < self._max_pending:
-                    # The writer ends it once the GPU numbers are in (at the same end time).
-                    invocation.error = error
-                else:
-                    invocation.span = None  # an ended span must not stay alive in the queue
-                    try:
-                        self._finish_span(invocation, span, error)
-                    except Exception as failure:
-                        _guard.record_failure("span.end", failure)
+            if invocation.span is not None:
+                # The writer ends the span from the invocation's record, at its real end time:
+                # one mapping (exporters._records.span_attributes) for the worker and the sidecar.
+                invocation.error = error
+                if len(queue) >= self._max_pending:  # it will be dropped: end its span now
+                    self._end_span_now(invocation)
             # Pipeline.submit's common case, inlined: room in the queue and the writer running.
             if len(queue) < self._max_pending and self.pipeline.running:
                 queue.append(invocation)
@@ -576,67 +571,30 @@ class Agent:
             _current.reset(invocation._context_token)
             invocation._context_token = None
 
-    def _finish_span(
-        self,
-        invocation: Invocation,
-        span: Any,
-        error: BaseException | None,
-        usage: Any = None,
-    ) -> None:
-        billed_ns = invocation.billed_ns
-        if billed_ns is None:
-            billed_ns = invocation.duration_ns
-        attributes: dict[str, Any] = {
-            "faas.invocation_id": invocation.invocation_id,
-            "gpuledger.gpu.billed_seconds": billed_ns * self.gpu_count / 1e9,
-        }
-        if usage is not None:
-            _gpu_attributes(attributes, usage, self.gpu, self.gpu_count, self.gpu_uuids)
-        external = invocation.external
-        if external is not None:
-            wait_cost = self._wait_cost(invocation, external.wait_seconds)
-            attributes["gpuledger.external.calls"] = external.calls
-            attributes["gpuledger.external.call_seconds"] = external.call_seconds
-            attributes["gpuledger.external.wait_seconds"] = external.wait_seconds
-            attributes["gpuledger.external.errors"] = external.errors
-            if wait_cost is not None:
-                attributes["gpuledger.external.wait_cost_usd"] = wait_cost
-            attributes["gpuledger.external.targets"] = [
-                f"{target}: {entry['calls']} calls, {entry['wait_s']:.6f} s waited"
-                for target, entry in sorted(external.targets.items())
-            ]
-        if invocation.idle_gap_ns is not None:
-            attributes["gpuledger.idle_gap_s"] = invocation.idle_gap_ns / 1e9
-        if invocation.init is not None:
-            attributes["gpuledger.init.duration_s"] = invocation.init.duration_s
-        if invocation.user_id is not None:
-            user, pseudonymised = self.user_key(invocation.user_id)
-            attributes["enduser.pseudo.id" if pseudonymised else "enduser.id"] = user
-        if invocation.tenant is not None:
-            attributes["gpuledger.tenant"] = invocation.tenant
-        if invocation.tags:
-            for key, value in invocation.tags.items():
-                attributes[f"gpuledger.tag.{key}"] = value
-        if invocation.input_tokens is not None:
-            attributes["gen_ai.usage.input_tokens"] = invocation.input_tokens
-        if invocation.output_tokens is not None:
-            attributes["gen_ai.usage.output_tokens"] = invocation.output_tokens
-        if self.pricer is not None:
-            cost = invocation.cost = self._cost(invocation)
-            attributes["gpuledger.cost.usd"] = cost.total_usd
-            attributes["gpuledger.cost.execution_usd"] = cost.execution_usd
-            attributes["gpuledger.cost.gpu_usd"] = cost.gpu_usd
-            attributes["gpuledger.cost.coldstart_usd"] = cost.coldstart_usd
-            attributes["gpuledger.pricing.version"] = cost.catalogue_version
-        if error is not None:
-            attributes["error.type"] = invocation.error_type
-            span.record_exception(error)
-            span.set_status(self._status_error)
-        elif invocation.outcome != "ok":
-            attributes["error.type"] = invocation.error_type or invocation.outcome
-            span.set_status(self._status_error)
-        span.set_attributes(attributes)
-        span.end(end_time=invocation.start_ns + invocation.duration_ns)
+    def _end_span(self, invocation: Invocation, record: InvocationRecord) -> None:
+        """End the invocation's span with ``record``'s attributes (the same set the sidecar
+        exports), its status, and the exception the handler raised."""
+        from gpuledger.exporters._attributes import span_attributes  # noqa: PLC0415
+
+        span, invocation.span = invocation.span, None
+        error, invocation.error = invocation.error, None
+        if span is None:
+            return
+        try:
+            span.set_attributes(span_attributes(record))
+            if error is not None:
+                span.record_exception(error, timestamp=record.end_ns)
+            if record.outcome != "ok":
+                span.set_status(self._status_error)
+        finally:
+            span.end(end_time=record.end_ns)
+
+    def _end_span_now(self, invocation: Invocation) -> None:
+        """End the span of an invocation that will not reach the writer (the queue is full)."""
+        try:
+            self._end_span(invocation, self.build_record(invocation))
+        except Exception as failure:
+            _guard.record_failure("span.end", failure)
 
     def _wait_cost(self, invocation: Invocation, wait_s: float) -> float | None:
         """What ``wait_s`` of this invocation's wall time cost: its billed share of it at the
@@ -823,14 +781,6 @@ class Agent:
             except Exception as error:
                 _guard.record_failure("nvml.measure", error)
             usages.append(usage)
-            span = invocation.span
-            if span is not None:
-                invocation.span = None
-                try:
-                    self._finish_span(invocation, span, invocation.error, usage)
-                except Exception as failure:
-                    _guard.record_failure("span.end", failure)
-                invocation.error = None
         self._record(settled, usages)
         with self.worker.lock:
             oldest = self.worker.oldest_start_ns() or now_ns
@@ -842,9 +792,19 @@ class Agent:
         records: list[InvocationRecord] = []
         for i, invocation in enumerate(batch):
             try:
-                records.append(self.build_record(invocation, None if usages is None else usages[i]))
+                record = self.build_record(invocation, None if usages is None else usages[i])
             except Exception as error:
                 _guard.record_failure("record.build", error)
+                if invocation.span is not None:  # never leave a span open
+                    invocation.span.end(end_time=invocation.start_ns + invocation.duration_ns)
+                    invocation.span = invocation.error = None
+                continue
+            records.append(record)
+            if invocation.span is not None:
+                try:
+                    self._end_span(invocation, record)
+                except Exception as error:
+                    _guard.record_failure("span.end", error)
         if self.metrics is not None:
             try:
                 self.metrics.record(records)
@@ -1091,31 +1051,6 @@ class Agent:
                 _guard.record_failure("ledger.close", error)
             self._ledger = None
         return done
-
-
-def _gpu_attributes(
-    attributes: dict[str, Any], usage: Any, model: str | None, count: int, uuids: str | None
-) -> None:
-    if model is not None:
-        attributes["gpuledger.gpu.model"] = model
-    attributes["gpuledger.gpu.count"] = count
-    if uuids is not None:
-        attributes["gpuledger.gpu.uuids"] = uuids
-    for key, value in (
-        ("gpuledger.gpu.busy_seconds", usage.busy_gpu_seconds),
-        ("gpuledger.gpu.busy_source", usage.busy_source),
-        ("gpuledger.gpu.energy_j", usage.energy_j),
-        ("gpuledger.gpu.energy_active_j", usage.energy_active_j),
-        ("gpuledger.gpu.energy_idle_j", usage.energy_idle_j),
-        ("gpuledger.gpu.energy_source", usage.energy_source),
-        ("gpuledger.gpu.peak_memory_bytes", usage.peak_gpu_memory_bytes),
-    ):
-        if value is not None:
-            attributes[key] = value
-    if usage.unmeasured:
-        attributes["gpuledger.gpu.unmeasured"] = [
-            f"{field}: {why}" for field, why in sorted(usage.unmeasured.items())
-        ]
 
 
 @lru_cache(maxsize=8192)

@@ -25,8 +25,8 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
-from gpuledger._platform import platform_defaults
 from gpuledger._record import InvocationRecord
+from gpuledger.exporters._attributes import record_resource_attributes, span_attributes
 
 __all__ = [
     "record_resource",
@@ -50,24 +50,6 @@ def span_ids(record_id: str) -> tuple[int, int]:
     trace_id = int.from_bytes(digest[:16], "big") or 1
     span_id = int.from_bytes(digest[16:24], "big") or 1
     return trace_id, span_id
-
-
-def record_resource_attributes(record: InvocationRecord) -> dict[str, Any]:
-    """The worker's resource attributes, as ``Agent.resource_attributes`` gives them (``None``
-    values left out)."""
-    platform = platform_defaults(record.platform)
-    attributes: dict[str, Any] = {
-        "service.name": record.service_name,
-        "cloud.provider": platform.cloud_provider,
-        "cloud.platform": platform.cloud_platform,
-        "cloud.region": record.region,
-        "faas.name": record.endpoint or record.service_name,
-        "faas.instance": record.worker_id,
-        "gpuledger.platform": record.platform,
-        "gpuledger.gpu.model": record.gpu_model,
-        "gpuledger.gpu.count": record.gpu_count,
-    }
-    return {key: value for key, value in attributes.items() if value is not None}
 
 
 def record_resource(record: InvocationRecord) -> Resource:
@@ -107,70 +89,3 @@ def record_to_span(record: InvocationRecord, resource: Resource) -> ReadableSpan
         end_time=max(record.end_ns, record.start_ns),
         instrumentation_scope=_scope(),
     )
-
-
-def span_attributes(record: InvocationRecord) -> dict[str, Any]:
-    """The span attributes of ``record``: the agent's ``_start_span``/``_finish_span`` set, plus
-    ``gpuledger.record_id`` (to find the span's ledger row) and ``gpuledger.outcome``."""
-    attributes: dict[str, Any] = {
-        "faas.trigger": platform_defaults(record.platform).faas_trigger,
-        "faas.coldstart": record.cold,
-        "faas.invocation_id": record.invocation_id,
-        "gpuledger.record_id": record.record_id,
-        "gpuledger.outcome": record.outcome,
-        "gpuledger.gpu.billed_seconds": record.billed_gpu_seconds,
-        "gpuledger.gpu.count": record.gpu_count,
-    }
-    optional: tuple[tuple[str, object], ...] = (
-        ("gpuledger.gpu.model", record.gpu_model),
-        ("gpuledger.gpu.uuids", record.gpu_uuids),
-        ("gpuledger.gpu.busy_seconds", record.busy_gpu_seconds),
-        ("gpuledger.gpu.busy_source", record.busy_source),
-        ("gpuledger.gpu.energy_j", record.energy_j),
-        ("gpuledger.gpu.energy_active_j", record.energy_active_j),
-        ("gpuledger.gpu.energy_idle_j", record.energy_idle_j),
-        ("gpuledger.gpu.energy_source", record.energy_source),
-        ("gpuledger.gpu.peak_memory_bytes", record.peak_gpu_memory_bytes),
-        ("gpuledger.idle_gap_s", record.idle_gap_s),
-        ("gpuledger.init.duration_s", record.init_duration_s),
-        ("gpuledger.tenant", record.tenant),
-        ("gen_ai.usage.input_tokens", record.input_tokens),
-        ("gen_ai.usage.output_tokens", record.output_tokens),
-        ("gpuledger.cost.usd", record.cost_usd),
-        ("gpuledger.cost.execution_usd", record.cost_execution_usd),
-        ("gpuledger.cost.gpu_usd", record.cost_gpu_usd),
-        ("gpuledger.cost.coldstart_usd", record.cost_coldstart_usd),
-        ("gpuledger.pricing.version", record.pricing_version),
-    )
-    for key, value in optional:
-        if value is not None:
-            attributes[key] = value
-    if record.gpu_unmeasured:
-        attributes["gpuledger.gpu.unmeasured"] = [
-            f"{field}: {why}" for field, why in sorted(record.gpu_unmeasured.items())
-        ]
-    if record.external_calls is not None:
-        attributes["gpuledger.external.calls"] = record.external_calls
-        if record.external_call_seconds is not None:
-            attributes["gpuledger.external.call_seconds"] = record.external_call_seconds
-        if record.external_wait_seconds is not None:
-            attributes["gpuledger.external.wait_seconds"] = record.external_wait_seconds
-        if record.external_wait_cost_usd is not None:
-            attributes["gpuledger.external.wait_cost_usd"] = record.external_wait_cost_usd
-        targets = record.external_targets or {}
-        attributes["gpuledger.external.errors"] = int(
-            sum(entry.get("errors", 0) for entry in targets.values())
-        )
-        attributes["gpuledger.external.targets"] = [
-            f"{target}: {int(entry.get('calls', 0))} calls, "
-            f"{float(entry.get('wait_s', 0.0)):.6f} s waited"
-            for target, entry in sorted(targets.items())
-        ]
-    if record.user_id is not None:
-        key = "enduser.pseudo.id" if record.user_id_pseudonymised else "enduser.id"
-        attributes[key] = record.user_id
-    for tag, value in record.tags.items():
-        attributes[f"gpuledger.tag.{tag}"] = value
-    if record.outcome != "ok":
-        attributes["error.type"] = record.error_type or record.outcome
-    return attributes

@@ -605,9 +605,9 @@ def test_record_to_span_is_the_agents_span_with_ids_from_the_record() -> None:
     assert attributes["gen_ai.usage.input_tokens"] == 12
     assert attributes["gpuledger.tag.model"] == "llama"
     assert attributes["gpuledger.cost.usd"] == 0.0002
-    assert attributes["gpuledger.external.targets"] == [
-        "api.example.com:443: 1 calls, 0.100000 s waited"
-    ]
+    assert attributes["gpuledger.external.targets"] == (
+        "api.example.com:443: 1 calls, 0.100000 s waited",
+    )
     resource = dict(span.resource.attributes)
     assert resource["service.name"] == "svc"
     assert resource["cloud.platform"] == "runpod_serverless"
