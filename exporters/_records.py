@@ -1,17 +1,15 @@
 """Finished invocation records as OpenTelemetry spans, for exporters that work from records.
 
-The in-process agent builds its SERVER span while the handler runs. The sidecar only ever sees the
-finished :class:`~gpuledger.InvocationRecord`, so it rebuilds the same span from it:
-:func:`record_to_span` gives a SERVER span named after the handler, from ``start_ns`` to
-``end_ns``, with the attributes the agent puts on its own span (``faas.*``, ``enduser.*``,
-``gen_ai.usage.*``, ``gpuledger.*``: GPU, external calls, cost) and status ERROR with
-``error.type`` for every outcome but ``ok``.
+The in-process agent opens its SERVER span while the handler runs and its writer ends it from the
+record. The sidecar only ever sees the finished :class:`~gpuledger.InvocationRecord`, so it
+rebuilds the span from it: :func:`record_to_span` gives a SERVER span named after the handler,
+from ``start_ns`` to ``end_ns``, with the same attributes (``exporters._attributes``: ``faas.*``,
+``enduser.*``, ``gen_ai.usage.*``, ``gpuledger.*``) and status ERROR for every outcome but ``ok``.
 
 Its trace and span ids are derived from ``record_id`` (SHA-256), so a batch sent again after a
 crash or an outage carries the same ids as the first time and receivers that deduplicate on them
 count it once. Its resource (:func:`record_resource`) is the worker's, from the record's service,
-platform, endpoint, worker, region and GPU fields: the attributes ``Agent.resource_attributes``
-gives in the worker itself.
+platform, endpoint, worker, region and GPU fields, by the mapping the worker uses for its own.
 """
 
 from __future__ import annotations
