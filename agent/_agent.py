@@ -35,7 +35,6 @@ from gpuledger._worker import InitInfo, Phase, WorkerState, shares
 
 __all__ = ["Agent", "HandlerSpec", "configure", "flush", "get_agent", "shutdown"]
 
-_LOCAL_PLATFORMS = ("local",)
 _DENSE_COUNT = 10
 """Adaptive flushing: more than this many invocations in ``_DENSE_WINDOW_NS`` is dense."""
 _DENSE_WINDOW_NS = 60 * 10**9
@@ -170,7 +169,7 @@ class Agent:
     # -- set-up -----------------------------------------------------------------------------
 
     def _setup_pricing(self) -> None:
-        from gpuledger._pricing import load_catalogue  # noqa: PLC0415
+        from gpuledger._pricing import LOCAL_PLATFORMS, load_catalogue  # noqa: PLC0415
 
         settings = self.settings
         try:
@@ -182,12 +181,12 @@ class Agent:
         self.catalogue = catalogue
         platform = self.platform.platform
         known = catalogue.platforms()
-        if platform not in known and platform not in _LOCAL_PLATFORMS:
+        if platform not in known and platform not in LOCAL_PLATFORMS:
             raise ConfigError(
                 "platform",
                 platform,
                 f"no such platform in the pricing catalogue; expected one of "
-                f"{', '.join([*known, *_LOCAL_PLATFORMS])} (or add it with a pricing file)",
+                f"{', '.join([*known, *LOCAL_PLATFORMS])} (or add it with a pricing file)",
                 settings.sources.get("platform", "argument"),
             )
         # With metering on, an unknown GPU may still be detected: warn after NVML has opened.
@@ -205,25 +204,24 @@ class Agent:
             self.pricer: Callable[..., Any] | None = compile_pricer(price, catalogue.version)
             self.cost_source: str = price.source
             return
+        from gpuledger._pricing import LOCAL_PLATFORMS, unpriced_reason  # noqa: PLC0415
+
         self.pricer = None
-        if platform in _LOCAL_PLATFORMS:
-            self.cost_source = "unpriced: platform 'local' (set GPULEDGER_PLATFORM)"
-        elif self.gpu is None:
-            self.cost_source = "unpriced: GPU model unknown (set GPULEDGER_GPU)"
-            if warn:
-                get_logger().warning(
-                    "GPU model unknown: costs are recorded as null; set GPULEDGER_GPU (e.g. H100)",
-                    platform=platform,
-                )
+        self.cost_source = unpriced_reason(platform, self.gpu)
+        if not warn or platform in LOCAL_PLATFORMS:
+            return
+        if self.gpu is None:
+            get_logger().warning(
+                "GPU model unknown: costs are recorded as null; set GPULEDGER_GPU (e.g. H100)",
+                platform=platform,
+            )
         else:
-            self.cost_source = f"unpriced: no {platform} price for GPU {self.gpu!r}"
-            if warn:
-                get_logger().warning(
-                    "no price for this platform and GPU: costs are recorded as null; add it "
-                    "with a pricing file (GPULEDGER_PRICING)",
-                    platform=platform,
-                    gpu=self.gpu,
-                )
+            get_logger().warning(
+                "no price for this platform and GPU: costs are recorded as null; add it "
+                "with a pricing file (GPULEDGER_PRICING)",
+                platform=platform,
+                gpu=self.gpu,
+            )
 
     def _open_gpu(self, env: Mapping[str, str]) -> None:
         """Open NVML (on its own thread): the meter, and the GPU model and count it shows."""

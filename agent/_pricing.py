@@ -60,6 +60,7 @@ from gpuledger._errors import PricingError
 
 __all__ = [
     "KINDS",
+    "LOCAL_PLATFORMS",
     "PRICING_ENV",
     "Catalogue",
     "Cost",
@@ -71,6 +72,7 @@ __all__ = [
     "load_catalogue",
     "normalise_gpu",
     "shipped_path",
+    "unpriced_reason",
     "validate_file",
 ]
 
@@ -960,3 +962,17 @@ def _price(
         prewarmed_workers=count("prewarmed_workers", 0) or 0,
         behaviour_citation=behaviour_citation,
     )
+
+
+LOCAL_PLATFORMS: Final = ("local",)
+"""Platforms that are never priced: the agent's default where none is detected or set."""
+
+
+def unpriced_reason(platform: str, gpu: str | None) -> str:
+    """Why an invocation on ``platform`` with ``gpu`` has no price: the record's ``cost_source``,
+    the same words from the worker and the sidecar."""
+    if platform in LOCAL_PLATFORMS:
+        return f"unpriced: platform {platform!r} (set GPULEDGER_PLATFORM)"
+    if gpu is None:
+        return "unpriced: GPU model unknown (set GPULEDGER_GPU)"
+    return f"unpriced: no {platform} price for GPU {gpu!r}"

@@ -2019,7 +2019,11 @@ class Sidecar:
     def _pricer(self, platform: str, gpu: str | None) -> tuple[Any, str]:
         """The compiled price of ``gpu`` on ``platform`` (None and why, when there is none)."""
         from gpuledger._errors import PricingError  # noqa: PLC0415
-        from gpuledger._pricing import compile_pricer, load_catalogue  # noqa: PLC0415
+        from gpuledger._pricing import (  # noqa: PLC0415
+            compile_pricer,
+            load_catalogue,
+            unpriced_reason,
+        )
 
         if self._catalogue is None:
             try:
@@ -2040,9 +2044,7 @@ class Sidecar:
         pricer = self._pricers[key]
         if pricer is not None:
             return pricer, ""
-        if gpu is None:
-            return None, "unpriced: GPU model unknown (set GPULEDGER_GPU)"
-        return None, f"unpriced: no {platform} price for GPU {gpu!r}"
+        return None, unpriced_reason(platform, gpu)
 
 
 def _positive(name: str, value: float, *, allow_zero: bool = False) -> None:

@@ -1212,3 +1212,23 @@ def test_a_missing_folder_is_named_not_created(tmp_path: Path, option: str) -> N
     assert f"Invalid value for '{option}'" in result.output
     assert "does not exist" in result.output
     assert not missing.exists()
+
+
+@pytest.mark.parametrize(
+    ("platform", "gpu"), [("local", "H100"), ("runpod", None), ("runpod", "MadeUpGPU-9000")]
+)
+def test_unpriced_reasons_are_the_workers(
+    make_sidecar: Callable[..., Sidecar], platform: str, gpu: str | None, tmp_path: Path
+) -> None:
+    """Why a record has no price reads the same from the sidecar (records it prices itself:
+    killed and timed-out invocations) as from the worker; the sidecar called a 'local' worker's
+    invocation "no local price for GPU 'H100'"."""
+    import gpuledger  # noqa: PLC0415
+
+    sidecar = make_sidecar()
+    pricer, reason = sidecar._pricer(platform, gpu)
+    agent = gpuledger.configure(
+        platform=platform, gpu=gpu, exporters="none", ledger=tmp_path / "l.db", gpu_metering="off"
+    )
+    assert pricer is None
+    assert reason == agent.cost_source
