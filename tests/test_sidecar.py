@@ -1223,7 +1223,7 @@ def test_unpriced_reasons_are_the_workers(
     """Why a record has no price reads the same from the sidecar (records it prices itself:
     killed and timed-out invocations) as from the worker; the sidecar called a 'local' worker's
     invocation "no local price for GPU 'H100'"."""
-    import gpuledger  # noqa: PLC0415
+    import gpuledger
 
     sidecar = make_sidecar()
     pricer, reason = sidecar._pricer(platform, gpu)
