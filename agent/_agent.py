@@ -30,7 +30,7 @@ from gpuledger._invocation import Invocation, _current
 from gpuledger._logging import configure_logging, get_logger
 from gpuledger._platform import PlatformInfo, default_worker_id, detect_platform, platform_defaults
 from gpuledger._record import InvocationRecord
-from gpuledger._settings import Settings, resolve_settings
+from gpuledger._settings import Settings, env_sets, resolve_settings
 from gpuledger._worker import InitInfo, Phase, WorkerState, shares
 
 __all__ = ["Agent", "HandlerSpec", "configure", "flush", "get_agent", "shutdown"]
@@ -1150,17 +1150,34 @@ def check_environment() -> None:
 def get_agent() -> Agent | None:
     """The agent, configured from the environment on first use; None if that failed (logged)."""
     agent = _agent
+    return agent if agent is not None else ensure_agent()
+
+
+def ensure_agent(**defaults: Any) -> Agent | None:
+    """The agent; on first use configured from the environment, with ``defaults`` for the
+    settings the environment leaves unset (a platform adapter's own: Potassium's platform, Cog's
+    flush policy). A configuration that fails is contained, counted and logged: the handler runs
+    untraced, and None is returned. The platform adapters' one way in (no private names)."""
+    agent = _agent
     if agent is not None:
         return agent
     with _agent_lock:
         if _agent is not None:
             return _agent
+        overrides = {name: value for name, value in defaults.items() if not env_sets(name)}
         try:
-            return configure()
+            return configure(**overrides)
         except Exception as error:
             # A bad environment must not break the handler: it runs, untraced, and we say why.
             _guard.record_failure("configure", error)
             return None
+
+
+def now_ns() -> int:
+    """Wall time, Unix ns, on the configured agent's clock (a test's, the demo's), else the
+    system's."""
+    agent = _agent
+    return agent.now_ns() if agent is not None else time.time_ns()
 
 
 def current_agent() -> Agent | None:

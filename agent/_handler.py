@@ -89,21 +89,12 @@ def traced_handler(
             # so check it now, at import, where a bad value fails the deploy and not a request.
             agent_module.check_environment()
         agent_module.install_exit_hooks()
-        agent_module.worker_state().mark_ready(_wall_ns())
+        agent_module.worker_state().mark_ready(agent_module.now_ns())
         return _wrap(target, spec)
 
     if function is None:
         return decorate
     return decorate(function)
-
-
-def _wall_ns() -> int:
-    agent = agent_module._agent
-    if agent is not None:
-        return agent.now_ns()
-    import time  # noqa: PLC0415
-
-    return time.time_ns()
 
 
 def _wrap(function: Any, spec: HandlerSpec) -> Any:
@@ -246,7 +237,7 @@ class phase:
 
     def __enter__(self) -> phase:
         try:
-            now = _wall_ns()
+            now = agent_module.now_ns()
             invocation = _current.get()
             if invocation is None:
                 self._phase = agent_module.worker_state().open_phase(self.name, now)
@@ -279,7 +270,7 @@ class phase:
             current = self._phase
             if current is None:
                 return
-            now = _wall_ns()
+            now = agent_module.now_ns()
             if self._invocation is None:
                 agent_module.worker_state().close_phase(current, now)
                 return

@@ -11,18 +11,33 @@ from __future__ import annotations
 import os
 from contextvars import ContextVar, Token
 from itertools import count
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 if TYPE_CHECKING:
     from gpuledger._worker import Phase
 
-__all__ = ["Invocation", "current_invocation", "record_tokens", "tag"]
+__all__ = [
+    "CURRENT",
+    "Invocation",
+    "current_invocation",
+    "new_invocation_id",
+    "record_tokens",
+    "tag",
+]
 
 _current: ContextVar[Invocation | None] = ContextVar("gpuledger_invocation", default=None)
 # Generated invocation ids: a random per-process prefix and a counter, formatted only when read
 # (uuid4 costs microseconds on the request path; this costs nothing until someone asks).
 _PROCESS_PREFIX = os.urandom(6).hex()
 _sequence = count(1)
+CURRENT: Final = _current
+"""The invocation running in this context (None outside one): for the span processor that
+counts outgoing calls, which reads it for every client span."""
+
+
+def new_invocation_id() -> str:
+    """A fresh invocation id in gpuledger's own format (``<process prefix>-<counter>``)."""
+    return f"{_PROCESS_PREFIX}-{next(_sequence):08d}"
 
 
 class Invocation:

@@ -17,7 +17,7 @@ from typing import Any, Final
 
 from gpuledger._errors import ConfigError
 
-__all__ = ["SETTINGS", "Settings", "resolve_settings", "settings_table"]
+__all__ = ["SETTINGS", "Settings", "env_sets", "resolve_settings", "settings_table"]
 
 EXPORTER_NAMES: Final = ("otlp", "console", "prometheus")
 LOG_FORMATS: Final = ("console", "json")
@@ -537,6 +537,12 @@ class Settings:
             return self.exporters
         env = os.environ if environ is None else environ
         return ("otlp",) if any(env.get(name) for name in OTLP_ENDPOINT_VARS) else ()
+
+
+def env_sets(name: str, environ: Mapping[str, str] | None = None) -> bool:
+    """Whether the environment gives the setting ``name`` a value (any of its variables)."""
+    env = os.environ if environ is None else environ
+    return any(env.get(variable, "").strip() for variable in _BY_NAME[name].env)
 
 
 def resolve_settings(

@@ -34,7 +34,7 @@ from opentelemetry.sdk.trace import SpanProcessor
 
 from gpuledger import _guard
 from gpuledger._calls import OK, mark_measured, record_call
-from gpuledger._invocation import _current
+from gpuledger._invocation import CURRENT
 from gpuledger._logging import get_logger
 
 __all__ = ["LIBRARIES", "CallAggregator", "instrument", "target_of", "uninstrument"]
@@ -118,7 +118,7 @@ class CallAggregator(SpanProcessor):
         try:
             if not self._is_client(span):
                 return
-            invocation = _current.get()
+            invocation = CURRENT.get()
             if invocation is None:
                 return
             parent = span.parent

@@ -154,7 +154,7 @@ class GpuledgerMiddleware:
     # -- http ---------------------------------------------------------------------------------
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        agent = agent_module._agent or agent_module.get_agent()
+        agent = agent_module.get_agent()
         if agent is None:
             await self.app(scope, receive, send)
             return

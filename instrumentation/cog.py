@@ -37,12 +37,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-import os
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, overload
 
 from gpuledger import _agent as agent_module
-from gpuledger import _guard
 from gpuledger._handler import phase, traced_handler
 
 __all__ = ["SETUP_PHASE", "traced_predictor"]
@@ -157,19 +155,10 @@ def _keep_signature(wrapper: Any, wrapped: Any) -> None:
 
 
 def _configure_for_cog() -> None:
-    """Configure gpuledger in Cog's worker process from its environment, with Cog's defaults."""
-    if agent_module.current_agent() is not None:
-        return
-    overrides: dict[str, Any] = {}
-    if not os.environ.get("GPULEDGER_PLATFORM"):
-        overrides["platform"] = "replicate"
-    if not os.environ.get("GPULEDGER_FLUSH_POLICY"):
-        overrides["flush_policy"] = "adaptive"
-    try:
-        agent_module.configure(**overrides)
-    except Exception as error:
-        # As on any first invocation: a bad environment leaves predictions running, untraced.
-        _guard.record_failure("configure", error)
+    """Configure gpuledger in Cog's worker process from its environment, with Cog's defaults
+    where it says nothing: platform ``replicate``, flush policy ``adaptive``. As on any first
+    invocation, a bad environment leaves predictions running, untraced (counted, logged)."""
+    agent_module.ensure_agent(platform="replicate", flush_policy="adaptive")
 
 
 def _configure_only(self: Any) -> None:

@@ -41,7 +41,7 @@ from typing import Any, Final, TypeVar, overload
 
 from gpuledger import _handler
 from gpuledger._handler import traced_handler, traced_init
-from gpuledger._invocation import _PROCESS_PREFIX, _sequence
+from gpuledger._invocation import new_invocation_id
 
 __all__ = ["traced_cls", "traced_function"]
 
@@ -62,7 +62,7 @@ def _modal_input_id(*args: object, **kwargs: object) -> str:
     if input_id:
         return str(input_id)
     # Outside a container (.local(), tests) there is no input id: the agent's default format.
-    return f"{_PROCESS_PREFIX}-{next(_sequence):08d}"
+    return new_invocation_id()
 
 
 def _check_order(target: object, decorator: str, modal_decorator: str) -> None:

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import os
 from collections.abc import Callable, Generator, Mapping
 from typing import Any, TypeVar
 
@@ -165,19 +164,7 @@ def _patched_decorator(original: Callable[..., Any], state: _State) -> Callable[
 
 def _ensure_agent() -> Any:
     """The agent; on first use configured for Banana unless the environment names a platform."""
-    agent = agent_module._agent
-    if agent is not None:
-        return agent
-    if os.environ.get("GPULEDGER_PLATFORM"):
-        return agent_module.get_agent()
-    with agent_module._agent_lock:
-        if agent_module._agent is None:
-            try:
-                agent_module.configure(platform=PLATFORM)
-            except Exception as error:
-                # A bad environment must not break the app: it runs untraced, and we say why.
-                _guard.record_failure("configure", error)
-        return agent_module._agent
+    return agent_module.ensure_agent(platform=PLATFORM)
 
 
 def _traced_init(function: Callable[..., Any], state: _State) -> Callable[..., Any]:
@@ -211,7 +198,7 @@ def _traced_handler(function: Callable[..., Any], route: str, state: _State) -> 
         state.spec_options["tags"],
         _request_id,
     )
-    agent_module.worker_state().mark_ready(_wall_ns())
+    agent_module.worker_state().mark_ready(agent_module.now_ns())
 
     @functools.wraps(function)
     def traced_handler(context: Any, request: Any) -> Any:
@@ -268,12 +255,3 @@ def _streamed(
     finally:
         body.close()
         agent.exit(invocation, error, active=False)
-
-
-def _wall_ns() -> int:
-    agent = agent_module._agent
-    if agent is not None:
-        return agent.now_ns()
-    import time  # noqa: PLC0415
-
-    return time.time_ns()
