@@ -13,7 +13,6 @@ import math
 import os
 import re
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -25,6 +24,8 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+
+from tests.services import free_port
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "runpod" / "handler.py"
 ASYNC_EXAMPLE = EXAMPLE.with_name("async_handler.py")
@@ -119,13 +120,6 @@ def assert_runpod_h100_cost(row: dict[str, Any]) -> None:
     assert row["cost_usd"] == pytest.approx(
         row["cost_execution_usd"] + row["cost_gpu_usd"] + row["cost_coldstart_usd"]
     )
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def wait_until_serving(base_url: str, process: subprocess.Popen[bytes], log: Path) -> None:
