@@ -914,9 +914,7 @@ class Agent:
         user_id, pseudonymised = (
             self.user_key(invocation.user_id) if invocation.user_id is not None else (None, False)
         )
-        cost = invocation.cost
-        if cost is None and self.pricer is not None:
-            cost = self._cost(invocation)
+        cost = self._cost(invocation) if self.pricer is not None else None
         record = InvocationRecord(
             # Time-ordered ids keep the ledger's primary-key index append-mostly.
             record_id=invocation.record_id or f"{invocation.start_ns:016x}{os.urandom(8).hex()}",

@@ -64,7 +64,6 @@ class Invocation:
     input_tokens: int | None = None
     output_tokens: int | None = None
     span: Any = None
-    cost: Any = None
     _context_token: Token[Invocation | None] | None = None
     _otel_token: Any = None
     # Sharing the worker with other invocations (async handlers, concurrency above 1).

@@ -6,7 +6,6 @@ import io
 import json
 import sqlite3
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -180,17 +179,31 @@ def test_a_stream_that_logs_does_not_recurse(monkeypatch: pytest.MonkeyPatch) ->
 def test_writer_thread_survives_a_replaced_stream(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """Log lines from the background writer (here: records past the bound) go through the same
-    guarded sink on its own thread: it keeps writing and flush() returns at once."""
+    """The background writer logs through the same guarded sink on its own thread: a ledger
+    that fails is said into Cog's kind of stream, and once it recovers every record is written
+    (before, the writer thread died on its first log line and flush() waited out its timeout)."""
     stream = _SlotWriter()
     monkeypatch.setattr(sys, "stderr", stream)
-    ledger = tmp_path / "ledger.db"
-    gpuledger.configure(
-        platform="runpod", gpu="MadeUpGPU-9000", exporters="none", ledger=ledger, log_level="debug"
-    )
-    assert _serve_three(ledger) == [0, 2, 4]
-    assert threading.active_count() >= 1
-    assert all(isinstance(line, str) for line in stream.lines)
+    folder = tmp_path / "ledgers"
+    folder.mkdir()
+    ledger = folder / "ledger.db"
+    gpuledger.configure(platform="runpod", gpu="H100", exporters="none", ledger=ledger)
+    folder.rmdir()
+    folder.write_text("not a folder any more")  # the writer's first batch fails, and says so
+
+    @gpuledger.traced_handler
+    def handler(value: int) -> int:
+        return value * 2
+
+    assert [handler(value) for value in range(3)] == [0, 2, 4]
+    gpuledger.flush(5)
+    assert any("CANNOT WRITE ITS LEDGER" in line for line in stream.lines)
+    folder.unlink()
+    folder.mkdir()
+    assert handler(3) == 6  # held records are retried with the next batch
+    assert gpuledger.flush(5), "the writer thread is gone"
+    with sqlite3.connect(ledger) as connection:
+        assert connection.execute("SELECT count(*) FROM invocations").fetchone() == (4,)
 
 
 def test_log_once_counts_every_failure_says_the_first_and_never_raises(
