@@ -19,19 +19,19 @@ import pytest
 import gpuledger
 from gpuledger import ConfigError
 
-NOBODY = 65534
 
-
-def _as_other_user(
+def _without_override(
     argv: list[str], cwd: Path, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``argv`` as a user who cannot write root's read-only folders (root ignores modes)."""
+    """Run ``argv`` so that file modes bind it. Root ignores them through CAP_DAC_OVERRIDE: under
+    root, drop it (and CAP_DAC_READ_SEARCH) from the capability bounding set, so the process can
+    still read root's own files (a checkout in a private folder) but not write a 0555 one."""
     prefix: list[str] = []
     if os.geteuid() == 0:
         setpriv = shutil.which("setpriv")
         if setpriv is None:
-            pytest.skip("running as root without setpriv: cannot drop privileges")
-        prefix = [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+            pytest.fail("running as root without setpriv (util-linux): file modes cannot bind")
+        prefix = [setpriv, "--bounding-set", "-dac_override,-dac_read_search"]
     environ = {k: v for k, v in os.environ.items() if not k.startswith("GPULEDGER_")}
     return subprocess.run(
         [*prefix, *argv],
@@ -42,15 +42,6 @@ def _as_other_user(
         timeout=60,
         check=False,
     )
-
-
-def _world_readable_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder outside pytest's private tmp (mode 0700), readable by another user."""
-    import tempfile
-
-    folder = Path(tempfile.mkdtemp(prefix="gpuledger-ro-"))
-    folder.chmod(0o755)
-    return folder
 
 
 def test_bad_environment_fails_at_decoration(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -97,11 +88,12 @@ def test_a_configured_agent_is_not_checked_again(
 
 
 def test_ledger_in_a_read_only_directory_fails_at_import(
-    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path: Path,
 ) -> None:
     """A read-only folder: the decoration (at import) raises, saying the folder is not writable;
     before, the handler ran and 0 rows were written, with one log line."""
-    folder = _world_readable_dir(tmp_path_factory)
+    folder = tmp_path / "ro"
+    folder.mkdir()
     try:
         folder.chmod(0o555)
         script = (
@@ -111,7 +103,7 @@ def test_ledger_in_a_read_only_directory_fails_at_import(
             "except gpuledger.ConfigError as error:\n"
             "    print('ConfigError:', error)\n"
         )
-        done = _as_other_user(
+        done = _without_override(
             [sys.executable, "-c", script],
             cwd=Path("/"),
             env={"GPULEDGER_LEDGER": str(folder / "ledger.db")},
@@ -122,7 +114,6 @@ def test_ledger_in_a_read_only_directory_fails_at_import(
         assert "GPULEDGER_LEDGER" in done.stdout
     finally:
         folder.chmod(0o755)
-        shutil.rmtree(folder)
 
 
 def test_a_ledger_that_fails_later_is_said_loudly(
@@ -158,11 +149,12 @@ def test_a_ledger_that_fails_later_is_said_loudly(
 
 
 def test_report_reads_a_ledger_in_a_read_only_directory(
-    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path: Path,
 ) -> None:
-    """`gpuledger report` on a ledger another user cannot write (WAL needs side files): read
+    """`gpuledger report` on a ledger this process cannot write (WAL needs side files): read
     read-only; before, "unable to open database file" / "attempt to write a readonly database"."""
-    folder = _world_readable_dir(tmp_path_factory)
+    folder = tmp_path / "ro"
+    folder.mkdir()
     try:
         ledger = folder / "ledger.db"
         gpuledger.configure(ledger=str(ledger), exporters="none", platform="runpod", gpu="H100")
@@ -173,7 +165,7 @@ def test_report_reads_a_ledger_in_a_read_only_directory(
         ledger.chmod(0o444)
         folder.chmod(0o555)
         gpuledger_cli = Path(sys.executable).with_name("gpuledger")
-        done = _as_other_user(
+        done = _without_override(
             [str(gpuledger_cli), "report", "--ledger", str(ledger), "--format", "json"],
             cwd=Path("/"),
         )
@@ -181,4 +173,3 @@ def test_report_reads_a_ledger_in_a_read_only_directory(
         assert '"invocations": 4' in done.stdout
     finally:
         folder.chmod(0o755)
-        shutil.rmtree(folder)
