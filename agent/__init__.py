@@ -13,8 +13,7 @@ from gpuledger._errors import ConfigError, GpuledgerError, LedgerError, PricingE
 from gpuledger._handler import phase, traced_handler, traced_init
 from gpuledger._invocation import Invocation, current_invocation, record_tokens, tag
 from gpuledger._record import InvocationRecord
-
-__version__ = "0.1.0"
+from gpuledger._version import __version__
 
 __all__ = [
     "ConfigError",

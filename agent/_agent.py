@@ -128,7 +128,7 @@ class Agent:
         self._gpu_waiting: list[Invocation] = []
         self._setup_telemetry(env)
 
-        from gpuledger._pipeline import Pipeline  # noqa: PLC0415
+        from gpuledger._writer import Pipeline  # noqa: PLC0415
 
         self.pipeline = Pipeline(
             self._process_batch, max_pending=settings.max_pending, on_idle=self._gpu_tick
@@ -147,7 +147,7 @@ class Agent:
         self.sidecar_sent = 0
         """Records the sidecar acknowledged."""
         if settings.sidecar is not None:
-            from gpuledger._sidecar_client import SidecarClient  # noqa: PLC0415
+            from gpuledger.sidecar._client import SidecarClient  # noqa: PLC0415
 
             self._sidecar = SidecarClient(settings.sidecar, token=settings.sidecar_token)
         policy = settings.flush_policy
@@ -292,7 +292,7 @@ class Agent:
             from opentelemetry import context as otel_context  # noqa: PLC0415
             from opentelemetry import trace  # noqa: PLC0415
 
-            from gpuledger import __version__  # noqa: PLC0415
+            from gpuledger._version import __version__  # noqa: PLC0415
 
             self.tracer = self.providers.tracer_provider.get_tracer("gpuledger", __version__)
             self._server_kind = trace.SpanKind.SERVER
@@ -699,7 +699,7 @@ class Agent:
             elif not item.invocation.duration_ns:  # still running: its record will follow
                 starts.append(self._start_notice(item.invocation))
         if starts and time.monotonic() >= self._sidecar_retry_at:
-            from gpuledger._sidecar_client import SidecarError  # noqa: PLC0415
+            from gpuledger.sidecar._client import SidecarError  # noqa: PLC0415
 
             try:
                 self._sidecar.send_starts(starts)
@@ -812,7 +812,7 @@ class Agent:
 
     def _write(self, records: list[InvocationRecord]) -> None:
         if self._sidecar is not None and records and time.monotonic() >= self._sidecar_retry_at:
-            from gpuledger._sidecar_client import SidecarError  # noqa: PLC0415
+            from gpuledger.sidecar._client import SidecarError  # noqa: PLC0415
 
             try:
                 self._sidecar.send_records([record.to_dict() for record in records])
@@ -827,7 +827,7 @@ class Agent:
         pending = self._retry + records
         try:
             if self._ledger is None:
-                from gpuledger._ledger import open_ledger  # noqa: PLC0415
+                from gpuledger.ledger._sqlite import open_ledger  # noqa: PLC0415
 
                 self._ledger = open_ledger(self.settings.ledger)
             self._ledger.write(pending)
@@ -870,7 +870,7 @@ class Agent:
         )
 
     def _ledger_display(self) -> str:
-        from gpuledger._ledger import display_location  # noqa: PLC0415
+        from gpuledger.ledger._sqlite import display_location  # noqa: PLC0415
 
         return display_location(self.settings.ledger)
 

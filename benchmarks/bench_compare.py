@@ -12,7 +12,7 @@ Each trace is a month (``--days``, 30) of synthetic traffic with lognormal 15 s 
     hour, then silent for 23", scaled): 1,000,000 requests is 139 GPUs busy during each burst.
 
 Each (profile, size) runs twice, each time in a fresh interpreter: build the trace (timed apart),
-then one call of ``gpuledger._compare.compare`` over the shipped catalogue's H100 prices with
+then one call of ``gpuledger.whatif._compare.compare`` over the shipped catalogue's H100 prices with
 ``slo_p95_s`` (``--slo``, 30 s): every serverless platform, the reserved sizes (the cheapest, and
 the smallest that meets the objective, found by doubling then bisecting), and the hybrid sizes.
 Once serially (``processes=1``, the library default) and once with the processes
@@ -61,7 +61,7 @@ _RESULT = "RESULT "
 
 
 def _build_trace(profile: str, size: int, days: float, seed: int) -> Any:
-    from gpuledger._traffic import synthetic  # noqa: PLC0415
+    from gpuledger.whatif._traffic import synthetic  # noqa: PLC0415
 
     hours_a_day = 1.0 if profile == "bursty" else 24.0
     return synthetic(
@@ -133,7 +133,7 @@ class _TreeSampler:
 
 
 def _compare_kwargs(processes: int | None) -> dict[str, Any]:
-    from gpuledger._compare import compare  # noqa: PLC0415
+    from gpuledger.whatif._compare import compare  # noqa: PLC0415
 
     if processes is not None and "processes" in inspect.signature(compare).parameters:
         return {"processes": processes}
@@ -141,8 +141,8 @@ def _compare_kwargs(processes: int | None) -> dict[str, Any]:
 
 
 def _measure(args: argparse.Namespace) -> dict[str, Any]:
-    from gpuledger._compare import compare  # noqa: PLC0415
     from gpuledger._pricing import default_catalogue  # noqa: PLC0415
+    from gpuledger.whatif._compare import compare  # noqa: PLC0415
 
     catalogue = default_catalogue()
     started = time.perf_counter()
@@ -196,8 +196,8 @@ def _label(name: str, arguments: tuple[Any, ...], keywords: dict[str, Any]) -> s
 
 def _breakdown(args: argparse.Namespace) -> dict[str, Any]:
     """One serial replay with each simulate_* call timed (patched where compare looks them up)."""
-    from gpuledger import _compare  # noqa: PLC0415
     from gpuledger._pricing import default_catalogue  # noqa: PLC0415
+    from gpuledger.whatif import _compare  # noqa: PLC0415
 
     trace = _build_trace(args.child_profile, args.child_size, args.days, args.seed)
     calls: list[dict[str, Any]] = []

@@ -36,7 +36,7 @@ from typing import Any
 import gpuledger
 from gpuledger import _agent
 from gpuledger._gpu import GpuMeter, visible_devices
-from gpuledger._nvml_replay import ReplayNvml, synthetic_recording
+from gpuledger.testing.nvml import ReplayNvml, synthetic_recording
 
 PID = os.getpid()
 

@@ -89,7 +89,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 import gpuledger
 from gpuledger import _agent as agent_module
 from gpuledger import _guard
-from gpuledger._ledger import open_ledger
+from gpuledger.ledger._sqlite import open_ledger
 
 HANDLER_NAME = "generate"
 INPUT_TOKENS = 12

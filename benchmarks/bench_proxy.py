@@ -116,7 +116,7 @@ def main() -> int:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
     )
-    script = "from gpuledger._cli import main; main(prog_name='gpuledger')"
+    script = "from gpuledger.cli._main import main; main(prog_name='gpuledger')"
     proxy_argv = [
         sys.executable, "-c", script, "proxy",
         "--listen", f"127.0.0.1:{proxy_port}",

@@ -13,7 +13,7 @@ and checks energy > 0 with more active energy for the busy invocation than the i
 does this twice: without the sampler (energy read at each invocation's edges, the default) and
 with it at ``--sample-hz`` (no NVML call on the request path; peak memory measured). Then it
 times each NVML call gpuledger makes (µs per call, 200 calls each). ``--record PATH`` also
-records the NVML streams of the whole run (the format ``gpuledger._nvml_replay`` replays), to
+records the NVML streams of the whole run (the format ``gpuledger.testing.nvml`` replays), to
 add to the tests' recordings.
 
 Exit status: 0 all checks passed, 1 a check failed, 2 no GPU or no PyTorch with CUDA.
@@ -39,8 +39,8 @@ from typing import Any
 
 import gpuledger
 from gpuledger import _agent
-from gpuledger._ledger import open_ledger
-from gpuledger._nvml_replay import record_nvml
+from gpuledger.ledger._sqlite import open_ledger
+from gpuledger.testing.nvml import record_nvml
 
 
 def main() -> int:

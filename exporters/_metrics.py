@@ -56,7 +56,7 @@ class InvocationMetrics:
     ) -> None:
         from opentelemetry.metrics import CallbackOptions, Observation  # noqa: PLC0415
 
-        from gpuledger import __version__  # noqa: PLC0415
+        from gpuledger._version import __version__  # noqa: PLC0415
 
         meter = meter_provider.get_meter("gpuledger", __version__)
         self._trigger = trigger

@@ -65,7 +65,7 @@ def _resource(attributes: tuple[tuple[str, Any], ...]) -> Resource:
 
 @functools.cache
 def _scope() -> InstrumentationScope:
-    from gpuledger import __version__  # noqa: PLC0415  (as exporters/_metrics.py does)
+    from gpuledger._version import __version__  # noqa: PLC0415
 
     return InstrumentationScope("gpuledger", __version__)
 

@@ -32,8 +32,10 @@ from click.testing import CliRunner, Result
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpuledger import _breakeven
-from gpuledger._breakeven import (
+from gpuledger._pricing import PRICING_ENV, Price, compile_pricer, default_catalogue
+from gpuledger.cli._breakeven import breakeven
+from gpuledger.whatif import _breakeven
+from gpuledger.whatif._breakeven import (
     HOURS_PER_MONTH,
     compare_at_rate,
     crossovers,
@@ -45,8 +47,6 @@ from gpuledger._breakeven import (
     serverless_cost_per_day,
     serverless_cost_per_request,
 )
-from gpuledger._cli_breakeven import breakeven
-from gpuledger._pricing import PRICING_ENV, Price, compile_pricer, default_catalogue
 
 RESERVED_DAY = 2.69 * 24  # $64.56
 

@@ -25,9 +25,9 @@ from opentelemetry.trace import SpanKind
 import gpuledger
 from gpuledger import _guard
 from gpuledger._calls import _union_ns
-from gpuledger._ledger import open_ledger
 from gpuledger._record import InvocationRecord
 from gpuledger.instrumentation import _calls as calls_module
+from gpuledger.ledger._sqlite import open_ledger
 
 from .conftest import FakeClock
 

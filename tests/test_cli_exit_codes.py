@@ -15,8 +15,8 @@ import pytest
 from click.testing import CliRunner
 
 from gpuledger import InvocationRecord
-from gpuledger._cli import main
-from gpuledger._ledger import open_ledger
+from gpuledger.cli._main import main
+from gpuledger.ledger._sqlite import open_ledger
 
 PROFILE = ("--profile", "steady", "--rate", "10/h")
 BROKEN_PRICING = "[platforms.runpod.gpus.H100]\nper_gpu_secnd_usd = 0.0003\n"

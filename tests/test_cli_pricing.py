@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from gpuledger._cli_pricing import pricing
 from gpuledger._pricing import PRICING_ENV, shipped_path
+from gpuledger.cli._pricing import pricing
 
 RUNPOD_OVERRIDE = "[platforms.runpod]\nexecution_fee_usd = 0.30\n"
 BROKEN = (
@@ -223,7 +223,7 @@ def test_validate_bad_syntax(tmp_path: Path) -> None:
 def test_pricing_is_wired_into_main() -> None:
     """`gpuledger pricing` is reachable from the main command with show and validate."""
     # Imported here so a sibling command that does not import breaks this test only.
-    from gpuledger._cli import main
+    from gpuledger.cli._main import main
 
     result = CliRunner().invoke(main, ["pricing", "--help"])
     assert result.exit_code == 0, result.output

@@ -9,7 +9,7 @@ in Cog's worker, through Cog's own streams; each must reach READY, answer the pr
 its row, and show gpuledger's line in Cog's log. The four servers start side by side.
 
 NVML is replayed (this machine has no GPU) through a ``pynvml`` stand-in placed first on the
-worker's path: it loads the real ``pynvml`` and puts a :class:`~gpuledger._nvml_replay.ReplayNvml`
+worker's path: it loads the real ``pynvml`` and puts a :class:`~gpuledger.testing.nvml.ReplayNvml`
 of a recording in its place, so the agent's default ``import pynvml`` gets the replay.
 """
 
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from gpuledger._nvml_replay import save_recording, synthetic_recording
+from gpuledger.testing.nvml import save_recording, synthetic_recording
 from tests.ledgers import ledger_rows
 from tests.services import HOST, _spawn, log_tail
 from tests.test_cog_example import EXAMPLE, CogServer, cog_gpuledger
@@ -36,7 +36,7 @@ _here = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
 del sys.modules[__name__]
 importlib.import_module("pynvml")  # the real one, which the replay builds on
-from gpuledger._nvml_replay import ReplayNvml, load_recording
+from gpuledger.testing.nvml import ReplayNvml, load_recording
 
 sys.modules[__name__] = ReplayNvml(load_recording(os.environ["TEST_NVML_RECORDING"]), time.time_ns)
 '''

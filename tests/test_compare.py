@@ -18,12 +18,12 @@ from click.testing import CliRunner, Result
 
 import gpuledger
 from gpuledger import InvocationRecord
-from gpuledger._cli import main
-from gpuledger._compare import Comparison, compare
-from gpuledger._ledger import open_ledger
 from gpuledger._pricing import default_catalogue
-from gpuledger._simulate import SimResult, simulate_reserved
-from gpuledger._traffic import Trace, synthetic
+from gpuledger.cli._main import main
+from gpuledger.ledger._sqlite import open_ledger
+from gpuledger.whatif._compare import Comparison, compare
+from gpuledger.whatif._simulate import SimResult, simulate_reserved
+from gpuledger.whatif._traffic import Trace, synthetic
 
 from .conftest import Telemetry
 

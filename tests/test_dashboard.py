@@ -50,7 +50,7 @@ import os, sys, time
 
 import gpuledger
 from gpuledger import _guard
-from gpuledger._nvml_replay import ReplayNvml, synthetic_recording
+from gpuledger.testing.nvml import ReplayNvml, synthetic_recording
 
 # Busy 3 s in every 5 s; samples every 20 ms so that 0.15 s invocations are measured.
 recording = synthetic_recording(

@@ -24,7 +24,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 import gpuledger
 from gpuledger import _agent, _guard
 from gpuledger._gpu import GpuMeter, visible_devices
-from gpuledger._nvml_replay import (
+from gpuledger.testing.nvml import (
     ReplayNvml,
     energy_reset,
     gpu_lost,
@@ -582,7 +582,7 @@ def test_without_a_driver_the_real_pynvml_says_so(tmp_path: Path) -> None:
 
     assert handler({"id": "j", "input": {}}) == "fine"
     gpuledger.flush(5)
-    from gpuledger._ledger import open_ledger
+    from gpuledger.ledger._sqlite import open_ledger
 
     with open_ledger(str(tmp_path / "l.db"), create=False) as ledger:
         (record,) = ledger.read()

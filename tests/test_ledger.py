@@ -15,15 +15,16 @@ from typing import Any
 
 import pytest
 
-from gpuledger import InvocationRecord, LedgerError, _ledger
-from gpuledger._ledger import (
+from gpuledger import InvocationRecord, LedgerError
+from gpuledger._record import FIELD_NAMES
+from gpuledger.ledger import _sqlite as _ledger
+from gpuledger.ledger._sqlite import (
     DEFAULT_LEDGER,
     MIGRATIONS,
     SCHEMA_VERSION,
     default_ledger_location,
     open_ledger,
 )
-from gpuledger._record import FIELD_NAMES
 
 BASE_NS = 1_772_323_200_000_000_000  # 2026-03-01T00:00:00Z
 
@@ -537,7 +538,7 @@ def test_read_bounds_beyond_64_bits(ledger_path: str) -> None:
 
 def test_read_usage_matches_read(tmp_path: Path) -> None:
     """read_usage yields the replay fields of exactly the records read() yields, in order."""
-    from gpuledger._ledger import Usage
+    from gpuledger.ledger._sqlite import Usage
 
     with open_ledger(str(tmp_path / "usage.db")) as ledger:
         records = [

@@ -27,9 +27,20 @@ from click.testing import CliRunner
 from psycopg import sql
 
 import gpuledger
-from gpuledger import InvocationRecord, LedgerError, _ledger, _ledger_pg
-from gpuledger._cli import main
-from gpuledger._ledger import (
+from gpuledger import InvocationRecord, LedgerError
+from gpuledger._record import FIELD_NAMES
+from gpuledger.cli._main import main
+from gpuledger.ledger import _postgres as _ledger_pg
+from gpuledger.ledger import _sqlite as _ledger
+from gpuledger.ledger._postgres import (
+    MIGRATION_LOCK,
+    PostgresLedger,
+    _encode_row,
+    mask_dsn,
+    open_postgres,
+    to_postgres,
+)
+from gpuledger.ledger._sqlite import (
     MIGRATIONS,
     SCHEMA_MIGRATIONS_TABLE,
     SCHEMA_VERSION,
@@ -38,15 +49,6 @@ from gpuledger._ledger import (
     display_location,
     open_ledger,
 )
-from gpuledger._ledger_pg import (
-    MIGRATION_LOCK,
-    PostgresLedger,
-    _encode_row,
-    mask_dsn,
-    open_postgres,
-    to_postgres,
-)
-from gpuledger._record import FIELD_NAMES
 
 from .conftest import FakeClock
 from .services import HOST, free_port

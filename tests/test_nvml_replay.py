@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpuledger._nvml_replay import (
+from gpuledger.testing.nvml import (
     FORMAT,
     ReplayHandle,
     ReplayNvml,

@@ -12,7 +12,7 @@ import pytest
 import gpuledger
 from gpuledger import _guard
 from gpuledger._agent import current_agent
-from gpuledger._pipeline import Pipeline
+from gpuledger._writer import Pipeline
 
 
 def _count(path: Path) -> int:
@@ -75,7 +75,7 @@ def test_ledger_write_failure_is_retried_without_loss(tmp_path: Path) -> None:
     """A failed ledger write keeps its records and writes them with the next batch."""
     ledger = tmp_path / "retry.db"
     agent = gpuledger.configure(ledger=str(ledger), exporters="none")
-    from gpuledger._ledger import open_ledger
+    from gpuledger.ledger._sqlite import open_ledger
 
     real = open_ledger(str(ledger))
     calls = {"n": 0}
@@ -146,7 +146,7 @@ def test_one_bad_record_does_not_hold_back_its_batch(tmp_path: Path) -> None:
     """When a batch fails because of one record, the others are written and it is counted."""
     ledger = tmp_path / "reject.db"
     agent = gpuledger.configure(ledger=str(ledger), exporters="none")
-    from gpuledger._ledger import open_ledger
+    from gpuledger.ledger._sqlite import open_ledger
 
     real = open_ledger(str(ledger))
 

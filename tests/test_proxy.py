@@ -34,10 +34,11 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import gpuledger
+import gpuledger.sidecar
 from gpuledger import _guard
-from gpuledger._cli import main
 from gpuledger._errors import ConfigError
-from gpuledger._proxy import (
+from gpuledger.cli._main import main
+from gpuledger.sidecar._proxy import (
     PRESETS,
     MeteringProxy,
     ProxyConfig,
@@ -292,10 +293,10 @@ def test_cli_refuses_remote_listen_without_allow_remote() -> None:
 def test_cli_says_how_to_install_aiohttp(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without aiohttp, the command names the extra to install instead of a traceback."""
     monkeypatch.setitem(sys.modules, "aiohttp", None)
-    monkeypatch.delitem(sys.modules, "gpuledger._proxy")
-    monkeypatch.delattr(gpuledger, "_proxy")
+    monkeypatch.delitem(sys.modules, "gpuledger.sidecar._proxy")
+    monkeypatch.delattr(gpuledger.sidecar, "_proxy")
     with pytest.raises(ImportError):
-        importlib.import_module("gpuledger._proxy")
+        importlib.import_module("gpuledger.sidecar._proxy")
     result = CliRunner().invoke(
         main, ["proxy", "--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:1"]
     )
@@ -582,7 +583,7 @@ def test_cli_meters_until_sigterm(upstreams: Upstreams, tmp_path: Path) -> None:
     port = free_port()
     ledger_path = tmp_path / "cli-ledger.db"
     log = tmp_path / "proxy.log"
-    script = "from gpuledger._cli import main; main(prog_name='gpuledger')"
+    script = "from gpuledger.cli._main import main; main(prog_name='gpuledger')"
     argv = [
         sys.executable, "-c", script, "proxy",
         "--listen", f"127.0.0.1:{port}",

@@ -9,7 +9,14 @@ from typing import Any
 import pytest
 
 from gpuledger import InvocationRecord
-from gpuledger._report import GROUP_BY, REPORT_COLUMNS, ReportRow, aggregate, parse_since, totals
+from gpuledger.ledger._report import (
+    GROUP_BY,
+    REPORT_COLUMNS,
+    ReportRow,
+    aggregate,
+    parse_since,
+    totals,
+)
 
 BASE_NS = 1_772_323_200_000_000_000  # 2026-03-01T00:00:00Z
 HOUR_NS = 3_600_000_000_000

@@ -30,10 +30,10 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.trace import SpanKind, StatusCode
 
 from gpuledger import ConfigError, InvocationRecord
-from gpuledger._cli import main
 from gpuledger._pricing import default_catalogue
-from gpuledger._sidecar import Sidecar, SidecarError, process_alive, process_start
+from gpuledger.cli._main import main
 from gpuledger.exporters._records import record_resource, record_to_span, span_ids
+from gpuledger.sidecar._server import Sidecar, SidecarError, process_alive, process_start
 
 from .conftest import FakeClock
 
@@ -1048,7 +1048,7 @@ def test_one_sidecar_per_spool(make_sidecar: Callable[..., Sidecar], tmp_path: P
 
 def test_the_ledger_is_not_a_spool(tmp_path: Path) -> None:
     """Pointing --spool at a ledger is refused before anything is written to it."""
-    from gpuledger._ledger import open_ledger
+    from gpuledger.ledger._sqlite import open_ledger
 
     open_ledger(str(tmp_path / "ledger.db")).close()
     sidecar = Sidecar(
@@ -1069,7 +1069,7 @@ class SidecarProcess:
             [
                 sys.executable,
                 "-c",
-                "from gpuledger._cli import main; main()",
+                "from gpuledger.cli._main import main; main()",
                 "sidecar",
                 "--listen",
                 "127.0.0.1:0",

@@ -14,7 +14,7 @@ import pytest
 
 import gpuledger
 from gpuledger import ConfigError, _agent, _guard
-from gpuledger._ledger import open_ledger
+from gpuledger.ledger._sqlite import open_ledger
 
 from .conftest import FakeClock
 

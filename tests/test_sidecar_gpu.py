@@ -7,8 +7,8 @@ import os
 import pytest
 
 from gpuledger._gpu import GpuMeter, visible_devices
-from gpuledger._nvml_replay import ReplayNvml, synthetic_recording
-from gpuledger._sidecar_gpu import SidecarGpu
+from gpuledger.sidecar._gpu import SidecarGpu
+from gpuledger.testing.nvml import ReplayNvml, synthetic_recording
 
 from .conftest import FakeClock
 

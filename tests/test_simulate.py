@@ -23,8 +23,13 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from gpuledger._pricing import Price, default_catalogue
-from gpuledger._simulate import SimResult, simulate_hybrid, simulate_reserved, simulate_serverless
-from gpuledger._traffic import Trace
+from gpuledger.whatif._simulate import (
+    SimResult,
+    simulate_hybrid,
+    simulate_reserved,
+    simulate_serverless,
+)
+from gpuledger.whatif._traffic import Trace
 
 CATALOGUE = default_catalogue()
 SERVERLESS = ("runpod", "replicate", "modal", "banana")
@@ -423,7 +428,7 @@ def test_simulation_agrees_with_break_even_at_the_crossover(platform: str) -> No
     # At the break-even module's first crossover rate (RunPod 254.57/day, Replicate 4,304/day,
     # 15 s, compute only), an evenly spaced day of that many requests costs within 1% of one
     # reserved GPU-day, and the simulated cost is exactly the per-request arithmetic.
-    breakeven = pytest.importorskip("gpuledger._breakeven")
+    breakeven = pytest.importorskip("gpuledger.whatif._breakeven")
     serverless, reserved = compute_only(platform), price("reserved")
     crossover = breakeven.crossovers(serverless, reserved, 15.0).first_crossover_per_day
     assert crossover is not None
@@ -753,7 +758,7 @@ def test_reserved_meets_decides_exactly_as_the_full_replay(
     requests: Trace, gpus: int, objective: float
 ) -> None:
     """The search's yes/no probe agrees with the full replay's p95 against the objective."""
-    from gpuledger._simulate import reserved_meets
+    from gpuledger.whatif._simulate import reserved_meets
 
     full = simulate_reserved(requests, price("reserved"), gpus)
     expected = full.p95_s is None or full.p95_s <= objective + 1e-9

@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 
 import gpuledger
-from gpuledger._ledger import open_ledger
 from gpuledger.exporters._records import (
     record_resource,
     record_resource_attributes,
     record_to_span,
 )
+from gpuledger.ledger._sqlite import open_ledger
 
 from .conftest import Telemetry
 

@@ -370,7 +370,7 @@ def test_an_otlp_protocol_no_exporter_speaks_is_a_config_error(
 ) -> None:
     """The worker and the sidecar parse OTEL_EXPORTER_OTLP_*PROTOCOL with one function and
     refuse alike; the worker used to export over http/protobuf without a word."""
-    from gpuledger._sidecar import resolve_otlp
+    from gpuledger.sidecar._server import resolve_otlp
 
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
     monkeypatch.setenv(variable, value)

@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gpuledger import InvocationRecord, LedgerError
-from gpuledger._ledger import open_ledger
-from gpuledger._traffic import (
+from gpuledger.ledger._sqlite import open_ledger
+from gpuledger.whatif._traffic import (
     LABELS,
     PROFILES,
     Trace,

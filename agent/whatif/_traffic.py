@@ -36,8 +36,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Final, Protocol
 
-from gpuledger._ledger import display_location, open_ledger
-from gpuledger._report import parse_since
+from gpuledger.ledger._report import parse_since
+from gpuledger.ledger._sqlite import display_location, open_ledger
 
 __all__ = [
     "LABELS",

@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import click
 
-from gpuledger._cli_breakeven import breakeven
-from gpuledger._cli_compare import compare_command
-from gpuledger._cli_demo import demo
-from gpuledger._cli_options import help_when_bare
-from gpuledger._cli_pricing import pricing
-from gpuledger._cli_proxy import proxy
-from gpuledger._cli_report import report
-from gpuledger._cli_sidecar import sidecar_command
+from gpuledger.cli._breakeven import breakeven
+from gpuledger.cli._compare import compare_command
+from gpuledger.cli._demo import demo
+from gpuledger.cli._options import help_when_bare
+from gpuledger.cli._pricing import pricing
+from gpuledger.cli._proxy import proxy
+from gpuledger.cli._report import report
+from gpuledger.cli._sidecar import sidecar_command
 
 __all__ = ["main"]
 

@@ -1,10 +1,10 @@
 """The ledger in PostgreSQL: one database shared by a fleet of workers, sidecars and reports.
 
-Opened by :func:`gpuledger._ledger.open_ledger` for a ``postgresql://`` or ``postgres://``
+Opened by :func:`gpuledger.ledger._sqlite.open_ledger` for a ``postgresql://`` or ``postgres://``
 location. It keeps the SQLite ledger's schema, records and behaviour, so that a deployment can
 move from a file per worker to one shared database without a second schema to keep in step:
 
-- The schema is :data:`~gpuledger._ledger.MIGRATIONS`, written in SQLite's dialect and translated
+- The schema is :data:`MIGRATIONS` (``_sqlite``), written in SQLite's dialect and translated
   statement by statement by :func:`to_postgres` (64-bit integers, double precision, byte-order
   text). Migrations run in one transaction holding an advisory lock, so that workers opening a new
   database at once migrate it once; a newer schema or a missing column is refused with the SQLite
@@ -12,7 +12,7 @@ move from a file per worker to one shared database without a second schema to ke
 - Rows are encoded as for SQLite (dicts as JSON text, bools as 0/1) with one difference that keeps
   reads identical: NaN is stored as NULL, as SQLite does by itself.
 - ``write`` is one transaction of ``INSERT ... ON CONFLICT (record_id) DO NOTHING``; reading,
-  ordering and paging are the shared :class:`~gpuledger._ledger.Ledger` code.
+  ordering and paging are the shared :class:`~gpuledger.ledger._sqlite.Ledger` code.
 
 psycopg (3) is imported only here, and only when a PostgreSQL ledger is opened: SQLite users need
 not install it. The password in a location is never shown: :func:`mask_dsn` replaces it in every
@@ -30,7 +30,8 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from gpuledger._errors import LedgerError
-from gpuledger._ledger import (
+from gpuledger._record import InvocationRecord
+from gpuledger.ledger._sqlite import (
     SCHEMA_MIGRATIONS_TABLE,
     Ledger,
     Migration,
@@ -41,7 +42,6 @@ from gpuledger._ledger import (
     _indices,
     _insert_sql,
 )
-from gpuledger._record import InvocationRecord
 
 if TYPE_CHECKING:
     import psycopg

@@ -69,9 +69,9 @@ def demo(
     are cold. Time is simulated (no GPU, no network, about a second of wall time); the agent,
     the prices and the ledger are the real ones.
     """
-    from gpuledger._cli_report import report  # noqa: PLC0415
-    from gpuledger._demo import run_demo  # noqa: PLC0415
     from gpuledger._errors import GpuledgerError  # noqa: PLC0415
+    from gpuledger.cli._demo_run import run_demo  # noqa: PLC0415
+    from gpuledger.cli._report import report  # noqa: PLC0415
 
     _check_platform(platform)
     if location is None:
@@ -119,7 +119,7 @@ def _check_ledger(location: str, *, force: bool) -> None:
     one in a folder that is missing or read-only, and one holding rows the demo did not write
     (someone's real traffic, which synthetic users would pollute) unless ``force``."""
     from gpuledger._errors import LedgerError  # noqa: PLC0415
-    from gpuledger._ledger import open_ledger  # noqa: PLC0415
+    from gpuledger.ledger._sqlite import open_ledger  # noqa: PLC0415
 
     _check_writable(location)  # before SQLite says less
     try:

@@ -15,7 +15,10 @@ from collections.abc import Sequence
 
 import click
 
-from gpuledger._breakeven import (
+from gpuledger._errors import PricingError
+from gpuledger._pricing import Catalogue, Price, load_catalogue
+from gpuledger.cli._options import format_option, pricing_option
+from gpuledger.whatif._breakeven import (
     HOURS_PER_MONTH,
     Breakeven,
     RateComparison,
@@ -24,9 +27,6 @@ from gpuledger._breakeven import (
     parse_duration,
     parse_rate,
 )
-from gpuledger._cli_options import format_option, pricing_option
-from gpuledger._errors import PricingError
-from gpuledger._pricing import Catalogue, Price, load_catalogue
 
 __all__ = ["breakeven"]
 

@@ -14,8 +14,15 @@ from typing import Any, Final
 import click
 
 from gpuledger._errors import LedgerError
-from gpuledger._ledger import LEDGER_ENV, default_ledger_location, open_ledger
-from gpuledger._report import GROUP_BY, REPORT_COLUMNS, ReportRow, aggregate, parse_since, totals
+from gpuledger.ledger._report import (
+    GROUP_BY,
+    REPORT_COLUMNS,
+    ReportRow,
+    aggregate,
+    parse_since,
+    totals,
+)
+from gpuledger.ledger._sqlite import LEDGER_ENV, default_ledger_location, open_ledger
 
 __all__ = ["TABLE_COLUMNS", "TableColumn", "report"]
 

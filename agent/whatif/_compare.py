@@ -5,7 +5,7 @@ The options: each serverless platform the catalogue prices for the trace's GPU; 
 the smallest count that carries the load (the cheapest reserved option) and at the smallest count
 that meets the latency objective; hybrid (reserved + serverless overflow) at the count that is
 cheapest overall and the cheapest that meets the objective. Everything is replayed through
-:mod:`gpuledger._simulate`; nothing is estimated from averages.
+:mod:`gpuledger.whatif._simulate`; nothing is estimated from averages.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-from gpuledger._simulate import (
+from gpuledger.whatif._simulate import (
     SimResult,
     reserved_meets,
     simulate_hybrid,
@@ -25,7 +25,7 @@ from gpuledger._simulate import (
 
 if TYPE_CHECKING:
     from gpuledger._pricing import Catalogue, Price
-    from gpuledger._traffic import Burstiness, Trace
+    from gpuledger.whatif._traffic import Burstiness, Trace
 
 __all__ = ["MIN_REQUESTS", "MIN_WINDOW_S", "Comparison", "compare"]
 
@@ -87,7 +87,7 @@ def compare(
     calling script needs the ``if __name__ == "__main__":`` guard; the CLI has it).
     Raises ValueError for an unknown platform or a GPU the catalogue does not price.
     """
-    from gpuledger._traffic import burstiness  # noqa: PLC0415
+    from gpuledger.whatif._traffic import burstiness  # noqa: PLC0415
 
     model = gpu or trace.gpu
     if model is None:
@@ -197,7 +197,7 @@ def _reserved_options(
 
 
 def _p95(values: Sequence[float]) -> float:
-    from gpuledger._simulate import _quantile  # noqa: PLC0415
+    from gpuledger.whatif._simulate import _quantile  # noqa: PLC0415
 
     return _quantile(sorted(values), 0.95) if len(values) else 0.0
 

@@ -1,6 +1,6 @@
 """What the same traffic would have cost, and how slow it would have been, on each platform.
 
-Pure functions over a :class:`~gpuledger._traffic.Trace` and catalogue prices. Three worker
+Pure functions over a :class:`~gpuledger.whatif._traffic.Trace` and catalogue prices. Three worker
 models, all first-come first-served:
 
 * **serverless** — workers start on demand: a request that finds no warm worker starts one and
@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
     from gpuledger._pricing import Price
-    from gpuledger._traffic import Trace
+    from gpuledger.whatif._traffic import Trace
 
 __all__ = [
     "SimResult",

@@ -18,7 +18,7 @@ from typing import Any
 
 import gpuledger
 from gpuledger import _agent
-from gpuledger._cli_demo import DEMO_SERVICE_NAME
+from gpuledger.cli._demo import DEMO_SERVICE_NAME
 
 __all__ = ["DemoResult", "run_demo"]
 

@@ -787,7 +787,7 @@ class _LedgerSink:
         self._ledger: Any = None
 
     def deliver(self, records: Sequence[InvocationRecord]) -> None:
-        from gpuledger._ledger import open_ledger  # noqa: PLC0415
+        from gpuledger.ledger._sqlite import open_ledger  # noqa: PLC0415
 
         try:
             if self._ledger is None:
@@ -1434,7 +1434,7 @@ class Sidecar:
     ``watch_interval_s`` (None: no watcher thread; call :meth:`check_open_invocations`),
     ``backoff_s`` (first and longest retry delay), ``linger_s`` (how long a woken consumer
     gathers records) and ``export_timeout_s``. ``gpu``: a container-wide GPU meter
-    (``gpuledger._sidecar_gpu.SidecarGpu``: ``started(starts)``, ``fill(records)``) that fills the
+    (``gpuledger.sidecar._gpu.SidecarGpu``: ``started(starts)``, ``fill(records)``) that fills the
     GPU fields records arrive without, before they are spooled.
     """
 
@@ -1461,7 +1461,7 @@ class Sidecar:
         environ: Mapping[str, str] | None = None,
         gpu: Any = None,
     ) -> None:
-        from gpuledger._ledger import default_ledger_location  # noqa: PLC0415
+        from gpuledger.ledger._sqlite import default_ledger_location  # noqa: PLC0415
 
         env = os.environ if environ is None else environ
         try:

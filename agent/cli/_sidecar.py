@@ -6,7 +6,7 @@
 
 It prints one line when it is ready to take requests, then runs until SIGTERM or SIGINT: it stops
 accepting, gives its consumers ``--drain-timeout`` seconds to empty the spool, logs how many
-records are left for the next start, and exits 0. See ``gpuledger._sidecar`` for what it does.
+records are left for the next start, and exits 0. See ``gpuledger.sidecar`` for what it does.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from typing import Any
 import click
 
 from gpuledger._errors import ConfigError
-from gpuledger._ledger import DEFAULT_LEDGER, LEDGER_ENV
 from gpuledger._logging import configure_logging
-from gpuledger._sidecar import (
+from gpuledger.ledger._sqlite import DEFAULT_LEDGER, LEDGER_ENV
+from gpuledger.sidecar._server import (
     DEFAULT_DRAIN_TIMEOUT_S,
     DEFAULT_GRACE_S,
     DEFAULT_LISTEN,
@@ -81,7 +81,7 @@ def _container_gpu(sample_hz: float) -> Any:
 
     from gpuledger._gpu import open_meter  # noqa: PLC0415
     from gpuledger._logging import get_logger  # noqa: PLC0415
-    from gpuledger._sidecar_gpu import SidecarGpu  # noqa: PLC0415
+    from gpuledger.sidecar._gpu import SidecarGpu  # noqa: PLC0415
 
     meter, reason = open_meter(
         None, os.environ, time_ns=time.time_ns, sample_hz=sample_hz, settle_s=1.0

@@ -14,9 +14,9 @@ import json
 
 import click
 
-from gpuledger._cli_options import format_option, help_when_bare, pricing_option
 from gpuledger._errors import PricingError
 from gpuledger._pricing import Catalogue, Price, check_file, load_catalogue
+from gpuledger.cli._options import format_option, help_when_bare, pricing_option
 
 __all__ = ["pricing"]
 

@@ -179,7 +179,7 @@ def open_ledger(location: str, *, create: bool = True) -> Ledger:
     something other than the gpuledger schema, or it was written by a newer gpuledger.
     """
     if _is_postgres(location):
-        from gpuledger._ledger_pg import open_postgres  # noqa: PLC0415 - psycopg only if asked
+        from gpuledger.ledger._postgres import open_postgres  # noqa: PLC0415 - psycopg only if asked
 
         return open_postgres(location, create=create, migrations=MIGRATIONS)
     return _open(location, create=create, migrations=MIGRATIONS)
@@ -188,7 +188,7 @@ def open_ledger(location: str, *, create: bool = True) -> Ledger:
 def display_location(location: str) -> str:
     """``location`` as it may be shown or logged: a PostgreSQL URL's password is masked."""
     if _is_postgres(location):
-        from gpuledger._ledger_pg import mask_dsn  # noqa: PLC0415
+        from gpuledger.ledger._postgres import mask_dsn  # noqa: PLC0415
 
         return mask_dsn(location)
     return location

@@ -168,7 +168,7 @@ def proxy(
     gpuledger proxy --upstream 127.0.0.1:8000 --preset potassium --user-header X-User-Id
     """
     try:
-        from gpuledger import _proxy  # noqa: PLC0415  (aiohttp: only for this command)
+        from gpuledger.sidecar import _proxy  # noqa: PLC0415  (aiohttp: only for this command)
     except ImportError as error:
         if (error.name or "").split(".")[0] in {"aiohttp", "multidict", "yarl"}:
             raise click.ClickException(
