@@ -7,8 +7,8 @@ invocation.
 
 from __future__ import annotations
 
-from gpuledger._agent import configure, flush, shutdown
 from gpuledger._calls import external_call, instrument, uninstrument
+from gpuledger._config import configure, flush, shutdown
 from gpuledger._errors import ConfigError, GpuledgerError, LedgerError, PricingError
 from gpuledger._handler import phase, traced_handler, traced_init
 from gpuledger._invocation import Invocation, current_invocation, record_tokens, tag

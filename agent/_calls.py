@@ -4,82 +4,22 @@ A call is ``(start_ns, end_ns, target, operation, outcome, bytes)``, appended to
 invocation by :func:`external_call` (anything, by hand) or by the span processor of
 ``gpuledger.instrumentation`` (every OpenTelemetry CLIENT span: the official instrumentations of
 httpx, requests, urllib3, aiohttp, botocore, redis, psycopg, or any other). When the invocation
-ends, :func:`summarise` turns its calls into the count, the summed call time, and the
-**external wait**: the wall time covered by at least one call (the union of their intervals;
-parallel calls overlap, so the sum overstates what the request waited), overall and per target.
+ends, ``_external.summarise`` turns its calls into the count, the summed call time, and the
+external wait.
 
 This module is imported on every ``import gpuledger``: it holds no OpenTelemetry import.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import sys
-import threading
-from collections.abc import Iterable
 from types import TracebackType
-from typing import Any, Final
+from typing import Any
 
+from gpuledger._config import current_agent, now_ns
+from gpuledger._external import OK, mark_measured, record_call
 from gpuledger._invocation import Invocation, _current
 
-__all__ = [
-    "CallSummary",
-    "external_call",
-    "instrument",
-    "record_call",
-    "summarise",
-    "uninstrument",
-]
-
-Call = tuple[int, int, str, str, str, int | None]
-"""``(start_ns, end_ns, target, operation, outcome, bytes)``."""
-
-_lock = threading.Lock()
-_state = {"measured": False}
-"""Whether anything counts calls in this process (``instrument()`` or an ``external_call``):
-then an invocation that made none made 0, not an unknown number."""
-
-OK: Final = "ok"
-
-
-def mark_measured() -> None:
-    """From now on, calls are counted: an invocation with none records 0."""
-    _state["measured"] = True
-
-
-def calls_measured() -> bool:
-    """Whether calls are counted in this process."""
-    return _state["measured"]
-
-
-def record_call(
-    invocation: Invocation,
-    start_ns: int,
-    end_ns: int,
-    target: str,
-    operation: str,
-    outcome: str = OK,
-    size: int | None = None,
-) -> None:
-    """Add one finished call to ``invocation`` (any thread)."""
-    calls = invocation.calls
-    if calls is None:
-        with _lock:
-            calls = invocation.calls
-            if calls is None:
-                calls = invocation.calls = []
-    calls.append((start_ns, end_ns, target, operation, outcome, size))
-
-
-def _now_ns() -> int:
-    from gpuledger._agent import current_agent  # noqa: PLC0415  (import cycle at load)
-
-    agent = current_agent()
-    if agent is not None:
-        return agent.now_ns()
-    import time  # noqa: PLC0415
-
-    return time.time_ns()
+__all__ = ["external_call", "instrument", "uninstrument"]
 
 
 class external_call:
@@ -121,7 +61,7 @@ class external_call:
             return self
         mark_measured()
         self._invocation = invocation
-        self._start_ns = _now_ns()
+        self._start_ns = now_ns()
         span = invocation.span
         if span is not None:
             self._span = _start_client_span(self.operation, self.target, self._start_ns)
@@ -136,7 +76,7 @@ class external_call:
         invocation = self._invocation
         if invocation is None:
             return
-        end_ns = _now_ns()
+        end_ns = now_ns()
         outcome = self._outcome or (OK if exc_type is None else exc_type.__qualname__)
         record_call(
             invocation, self._start_ns, end_ns, self.target, self.operation, outcome, self._size
@@ -165,7 +105,7 @@ class external_call:
 
 
 def _start_client_span(operation: str, target: str, start_ns: int) -> Any:
-    agent = sys.modules["gpuledger._agent"].current_agent()
+    agent = current_agent()
     if agent is None or agent.tracer is None:
         return None
     from opentelemetry import trace  # noqa: PLC0415  (tracing is on: already loaded)
@@ -190,84 +130,13 @@ def instrument(*libraries: str, threads: bool = True) -> dict[str, str]:
     and executors the handler starts. Returns each library's state: ``on`` or why not. Idempotent;
     undone by :func:`uninstrument`. Any other OpenTelemetry CLIENT span is counted as well.
     """
-    from gpuledger.instrumentation._calls import instrument as switch_on  # noqa: PLC0415
+    from gpuledger.instrumentation import instrument as switch_on  # noqa: PLC0415
 
     return switch_on(*libraries, threads=threads)
 
 
 def uninstrument(*libraries: str) -> None:
     """Switch off what :func:`instrument` switched on (the named libraries, or all of it)."""
-    from gpuledger.instrumentation._calls import uninstrument as switch_off  # noqa: PLC0415
+    from gpuledger.instrumentation import uninstrument as switch_off  # noqa: PLC0415
 
     switch_off(*libraries)
-
-
-# --- summarising -------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(slots=True)
-class CallSummary:
-    """An invocation's calls: count, summed time, union (wait), and the same per target."""
-
-    calls: int
-    call_seconds: float
-    wait_seconds: float
-    errors: int
-    targets: dict[str, dict[str, float | int]]
-    """target -> {"calls", "call_s", "wait_s", "errors", "bytes" (when known)}."""
-
-
-def _union_ns(intervals: Iterable[tuple[int, int]]) -> int:
-    total = 0
-    cursor: int | None = None
-    for start, end in sorted(intervals):
-        if cursor is None or start > cursor:
-            total += end - start
-            cursor = end
-        elif end > cursor:
-            total += end - cursor
-            cursor = end
-    return total
-
-
-def summarise(calls: list[Call] | None, start_ns: int, end_ns: int) -> CallSummary:
-    """The calls that ended inside ``[start_ns, end_ns]``, clipped to it, summarised."""
-    kept: list[tuple[int, int, str, str, int | None]] = []
-    for call_start, call_end, target, _, outcome, size in list(calls or ()):
-        if call_end > end_ns or call_end < start_ns:
-            continue  # ended after the invocation (a thread it left behind), or before it
-        kept.append((max(call_start, start_ns), call_end, target, outcome, size))
-    targets: dict[str, dict[str, float | int]] = {}
-    by_target: dict[str, list[tuple[int, int]]] = {}
-    errors = 0
-    for call_start, call_end, target, outcome, size in kept:
-        entry = targets.get(target)
-        if entry is None:
-            entry = targets[target] = {"calls": 0, "call_s": 0.0, "wait_s": 0.0, "errors": 0}
-            by_target[target] = []
-        entry["calls"] += 1
-        entry["call_s"] += (call_end - call_start) / 1e9
-        failed = not _succeeded(outcome)
-        if failed:
-            entry["errors"] += 1
-            errors += 1
-        if size is not None:
-            entry["bytes"] = entry.get("bytes", 0) + size
-        by_target[target].append((call_start, call_end))
-    for target, intervals in by_target.items():
-        targets[target]["wait_s"] = _union_ns(intervals) / 1e9
-    return CallSummary(
-        calls=len(kept),
-        call_seconds=sum((end - start) for start, end, *_ in kept) / 1e9,
-        wait_seconds=_union_ns((start, end) for start, end, *_ in kept) / 1e9,
-        errors=errors,
-        targets=targets,
-    )
-
-
-def _succeeded(outcome: str) -> bool:
-    if outcome == OK:
-        return True
-    if outcome.isdigit():
-        return int(outcome) < 400  # an HTTP status
-    return False

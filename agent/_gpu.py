@@ -29,6 +29,10 @@ Unknown is never zero: a field that could not be measured is ``None``, and ``gpu
 says why (no driver, not supported on this GPU, GPU lost, counter reset, ...). NVML errors are
 counted by kind (``nvml.<Kind>`` in ``gpuledger.telemetry.errors``) and logged once per kind and
 function. Nothing here ever raises into a handler.
+
+Why one module of this size: the device handles, the sample drain with its timestamp cursor,
+the per-process share and the energy integration all read the same per-device state under one
+lock; apart, each would need the others' internals.
 """
 
 from __future__ import annotations

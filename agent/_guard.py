@@ -8,15 +8,11 @@ it) the failure is re-raised instead, so tests see what users would only see in 
 
 from __future__ import annotations
 
-import threading
-from collections import Counter
-
+from gpuledger._counters import count, count_first, error_counts, reset
 from gpuledger._logging import get_logger
 
 __all__ = ["count", "error_counts", "log_once", "record_failure", "reset", "set_strict"]
 
-_lock = threading.Lock()
-_counts: Counter[str] = Counter()
 _strict = False
 
 
@@ -47,26 +43,5 @@ def log_once(kind: str, message: str, error: BaseException) -> None:
     Never raises, strict or not: for processes that serve no handler (the sidecar), where a
     failure is retried and must only be said once and counted.
     """
-    with _lock:
-        _counts[kind] += 1
-        first = _counts[kind] == 1
-    if first:
+    if count_first(kind):
         get_logger().error(message, kind=kind, error=f"{type(error).__name__}: {error}")
-
-
-def count(kind: str, amount: int = 1) -> None:
-    """Count an event that is not an exception (records dropped at the bound, for example)."""
-    with _lock:
-        _counts[kind] += amount
-
-
-def error_counts() -> dict[str, int]:
-    """Failures so far, by kind."""
-    with _lock:
-        return dict(_counts)
-
-
-def reset() -> None:
-    """Forget all counts (tests)."""
-    with _lock:
-        _counts.clear()

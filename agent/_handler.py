@@ -16,7 +16,7 @@ from contextvars import ContextVar, Token
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
-from gpuledger import _agent as agent_module
+from gpuledger import _config as agent_module
 from gpuledger import _guard
 from gpuledger._agent import HandlerSpec
 from gpuledger._invocation import Invocation, _current

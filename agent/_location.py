@@ -11,9 +11,15 @@ import os
 import re
 from typing import Final
 
-from gpuledger._errors import LedgerError
+from gpuledger._errors import ConfigError, LedgerError
 
-__all__ = ["MEMORY", "is_postgres", "parse_location", "unwritable_reason"]
+__all__ = [
+    "MEMORY",
+    "check_ledger_location",
+    "is_postgres",
+    "parse_location",
+    "unwritable_reason",
+]
 
 MEMORY: Final = ":memory:"
 """SQLite's in-memory database."""
@@ -86,3 +92,12 @@ def unwritable_reason(location: str) -> str | None:
             "and -shm files there)"
         )
     return None
+
+
+def check_ledger_location(location: str, source: str) -> None:
+    """Raise ConfigError if the SQLite ledger at ``location`` could not be created or written,
+    so that a ledger that can never be written fails the configuration instead of losing every
+    invocation later."""
+    reason = unwritable_reason(location)
+    if reason is not None:
+        raise ConfigError("ledger", location, reason, source)

@@ -21,6 +21,8 @@ import sys
 import threading
 from typing import Any
 
+from gpuledger._counters import count
+
 __all__ = ["GuardedStderr", "configure_logging", "get_logger"]
 
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
@@ -113,10 +115,8 @@ def _write_fd(line: str) -> bool:
 
 
 def _count_failure() -> None:
-    from gpuledger import _guard  # noqa: PLC0415  (_guard logs through this module)
-
     with contextlib.suppress(Exception):  # counting is the last thing that can be done
-        _guard.count("log.write")
+        count("log.write")
 
 
 class _SafeLogger:

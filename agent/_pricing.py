@@ -40,6 +40,10 @@ calculator (platform fields, like the billing rules; seconds):
   them without citing its own.
 
 A file's behaviour fields never change a price's ``source`` or ``citation``: they are not prices.
+
+Why one module of this size: the catalogue's loader, its validation (which names every
+problem in a pricing file at once) and the compiled pricer all work on the one ``Price`` type;
+the next issue (worker bills) replaces the cost model here.
 """
 
 from __future__ import annotations

@@ -129,7 +129,7 @@ def _sidecar_url(value: object) -> str | None:
     if value is None:
         return None
     text = _text(value)
-    from gpuledger.sidecar._client import parse_sidecar_url  # noqa: PLC0415
+    from gpuledger.sidecar import parse_sidecar_url  # noqa: PLC0415
 
     try:
         parse_sidecar_url(text)

@@ -1,24 +1,53 @@
 """The background writer: finished invocations leave the request path here.
 
 The request path only appends to a deque (thread-safe, no lock, no wake-up unless a batch is
-full); one daemon thread, started on first use, takes batches off it and hands them to the
-agent's ``process`` (build records, price them, record metrics, write the ledger). The deque is
+full); one daemon thread (:class:`Pipeline`), started on first use, takes batches off it and
+hands them to the :class:`Writer`: tell the sidecar which invocations started, wait for NVML's
+samples to cover the ones a GPU meter watches, build each record (``_build``), end its span from
+it, add it to the metrics, and deliver the batch to every sink (``_sinks``). The deque is
 bounded by ``max_pending``: past it a finished invocation is counted and logged as dropped and
 the handler carries on; nothing is ever dropped silently. ``flush`` puts a marker in the deque
 and waits, up to a timeout, for the thread to reach it.
+
+A sink that fails keeps its records: they are held (up to ``max_pending``, the excess counted as
+``<sink>.dropped``) and offered again with the next batch, and the failure is said loudly at once
+and then every minute while it lasts. A record a sink refuses for good is counted
+(``<sink>.rejected``) and does not hold the others back.
 """
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 from collections import deque
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from gpuledger import _guard
+from gpuledger._build import build_record, start_notice
+from gpuledger._external import calls_measured
 from gpuledger._logging import get_logger
+from gpuledger._record import InvocationRecord
+from gpuledger._sinks import Delivery, FallbackSink, SidecarSink, Sink
 
-__all__ = ["Pipeline"]
+if TYPE_CHECKING:
+    from gpuledger._agent import Agent
+    from gpuledger._invocation import Invocation
+
+__all__ = ["Pipeline", "StartNotice", "Writer"]
+
+_LOUD_EVERY_S = 60.0
+"""While a sink keeps failing, its error is said again this often."""
+
+
+class StartNotice:
+    """Queued at an invocation's start (sidecar mode): the writer tells the sidecar."""
+
+    __slots__ = ("invocation",)
+
+    def __init__(self, invocation: Invocation) -> None:
+        self.invocation = invocation
 
 
 class _FlushMarker:
@@ -170,3 +199,240 @@ def _guard_failure(error: BaseException) -> None:
         _guard.record_failure("pipeline.process", error)
     except Exception:  # strict mode re-raises; the thread still must not die
         get_logger().exception("gpuledger writer failure (strict mode)")
+
+
+class _Held:
+    """A sink and the records it has not taken yet."""
+
+    __slots__ = ("failing_since", "loud_at", "records", "sink")
+
+    def __init__(self, sink: Sink) -> None:
+        self.sink = sink
+        self.records: list[InvocationRecord] = []
+        self.failing_since: float | None = None
+        self.loud_at = 0.0
+
+
+class Writer:
+    """What the writer thread does with each batch, for one agent and its sinks."""
+
+    def __init__(self, agent: Agent, sinks: Sequence[Sink], *, max_pending: int) -> None:
+        self.agent = agent
+        self.sinks = list(sinks)
+        self._held = [_Held(sink) for sink in self.sinks]
+        self._max_pending = max_pending
+        self._starts: tuple[FallbackSink, SidecarSink] | None = None
+        for sink in self.sinks:
+            if isinstance(sink, FallbackSink) and isinstance(sink.primary, SidecarSink):
+                self._starts = (sink, sink.primary)
+        self._gpu_waiting: list[Invocation] = []
+        self.pipeline = Pipeline(self.process, max_pending=max_pending, on_idle=self.gpu_tick)
+
+    @property
+    def tells_starts(self) -> bool:
+        """Whether invocations' starts are sent to a sidecar (its record ids are made early)."""
+        return self._starts is not None
+
+    @property
+    def held(self) -> int:
+        """Records some sink has not taken yet."""
+        return sum(len(held.records) for held in self._held)
+
+    def process(self, batch: list[Any]) -> None:
+        """One batch off the queue: finished invocations, and start notices (sidecar mode)."""
+        if self._starts is not None:
+            batch = self._send_starts(batch)
+        if self.agent.gpu_meter is None and not self._gpu_waiting:
+            self.record(batch)  # no GPU metering: nothing to wait for
+            return
+        waiting = self._gpu_waiting
+        ready: list[Invocation] = []
+        for invocation in batch:
+            (ready if invocation.meter is None else waiting).append(invocation)
+        if waiting:
+            self.gpu_tick(force=False)
+        if ready:
+            self.record(ready)
+
+    def _send_starts(self, batch: list[Any]) -> list[Invocation]:
+        """Tell the sidecar which invocations started (those not finished yet); returns the
+        finished invocations of ``batch``."""
+        assert self._starts is not None
+        fallback, sidecar = self._starts
+        finished: list[Invocation] = []
+        starts: list[dict[str, Any]] = []
+        agent = self.agent
+        timeout_s = agent.price.timeout_s if agent.price is not None else None
+        pid = os.getpid()
+        for item in batch:
+            if type(item) is not StartNotice:
+                finished.append(item)
+            elif not item.invocation.duration_ns:  # still running: its record will follow
+                starts.append(start_notice(agent, item.invocation, pid=pid, timeout_s=timeout_s))
+        if starts and fallback.primary_up:
+            error = sidecar.send_starts(starts)
+            if error is not None:
+                fallback.failed(error)
+        return finished
+
+    def gpu_tick(self, force: bool) -> None:
+        """Measure the invocations waiting for NVML's samples to cover them (all if ``force``),
+        then record them."""
+        waiting = self._gpu_waiting
+        if not waiting:
+            return
+        meter = waiting[0].meter
+        try:
+            meter.drain()
+        except Exception as error:
+            _guard.record_failure("nvml.drain", error)
+        now_ns = self.agent.now_ns()
+        if force:
+            settled, self._gpu_waiting = waiting, []
+        else:
+            settled = []
+            held: list[Invocation] = []
+            for invocation in waiting:
+                end_ns = invocation.start_ns + invocation.duration_ns
+                (settled if meter.settled(end_ns, now_ns) else held).append(invocation)
+            self._gpu_waiting = held
+        if not settled:
+            return
+        usages: list[Any] = []
+        for invocation in settled:
+            usage = None
+            try:
+                usage = invocation.meter.measure(
+                    invocation.start_ns,
+                    invocation.start_ns + invocation.duration_ns,
+                    invocation.segments,
+                )
+            except Exception as error:
+                _guard.record_failure("nvml.measure", error)
+            usages.append(usage)
+        self.record(settled, usages)
+        worker = self.agent.worker
+        with worker.lock:
+            oldest = worker.oldest_start_ns() or now_ns
+        if self._gpu_waiting:
+            oldest = min(oldest, *(each.start_ns for each in self._gpu_waiting))
+        meter.prune(oldest)
+
+    def record(self, batch: list[Invocation], usages: list[Any] | None = None) -> None:
+        """Build the records of ``batch``, end their spans, add them to the metrics and deliver
+        them."""
+        agent = self.agent
+        measured = calls_measured()
+        records: list[InvocationRecord] = []
+        for i, invocation in enumerate(batch):
+            try:
+                record = build_record(
+                    agent, invocation, None if usages is None else usages[i], measured=measured
+                )
+            except Exception as error:
+                _guard.record_failure("record.build", error)
+                if invocation.span is not None:  # never leave a span open
+                    invocation.span.end(end_time=invocation.start_ns + invocation.duration_ns)
+                    invocation.span = invocation.error = None
+                continue
+            records.append(record)
+            if invocation.span is not None:
+                try:
+                    agent.end_span(invocation, record)
+                except Exception as error:
+                    _guard.record_failure("span.end", error)
+        if agent.metrics is not None:
+            try:
+                agent.metrics.record(records)
+            except Exception as error:
+                _guard.record_failure("metrics.record", error)
+        self.deliver(records)
+
+    def deliver(self, records: list[InvocationRecord]) -> None:
+        """Offer each sink what it holds and ``records``; keep what it did not take."""
+        for held in self._held:
+            if not records and not held.records:
+                continue
+            pending = held.records + records if held.records else records
+            try:
+                delivery = held.sink.deliver(pending)
+            except Exception as error:  # a sink must not raise; one that does still loses nothing
+                delivery = Delivery(0, retry=tuple(pending), error=error)
+            self._account(held, delivery, len(pending))
+
+    def _account(self, held: _Held, delivery: Delivery, offered: int) -> None:
+        name = held.sink.name
+        if delivery.rejected:
+            _guard.count(f"{name}.rejected", len(delivery.rejected))
+            get_logger().error(
+                f"gpuledger could not write some invocations to the {name}: rejected",
+                rejected=len(delivery.rejected),
+                first_invocation_id=delivery.rejected[0].invocation_id,
+            )
+        if delivery.retry:
+            retry = list(delivery.retry)
+            overflow = max(0, len(retry) - self._max_pending)
+            if overflow:
+                _guard.count(f"{name}.dropped", overflow)
+            held.records = retry[overflow:]
+            error = delivery.error or RuntimeError(f"the {name} did not take the batch")
+            self._failing(held, error)
+            _guard.record_failure(f"{name}.write", error)
+            return
+        if delivery.error is not None:  # some taken, some refused for good
+            _guard.record_failure(f"{name}.write", delivery.error)
+        held.records = []
+        if held.failing_since is not None:
+            held.failing_since = None
+            get_logger().warning(
+                f"gpuledger's {name} is writable again; held invocations written",
+                **{name: self._display(held.sink)},
+                written=offered,
+            )
+
+    def _failing(self, held: _Held, error: BaseException) -> None:
+        """Say loudly, at once and then every minute while it lasts, that a sink is failing.
+
+        The sink is the problem (a full, read-only or removed disk), not a record: every
+        invocation is held in memory and retried, and lost if the process exits first.
+        """
+        now = time.monotonic()
+        if held.failing_since is None:
+            held.failing_since = now
+        elif now < held.loud_at:
+            return
+        held.loud_at = now + _LOUD_EVERY_S
+        name = held.sink.name
+        get_logger().error(
+            f"gpuledger CANNOT WRITE ITS {name.upper()}: invocations are held in memory and "
+            f"retried, and are lost if this process exits before the {name} is writable again",
+            **{name: self._display(held.sink)},
+            error=f"{type(error).__name__}: {error}",
+            held=len(held.records),
+        )
+
+    @staticmethod
+    def _display(sink: Sink) -> str:
+        location = getattr(sink, "location", None)
+        if location is None:
+            return sink.name
+        from gpuledger.ledger import display_location  # noqa: PLC0415
+
+        return display_location(location)
+
+    def close(self, timeout_s: float) -> bool:
+        """Flush and stop the thread, then close the sinks; False if the flush timed out."""
+        done = self.pipeline.close(timeout_s)
+        unwritten = self.held + self.pipeline.pending
+        if unwritten:
+            get_logger().error(
+                "gpuledger shut down with invocations not written to the ledger",
+                unwritten=unwritten,
+                ledger=self.agent.settings.ledger,
+            )
+        for sink in self.sinks:
+            try:
+                sink.close(timeout_s)
+            except Exception as error:
+                _guard.record_failure(f"{sink.name}.close", error)
+        return done

@@ -36,8 +36,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import SpanKind
 
 import gpuledger
-from gpuledger import _agent
-from gpuledger._calls import summarise
+from gpuledger import _config
+from gpuledger._external import summarise
 from gpuledger._invocation import Invocation, _current
 from gpuledger.instrumentation._calls import CallAggregator
 
@@ -102,7 +102,7 @@ def run_variant(variant: str, url: str, calls: int, directory: str) -> float:
     elif variant == "gpuledger":
         gpuledger.uninstrument()
     gpuledger.shutdown(60)
-    _agent.reset_for_tests()
+    _config.reset_for_tests()
     return per_call
 
 

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from typing import Any
 
 import gpuledger
-from gpuledger import _agent
+from gpuledger import _config
 from gpuledger._gpu import GpuMeter, visible_devices
 from gpuledger.testing.nvml import ReplayNvml, synthetic_recording
 
@@ -95,7 +95,7 @@ def request_path(calls: int, repeats: int) -> dict[str, list[float]]:
                 results[variant].append(time_calls(function, calls))
                 gpuledger.flush(60)
                 gpuledger.shutdown(60)
-                _agent.reset_for_tests()
+                _config.reset_for_tests()
     return results
 
 

@@ -87,9 +87,9 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 import gpuledger
-from gpuledger import _agent as agent_module
+from gpuledger import _config as agent_module
 from gpuledger import _guard
-from gpuledger.ledger._sqlite import open_ledger
+from gpuledger.ledger import open_ledger
 
 HANDLER_NAME = "generate"
 INPUT_TOKENS = 12

@@ -38,8 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import gpuledger
-from gpuledger import _agent
-from gpuledger.ledger._sqlite import open_ledger
+from gpuledger import _config
+from gpuledger.ledger import open_ledger
 from gpuledger.testing.nvml import record_nvml
 
 
@@ -104,7 +104,7 @@ def main() -> int:
                 metrics=False,
                 gpu_sample_hz=sample_hz,
             )
-            agent = _agent.get_agent()
+            agent = _config.get_agent()
             assert agent is not None
             agent.gpu_ready.wait(30)
             if agent.gpu_meter is None:

@@ -8,14 +8,23 @@ It imports the OpenTelemetry SDK, so it is loaded only on first use.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["CallAggregator"]
+if TYPE_CHECKING:
+    from gpuledger.instrumentation._calls import CallAggregator, instrument, uninstrument
+
+__all__ = ["CallAggregator", "instrument", "uninstrument"]
+"""``instrument``/``uninstrument`` are ``gpuledger.instrument()``'s machinery (gpuledger's own
+API calls them here); everything is loaded on first use."""
 
 
 def __getattr__(name: str) -> Any:
-    if name == "CallAggregator":
-        from gpuledger.instrumentation._calls import CallAggregator  # noqa: PLC0415
+    if name in __all__:
+        from gpuledger.instrumentation import _calls  # noqa: PLC0415  (the OTel SDK, when used)
 
-        return CallAggregator
+        return getattr(_calls, name)
     raise AttributeError(f"module 'gpuledger.instrumentation' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return list(__all__)

@@ -33,7 +33,8 @@ from typing import Any, Final
 from opentelemetry.sdk.trace import SpanProcessor
 
 from gpuledger import _guard
-from gpuledger._calls import OK, mark_measured, record_call
+from gpuledger._config import get_agent
+from gpuledger._external import OK, mark_measured, record_call
 from gpuledger._invocation import CURRENT
 from gpuledger._logging import get_logger
 
@@ -256,8 +257,6 @@ def _tracer_provider() -> Any:
     global _provider
     from opentelemetry import trace  # noqa: PLC0415
     from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415
-
-    from gpuledger._agent import get_agent  # noqa: PLC0415
 
     agent = get_agent()
     candidates = [

@@ -32,7 +32,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
-from gpuledger import _agent as agent_module
+from gpuledger import _config as agent_module
 from gpuledger import _guard
 from gpuledger._agent import HandlerSpec
 from gpuledger._handler import phase

@@ -40,7 +40,7 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, overload
 
-from gpuledger import _agent as agent_module
+from gpuledger import _config as agent_module
 from gpuledger._handler import phase, traced_handler
 
 __all__ = ["SETUP_PHASE", "traced_predictor"]

@@ -39,7 +39,7 @@ import inspect
 from collections.abc import Callable, Generator, Mapping
 from typing import Any, TypeVar
 
-from gpuledger import _agent as agent_module
+from gpuledger import _config as agent_module
 from gpuledger import _guard
 from gpuledger._agent import HandlerSpec
 from gpuledger._handler import phase

@@ -19,7 +19,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import gpuledger
-from gpuledger import _agent, _guard
+from gpuledger import _config, _guard
 
 # Servers the tests start on 127.0.0.1: PostgreSQL, Redis, S3, OTLP receivers, model servers.
 pytest_plugins = ["tests.services", "tests.receivers", "tests.upstreams"]
@@ -111,9 +111,9 @@ def clean_gpuledger(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator
         if name.startswith(("GPULEDGER_", "OTEL_", "RUNPOD_", "MODAL_", "COG_", "REPLICATE_")):
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
-    _agent.reset_for_tests()
+    _config.reset_for_tests()
     yield
-    _agent.reset_for_tests()
+    _config.reset_for_tests()
 
 
 @pytest.fixture

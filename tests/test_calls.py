@@ -24,10 +24,10 @@ from opentelemetry.trace import SpanKind
 
 import gpuledger
 from gpuledger import _guard
-from gpuledger._calls import _union_ns
+from gpuledger._external import union_ns as _union_ns
 from gpuledger._record import InvocationRecord
 from gpuledger.instrumentation import _calls as calls_module
-from gpuledger.ledger._sqlite import open_ledger
+from gpuledger.ledger import open_ledger
 
 from .conftest import FakeClock
 
@@ -438,7 +438,7 @@ def test_external_call_outside_an_invocation_does_nothing() -> None:
 
 def test_unmeasured_stays_unknown(tmp_path: Path, clock: FakeClock) -> None:
     """Nothing counts calls in this process: the fields are None (unknown), not 0."""
-    import gpuledger._calls as calls_state
+    import gpuledger._external as calls_state
 
     calls_state._state["measured"] = False
     gpuledger.configure(

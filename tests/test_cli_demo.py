@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from gpuledger import InvocationRecord
 from gpuledger.cli._demo import DEMO_SERVICE_NAME
 from gpuledger.cli._main import main
-from gpuledger.ledger._sqlite import open_ledger
+from gpuledger.ledger import open_ledger
 
 
 def _rows(ledger: Path) -> list[tuple[str, int, str, float | None]]:

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from gpuledger import InvocationRecord
 from gpuledger.cli._main import main
-from gpuledger.ledger._sqlite import open_ledger
+from gpuledger.ledger import open_ledger
 
 PROFILE = ("--profile", "steady", "--rate", "10/h")
 BROKEN_PRICING = "[platforms.runpod.gpus.H100]\nper_gpu_secnd_usd = 0.0003\n"

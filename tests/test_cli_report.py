@@ -16,8 +16,8 @@ from click.testing import CliRunner, Result
 from gpuledger import InvocationRecord
 from gpuledger.cli._main import main
 from gpuledger.cli._report import TABLE_COLUMNS, report
+from gpuledger.ledger import open_ledger
 from gpuledger.ledger._report import REPORT_COLUMNS
-from gpuledger.ledger._sqlite import open_ledger
 
 DAY_NS = 86_400 * 1_000_000_000
 

@@ -20,7 +20,7 @@ import gpuledger
 from gpuledger import InvocationRecord
 from gpuledger._pricing import default_catalogue
 from gpuledger.cli._main import main
-from gpuledger.ledger._sqlite import open_ledger
+from gpuledger.ledger import open_ledger
 from gpuledger.whatif._compare import Comparison, compare
 from gpuledger.whatif._simulate import SimResult, simulate_reserved
 from gpuledger.whatif._traffic import Trace, synthetic

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from gpuledger.ledger._sqlite import open_ledger
+from gpuledger.ledger import open_ledger
 
 from .receivers import (
     HOST,

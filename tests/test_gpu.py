@@ -22,7 +22,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import gpuledger
-from gpuledger import _agent, _guard
+from gpuledger import _config, _guard
 from gpuledger._gpu import GpuMeter, visible_devices
 from gpuledger.testing.nvml import (
     ReplayNvml,
@@ -223,7 +223,7 @@ def test_sampler_takes_nvml_off_the_request_path_and_measures_peak_memory(
         memory_bytes=[(0.0, 4 * GIB), (1.0, 10 * GIB), (2.0, 4 * GIB)],
     )
     telemetry, replay = _configure(tmp_path, clock, recording, strict=True, gpu_sample_hz=1)
-    agent = _agent.get_agent()
+    agent = _config.get_agent()
     assert agent is not None
     meter = agent.gpu_meter
     meter.sample_once()
@@ -460,7 +460,7 @@ def test_device_metrics(tmp_path: Path, clock: FakeClock) -> None:
     recording = synthetic_recording(duration_s=10, busy=[(0.0, 5.0, 1.0)], pid=PID)
     telemetry, _ = _configure(tmp_path, clock, recording, strict=True)
     clock.advance(1.0)
-    agent = _agent.get_agent()
+    agent = _config.get_agent()
     assert agent is not None
     agent.gpu_meter.drain()
     uuid = recording["devices"][0]["uuid"]
@@ -582,7 +582,7 @@ def test_without_a_driver_the_real_pynvml_says_so(tmp_path: Path) -> None:
 
     assert handler({"id": "j", "input": {}}) == "fine"
     gpuledger.flush(5)
-    from gpuledger.ledger._sqlite import open_ledger
+    from gpuledger.ledger import open_ledger
 
     with open_ledger(str(tmp_path / "l.db"), create=False) as ledger:
         (record,) = ledger.read()

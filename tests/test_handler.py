@@ -10,6 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
+from opentelemetry.trace import SpanKind
 
 import gpuledger
 from gpuledger import _guard
@@ -388,13 +390,17 @@ def test_failing_user_callable_is_contained(telemetry: Telemetry) -> None:
 def test_broken_exporter_never_reaches_the_handler(telemetry: Telemetry) -> None:
     """A span that cannot be ended (exporter bug) is contained and counted; the result stands."""
     _guard.set_strict(False)
-    agent = gpuledger._agent.current_agent()
+    agent = gpuledger._config.current_agent()
     assert agent is not None
 
-    def explode(*args: object, **kwargs: object) -> None:
-        raise RuntimeError("exporter down")
+    class Exploding(SpanProcessor):
+        """An exporter bug: ending a span raises."""
 
-    agent._end_span = explode  # type: ignore[method-assign]
+        def on_end(self, span: ReadableSpan) -> None:
+            if span.kind is SpanKind.SERVER:
+                raise RuntimeError("exporter down")
+
+    agent.providers.tracer_provider.add_span_processor(Exploding())
 
     @gpuledger.traced_handler
     def handler() -> int:

@@ -17,6 +17,7 @@ import pytest
 
 from gpuledger import InvocationRecord, LedgerError
 from gpuledger._record import FIELD_NAMES
+from gpuledger.ledger import _schema
 from gpuledger.ledger import _sqlite as _ledger
 from gpuledger.ledger._sqlite import (
     DEFAULT_LEDGER,
@@ -212,7 +213,7 @@ def test_read_orders_by_start_and_filters(ledger_path: str) -> None:
 
 def test_read_pages_through_many_records(ledger_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A read longer than one page yields every record once, in order, ties included."""
-    monkeypatch.setattr(_ledger, "_READ_PAGE", 7)
+    monkeypatch.setattr(_schema, "_READ_PAGE", 7)
     # Three records per start instant, so page boundaries fall inside ties.
     records = [make_record(i // 3) for i in range(50)]
     with open_ledger(ledger_path) as ledger:
@@ -324,7 +325,7 @@ def test_schema_columns_match_record(ledger_path: str) -> None:
     """The migrated table has one column per record field, typed from the field's annotation."""
     expected_types = {}
     for name, hint in typing.get_type_hints(InvocationRecord).items():
-        base = _ledger._strip_optional(hint)
+        base = _schema._strip_optional(hint)
         if base in (bool, int):
             expected_types[name] = "INTEGER"
         elif base is float:
@@ -356,7 +357,7 @@ def test_migrates_version_1_forward(ledger_path: str) -> None:
     old_fields = [name for name in FIELD_NAMES if name not in (*added, *added_json)]
     with sqlite3.connect(ledger_path) as connection:
         _ledger._migrate(connection, ledger_path, MIGRATIONS[:1])
-        row = _ledger._encode(record)
+        row = _schema._encode(record)
         values = [row[FIELD_NAMES.index(name)] for name in old_fields]
         connection.execute(
             f"INSERT INTO invocations ({', '.join(old_fields)}) "
@@ -538,7 +539,7 @@ def test_read_bounds_beyond_64_bits(ledger_path: str) -> None:
 
 def test_read_usage_matches_read(tmp_path: Path) -> None:
     """read_usage yields the replay fields of exactly the records read() yields, in order."""
-    from gpuledger.ledger._sqlite import Usage
+    from gpuledger.ledger import Usage
 
     with open_ledger(str(tmp_path / "usage.db")) as ledger:
         records = [

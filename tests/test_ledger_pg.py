@@ -31,7 +31,7 @@ from gpuledger import InvocationRecord, LedgerError
 from gpuledger._record import FIELD_NAMES
 from gpuledger.cli._main import main
 from gpuledger.ledger import _postgres as _ledger_pg
-from gpuledger.ledger import _sqlite as _ledger
+from gpuledger.ledger import _schema
 from gpuledger.ledger._postgres import (
     MIGRATION_LOCK,
     PostgresLedger,
@@ -122,7 +122,7 @@ def test_migrations_create_the_schema(postgres_db: str) -> None:
     assert versions == list(range(1, SCHEMA_VERSION + 1))
     expected = {}
     for name, hint in typing.get_type_hints(InvocationRecord).items():
-        base = _ledger._strip_optional(hint)
+        base = _schema._strip_optional(hint)
         if base in (bool, int):
             expected[name] = "bigint"
         elif base is float:
@@ -491,7 +491,7 @@ def test_read_orders_by_start_and_filters(postgres_db: str) -> None:
 def test_read_pages_in_sqlite_order(postgres_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A read longer than one page yields every record once, ordered by (start_ns, record_id)
     exactly as the SQLite ledger orders them, ties and mixed-case ids included."""
-    monkeypatch.setattr(_ledger, "_READ_PAGE", 7)
+    monkeypatch.setattr(_schema, "_READ_PAGE", 7)
     # Three records per start instant, so page boundaries fall inside ties; ids that a locale
     # would sort differently from code points ("B" < "a" < "b" in SQLite).
     ids = [f"{prefix}{i:02d}" for i in range(17) for prefix in ("a", "B", "b")][:50]

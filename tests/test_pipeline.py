@@ -1,18 +1,24 @@
-"""The background writer: bursts lose nothing, the bound never blocks, failures are retried."""
+"""The background writer: bursts lose nothing, the bound never blocks, failures are retried.
+
+Failing ledgers are handed to the agent as sinks (``configure(sinks=...)``), the seam the writer
+delivers through: no private attribute is patched."""
 
 from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import gpuledger
-from gpuledger import _guard
-from gpuledger._agent import current_agent
+from gpuledger import InvocationRecord, _guard
+from gpuledger._config import current_agent
+from gpuledger._sinks import Delivery, LedgerSink
 from gpuledger._writer import Pipeline
+from gpuledger.ledger import open_ledger
 
 
 def _count(path: Path) -> int:
@@ -47,15 +53,16 @@ def test_burst_of_100000_invocations_loses_none(tmp_path: Path) -> None:
 def test_past_the_bound_the_handler_is_not_blocked_and_drops_are_counted(tmp_path: Path) -> None:
     """With the writer stuck, invocations past max_pending are counted and logged, not waited on."""
     ledger = tmp_path / "bound.db"
-    agent = gpuledger.configure(ledger=str(ledger), exporters="none", max_pending=10)
     release = threading.Event()
-    original = agent._process_batch
 
-    def stuck(batch: list[Any]) -> None:
-        release.wait(10)
-        original(batch)
+    class StuckLedger(LedgerSink):
+        def deliver(self, records: Sequence[InvocationRecord]) -> Delivery:
+            release.wait(10)
+            return super().deliver(records)
 
-    agent.pipeline._process = stuck
+    gpuledger._config.configure(
+        ledger=str(ledger), exporters="none", max_pending=10, sinks=[StuckLedger(str(ledger))]
+    )
 
     @gpuledger.traced_handler
     def handler() -> str:
@@ -74,23 +81,29 @@ def test_past_the_bound_the_handler_is_not_blocked_and_drops_are_counted(tmp_pat
 def test_ledger_write_failure_is_retried_without_loss(tmp_path: Path) -> None:
     """A failed ledger write keeps its records and writes them with the next batch."""
     ledger = tmp_path / "retry.db"
-    agent = gpuledger.configure(ledger=str(ledger), exporters="none")
-    from gpuledger.ledger._sqlite import open_ledger
-
-    real = open_ledger(str(ledger))
-    calls = {"n": 0}
+    calls = {"n": 0, "opened": 0}
 
     class FlakyLedger:
+        """Fails its first write; the sink then closes it and opens another."""
+
+        def __init__(self) -> None:
+            calls["opened"] += 1
+            self.real = open_ledger(str(ledger))
+
         def write(self, records: list[Any]) -> int:
             calls["n"] += 1
             if calls["n"] == 1:
                 raise sqlite3.OperationalError("disk I/O error")
-            return real.write(records)
+            return self.real.write(records)
 
         def close(self) -> None:
-            real.close()
+            self.real.close()
 
-    agent._ledger = FlakyLedger()
+    gpuledger._config.configure(
+        ledger=str(ledger),
+        exporters="none",
+        sinks=[LedgerSink(str(ledger), opener=lambda location: FlakyLedger())],
+    )
 
     @gpuledger.traced_handler
     def handler() -> None:
@@ -103,6 +116,7 @@ def test_ledger_write_failure_is_retried_without_loss(tmp_path: Path) -> None:
     handler()
     assert gpuledger.flush(5)
     assert _count(ledger) == 2
+    assert calls["opened"] == 2  # a ledger that failed is not reused
 
 
 def test_flush_waits_for_everything_submitted_before_it() -> None:
@@ -145,9 +159,6 @@ def test_shutdown_writes_what_is_pending(tmp_path: Path) -> None:
 def test_one_bad_record_does_not_hold_back_its_batch(tmp_path: Path) -> None:
     """When a batch fails because of one record, the others are written and it is counted."""
     ledger = tmp_path / "reject.db"
-    agent = gpuledger.configure(ledger=str(ledger), exporters="none")
-    from gpuledger.ledger._sqlite import open_ledger
-
     real = open_ledger(str(ledger))
 
     class PickyLedger:
@@ -159,7 +170,11 @@ def test_one_bad_record_does_not_hold_back_its_batch(tmp_path: Path) -> None:
         def close(self) -> None:
             real.close()
 
-    agent._ledger = PickyLedger()
+    gpuledger._config.configure(
+        ledger=str(ledger),
+        exporters="none",
+        sinks=[LedgerSink(str(ledger), opener=lambda location: PickyLedger())],
+    )
 
     @gpuledger.traced_handler(invocation_id=lambda name: name)
     def handler(name: str) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from gpuledger.ledger._sqlite import open_ledger
+from gpuledger.ledger import open_ledger
 from tests.ledgers import union_length
 
 pytestmark = pytest.mark.slow

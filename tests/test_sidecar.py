@@ -1048,7 +1048,7 @@ def test_one_sidecar_per_spool(make_sidecar: Callable[..., Sidecar], tmp_path: P
 
 def test_the_ledger_is_not_a_spool(tmp_path: Path) -> None:
     """Pointing --spool at a ledger is refused before anything is written to it."""
-    from gpuledger.ledger._sqlite import open_ledger
+    from gpuledger.ledger import open_ledger
 
     open_ledger(str(tmp_path / "ledger.db")).close()
     sidecar = Sidecar(

@@ -13,8 +13,10 @@ from typing import Any
 import pytest
 
 import gpuledger
-from gpuledger import ConfigError, _agent, _guard
-from gpuledger.ledger._sqlite import open_ledger
+from gpuledger import ConfigError, _config, _guard
+from gpuledger._sinks import Backoff, FallbackSink, LedgerSink, SidecarSink
+from gpuledger.ledger import open_ledger
+from gpuledger.sidecar import SidecarClient
 
 from .conftest import FakeClock
 
@@ -101,7 +103,7 @@ def test_records_and_starts_go_to_the_sidecar(
 
     @gpuledger.traced_handler
     def handler(job: dict[str, Any]) -> str:
-        agent = _agent.get_agent()
+        agent = _config.get_agent()
         assert agent is not None
         assert agent.pipeline.flush(5)  # the start notice leaves while the handler runs
         seen_start.extend(sidecar.starts())
@@ -124,14 +126,19 @@ def test_records_and_starts_go_to_the_sidecar(
 def test_unreachable_sidecar_falls_back_to_the_local_ledger(
     tmp_path: Path, clock: FakeClock, sidecar: FakeSidecar, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_agent, "_SIDECAR_RETRY_S", 0.0)
     ledger = tmp_path / "local.db"
-    gpuledger.configure(
+    no_wait = Backoff(0.0, 0.0)  # try the sidecar again at once
+    _config.configure(
         ledger=str(ledger),
         sidecar=sidecar.url,
         clock=clock,
         exporters="none",
         gpu_metering="off",
+        sinks=[
+            FallbackSink(
+                SidecarSink(SidecarClient(sidecar.url)), LedgerSink(str(ledger)), backoff=no_wait
+            )
+        ],
     )
 
     @gpuledger.traced_handler

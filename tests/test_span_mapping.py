@@ -18,7 +18,7 @@ from gpuledger.exporters._records import (
     record_resource_attributes,
     record_to_span,
 )
-from gpuledger.ledger._sqlite import open_ledger
+from gpuledger.ledger import open_ledger
 
 from .conftest import Telemetry
 
@@ -42,7 +42,7 @@ def test_worker_and_sidecar_spans_carry_the_same_attributes(telemetry: Telemetry
     """For the same invocations, the in-process span and the span the sidecar would export from
     the record have the same name, kind, times, status and attribute set, value for value."""
     _one_of_each(telemetry)
-    agent = gpuledger._agent.current_agent()
+    agent = gpuledger._config.current_agent()
     assert agent is not None
     spans = {span.attributes["faas.invocation_id"]: span for span in telemetry.spans("generate")}
     with open_ledger(str(telemetry.ledger_path), create=False) as ledger:

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gpuledger import InvocationRecord, LedgerError
-from gpuledger.ledger._sqlite import open_ledger
+from gpuledger.ledger import open_ledger
 from gpuledger.whatif._traffic import (
     LABELS,
     PROFILES,

@@ -18,7 +18,7 @@ import click
 from gpuledger._errors import PricingError
 from gpuledger._pricing import Catalogue, Price, load_catalogue
 from gpuledger.cli._options import format_option, pricing_option
-from gpuledger.whatif._breakeven import (
+from gpuledger.whatif import (
     HOURS_PER_MONTH,
     Breakeven,
     RateComparison,

@@ -14,12 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from gpuledger.whatif._breakeven import parse_duration, parse_rate
+from gpuledger.whatif import parse_duration, parse_rate
 
 if TYPE_CHECKING:
     from gpuledger._pricing import Catalogue
-    from gpuledger.whatif._compare import Comparison
-    from gpuledger.whatif._traffic import Trace
+    from gpuledger.whatif import Comparison, Trace
 
 __all__ = ["compare_command"]
 
@@ -61,7 +60,7 @@ def _to_per_hour(ctx: click.Context, param: click.Parameter, value: str | None) 
 def _check_since(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """``value`` unchanged, once it reads as a start time (the replay reads it again)."""
     if value is not None:
-        from gpuledger.ledger._report import parse_since  # noqa: PLC0415
+        from gpuledger.ledger import parse_since  # noqa: PLC0415
 
         try:
             parse_since(value, now_ns=time.time_ns())
@@ -197,8 +196,7 @@ def compare_command(
     """
     from gpuledger._errors import GpuledgerError  # noqa: PLC0415
     from gpuledger._pricing import load_catalogue  # noqa: PLC0415
-    from gpuledger.whatif._compare import compare  # noqa: PLC0415
-    from gpuledger.whatif._traffic import trace_from_ledger  # noqa: PLC0415
+    from gpuledger.whatif import compare, trace_from_ledger  # noqa: PLC0415
 
     if plot is not None and not plot.lower().endswith(_PLOT_SUFFIXES):
         raise click.BadParameter(
@@ -235,7 +233,7 @@ def compare_command(
             # A described profile has no GPU of its own: price it as asked, H100 by default.
             trace = dataclasses.replace(trace, gpu=gpu or trace.gpu or "H100")
         else:
-            from gpuledger.ledger._sqlite import default_ledger_location  # noqa: PLC0415
+            from gpuledger.ledger import default_ledger_location  # noqa: PLC0415
 
             trace = trace_from_ledger(location or default_ledger_location(), since=since)
         started = time.perf_counter()
@@ -269,7 +267,7 @@ def _check_platforms(catalogue: Catalogue, names: list[str] | None, overflow: st
     A known platform with no price for the GPU is left to ``compare``: that is the catalogue's
     gap, not a mistake on the command line (exit 1, as ``breakeven`` does).
     """
-    from gpuledger.whatif._compare import RESERVED_PLATFORM  # noqa: PLC0415
+    from gpuledger.whatif import RESERVED_PLATFORM  # noqa: PLC0415
 
     known = catalogue.platforms()
     for name in names or ():
@@ -293,7 +291,7 @@ def _check_platforms(catalogue: Catalogue, names: list[str] | None, overflow: st
 def _synthetic(profile: str, **arguments: Any) -> Trace:
     """``synthetic(profile, **arguments)``; the ValueError it raises naming an argument becomes
     a usage error naming that argument's option."""
-    from gpuledger.whatif._traffic import synthetic  # noqa: PLC0415
+    from gpuledger.whatif import synthetic  # noqa: PLC0415
 
     try:
         return synthetic(profile, **arguments)
@@ -344,7 +342,7 @@ def _fmt(value: float | None, kind: str) -> str:
 
 
 def _rows(result: Comparison) -> list[list[str]]:
-    from gpuledger.whatif._compare import _meets  # noqa: PLC0415
+    from gpuledger.whatif import meets  # noqa: PLC0415
 
     rows = []
     for option in result.results:
@@ -360,7 +358,7 @@ def _rows(result: Comparison) -> list[list[str]]:
                 _fmt(option.p99_s, "s"),
                 _fmt(option.utilisation, "pct"),
                 _fmt(option.failures, "int"),
-                "yes" if _meets(option, result.slo_p95_s) else "no",
+                "yes" if meets(option, result.slo_p95_s) else "no",
             ]
         )
     return rows
@@ -405,12 +403,12 @@ def _table(result: Comparison, elapsed: float) -> str:
 
 
 def _as_json(result: Comparison, elapsed: float) -> dict[str, Any]:
-    from gpuledger.whatif._compare import _meets  # noqa: PLC0415
+    from gpuledger.whatif import meets  # noqa: PLC0415
 
     options = []
     for option in result.results:
         values = dataclasses.asdict(option)
-        values["meets_slo"] = _meets(option, result.slo_p95_s)
+        values["meets_slo"] = meets(option, result.slo_p95_s)
         options.append(values)
     document: dict[str, Any] = _finite(
         {

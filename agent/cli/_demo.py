@@ -5,13 +5,14 @@ from __future__ import annotations
 import shlex
 import tempfile
 from pathlib import Path
-from typing import Final
 
 import click
 
+from gpuledger.cli._demo_run import DEMO_SERVICE_NAME
+
 __all__ = ["DEMO_SERVICE_NAME", "demo"]
 
-DEMO_SERVICE_NAME: Final = "gpuledger-demo"
+
 """The ``service_name`` of every row the demo writes (``_demo.run_demo`` configures it): rows
 with any other are someone's real traffic."""
 
@@ -119,7 +120,7 @@ def _check_ledger(location: str, *, force: bool) -> None:
     one in a folder that is missing or read-only, and one holding rows the demo did not write
     (someone's real traffic, which synthetic users would pollute) unless ``force``."""
     from gpuledger._errors import LedgerError  # noqa: PLC0415
-    from gpuledger.ledger._sqlite import open_ledger  # noqa: PLC0415
+    from gpuledger.ledger import open_ledger  # noqa: PLC0415
 
     _check_writable(location)  # before SQLite says less
     try:

@@ -14,13 +14,15 @@ import dataclasses
 import random
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 import gpuledger
-from gpuledger import _agent
-from gpuledger.cli._demo import DEMO_SERVICE_NAME
+from gpuledger import _config
 
-__all__ = ["DemoResult", "run_demo"]
+__all__ = ["DEMO_SERVICE_NAME", "DemoResult", "run_demo"]
+
+DEMO_SERVICE_NAME: Final = "gpuledger-demo"
+"""The service name the demo's records carry (``gpuledger demo`` refuses a ledger with others)."""
 
 # (user, tenant, share of requests, mean prompt tokens, mean output tokens)
 _USERS = (
@@ -170,7 +172,7 @@ def _start_worker(
     clock: SimulatedClock, number: int, ledger: str, platform: str, gpu: str, rng: random.Random
 ) -> None:
     gpuledger.shutdown()
-    _agent.forget_worker_state()
+    _config.forget_worker_state()
     clock.worker_start_ns = clock.wall_ns
     gpuledger.configure(
         ledger=ledger,

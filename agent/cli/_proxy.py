@@ -168,7 +168,7 @@ def proxy(
     gpuledger proxy --upstream 127.0.0.1:8000 --preset potassium --user-header X-User-Id
     """
     try:
-        from gpuledger.sidecar import _proxy  # noqa: PLC0415  (aiohttp: only for this command)
+        from gpuledger.sidecar import proxy as metering  # noqa: PLC0415  (aiohttp, when asked)
     except ImportError as error:
         if (error.name or "").split(".")[0] in {"aiohttp", "multidict", "yarl"}:
             raise click.ClickException(
@@ -180,7 +180,7 @@ def proxy(
     import gpuledger  # noqa: PLC0415
 
     try:
-        config = _proxy.proxy_config(
+        config = metering.proxy_config(
             upstream=upstream,
             listen=listen,
             allow_remote=allow_remote,
@@ -215,7 +215,7 @@ def proxy(
     except gpuledger.GpuledgerError as error:
         raise click.ClickException(str(error)) from None
     try:
-        asyncio.run(_proxy.run_proxy(config, echo=lambda line: click.echo(line, err=True)))
+        asyncio.run(metering.run_proxy(config, echo=lambda line: click.echo(line, err=True)))
     except OSError as error:  # the listening address is taken, or not ours to bind
         raise click.ClickException(f"cannot listen on {listen}: {error.strerror}") from None
     finally:

@@ -14,15 +14,17 @@ from typing import Any, Final
 import click
 
 from gpuledger._errors import LedgerError
-from gpuledger.ledger._report import (
+from gpuledger.ledger import (
     GROUP_BY,
+    LEDGER_ENV,
     REPORT_COLUMNS,
     ReportRow,
     aggregate,
+    default_ledger_location,
+    open_ledger,
     parse_since,
     totals,
 )
-from gpuledger.ledger._sqlite import LEDGER_ENV, default_ledger_location, open_ledger
 
 __all__ = ["TABLE_COLUMNS", "TableColumn", "report"]
 

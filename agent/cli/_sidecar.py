@@ -20,10 +20,10 @@ from typing import Any
 
 import click
 
-from gpuledger._errors import ConfigError
+from gpuledger._errors import ConfigError, SidecarError
 from gpuledger._logging import configure_logging
-from gpuledger.ledger._sqlite import DEFAULT_LEDGER, LEDGER_ENV
-from gpuledger.sidecar._server import (
+from gpuledger.ledger import DEFAULT_LEDGER, LEDGER_ENV
+from gpuledger.sidecar import (
     DEFAULT_DRAIN_TIMEOUT_S,
     DEFAULT_GRACE_S,
     DEFAULT_LISTEN,
@@ -31,7 +31,6 @@ from gpuledger.sidecar._server import (
     DEFAULT_SPOOL,
     TOKEN_ENV,
     Sidecar,
-    SidecarError,
     parse_listen,
 )
 
@@ -81,7 +80,7 @@ def _container_gpu(sample_hz: float) -> Any:
 
     from gpuledger._gpu import open_meter  # noqa: PLC0415
     from gpuledger._logging import get_logger  # noqa: PLC0415
-    from gpuledger.sidecar._gpu import SidecarGpu  # noqa: PLC0415
+    from gpuledger.sidecar import SidecarGpu  # noqa: PLC0415
 
     meter, reason = open_meter(
         None, os.environ, time_ns=time.time_ns, sample_hz=sample_hz, settle_s=1.0

@@ -1,0 +1,48 @@
+"""The ledger: every finished invocation, one row each, in SQLite (the default) or PostgreSQL.
+
+:func:`open_ledger` opens either from a location (a path, ``sqlite:///``, ``postgresql://``);
+both back-ends share one schema and one row encoding, so they store and return the same records.
+``gpuledger report`` reads it (:mod:`gpuledger.ledger._report`).
+"""
+
+from __future__ import annotations
+
+from gpuledger.ledger._report import (
+    GROUP_BY,
+    REPORT_COLUMNS,
+    ReportRow,
+    aggregate,
+    parse_since,
+    totals,
+)
+from gpuledger.ledger._sqlite import (
+    DEFAULT_LEDGER,
+    LEDGER_ENV,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    Ledger,
+    SqliteLedger,
+    Usage,
+    default_ledger_location,
+    display_location,
+    open_ledger,
+)
+
+__all__ = [
+    "DEFAULT_LEDGER",
+    "GROUP_BY",
+    "LEDGER_ENV",
+    "MIGRATIONS",
+    "REPORT_COLUMNS",
+    "SCHEMA_VERSION",
+    "Ledger",
+    "ReportRow",
+    "SqliteLedger",
+    "Usage",
+    "aggregate",
+    "default_ledger_location",
+    "display_location",
+    "open_ledger",
+    "parse_since",
+    "totals",
+]

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from gpuledger._errors import LedgerError
 from gpuledger._record import InvocationRecord
-from gpuledger.ledger._sqlite import (
+from gpuledger.ledger._schema import (
     SCHEMA_MIGRATIONS_TABLE,
     Ledger,
     Migration,

@@ -73,6 +73,10 @@ dated at the proxy's first check. Not handled: readiness is checked once, at sta
 upstream is not a new cold start); trace context is not propagated to the upstream; WebSockets and
 HTTP/2. The connection pool retries an idempotent request (GET, PUT, ...) once on a new connection
 when a kept-alive one turns out closed (aiohttp's own rule); a POST is never sent twice.
+
+Why one module of this size: the proxy is one aiohttp application whose parts (presets, the
+request handler, streaming, upstream readiness) share its configuration and are only ever
+loaded together, by ``gpuledger proxy``; splitting it would spread one request's path over files.
 """
 
 from __future__ import annotations
@@ -92,7 +96,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from gpuledger import _agent as agent_module
+from gpuledger import _config as agent_module
 from gpuledger._agent import Agent, HandlerSpec
 from gpuledger._errors import ConfigError
 from gpuledger._invocation import Invocation
@@ -228,7 +232,7 @@ class ProxyConfig:
     """On shutdown, longest the requests in flight are given to finish."""
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:
@@ -252,7 +256,7 @@ def parse_listen(text: str, *, allow_remote: bool = False) -> tuple[str, int]:
         port = -1
     if not colon or not 0 <= port <= 65535:
         raise ConfigError("listen", text, "expected HOST:PORT, e.g. 127.0.0.1:8080")
-    if not allow_remote and not _is_loopback(host):
+    if not allow_remote and not is_loopback(host):
         raise ConfigError(
             "listen",
             text,
@@ -530,7 +534,7 @@ class MeteringProxy:
 
     @staticmethod
     def _agent() -> Agent | None:
-        return agent_module._agent or agent_module.get_agent()
+        return agent_module.get_agent()
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         if request.path in self._unmetered:

@@ -61,6 +61,10 @@ are the ``pynvml.NVMLError_<Name>`` suffixes (matched case-insensitively). A MIG
 ``index`` is its index among its parent's MIG devices; MIG devices are not counted by
 ``nvmlDeviceGetCount`` and are reached by UUID or through their parent. Processes entries are
 ``[pid, used_bytes]`` or ``[pid, used_bytes, gpu_instance_id, compute_instance_id]``.
+
+Why one module of this size: it is a faithful fake of one library (``pynvml``), function for
+function, with the recorder that makes its recordings; users point ``sys.modules["pynvml"]`` at
+this one module.
 """
 
 from __future__ import annotations

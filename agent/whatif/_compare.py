@@ -27,7 +27,14 @@ if TYPE_CHECKING:
     from gpuledger._pricing import Catalogue, Price
     from gpuledger.whatif._traffic import Burstiness, Trace
 
-__all__ = ["MIN_REQUESTS", "MIN_WINDOW_S", "Comparison", "compare"]
+__all__ = [
+    "MIN_REQUESTS",
+    "MIN_WINDOW_S",
+    "RESERVED_PLATFORM",
+    "Comparison",
+    "compare",
+    "meets",
+]
 
 RESERVED_PLATFORM: Final = "reserved"
 MIN_REQUESTS: Final = 100
@@ -60,7 +67,7 @@ class Comparison:
     or None when it is long enough or empty."""
 
 
-def _meets(result: SimResult, slo_p95_s: float | None) -> bool:
+def meets(result: SimResult, slo_p95_s: float | None) -> bool:
     if result.failures:
         return False
     return slo_p95_s is None or (result.p95_s is not None and result.p95_s <= slo_p95_s + 1e-9)
@@ -124,11 +131,11 @@ def compare(
             notes.append(f"no reserved price for {model}: reserved and hybrid options left out")
 
     results = _dedupe(results)
-    results.sort(key=lambda result: (not _meets(result, slo_p95_s), result.cost_usd))
+    results.sort(key=lambda result: (not meets(result, slo_p95_s), result.cost_usd))
     shape = burstiness(trace)
-    best = results[0] if results and _meets(results[0], slo_p95_s) else None
+    best = results[0] if results and meets(results[0], slo_p95_s) else None
     runner_up = next(
-        (result for result in results[1:] if best is not None and _meets(result, slo_p95_s)),
+        (result for result in results[1:] if best is not None and meets(result, slo_p95_s)),
         None,
     )
     return Comparison(
@@ -175,7 +182,7 @@ def _reserved_options(
     smallest = max(1, math.ceil(busy / trace.window_s - 1e-9)) if trace.window_s > 0 else 1
     cheapest = simulate_reserved(trace, price, smallest)
     options = [cheapest]
-    if slo_p95_s is None or _meets(cheapest, slo_p95_s):
+    if slo_p95_s is None or meets(cheapest, slo_p95_s):
         return options
     # A latency is at least its service time, so no option's p95 is below the services' own:
     # when that is over the objective, no size can meet it and searching would only replay.
@@ -197,9 +204,9 @@ def _reserved_options(
 
 
 def _p95(values: Sequence[float]) -> float:
-    from gpuledger.whatif._simulate import _quantile  # noqa: PLC0415
+    from gpuledger.whatif._simulate import quantile  # noqa: PLC0415
 
-    return _quantile(sorted(values), 0.95) if len(values) else 0.0
+    return quantile(sorted(values), 0.95) if len(values) else 0.0
 
 
 def _smallest_meeting(meets: Callable[[int], bool], low: int) -> int | None:
@@ -236,7 +243,7 @@ def _overflow_price(
             )
         return by_name[overflow]
     ranked = sorted(
-        results.values(), key=lambda result: (not _meets(result, slo_p95_s), result.cost_usd)
+        results.values(), key=lambda result: (not meets(result, slo_p95_s), result.cost_usd)
     )
     return by_name[ranked[0].option]
 
@@ -265,7 +272,7 @@ def _hybrid_options(
         batch = sizes[offset : offset + runner.processes]
         if runs:
             cheapest_cost = min(result.cost_usd for result in runs)
-            meeting_costs = [result.cost_usd for result in runs if _meets(result, slo_p95_s)]
+            meeting_costs = [result.cost_usd for result in runs if meets(result, slo_p95_s)]
             bound = max(cheapest_cost, min(meeting_costs) if meeting_costs else math.inf)
             batch = [gpus for gpus in batch if gpus * per_worker < bound]
             if not batch:
@@ -273,7 +280,7 @@ def _hybrid_options(
         runs.extend(runner.map(_hybrid, [(reserved, gpus, overflow, max_wait_s) for gpus in batch]))
     cheapest = min(runs, key=lambda result: result.cost_usd)
     chosen = [cheapest]
-    meeting = [result for result in runs if _meets(result, slo_p95_s)]
+    meeting = [result for result in runs if meets(result, slo_p95_s)]
     if meeting:
         chosen.append(min(meeting, key=lambda result: result.cost_usd))
     return chosen

@@ -97,14 +97,14 @@ class _Latencies:
             return p50, p95, p99, self.waits / count
         ordered = sorted(self.values)
         return (
-            _quantile(ordered, 0.50),
-            _quantile(ordered, 0.95),
-            _quantile(ordered, 0.99),
+            quantile(ordered, 0.50),
+            quantile(ordered, 0.95),
+            quantile(ordered, 0.99),
             self.waits / count,
         )
 
 
-def _quantile(ordered: Sequence[float], fraction: float) -> float:
+def quantile(ordered: Sequence[float], fraction: float) -> float:
     """Linear interpolation between closest ranks (numpy's default, "linear")."""
     position = (len(ordered) - 1) * fraction
     low = math.floor(position)

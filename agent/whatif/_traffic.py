@@ -36,8 +36,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Final, Protocol
 
-from gpuledger.ledger._report import parse_since
-from gpuledger.ledger._sqlite import display_location, open_ledger
+from gpuledger.ledger import display_location, open_ledger, parse_since
 
 __all__ = [
     "LABELS",

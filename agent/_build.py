@@ -1,0 +1,326 @@
+"""The one place an :class:`~gpuledger.InvocationRecord` is made.
+
+Two things make records: the worker's writer, from an :class:`~gpuledger.Invocation` that
+finished (:func:`build_record`), and the sidecar, for an invocation whose process died or timed
+out before it reported (:func:`closing_record`, from the start notice the worker sent:
+:func:`start_notice`). Both spell the worker's identity through :class:`WorkerIdentity` and the
+price through :func:`cost_fields`, so a field added to either is added to both, and the two can
+never disagree on what an unpriced record says (``_pricing.unpriced_reason``).
+
+This module is on the writer's path: it imports nothing heavy (no OpenTelemetry, no NVML).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+from gpuledger._record import InvocationRecord
+
+if TYPE_CHECKING:
+    from gpuledger._invocation import Invocation
+    from gpuledger._pricing import Cost
+
+__all__ = [
+    "IDENTITY_FIELDS",
+    "Pricer",
+    "WorkerIdentity",
+    "build_record",
+    "closing_record",
+    "cost_fields",
+    "external_fields",
+    "init_seconds",
+    "new_record_id",
+    "pseudonym",
+    "start_notice",
+]
+
+Pricer = Callable[[float, int, "float | None"], "Cost"]
+"""``pricer(billed_gpu_seconds, gpu_count, init_seconds) -> Cost`` (``_pricing.compile_pricer``)."""
+
+IDENTITY_FIELDS: Final = (
+    "service_name",
+    "platform",
+    "endpoint",
+    "worker_id",
+    "region",
+    "gpu_model",
+    "gpu_count",
+)
+"""The record fields that say which worker served an invocation; a start notice carries them
+under the same names."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WorkerIdentity:
+    """Which worker an invocation ran on: the same for every record of one process, until NVML
+    tells the GPU model and count (the agent then makes a new one)."""
+
+    service_name: str
+    platform: str
+    endpoint: str | None = None
+    worker_id: str | None = None
+    region: str | None = None
+    gpu_model: str | None = None
+    gpu_count: int = 1
+
+    def fields(self) -> dict[str, Any]:
+        """The identity as record fields (a new dict)."""
+        return {name: getattr(self, name) for name in IDENTITY_FIELDS}
+
+    @classmethod
+    def from_fields(cls, values: Mapping[str, Any]) -> WorkerIdentity:
+        """The identity in ``values`` (a start notice, a record's dict); missing optional
+        fields are None, a missing ``gpu_count`` is 1."""
+        return cls(
+            service_name=str(values["service_name"]),
+            platform=str(values["platform"]),
+            endpoint=values.get("endpoint"),
+            worker_id=values.get("worker_id"),
+            region=values.get("region"),
+            gpu_model=values.get("gpu_model"),
+            gpu_count=int(values.get("gpu_count", 1)),
+        )
+
+
+def new_record_id(start_ns: int) -> str:
+    """A unique record id: 16 hex digits of the start (time-ordered ids keep the ledger's
+    primary-key index append-mostly), then 16 random ones."""
+    return f"{start_ns:016x}{os.urandom(8).hex()}"
+
+
+def cost_fields(cost: Cost | None, unpriced: str) -> dict[str, Any]:
+    """The record's price fields for ``cost``; with no cost, every amount is None and
+    ``cost_source`` says why (``unpriced``)."""
+    if cost is None:
+        return {
+            "cost_usd": None,
+            "cost_execution_usd": None,
+            "cost_gpu_usd": None,
+            "cost_coldstart_usd": None,
+            "pricing_platform": None,
+            "pricing_version": None,
+            "cost_source": unpriced,
+        }
+    return {
+        "cost_usd": cost.total_usd,
+        "cost_execution_usd": cost.execution_usd,
+        "cost_gpu_usd": cost.gpu_usd,
+        "cost_coldstart_usd": cost.coldstart_usd,
+        "pricing_platform": cost.platform,
+        "pricing_version": cost.catalogue_version,
+        "cost_source": cost.source,
+    }
+
+
+@lru_cache(maxsize=8192)
+def pseudonym(key: str, user_id: str) -> str:
+    """The stored id of ``user_id`` when ids are pseudonymised: HMAC-SHA256 under ``key``,
+    truncated to 128 bits (collision-free enough for chargeback, short in a table)."""
+    import hashlib  # noqa: PLC0415  (only when ids are pseudonymised)
+    import hmac  # noqa: PLC0415
+
+    return hmac.new(key.encode(), user_id.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+class _Worker(Protocol):
+    """What :func:`build_record` reads from the agent (``gpuledger._agent.Agent``)."""
+
+    identity: WorkerIdentity
+    pricer: Pricer | None
+    per_gpu_second_usd: float | None
+    cost_source: str
+    gpu_reason: dict[str, str] | None
+    gpu_uuids: str | None
+
+    def user_key(self, user_id: str) -> tuple[str, bool]: ...
+
+
+def init_seconds(invocation: Invocation) -> float | None:
+    """The init time the invocation paid for: the cold start's, plus phases it ran itself."""
+    init_s = invocation.init.duration_s if invocation.cold and invocation.init else None
+    if invocation.phases:
+        init_s = (init_s or 0.0) + sum(
+            phase.duration_s for phase in invocation.phases if phase.parent is None
+        )
+    return init_s
+
+
+def build_record(
+    worker: _Worker, invocation: Invocation, usage: Any = None, *, measured: bool
+) -> InvocationRecord:
+    """The full record of a finished invocation on ``worker``.
+
+    ``usage`` is what the GPU meter measured (None when it failed); ``measured`` says whether
+    the invocation was metered at all (calls were counted in this process: ``_calls``).
+    """
+    identity = worker.identity
+    gpu_count = identity.gpu_count
+    duration_s = invocation.duration_ns / 1e9
+    billed_ns = invocation.billed_ns
+    billed_s = duration_s if billed_ns is None else billed_ns / 1e9
+    init = invocation.init
+    init_duration_s = init.duration_s if init is not None else None
+    phases: dict[str, float] | None = init.phase_seconds() if init is not None else None
+    if invocation.phases:
+        phases = dict(phases or {})
+        for phase in invocation.phases:
+            key = phase.name if phase.parent is None else f"{phase.parent}/{phase.name}"
+            phases[key] = phases.get(key, 0.0) + phase.duration_s
+        init_duration_s = (init_duration_s or 0.0) + sum(
+            phase.duration_s for phase in invocation.phases if phase.parent is None
+        )
+    user_id, pseudonymised = (
+        worker.user_key(invocation.user_id) if invocation.user_id is not None else (None, False)
+    )
+    pricer = worker.pricer
+    cost = (
+        pricer(
+            (invocation.duration_ns if billed_ns is None else billed_ns) * gpu_count / 1e9,
+            gpu_count,
+            init_seconds(invocation),
+        )
+        if pricer is not None
+        else None
+    )
+    record = InvocationRecord(
+        record_id=invocation.record_id or new_record_id(invocation.start_ns),
+        invocation_id=invocation.invocation_id,
+        handler=invocation.handler,
+        **identity.fields(),
+        start_ns=invocation.start_ns,
+        end_ns=invocation.start_ns + invocation.duration_ns,
+        duration_s=duration_s,
+        outcome=invocation.outcome,  # type: ignore[arg-type]
+        error_type=invocation.error_type,
+        cold=invocation.cold,
+        init_duration_s=init_duration_s,
+        init_phases=phases,
+        idle_gap_s=None if invocation.idle_gap_ns is None else invocation.idle_gap_ns / 1e9,
+        billed_gpu_seconds=billed_s * gpu_count,
+        gpu_unmeasured=worker.gpu_reason if invocation.meter is None else None,
+        **external_fields(worker, invocation, measured=measured),
+        user_id=user_id,
+        user_id_pseudonymised=pseudonymised,
+        tenant=invocation.tenant,
+        tags=dict(invocation.tags or {}),
+        input_tokens=invocation.input_tokens,
+        output_tokens=invocation.output_tokens,
+        **cost_fields(cost, worker.cost_source),
+    )
+    if invocation.meter is not None:
+        # Set after construction: the common record (no GPU) passes fewer arguments.
+        record.gpu_uuids = worker.gpu_uuids
+        if usage is None:
+            record.gpu_unmeasured = {
+                "gpu": "the GPU meter failed on this invocation (gpuledger.telemetry.errors)"
+            }
+        else:
+            record.busy_gpu_seconds = usage.busy_gpu_seconds
+            record.busy_source = usage.busy_source
+            record.energy_j = usage.energy_j
+            record.energy_active_j = usage.energy_active_j
+            record.energy_idle_j = usage.energy_idle_j
+            record.energy_source = usage.energy_source
+            record.peak_gpu_memory_bytes = usage.peak_gpu_memory_bytes
+            record.gpu_unmeasured = usage.unmeasured or None
+    return record
+
+
+def _wait_cost(worker: _Worker, invocation: Invocation, wait_s: float) -> float | None:
+    """What ``wait_s`` of this invocation's wall time cost: its billed share of it at the
+    platform's per-GPU-second rate (GPUs held included); None when unpriced."""
+    rate = worker.per_gpu_second_usd
+    if rate is None:
+        return None
+    duration = invocation.duration_ns
+    share = 1.0
+    if invocation.billed_ns is not None and duration > 0:
+        share = invocation.billed_ns / duration
+    return float(wait_s * share * worker.identity.gpu_count * rate)
+
+
+def external_fields(worker: _Worker, invocation: Invocation, *, measured: bool) -> dict[str, Any]:
+    """The record's external-call fields: absent (unknown) when nothing counts calls in this
+    process, zeros when something does and the invocation made none."""
+    external = invocation.external
+    if external is None:
+        if not measured:
+            return {}
+        return {
+            "external_calls": 0,
+            "external_call_seconds": 0.0,
+            "external_wait_seconds": 0.0,
+            "external_wait_cost_usd": None if worker.per_gpu_second_usd is None else 0.0,
+        }
+    targets: dict[str, dict[str, float]] = {}
+    for target, entry in external.targets.items():
+        row: dict[str, float] = dict(entry)
+        cost = _wait_cost(worker, invocation, float(entry["wait_s"]))
+        if cost is not None:
+            row["wait_usd"] = cost
+        targets[target] = row
+    return {
+        "external_calls": external.calls,
+        "external_call_seconds": external.call_seconds,
+        "external_wait_seconds": external.wait_seconds,
+        "external_wait_cost_usd": _wait_cost(worker, invocation, external.wait_seconds),
+        "external_targets": targets or None,
+    }
+
+
+def start_notice(
+    worker: _Worker, invocation: Invocation, *, pid: int, timeout_s: float | None
+) -> dict[str, Any]:
+    """What the sidecar is told when ``invocation`` starts: enough to write its record itself
+    (:func:`closing_record`) should the process die or the platform's timeout pass first."""
+    user = None
+    if invocation.user_id is not None:
+        user = worker.user_key(invocation.user_id)[0]
+    return {
+        "record_id": invocation.record_id,
+        "invocation_id": invocation.invocation_id,
+        "handler": invocation.handler,
+        "start_ns": invocation.start_ns,
+        "pid": pid,
+        **worker.identity.fields(),
+        "timeout_s": timeout_s,
+        "user_id": user,
+        "tenant": invocation.tenant,
+    }
+
+
+def closing_record(
+    start: Mapping[str, Any],
+    outcome: str,
+    end_ns: int,
+    pricer: Pricer | None,
+    unpriced: str,
+) -> InvocationRecord:
+    """The record of an invocation that never reported, from its start notice: the worker's
+    identity, time from start to ``end_ns``, billed GPU time priced by ``pricer``."""
+    identity = WorkerIdentity.from_fields(start)
+    start_ns = int(start["start_ns"])
+    duration_s = (end_ns - start_ns) / 1e9
+    billed = duration_s * identity.gpu_count
+    cost = pricer(billed, identity.gpu_count, None) if pricer is not None else None
+    return InvocationRecord(
+        record_id=str(start["record_id"]),
+        invocation_id=str(start["invocation_id"]),
+        handler=str(start["handler"]),
+        **identity.fields(),
+        start_ns=start_ns,
+        end_ns=end_ns,
+        duration_s=duration_s,
+        outcome=outcome,  # type: ignore[arg-type]
+        error_type=None,
+        billed_gpu_seconds=billed,
+        gpu_unmeasured={"gpu": f"{outcome} before the agent reported; recorded by the sidecar"},
+        user_id=start.get("user_id"),
+        user_id_pseudonymised=bool(start.get("user_id_pseudonymised", False)),
+        tenant=start.get("tenant"),
+        **cost_fields(cost, unpriced),
+    )

@@ -1,0 +1,388 @@
+"""The ledger's schema and row encoding, shared by its SQLite and PostgreSQL back-ends.
+
+:data:`MIGRATIONS` (SQLite's dialect; ``_postgres`` translates it), :class:`Ledger` (the one
+interface both back-ends implement: writing, and reading with ordering and paging), and how a
+record becomes a row and back (dicts as JSON text, bools as 0/1, NaN as NULL). Neither back-end
+imports the other: ``_open`` chooses between them.
+"""
+
+from __future__ import annotations
+
+import abc
+import functools
+import json
+import math
+import operator
+import threading
+import types
+import typing
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, ClassVar, Final, Literal, NamedTuple
+
+from gpuledger._errors import LedgerError
+from gpuledger._record import FIELD_NAMES, InvocationRecord
+
+_READ_PAGE = 1000
+"""Rows fetched per query while reading, so a long read never holds the lock or the file."""
+
+_INT64_MIN = -(2**63)
+_INT64_MAX = 2**63 - 1
+
+
+def _where(conditions: Sequence[str]) -> str:
+    return f"WHERE {' AND '.join(conditions)}" if conditions else ""
+
+
+__all__ = [
+    "MIGRATIONS",
+    "SCHEMA_MIGRATIONS_TABLE",
+    "SCHEMA_VERSION",
+    "Ledger",
+    "Migration",
+    "Usage",
+]
+
+Migration = tuple[str, ...]
+"""One migration: SQL statements applied together, in order, in one transaction."""
+
+MIGRATIONS: Final[tuple[Migration, ...]] = (
+    # 1: the invocation record as of gpuledger 0.1. Floats stay nullable even where the record
+    # requires them, because SQLite stores NaN as NULL and one NaN must not fail a whole batch.
+    (
+        """
+        CREATE TABLE invocations (
+            record_id TEXT NOT NULL PRIMARY KEY,
+            invocation_id TEXT NOT NULL,
+            handler TEXT NOT NULL,
+            service_name TEXT NOT NULL,
+            platform TEXT NOT NULL,
+            endpoint TEXT,
+            worker_id TEXT,
+            region TEXT,
+            gpu_model TEXT,
+            gpu_count INTEGER NOT NULL,
+            start_ns INTEGER NOT NULL,
+            end_ns INTEGER NOT NULL,
+            duration_s REAL,
+            outcome TEXT NOT NULL,
+            error_type TEXT,
+            cold INTEGER NOT NULL,
+            init_duration_s REAL,
+            init_phases TEXT,
+            idle_gap_s REAL,
+            billed_gpu_seconds REAL,
+            busy_gpu_seconds REAL,
+            energy_j REAL,
+            peak_gpu_memory_bytes INTEGER,
+            external_calls INTEGER,
+            external_call_seconds REAL,
+            external_wait_seconds REAL,
+            user_id TEXT,
+            user_id_pseudonymised INTEGER NOT NULL,
+            tenant TEXT,
+            tags TEXT NOT NULL,
+            input_tokens INTEGER,
+            output_tokens INTEGER,
+            cost_usd REAL,
+            cost_execution_usd REAL,
+            cost_gpu_usd REAL,
+            cost_coldstart_usd REAL,
+            pricing_platform TEXT,
+            pricing_version TEXT,
+            cost_source TEXT
+        )
+        """,
+        # record_id second so that read()'s keyset paging walks the index without sorting.
+        "CREATE INDEX invocations_by_start ON invocations (start_ns, record_id)",
+        "CREATE INDEX invocations_by_invocation ON invocations (invocation_id)",
+        "CREATE INDEX invocations_by_user ON invocations (user_id)",
+    ),
+    # 2: GPU metering (NVML): where busy time and energy came from, the idle/active split, the
+    # GPUs held, and why a GPU field is unknown.
+    (
+        "ALTER TABLE invocations ADD COLUMN busy_source TEXT",
+        "ALTER TABLE invocations ADD COLUMN energy_active_j REAL",
+        "ALTER TABLE invocations ADD COLUMN energy_idle_j REAL",
+        "ALTER TABLE invocations ADD COLUMN energy_source TEXT",
+        "ALTER TABLE invocations ADD COLUMN gpu_uuids TEXT",
+        "ALTER TABLE invocations ADD COLUMN gpu_unmeasured TEXT",
+    ),
+    # 3: outgoing calls: the cost of the wait, and calls and wait per target (JSON).
+    (
+        "ALTER TABLE invocations ADD COLUMN external_wait_cost_usd REAL",
+        "ALTER TABLE invocations ADD COLUMN external_targets TEXT",
+    ),
+)
+"""The schema, as an ordered list: migration ``n`` (1-based) brings a ledger to version ``n``.
+Append, never edit: a ledger at version ``n`` has run exactly the first ``n`` entries."""
+
+SCHEMA_VERSION: Final = len(MIGRATIONS)
+"""The newest schema version this code knows."""
+
+SCHEMA_MIGRATIONS_TABLE: Final = (
+    "CREATE TABLE IF NOT EXISTS schema_migrations ("
+    "version INTEGER NOT NULL PRIMARY KEY, applied_ns INTEGER NOT NULL)"
+)
+"""The bookkeeping table, made by the first migration run (SQLite's dialect, like MIGRATIONS)."""
+
+
+class Usage(NamedTuple):
+    """The fields of a record that a replay (``gpuledger compare``) reads."""
+
+    start_ns: int
+    end_ns: int
+    duration_s: float
+    input_tokens: int | None
+    output_tokens: int | None
+    gpu_model: str | None
+    gpu_count: int
+    init_duration_s: float | None
+    cold: bool
+
+
+class Ledger(abc.ABC):
+    """An open ledger, SQLite or PostgreSQL. Use :func:`open_ledger`; close it, or use it as a
+    context manager.
+
+    The back-ends differ in how they connect, write and run a query; reading (ordering, paging,
+    decoding) is written once here, so that both return the same records in the same order.
+    """
+
+    location: str
+    """The location as given to :func:`open_ledger` (a PostgreSQL password masked)."""
+    path: str
+    """What the ledger is, for messages: the SQLite file (``:memory:`` for an in-memory ledger),
+    or the PostgreSQL URL with its password masked."""
+    schema_version: int
+    """The ledger's schema version after opening."""
+
+    _PARAMETER: ClassVar[str] = "?"
+    """The back-end's query parameter placeholder."""
+
+    def __init__(self, *, location: str, path: str, schema_version: int) -> None:
+        self._lock = threading.Lock()
+        self.location = location
+        self.path = path
+        self.schema_version = schema_version
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"schema {self.schema_version}"
+        return f"<Ledger {self.path!r} {state}>"
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    @abc.abstractmethod
+    def _closed(self) -> bool:
+        """True once :meth:`close` was called."""
+
+    @abc.abstractmethod
+    def write(self, records: Sequence[InvocationRecord]) -> int:
+        """Store ``records`` in one transaction; return how many were new.
+
+        A record whose ``record_id`` is already stored is skipped, so re-sending a batch never
+        counts a record twice. Raises :class:`LedgerError` if a record cannot be stored, and then
+        stores none of the batch.
+        """
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Close the file or connection; calling it again does nothing."""
+
+    @abc.abstractmethod
+    def _query(self, sql: str, parameters: Sequence[object]) -> list[Any]:
+        """All rows of one read-only query, under the lock; errors become LedgerError."""
+
+    def read(
+        self, *, since_ns: int | None = None, until_ns: int | None = None
+    ) -> Iterator[InvocationRecord]:
+        """Yield stored records ordered by ``start_ns`` (then ``record_id``).
+
+        ``since_ns`` is inclusive and ``until_ns`` exclusive, both Unix nanoseconds. Records
+        are fetched a page at a time, so reading a large ledger needs little memory and does not
+        block writers between pages.
+        """
+        for row in self._rows(FIELD_NAMES, since_ns, until_ns):
+            yield _decode(row)
+
+    def read_usage(
+        self, *, since_ns: int | None = None, until_ns: int | None = None
+    ) -> Iterator[Usage]:
+        """Like :meth:`read`, but only the fields a replay needs (``Usage``): ten times faster
+        than building whole records, which matters for ``compare`` over millions of rows."""
+        for row in self._rows(Usage._fields, since_ns, until_ns):
+            yield Usage._make((*row[:-1], bool(row[-1])))
+
+    def _rows(
+        self, names: Sequence[str], since_ns: int | None, until_ns: int | None
+    ) -> Iterator[tuple[Any, ...]]:
+        # Both back-ends store 64-bit integers; a bound beyond them (the year 2300 on) excludes
+        # everything or nothing rather than overflowing.
+        if (since_ns is not None and since_ns > _INT64_MAX) or (
+            until_ns is not None and until_ns <= _INT64_MIN
+        ):
+            return
+        p = self._PARAMETER
+        bounds: list[str] = []
+        bound_values: list[int] = []
+        if since_ns is not None and since_ns > _INT64_MIN:
+            bounds.append(f"start_ns >= {p}")
+            bound_values.append(since_ns)
+        if until_ns is not None and until_ns <= _INT64_MAX:
+            bounds.append(f"start_ns < {p}")
+            bound_values.append(until_ns)
+        # The paging key rides along at the end of each row.
+        columns = ", ".join([*names, "start_ns", "record_id"])
+        after_last = f"(start_ns, record_id) > ({p}, {p})"
+        order = f" ORDER BY start_ns, record_id LIMIT {_READ_PAGE}"
+        first_page = f"SELECT {columns} FROM invocations {_where(bounds)}{order}"
+        next_page = f"SELECT {columns} FROM invocations {_where([*bounds, after_last])}{order}"
+        last: tuple[int, str] | None = None
+        while True:
+            if last is None:
+                page = self._query(first_page, bound_values)
+            else:
+                page = self._query(next_page, [*bound_values, *last])
+            for row in page:
+                yield row[:-2]
+            if len(page) < _READ_PAGE:
+                return
+            last = (page[-1][-2], page[-1][-1])
+
+    def count(self, *, service_name_not: str | None = None) -> int:
+        """The number of records stored (those of other services than ``service_name_not``)."""
+        if service_name_not is None:
+            (total,) = self._query("SELECT COUNT(*) FROM invocations", [])[0]
+        else:
+            (total,) = self._query(
+                "SELECT COUNT(*) FROM invocations "
+                f"WHERE service_name IS NULL OR service_name <> {self._PARAMETER}",
+                [service_name_not],
+            )[0]
+        return int(total)
+
+
+def _empty_error(path: str) -> LedgerError:
+    """Opening without ``create`` found no schema (both back-ends say it alike)."""
+    return LedgerError(f"the ledger at {path} is empty: it has no gpuledger schema yet")
+
+
+def _check_schema(path: str, version: int, newest: int, columns: Callable[[], set[str]]) -> None:
+    """Refuse a ledger this code must not write: a newer schema, or a column missing.
+
+    Shared by both back-ends so that they refuse alike; ``columns`` is asked only when the version
+    is readable, and returns the ``invocations`` table's column names.
+    """
+    if version > newest:
+        raise LedgerError(
+            f"the ledger at {path} has schema version {version}, newer than this gpuledger "
+            f"knows ({newest}): upgrade gpuledger to read it"
+        )
+    missing = set(FIELD_NAMES) - columns()
+    if missing:
+        raise LedgerError(
+            f"the ledger at {path} (schema version {version}) lacks the column(s) "
+            f"{', '.join(sorted(missing))}: a field was added to InvocationRecord without a "
+            "migration"
+        )
+
+
+# --- rows <-> records ----------------------------------------------------------------------------
+
+_Kind = Literal["plain", "bool", "json", "nan"]
+
+
+@functools.cache
+def _field_kinds() -> tuple[_Kind, ...]:
+    """How each field is stored, in :data:`FIELD_NAMES` order, read from the type hints."""
+    hints = typing.get_type_hints(InvocationRecord)
+    kinds: list[_Kind] = []
+    for name in FIELD_NAMES:
+        hint = hints[name]
+        base = _strip_optional(hint)
+        if base is bool:
+            kinds.append("bool")
+        elif typing.get_origin(base) is dict or base is dict:
+            kinds.append("json")
+        elif hint is float:
+            # SQLite stores NaN as NULL; a required float comes back as the NaN it was.
+            kinds.append("nan")
+        else:
+            kinds.append("plain")
+    return tuple(kinds)
+
+
+def _strip_optional(hint: Any) -> Any:
+    """``X | None`` -> ``X``; anything else unchanged."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return hint
+
+
+@functools.cache
+def _indices(kind: _Kind) -> tuple[int, ...]:
+    return tuple(i for i, each in enumerate(_field_kinds()) if each == kind)
+
+
+@functools.cache
+def _float_indices() -> tuple[int, ...]:
+    """Every float field, required or optional: where a back-end that keeps NaN must store NULL
+    instead, to read back as SQLite does (NaN for a required float, None for an optional one)."""
+    hints = typing.get_type_hints(InvocationRecord)
+    return tuple(i for i, name in enumerate(FIELD_NAMES) if _strip_optional(hints[name]) is float)
+
+
+_getter: Final = operator.attrgetter(*FIELD_NAMES)
+
+
+_last_json: dict[int, tuple[object, str]] = {}
+"""Per JSON column, the last object encoded and its text: records are values, and a worker's
+records share one ``gpu_unmeasured`` dict while it has no GPU, so most rows re-use the text."""
+
+
+def _encode(record: InvocationRecord) -> list[Any]:
+    """The row for ``record``: dicts become JSON text; sqlite3 stores bools as 0/1 itself."""
+    row = list(_getter(record))
+    for index in _indices("json"):
+        value = row[index]
+        if value is not None:
+            last = _last_json.get(index)
+            if last is not None and last[0] is value:
+                row[index] = last[1]
+            else:
+                row[index] = text = json.dumps(value, separators=(",", ":"))
+                _last_json[index] = (value, text)
+    return row
+
+
+def _decode(row: Sequence[Any]) -> InvocationRecord:
+    values = list(row)
+    for index in _indices("json"):
+        if values[index] is not None:
+            values[index] = json.loads(values[index])
+    for index in _indices("bool"):
+        if values[index] is not None:
+            values[index] = bool(values[index])
+    for index in _indices("nan"):
+        if values[index] is None:
+            values[index] = math.nan
+    return InvocationRecord(**dict(zip(FIELD_NAMES, values, strict=True)))
+
+
+@functools.cache
+def _insert_sql(parameter: str = "?") -> str:
+    """The idempotent insert of one row, with the back-end's parameter placeholder."""
+    columns = ", ".join(FIELD_NAMES)
+    placeholders = ", ".join([parameter] * len(FIELD_NAMES))
+    # ON CONFLICT names the key: unlike INSERT OR IGNORE, it does not also drop rows that break
+    # a NOT NULL constraint without a word.
+    return (
+        f"INSERT INTO invocations ({columns}) VALUES ({placeholders}) "
+        "ON CONFLICT (record_id) DO NOTHING"
+    )
