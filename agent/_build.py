@@ -67,9 +67,15 @@ class WorkerIdentity:
     gpu_model: str | None = None
     gpu_count: int = 1
 
+    _fields: dict[str, Any] = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Made once: the writer spreads it into every record it builds.
+        object.__setattr__(self, "_fields", {name: getattr(self, name) for name in IDENTITY_FIELDS})
+
     def fields(self) -> dict[str, Any]:
-        """The identity as record fields (a new dict)."""
-        return {name: getattr(self, name) for name in IDENTITY_FIELDS}
+        """The identity as record fields (shared: spread it, do not change it)."""
+        return self._fields
 
     @classmethod
     def from_fields(cls, values: Mapping[str, Any]) -> WorkerIdentity:
@@ -96,15 +102,7 @@ def cost_fields(cost: Cost | None, unpriced: str) -> dict[str, Any]:
     """The record's price fields for ``cost``; with no cost, every amount is None and
     ``cost_source`` says why (``unpriced``)."""
     if cost is None:
-        return {
-            "cost_usd": None,
-            "cost_execution_usd": None,
-            "cost_gpu_usd": None,
-            "cost_coldstart_usd": None,
-            "pricing_platform": None,
-            "pricing_version": None,
-            "cost_source": unpriced,
-        }
+        return _unpriced_fields(unpriced)
     return {
         "cost_usd": cost.total_usd,
         "cost_execution_usd": cost.execution_usd,
@@ -113,6 +111,20 @@ def cost_fields(cost: Cost | None, unpriced: str) -> dict[str, Any]:
         "pricing_platform": cost.platform,
         "pricing_version": cost.catalogue_version,
         "cost_source": cost.source,
+    }
+
+
+@lru_cache(maxsize=64)
+def _unpriced_fields(unpriced: str) -> dict[str, Any]:
+    """The price fields of an unpriced record (shared: spread it, do not change it)."""
+    return {
+        "cost_usd": None,
+        "cost_execution_usd": None,
+        "cost_gpu_usd": None,
+        "cost_coldstart_usd": None,
+        "pricing_platform": None,
+        "pricing_version": None,
+        "cost_source": unpriced,
     }
 
 
