@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import os
 import sys
 import threading
 import time
@@ -27,7 +26,7 @@ from gpuledger._location import check_ledger_location
 from gpuledger._logging import configure_logging, get_logger
 from gpuledger._platform import PlatformInfo, default_worker_id, detect_platform, platform_defaults
 from gpuledger._record import InvocationRecord
-from gpuledger._settings import Settings
+from gpuledger._settings import Settings, environment
 from gpuledger._sinks import Backoff, FallbackSink, LedgerSink, SidecarSink, Sink
 from gpuledger._worker import InitInfo, Phase, WorkerState, shares
 from gpuledger._writer import StartNotice, Writer
@@ -92,7 +91,7 @@ class Agent:
         sinks: Sequence[Sink] | None = None,
         environ: Mapping[str, str] | None = None,
     ) -> None:
-        env = os.environ if environ is None else environ
+        env = environment() if environ is None else environ
         self.settings = settings
         configure_logging(settings.log_format, settings.log_level)
         _guard.set_strict(settings.strict)
@@ -308,9 +307,9 @@ class Agent:
             from opentelemetry import context as otel_context  # noqa: PLC0415
             from opentelemetry import trace  # noqa: PLC0415
 
-            from gpuledger._version import __version__  # noqa: PLC0415
+            from gpuledger.exporters import gpuledger_tracer  # noqa: PLC0415
 
-            self.tracer = self.providers.tracer_provider.get_tracer("gpuledger", __version__)
+            self.tracer = gpuledger_tracer(self.providers.tracer_provider)
             self._server_kind = trace.SpanKind.SERVER
             self._set_span_in_context = trace.set_span_in_context
             self._attach = otel_context.attach
@@ -616,15 +615,14 @@ class Agent:
         """The init as a span of its own (with a child per phase); returns its span context."""
         from opentelemetry import trace  # noqa: PLC0415
 
+        from gpuledger.exporters import init_span_attributes  # noqa: PLC0415
+
         init_span = self.tracer.start_span(
             "init",
             context=trace.set_span_in_context(trace.INVALID_SPAN),
             kind=trace.SpanKind.INTERNAL,
             start_time=init.process_start_ns,
-            attributes={
-                "gpuledger.init.process_start_source": init.process_start_source,
-                "gpuledger.init.duration_s": init.duration_s,
-            },
+            attributes=init_span_attributes(init),
         )
         self._emit_phase_spans(init.phases, init_span)
         init_span.end(end_time=max(init.end_ns, init.process_start_ns))

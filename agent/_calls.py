@@ -28,7 +28,10 @@ class external_call:
     ``with gpuledger.external_call("s3.get", target="s3://bucket"):`` or ``async with``. The
     block's exception passes through unchanged and is the call's outcome (its type name).
     ``set_outcome()`` and ``set_size()`` refine it from inside. With tracing on, a CLIENT span
-    is emitted too. Outside an invocation it only times nothing: it does nothing.
+    is emitted too, with what the target says about the server under the semantic conventions'
+    names (``server.address``, ``server.port``, ``db.system.name``; see
+    ``gpuledger.exporters.external_call_attributes``), and ``error.type`` and status ERROR when
+    the block raised. Outside an invocation it only times nothing: it does nothing.
     """
 
     __slots__ = ("_invocation", "_outcome", "_size", "_span", "_start_ns", "operation", "target")
@@ -64,7 +67,12 @@ class external_call:
         self._start_ns = now_ns()
         span = invocation.span
         if span is not None:
-            self._span = _start_client_span(self.operation, self.target, self._start_ns)
+            try:
+                self._span = _start_client_span(self.operation, self.target, self._start_ns)
+            except Exception as error:  # the call is timed all the same
+                from gpuledger import _guard  # noqa: PLC0415
+
+                _guard.record_failure("external_call.span", error)
         return self
 
     def __exit__(
@@ -85,7 +93,7 @@ class external_call:
         if span is not None:
             try:
                 if exc is not None:
-                    span.set_attribute("error.type", exc_type.__qualname__)  # type: ignore[union-attr]
+                    _mark_failed(span, exc)
                 span.end(end_time=end_ns)
             except Exception as error:
                 from gpuledger import _guard  # noqa: PLC0415
@@ -110,16 +118,25 @@ def _start_client_span(operation: str, target: str, start_ns: int) -> Any:
         return None
     from opentelemetry import trace  # noqa: PLC0415  (tracing is on: already loaded)
 
+    from gpuledger.exporters import external_call_attributes  # noqa: PLC0415
+
     return agent.tracer.start_span(
         operation,
         kind=trace.SpanKind.CLIENT,
         start_time=start_ns,
-        attributes={
-            "gpuledger.external.target": target,
-            # Counted here already: the span processor must not count it again.
-            "gpuledger.external.manual": True,
-        },
+        # Marked as counted here already: the span processor must not count it again.
+        attributes=external_call_attributes(target),
     )
+
+
+def _mark_failed(span: Any, error: BaseException) -> None:
+    """The semantic conventions' failed call: ``error.type`` (the exception's class) and status
+    ERROR."""
+    from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE  # noqa: PLC0415
+    from opentelemetry.trace import Status, StatusCode  # noqa: PLC0415
+
+    span.set_attribute(ERROR_TYPE, type(error).__qualname__)
+    span.set_status(Status(StatusCode.ERROR))
 
 
 def instrument(*libraries: str, threads: bool = True) -> dict[str, str]:

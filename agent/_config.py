@@ -22,7 +22,7 @@ from gpuledger import _guard
 from gpuledger._agent import Agent
 from gpuledger._build import pseudonym
 from gpuledger._location import check_ledger_location
-from gpuledger._settings import env_sets, resolve_settings
+from gpuledger._settings import resolve_settings, set_outside_arguments
 from gpuledger._sinks import Sink
 from gpuledger._worker import WorkerState
 
@@ -137,7 +137,9 @@ def ensure_agent(**defaults: Any) -> Agent | None:
     with _agent_lock:
         if _agent is not None:
             return _agent
-        overrides = {name: value for name, value in defaults.items() if not env_sets(name)}
+        overrides = {
+            name: value for name, value in defaults.items() if not set_outside_arguments(name)
+        }
         try:
             return configure(**overrides)
         except Exception as error:

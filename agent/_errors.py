@@ -23,8 +23,10 @@ class GpuledgerError(Exception):
 class ConfigError(GpuledgerError, ValueError):
     """A setting was given a value gpuledger cannot use.
 
-    ``setting`` is the keyword name, ``value`` what was given and ``source`` where it came
-    from (``"argument"``, ``"default"`` or the environment variable's name).
+    ``setting`` is the keyword name (``config`` for the settings file itself), ``value`` what was
+    given and ``source`` where it came from: ``"argument"``, ``"default"``, the environment
+    variable's name, or ``"file PATH"`` for a settings file (``"file PATH [tool.gpuledger]"``
+    for a ``pyproject.toml``).
     """
 
     def __init__(self, setting: str, value: object, reason: str, source: str = "argument") -> None:
@@ -32,7 +34,10 @@ class ConfigError(GpuledgerError, ValueError):
         self.value = value
         self.reason = reason
         self.source = source
-        where = source if source in ("argument", "default") else f"environment variable {source}"
+        if source in ("argument", "default") or source.startswith("file "):
+            where = source
+        else:
+            where = f"environment variable {source}"
         super().__init__(f"setting {setting!r} = {value!r} (from {where}): {reason}")
 
 

@@ -12,6 +12,8 @@ import os
 from collections.abc import Mapping
 from typing import Final
 
+from gpuledger._settings import environment
+
 __all__ = ["PlatformInfo", "detect_platform"]
 
 
@@ -99,8 +101,9 @@ _CLOUD_PROVIDER_VARS: Final = {"modal": "MODAL_CLOUD_PROVIDER"}
 
 
 def detect_platform(environ: Mapping[str, str] | None = None) -> PlatformInfo:
-    """The platform named by ``environ`` (default ``os.environ``); ``local`` when none matches."""
-    env = os.environ if environ is None else environ
+    """The platform named by ``environ`` (default: the process's, through
+    ``_settings.environment``); ``local`` when none matches."""
+    env = environment() if environ is None else environ
     for rule in _RULES:
         marker = next((name for name in rule.markers if env.get(name)), None)
         if marker is None:

@@ -61,6 +61,7 @@ from pathlib import Path
 from typing import Final, NoReturn
 
 from gpuledger._errors import PricingError
+from gpuledger._settings import resolve_setting
 
 __all__ = [
     "KINDS",
@@ -369,13 +370,13 @@ def _shipped() -> tuple[_Spec, Catalogue]:
 def load_catalogue(
     path: str | os.PathLike[str] | None = None, *, use_env: bool = True
 ) -> Catalogue:
-    """The shipped catalogue merged with a user file: ``path``, else ``$GPULEDGER_PRICING``
-    (when ``use_env``), else none. Raises ``PricingError`` listing every problem in the file.
+    """The shipped catalogue merged with a user file: ``path``, else the ``pricing`` setting
+    (``$GPULEDGER_PRICING``, else the settings file; when ``use_env``), else none. Raises
+    ``PricingError`` listing every problem in the file (ConfigError for a bad settings file).
     """
-    from_env = False
+    source = None
     if path is None and use_env:
-        path = os.environ.get(PRICING_ENV) or None
-        from_env = path is not None
+        path, source = resolve_setting("pricing")
     if path is None:
         return default_catalogue()
     file = os.fspath(path)
@@ -387,7 +388,7 @@ def load_catalogue(
         spec, _count = _read_layer(document, file, base, problems)
         catalogue = _build(spec, file, problems)
     if problems or catalogue is None:
-        where = f"{file} (from {PRICING_ENV})" if from_env else file
+        where = f"{file} (from {source})" if source is not None else file
         raise PricingError(where, [str(problem) for problem in problems])
     return catalogue
 

@@ -1,10 +1,23 @@
-"""One table of settings, each resolved as: explicit argument > environment > default.
+"""One table of settings, each resolved as: explicit argument > environment > file > default.
 
-Every setting has a keyword (the name ``configure()`` takes), the environment variables that can
-set it (``GPULEDGER_*``, and the standard ``OTEL_*`` ones where OpenTelemetry defines one), a
-parser that turns text into the typed value and rejects what it cannot use, and a default. A bad
-value raises :class:`~gpuledger.ConfigError` naming the setting, the value and where it came from.
-The README's configuration table is generated from the same rows (``settings_table()``).
+Every setting has a keyword (the name ``configure()`` takes, or for ``gpuledger sidecar`` and
+``gpuledger proxy`` a ``sidecar_``/``proxy_`` name), the environment variables that can set it
+(``GPULEDGER_*``, and the standard ``OTEL_*`` ones where OpenTelemetry defines one), a parser that
+turns text or a TOML value into the typed value and rejects what it cannot use, and a default.
+The file is the settings file (``GPULEDGER_CONFIG``, ``./gpuledger.toml`` or ``[tool.gpuledger]``
+in ``./pyproject.toml``; see ``_settings_file``), keyed by the same keywords. A bad value raises
+:class:`~gpuledger.ConfigError` naming the setting, the value and where it came from (an
+argument, the variable, the file). The README's configuration table, and the two commands'
+``--help``, are generated from the same rows (``settings_table()``).
+
+No other module reads the process environment: they call :func:`environment` (platform
+detection, OpenTelemetry's own ``OTEL_*``) or resolve a setting here (``tests/test_settings.py``
+keeps it so).
+
+Why one module: it is one table. The rows are most of it, and a row is read with its parser and
+the resolution that applies it; split into parts, the table would be read in several places
+again, which is what issue 12 undid. Only the file's discovery and reading, a concern of its
+own, is apart (``_settings_file``).
 """
 
 from __future__ import annotations
@@ -16,8 +29,25 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from gpuledger._errors import ConfigError
+from gpuledger._settings_file import CONFIG_ENV, SettingsFile, read_settings_file
 
-__all__ = ["SETTINGS", "Settings", "env_sets", "resolve_settings", "settings_table"]
+__all__ = [
+    "CONFIG_ENV",
+    "PROXY_SETTINGS",
+    "SETTINGS",
+    "SIDECAR_SETTINGS",
+    "CommandSettings",
+    "Setting",
+    "Settings",
+    "env_sets",
+    "environment",
+    "resolve_command",
+    "resolve_setting",
+    "resolve_settings",
+    "set_outside_arguments",
+    "setting",
+    "settings_table",
+]
 
 EXPORTER_NAMES: Final = ("otlp", "console", "prometheus")
 LOG_FORMATS: Final = ("console", "json")
@@ -138,14 +168,54 @@ def _sidecar_url(value: object) -> str | None:
     return text if "://" in text else f"http://{text}"
 
 
-def _choice(options: tuple[str, ...]) -> Callable[[object], str]:
-    def parse(value: object) -> str:
+class _Choice:
+    """One of ``options``, in any case; ``options`` is there for the command line to offer."""
+
+    __slots__ = ("options",)
+
+    def __init__(self, options: tuple[str, ...]) -> None:
+        self.options = options
+
+    def __call__(self, value: object) -> str:
         text = _text(value).lower()
-        if text not in options:
-            raise _Invalid(f"expected one of {', '.join(options)}")
+        if text not in self.options:
+            raise _Invalid(f"expected one of {', '.join(self.options)}")
         return text
 
-    return parse
+
+def _choice(options: tuple[str, ...]) -> Callable[[object], str]:
+    return _Choice(options)
+
+
+def _listen_address(value: object) -> str:
+    """``HOST:PORT`` for the sidecar to bind (whether it may be reached is checked at start)."""
+    text = _text(value)
+    from gpuledger.sidecar import parse_listen  # noqa: PLC0415  (only for the sidecar's rows)
+
+    try:
+        parse_listen(text)
+    except ValueError as error:
+        raise _Invalid(str(error)) from None
+    return text
+
+
+def _positive_seconds(value: object) -> float:
+    number = _seconds(value)
+    if number == 0:
+        raise _Invalid("must be above 0 seconds")
+    return number
+
+
+def _paths(value: object) -> tuple[str, ...]:
+    """URL paths: a TOML list, or a comma list in the environment."""
+    if isinstance(value, list | tuple):
+        paths = [_text(item) for item in value]
+    else:
+        paths = [part.strip() for part in _text(value).split(",") if part.strip()]
+    for path in paths:
+        if not path.startswith("/"):
+            raise _Invalid(f"{path!r}: a path starts with /")
+    return tuple(dict.fromkeys(paths))
 
 
 def _platform(value: object) -> str:
@@ -182,11 +252,21 @@ class Setting:
     """One row of the settings table."""
 
     name: str
+    """The keyword: ``configure()``'s, or the key in a settings file."""
     env: tuple[str, ...]
+    """The environment variables that set it, the first set one winning."""
     parse: Callable[[object], Any]
+    """Text (the environment), a TOML value (the file) or an argument -> the typed value."""
     default: Callable[[], Any]
     doc: str
+    """What it means, in Markdown (the README; ``--help`` drops the backticks)."""
     default_doc: str
+    env_is_standard: bool = False
+    """``env`` are OpenTelemetry's own variables, which the consumer reads as OpenTelemetry
+    defines them: when one is set the setting is None (its source that variable), and the file
+    and the default step aside."""
+    in_file: bool = True
+    """False for objects, which only an argument can give."""
 
 
 def _const(value: object) -> Callable[[], object]:
@@ -261,7 +341,8 @@ SETTINGS: Final[tuple[Setting, ...]] = (
         ("GPULEDGER_LEDGER",),
         _location,
         _const("gpuledger.db"),
-        "Where every invocation is written: a SQLite file path (or `sqlite:///` URL), or a "
+        "Where every invocation is written (by the worker, or by `gpuledger sidecar`; `gpuledger "
+        "report` and `compare` read it): a SQLite file path (or `sqlite:///` URL), or a "
         "`postgresql://user@host/db` URL for a ledger shared by a fleet (extra `postgres`).",
         "`gpuledger.db` in the working directory",
     ),
@@ -280,7 +361,9 @@ SETTINGS: Final[tuple[Setting, ...]] = (
         ("GPULEDGER_SIDECAR_TOKEN",),
         _optional_text,
         _const(None),
-        "The sidecar's shared token, when it listens beyond loopback.",
+        "The sidecar's shared token: `gpuledger sidecar` requires `Authorization: Bearer "
+        "TOKEN` on all but `/healthz` (it must have one to listen beyond loopback), and the "
+        "worker sends it. A secret: set it in the environment, not in a settings file.",
         "unset",
     ),
     Setting(
@@ -360,7 +443,8 @@ SETTINGS: Final[tuple[Setting, ...]] = (
         _optional_text,
         _const(None),
         "Secret key for the user-id hash (HMAC-SHA256). Without it the hash is unkeyed and "
-        "can be reversed by guessing ids; a warning says so.",
+        "can be reversed by guessing ids; a warning says so. A secret: set it in the "
+        "environment, not in a settings file.",
         "unset",
     ),
     Setting(
@@ -460,6 +544,7 @@ SETTINGS: Final[tuple[Setting, ...]] = (
         _const(None),
         "An OpenTelemetry TracerProvider to use (argument only).",
         "the global one if the application set it, else gpuledger's own",
+        in_file=False,
     ),
     Setting(
         "meter_provider",
@@ -468,6 +553,7 @@ SETTINGS: Final[tuple[Setting, ...]] = (
         _const(None),
         "An OpenTelemetry MeterProvider to use (argument only).",
         "the global one if the application set it, else gpuledger's own",
+        in_file=False,
     ),
     Setting(
         "nvml",
@@ -476,6 +562,7 @@ SETTINGS: Final[tuple[Setting, ...]] = (
         _const(None),
         "The NVML API object (argument only; tests pass a replay of a recording).",
         "the `pynvml` module",
+        in_file=False,
     ),
     Setting(
         "clock",
@@ -484,10 +571,256 @@ SETTINGS: Final[tuple[Setting, ...]] = (
         _const(None),
         "A clock with `time_ns()` and `perf_counter_ns()` (argument only; for tests).",
         "the system clock",
+        in_file=False,
     ),
 )
 
-_BY_NAME: Final = {setting.name: setting for setting in SETTINGS}
+_LIBRARY: Final = {setting.name: setting for setting in SETTINGS}
+
+SIDECAR_SETTINGS: Final[tuple[Setting, ...]] = (
+    Setting(
+        "sidecar_listen",
+        ("GPULEDGER_SIDECAR_LISTEN",),
+        _listen_address,
+        _const("127.0.0.1:4319"),
+        "Where `gpuledger sidecar` takes requests, `HOST:PORT`; beyond loopback only with a "
+        "token (`sidecar_token`).",
+        "`127.0.0.1:4319`",
+    ),
+    _LIBRARY["sidecar_token"],
+    Setting(
+        "sidecar_spool",
+        ("GPULEDGER_SIDECAR_SPOOL",),
+        _location,
+        _const("gpuledger-spool.db"),
+        "The sidecar's spool, a SQLite file where records wait until the ledger and the OTLP "
+        "receiver have them. Its folder must exist.",
+        "`gpuledger-spool.db` in the working directory",
+    ),
+    _LIBRARY["ledger"],
+    Setting(
+        "sidecar_otlp_endpoint",
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"),
+        _text,
+        _const(None),
+        "The OTLP receiver `gpuledger sidecar` exports to: a base URL, e.g. "
+        "`http://collector:4318` (`/v1/traces` and `/v1/metrics` are added) or, for `grpc`, "
+        "`http://collector:4317`. The variables are read as OpenTelemetry defines them.",
+        "none: the ledger only",
+        env_is_standard=True,
+    ),
+    Setting(
+        "sidecar_otlp_protocol",
+        ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"),
+        _choice(("http/protobuf", "grpc")),
+        _const(None),
+        "The sidecar's OTLP protocol: `http/protobuf` or `grpc` (extra `grpc`).",
+        "`http/protobuf`",
+        env_is_standard=True,
+    ),
+    Setting(
+        "sidecar_drain_timeout_s",
+        ("GPULEDGER_SIDECAR_DRAIN_TIMEOUT",),
+        _seconds,
+        _const(10.0),
+        "On SIGTERM, how long `gpuledger sidecar` lets its spool drain before exiting; what is "
+        "left waits in the spool for the next start.",
+        "`10`",
+    ),
+    Setting(
+        "sidecar_grace_s",
+        ("GPULEDGER_SIDECAR_GRACE",),
+        _seconds,
+        _const(2.0),
+        "How long a dead worker's record may take to reach the sidecar before the invocation is "
+        "recorded as `killed`.",
+        "`2`",
+    ),
+    Setting(
+        "sidecar_max_body",
+        ("GPULEDGER_SIDECAR_MAX_BODY",),
+        _positive_int,
+        _const(16 * 1024 * 1024),
+        "Largest request body the sidecar takes, in bytes.",
+        "`16777216` (16 MiB)",
+    ),
+    Setting(
+        "sidecar_max_spool_bytes",
+        ("GPULEDGER_SIDECAR_MAX_SPOOL",),
+        _positive_int,
+        _const(None),
+        "Cap on the spool's size in bytes, at least 65536; when it is full, requests get 503 "
+        "until it drains.",
+        "none",
+    ),
+    Setting(
+        "sidecar_synchronous",
+        ("GPULEDGER_SIDECAR_SYNCHRONOUS",),
+        _choice(("normal", "full")),
+        _const("normal"),
+        "`normal`: a record the sidecar acknowledged survives the process being killed; `full`: "
+        "also the machine losing power (an fsync per request).",
+        "`normal`",
+    ),
+    Setting(
+        "sidecar_gpu_sample_hz",
+        ("GPULEDGER_SIDECAR_GPU_SAMPLE_HZ",),
+        _rate_hz,
+        _const(10.0),
+        "The sidecar samples NVML for the whole container at this rate and fills the GPU fields "
+        "of records that arrive without them (busy, energy, memory); `0`: off. Without a "
+        "driver: off, said once.",
+        "`10`",
+    ),
+    Setting(
+        "sidecar_log_format",
+        ("GPULEDGER_SIDECAR_LOG_FORMAT",),
+        _choice(LOG_FORMATS),
+        _const("console"),
+        "The sidecar's log lines: `console` (readable) or `json`.",
+        "`console`",
+    ),
+)
+"""What ``gpuledger sidecar`` resolves: its own rows, and the library's ``ledger`` and
+``sidecar_token`` (the worker and the sidecar share them)."""
+
+PROXY_SETTINGS: Final[tuple[Setting, ...]] = (
+    Setting(
+        "proxy_listen",
+        ("GPULEDGER_PROXY_LISTEN",),
+        _text,
+        _const("127.0.0.1:8080"),
+        "Where `gpuledger proxy` takes the clients' requests, `HOST:PORT`; loopback only unless "
+        "`proxy_allow_remote`.",
+        "`127.0.0.1:8080`",
+    ),
+    Setting(
+        "proxy_upstream",
+        ("GPULEDGER_PROXY_UPSTREAM",),
+        _text,
+        _const(None),
+        "The model server the proxy meters: `HOST:PORT` or `http://HOST:PORT`.",
+        "none: required",
+    ),
+    Setting(
+        "proxy_allow_remote",
+        ("GPULEDGER_PROXY_ALLOW_REMOTE",),
+        _bool,
+        _const(False),
+        "Let the proxy listen beyond loopback. It has no authentication of its own: anyone "
+        "who reaches it can call the model and pick the user it is billed to.",
+        "`false`",
+    ),
+    Setting(
+        "proxy_upstream_pid",
+        ("GPULEDGER_PROXY_UPSTREAM_PID",),
+        _positive_int,
+        _const(None),
+        "The model server's process id: the cold start is measured from its start "
+        "(`/proc/PID/stat`) instead of the proxy's.",
+        "none: from the proxy's start",
+    ),
+    Setting(
+        "proxy_preset",
+        ("GPULEDGER_PROXY_PRESET",),
+        _choice(("cog", "potassium")),
+        _const(None),
+        "Defaults for a known server. `cog`: ready when `/health-check` says `READY`; "
+        "`/health-check`, `/`, `/openapi.json`, `/docs`, `/shutdown` unmetered. `potassium`: "
+        "ready at the first answer; `/__status__`, `/_k/status` unmetered; ids from "
+        "`X-Banana-Request-Id`.",
+        "none",
+    ),
+    Setting(
+        "proxy_ready_path",
+        ("GPULEDGER_PROXY_READY_PATH",),
+        _text,
+        _const(None),
+        "The proxy GETs this path until the upstream answers; it is then ready.",
+        "`/`, or the preset's",
+    ),
+    Setting(
+        "proxy_ready_status",
+        ("GPULEDGER_PROXY_READY_STATUS",),
+        _choice(("any", "2xx")),
+        _const(None),
+        "Which answer to the ready path means ready: `any` or `2xx`.",
+        "`any`, or the preset's",
+    ),
+    Setting(
+        "proxy_ready_json",
+        ("GPULEDGER_PROXY_READY_JSON",),
+        _text,
+        _const(None),
+        "`KEY=VALUE`: ready only when the answer is 2xx JSON with KEY equal to VALUE (Cog: "
+        "`status=READY`).",
+        "none, or the preset's",
+    ),
+    Setting(
+        "proxy_ready_timeout_s",
+        ("GPULEDGER_PROXY_READY_TIMEOUT",),
+        _positive_seconds,
+        _const(300.0),
+        "Longest a request waits for the upstream to be ready; then 503.",
+        "`300`",
+    ),
+    Setting(
+        "proxy_upstream_timeout_s",
+        ("GPULEDGER_PROXY_UPSTREAM_TIMEOUT",),
+        _seconds,
+        _const(0.0),
+        "Longest the upstream may stay silent (before answering, between chunks); then 504 "
+        "and outcome `timeout`. `0`: no limit.",
+        "`0`",
+    ),
+    Setting(
+        "proxy_request_id_header",
+        ("GPULEDGER_PROXY_REQUEST_ID_HEADER",),
+        _text,
+        _const(None),
+        "Request header holding the invocation id (generated when absent, and sent upstream "
+        "in it).",
+        "`X-Request-Id`, or the preset's",
+    ),
+    Setting(
+        "proxy_user_header",
+        ("GPULEDGER_PROXY_USER_HEADER",),
+        _text,
+        _const(None),
+        "Request header naming the user.",
+        "none",
+    ),
+    Setting(
+        "proxy_tenant_header",
+        ("GPULEDGER_PROXY_TENANT_HEADER",),
+        _text,
+        _const(None),
+        "Request header naming the tenant.",
+        "none",
+    ),
+    Setting(
+        "proxy_unmetered_paths",
+        ("GPULEDGER_PROXY_UNMETERED_PATHS",),
+        _paths,
+        _const(None),
+        "Paths proxied without being recorded (health checks): a list in the file, a comma "
+        "list in the environment; replaces the preset's list.",
+        "none, or the preset's",
+    ),
+    Setting(
+        "proxy_handler_name",
+        ("GPULEDGER_PROXY_HANDLER_NAME",),
+        _text,
+        _const("proxy"),
+        "The handler name every row the proxy records gets.",
+        "`proxy`",
+    ),
+)
+"""What ``gpuledger proxy`` resolves itself; its agent settings (``platform``, ``gpu``, ...)
+are the library's, resolved by ``configure()``."""
+
+_BY_NAME: Final = {row.name: row for row in (*SETTINGS, *SIDECAR_SETTINGS, *PROXY_SETTINGS)}
+"""Every row once, by keyword: the keys a settings file may have."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -529,71 +862,181 @@ class Settings:
     nvml: Any
     clock: Any
     sources: Mapping[str, str] = dataclasses.field(default_factory=dict)
-    """Where each setting's value came from: ``argument``, an env var name, or ``default``."""
+    """Where each setting's value came from: ``argument``, an environment variable's name,
+    ``file PATH`` (the settings file), or ``default``."""
 
     def resolved_exporters(self, environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
         """The exporters to run: the explicit list, or ``auto``'s choice from the environment."""
         if self.exporters is not None:
             return self.exporters
-        env = os.environ if environ is None else environ
+        env = environment() if environ is None else environ
         return ("otlp",) if any(env.get(name) for name in OTLP_ENDPOINT_VARS) else ()
+
+
+class CommandSettings:
+    """A command's resolved settings (``gpuledger sidecar``'s, ``gpuledger proxy``'s).
+
+    A plain class: a dataclass would cost its generated methods at every ``import gpuledger``.
+    """
+
+    __slots__ = ("sources", "values")
+
+    def __init__(self, values: Mapping[str, Any], sources: Mapping[str, str]) -> None:
+        self.values = values
+        """Keyword -> the typed value."""
+        self.sources = sources
+        """Keyword -> where the value came from, as in ``Settings.sources``."""
+
+
+def environment() -> Mapping[str, str]:
+    """The process environment: ``os.environ`` itself (live), the one place gpuledger reads it.
+
+    Platform detection and OpenTelemetry's own ``OTEL_*`` variables are read through here too,
+    so that a test sees one seam.
+    """
+    return os.environ
+
+
+def setting(name: str) -> Setting:
+    """The row of the setting ``name``: the library's, the sidecar's or the proxy's."""
+    return _BY_NAME[name]
 
 
 def env_sets(name: str, environ: Mapping[str, str] | None = None) -> bool:
     """Whether the environment gives the setting ``name`` a value (any of its variables)."""
-    env = os.environ if environ is None else environ
+    env = environment() if environ is None else environ
     return any(env.get(variable, "").strip() for variable in _BY_NAME[name].env)
+
+
+def set_outside_arguments(name: str, environ: Mapping[str, str] | None = None) -> bool:
+    """Whether the environment or the settings file gives the setting ``name`` a value: a default
+    that a caller passes as an argument (a platform adapter's own) must then step aside.
+
+    Raises ConfigError for a settings file that cannot be used.
+    """
+    env = environment() if environ is None else environ
+    if env_sets(name, env):
+        return True
+    file = _settings_file(env)
+    return file is not None and name in file.values
 
 
 def resolve_settings(
     arguments: Mapping[str, object], environ: Mapping[str, str] | None = None
 ) -> Settings:
-    """Resolve every setting: ``arguments`` > ``environ`` (default ``os.environ``) > default.
+    """Resolve every library setting: ``arguments`` > ``environ`` (default: the process's) >
+    the settings file > default.
 
-    An unknown keyword, or a value its parser rejects, raises ConfigError.
+    An unknown keyword (in the arguments or the file), a value its parser rejects, or a settings
+    file that cannot be used raises ConfigError.
     """
-    env = os.environ if environ is None else environ
-    unknown = sorted(set(arguments) - set(_BY_NAME))
-    if unknown:
-        import difflib  # noqa: PLC0415  (only on this error path)
-
-        close = difflib.get_close_matches(unknown[0], _BY_NAME, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        known = ", ".join(sorted(_BY_NAME))
-        raise ConfigError(
-            unknown[0], arguments[unknown[0]], f"unknown setting; {hint}known: {known}"
-        )
-    values: dict[str, object] = {}
-    sources: dict[str, str] = {}
-    for setting in SETTINGS:
-        raw: object
-        if setting.name in arguments and arguments[setting.name] is not None:
-            raw, source = arguments[setting.name], "argument"
-        else:
-            found = next((name for name in setting.env if env.get(name, "").strip()), None)
-            if found is None:
-                values[setting.name] = setting.default()
-                sources[setting.name] = "default"
-                continue
-            raw, source = env[found], found
-        try:
-            values[setting.name] = setting.parse(raw)
-        except _Invalid as invalid:
-            raise ConfigError(setting.name, raw, str(invalid), source) from None
-        sources[setting.name] = source
+    env = environment() if environ is None else environ
+    _check_keywords(arguments, _LIBRARY)
+    values, sources = _resolve(SETTINGS, arguments, env, _settings_file(env))
     if values["pseudonym_key"] is not None and not values["pseudonymize_users"]:
         # A key given means the user wants hashing; not hashing would leak ids they meant to hide.
         values["pseudonymize_users"] = True
     return Settings(**values, sources=sources)  # type: ignore[arg-type]
 
 
+def resolve_command(
+    rows: tuple[Setting, ...],
+    arguments: Mapping[str, object],
+    environ: Mapping[str, str] | None = None,
+) -> CommandSettings:
+    """Resolve a command's ``rows`` (:data:`SIDECAR_SETTINGS`, :data:`PROXY_SETTINGS`):
+    ``arguments`` (the options given on its command line) > environment > file > default.
+
+    Raises ConfigError as :func:`resolve_settings` does.
+    """
+    env = environment() if environ is None else environ
+    _check_keywords(arguments, {row.name: row for row in rows})
+    values, sources = _resolve(rows, arguments, env, _settings_file(env))
+    return CommandSettings(values, sources)
+
+
+def resolve_setting(name: str, environ: Mapping[str, str] | None = None) -> tuple[Any, str]:
+    """One setting given no argument (environment > file > default): its value and source.
+
+    For a caller that needs this one and no other (a command's ledger, the pricing file), so
+    that a bad value in another setting does not stop it. Raises ConfigError.
+    """
+    env = environment() if environ is None else environ
+    values, sources = _resolve((_BY_NAME[name],), {}, env, _settings_file(env))
+    return values[name], sources[name]
+
+
+def _settings_file(environ: Mapping[str, str]) -> SettingsFile | None:
+    """The settings file, read once, every key checked against every row: a key that no row has
+    is a typo, whichever command reads the file."""
+    file = read_settings_file(environ)
+    if file is not None:
+        for key, value in file.values.items():
+            row = _BY_NAME.get(key)
+            if row is None:
+                known = [name for name, row in _BY_NAME.items() if row.in_file]
+                raise ConfigError(key, value, _unknown(key, known), file.source)
+            if not row.in_file:
+                reason = "an object, which only an argument to configure() can give"
+                raise ConfigError(key, value, reason, file.source)
+    return file
+
+
+def _check_keywords(arguments: Mapping[str, object], known: Mapping[str, Setting]) -> None:
+    unknown = sorted(set(arguments) - set(known))
+    if unknown:
+        raise ConfigError(unknown[0], arguments[unknown[0]], _unknown(unknown[0], list(known)))
+
+
+def _unknown(name: str, known: list[str]) -> str:
+    import difflib  # noqa: PLC0415  (only on this error path)
+
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"unknown setting; {hint}known: {', '.join(sorted(known))}"
+
+
+def _resolve(
+    rows: tuple[Setting, ...],
+    arguments: Mapping[str, object],
+    env: Mapping[str, str],
+    file: SettingsFile | None,
+) -> tuple[dict[str, object], dict[str, str]]:
+    """Each row's value and source: argument > environment > file > default."""
+    values: dict[str, object] = {}
+    sources: dict[str, str] = {}
+    for row in rows:
+        raw: object
+        if arguments.get(row.name) is not None:
+            raw, source = arguments[row.name], "argument"
+        else:
+            found = next((name for name in row.env if env.get(name, "").strip()), None)
+            if found is not None and row.env_is_standard:
+                # The consumer reads OpenTelemetry's variable itself, as OpenTelemetry says.
+                values[row.name], sources[row.name] = None, found
+                continue
+            if found is not None:
+                raw, source = env[found], found
+            elif file is not None and row.name in file.values:
+                raw, source = file.values[row.name], file.source
+            else:
+                values[row.name], sources[row.name] = row.default(), "default"
+                continue
+        try:
+            values[row.name] = row.parse(raw)
+        except _Invalid as invalid:
+            raise ConfigError(row.name, raw, str(invalid), source) from None
+        sources[row.name] = source
+    return values, sources
+
+
 def settings_table() -> str:
-    """The settings as a Markdown table (the README's configuration section)."""
+    """Every setting as a Markdown table (the README's configuration section)."""
     lines = [
         "| keyword | environment | default | meaning |",
         "| --- | --- | --- | --- |",
     ]
-    for setting in SETTINGS:
-        env = ", ".join(f"`{name}`" for name in setting.env) or "(argument only)"
-        lines.append(f"| `{setting.name}` | {env} | {setting.default_doc} | {setting.doc} |")
+    for row in _BY_NAME.values():
+        env = ", ".join(f"`{name}`" for name in row.env) or "(argument only)"
+        lines.append(f"| `{row.name}` | {env} | {row.default_doc} | {row.doc} |")
     return "\n".join(lines)

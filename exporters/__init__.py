@@ -13,19 +13,32 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from gpuledger.exporters._attributes import (
+        external_call_attributes,
+        init_span_attributes,
         record_resource_attributes,
         span_attributes,
         worker_resource_attributes,
     )
     from gpuledger.exporters._metrics import InvocationMetrics
-    from gpuledger.exporters._providers import otlp_protocol, setup_providers
+    from gpuledger.exporters._names import SCHEMA_URL
+    from gpuledger.exporters._providers import (
+        gpuledger_meter,
+        gpuledger_tracer,
+        otlp_protocol,
+        setup_providers,
+    )
     from gpuledger.exporters._records import record_resource, record_to_span
 
 _LAZY = {
+    "SCHEMA_URL": "_names",
+    "external_call_attributes": "_attributes",
+    "init_span_attributes": "_attributes",
     "record_resource_attributes": "_attributes",
     "span_attributes": "_attributes",
     "worker_resource_attributes": "_attributes",
     "InvocationMetrics": "_metrics",
+    "gpuledger_meter": "_providers",
+    "gpuledger_tracer": "_providers",
     "otlp_protocol": "_providers",
     "setup_providers": "_providers",
     "record_resource": "_records",
@@ -33,7 +46,12 @@ _LAZY = {
 }
 
 __all__ = [
+    "SCHEMA_URL",
     "InvocationMetrics",
+    "external_call_attributes",
+    "gpuledger_meter",
+    "gpuledger_tracer",
+    "init_span_attributes",
     "otlp_protocol",
     "record_resource",
     "record_resource_attributes",

@@ -1,7 +1,13 @@
 """The invocation metrics, recorded from finished records off the request path.
 
-Names follow the OpenTelemetry FaaS semantic conventions where they define one
-(``faas.invocations``, ``faas.invoke_duration``, ...); the rest is ours under ``gpuledger.*``.
+Names, units and instrument kinds follow the OpenTelemetry semantic conventions where they define
+one (FaaS: ``faas.invocations``, ``faas.invoke_duration``, ...; hardware: ``hw.gpu.*``,
+``hw.power``, ``hw.energy``), their names taken from ``opentelemetry.semconv``; the rest is ours
+under ``gpuledger.*`` (``_names``). As the FaaS conventions define them, ``faas.invocations``
+counts the invocations that succeeded, ``faas.errors`` those that failed (``error``,
+``cancelled``, ``killed``) and ``faas.timeouts`` those that timed out: each invocation is counted
+in exactly one of the three, and ``faas.invoke_duration`` records every one.
+
 User and tenant ids are left off metric attributes unless the user opts in: each distinct id
 would be a new time series.
 """
@@ -11,7 +17,22 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final
 
+from opentelemetry.semconv._incubating.attributes.enduser_attributes import (
+    ENDUSER_ID,
+    ENDUSER_PSEUDO_ID,
+)
+from opentelemetry.semconv._incubating.attributes.faas_attributes import FAAS_TRIGGER
+from opentelemetry.semconv._incubating.metrics.faas_metrics import (
+    FAAS_COLDSTARTS,
+    FAAS_ERRORS,
+    FAAS_INIT_DURATION,
+    FAAS_INVOCATIONS,
+    FAAS_INVOKE_DURATION,
+    FAAS_TIMEOUTS,
+)
+
 from gpuledger._record import InvocationRecord
+from gpuledger.exporters import _names as ours
 
 __all__ = ["DURATION_BUCKETS_S", "InvocationMetrics"]
 
@@ -56,59 +77,67 @@ class InvocationMetrics:
     ) -> None:
         from opentelemetry.metrics import CallbackOptions, Observation  # noqa: PLC0415
 
-        from gpuledger._version import __version__  # noqa: PLC0415
+        from gpuledger.exporters._providers import gpuledger_meter  # noqa: PLC0415
 
-        meter = meter_provider.get_meter("gpuledger", __version__)
+        meter = gpuledger_meter(meter_provider)
         self._trigger = trigger
         self._user_attributes = user_attributes
         self._invocations = meter.create_counter(
-            "faas.invocations", unit="{invocation}", description="Invocations of the handler."
+            FAAS_INVOCATIONS,
+            unit="{invocation}",
+            description="Invocations that succeeded (outcome ok).",
         )
         self._errors = meter.create_counter(
-            "faas.errors", unit="{error}", description="Invocations that raised."
+            FAAS_ERRORS,
+            unit="{error}",
+            description="Invocations that failed: raised, cancelled or killed.",
         )
         self._timeouts = meter.create_counter(
-            "faas.timeouts", unit="{timeout}", description="Invocations that timed out."
+            FAAS_TIMEOUTS, unit="{timeout}", description="Invocations that timed out."
         )
         self._coldstarts = meter.create_counter(
-            "faas.coldstarts", unit="{coldstart}", description="Invocations that were cold."
+            FAAS_COLDSTARTS, unit="{coldstart}", description="Invocations that were cold."
         )
         self._duration = meter.create_histogram(
-            "faas.invoke_duration",
+            FAAS_INVOKE_DURATION,
             unit="s",
             description="Handler wall time.",
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS_S,
         )
         self._init_duration = meter.create_histogram(
-            "faas.init_duration",
+            FAAS_INIT_DURATION,
             unit="s",
             description="Process start to the end of init, on the request it was attributed to.",
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS_S,
         )
         self._billed = meter.create_counter(
-            "gpuledger.gpu.billed", unit="s", description="GPU seconds billed (wall x GPUs held)."
+            ours.GPULEDGER_GPU_BILLED_METRIC,
+            unit="s",
+            description="GPU seconds billed (wall x GPUs held).",
         )
         self._busy = meter.create_counter(
-            "gpuledger.gpu.busy", unit="s", description="GPU seconds the GPU was busy (NVML)."
+            ours.GPULEDGER_GPU_BUSY_METRIC,
+            unit="s",
+            description="GPU seconds the GPU was busy (NVML).",
         )
         self._energy = meter.create_counter(
-            "gpuledger.gpu.energy",
+            ours.GPULEDGER_GPU_ENERGY_METRIC,
             unit="J",
             description="GPU energy used by invocations (NVML energy counter).",
         )
         self._external_calls = meter.create_counter(
-            "gpuledger.external.calls",
+            ours.GPULEDGER_EXTERNAL_CALLS_METRIC,
             unit="{call}",
             description="Outgoing calls made by invocations, by target.",
         )
         self._external_wait = meter.create_counter(
-            "gpuledger.external.wait",
+            ours.GPULEDGER_EXTERNAL_WAIT_METRIC,
             unit="s",
             description="Wall time invocations waited on outgoing calls (union of the calls), "
             "by target.",
         )
         self._flush_wait = meter.create_histogram(
-            "gpuledger.flush.wait",
+            ours.GPULEDGER_FLUSH_WAIT_METRIC,
             unit="s",
             description="Time an invocation's end waited for its record to leave the process "
             "(flush policies invocation and adaptive).",
@@ -130,14 +159,14 @@ class InvocationMetrics:
             ),
         )
         self._cost = meter.create_counter(
-            "gpuledger.cost",
-            unit="USD",
-            description="Cost of invocations under the platform's price.",
+            ours.GPULEDGER_COST_METRIC,
+            unit=ours.USD,
+            description="Cost of invocations under the platform's price, in US dollars.",
         )
 
         def observe_errors(options: CallbackOptions) -> Iterable[Observation]:
             return [
-                Observation(value, {"gpuledger.error.kind": kind})
+                Observation(value, {ours.GPULEDGER_ERROR_KIND: kind})
                 for kind, value in telemetry_errors().items()
             ]
 
@@ -145,7 +174,7 @@ class InvocationMetrics:
             return [Observation(pending())]
 
         meter.create_observable_counter(
-            "gpuledger.telemetry.errors",
+            ours.GPULEDGER_TELEMETRY_ERRORS_METRIC,
             callbacks=[observe_errors],
             unit="{error}",
             description="gpuledger's own contained failures and dropped records, by kind.",
@@ -153,7 +182,7 @@ class InvocationMetrics:
         if gpu_readings is not None:
             _device_instruments(meter, gpu_readings)
         meter.create_observable_up_down_counter(
-            "gpuledger.ledger.pending",
+            ours.GPULEDGER_LEDGER_PENDING_METRIC,
             callbacks=[observe_pending],
             unit="{invocation}",
             description="Finished invocations waiting for the background writer.",
@@ -161,7 +190,7 @@ class InvocationMetrics:
 
     def record_flush_wait(self, seconds: float) -> None:
         """One invocation's end waited ``seconds`` for its record (a flush policy)."""
-        self._flush_wait.record(seconds, {"faas.trigger": self._trigger})
+        self._flush_wait.record(seconds, {FAAS_TRIGGER: self._trigger})
 
     def record(self, records: Sequence[InvocationRecord]) -> None:
         """Add ``records`` to the instruments.
@@ -173,21 +202,21 @@ class InvocationMetrics:
         external: dict[tuple[tuple[str, str], ...], list[float]] = {}
         for record in records:
             attributes: dict[str, str] = {
-                "faas.trigger": self._trigger,
-                "gpuledger.handler": record.handler,
+                FAAS_TRIGGER: self._trigger,
+                ours.GPULEDGER_HANDLER: record.handler,
             }
             if self._user_attributes:
                 if record.user_id is not None:
-                    key = "enduser.pseudo.id" if record.user_id_pseudonymised else "enduser.id"
+                    key = ENDUSER_PSEUDO_ID if record.user_id_pseudonymised else ENDUSER_ID
                     attributes[key] = record.user_id
                 if record.tenant is not None:
-                    attributes["gpuledger.tenant"] = record.tenant
+                    attributes[ours.GPULEDGER_TENANT] = record.tenant
             self._duration.record(record.duration_s, attributes)
             if record.init_duration_s is not None:
                 self._init_duration.record(record.init_duration_s, attributes)
             group = tuple(attributes.items())
             for target, entry in (record.external_targets or {}).items():
-                by_target = (*group, ("gpuledger.external.target", target))
+                by_target = (*group, (ours.GPULEDGER_EXTERNAL_TARGET, target))
                 pair = external.get(by_target)
                 if pair is None:
                     pair = external[by_target] = [0.0, 0.0]
@@ -195,14 +224,15 @@ class InvocationMetrics:
                 pair[1] += entry.get("wait_s", 0.0)
             tally = sums.get(group)
             if tally is None:
-                # invocations, errors, timeouts, coldstarts, billed, busy, cost,
+                # succeeded, failed, timed out, coldstarts, billed, busy, cost,
                 # whether busy / cost were seen at all (unknown is not zero), energy, seen
                 tally = sums[group] = [0.0] * 11
-            tally[0] += 1
-            if record.outcome == "error":
-                tally[1] += 1
+            if record.outcome == "ok":
+                tally[0] += 1
             elif record.outcome == "timeout":
                 tally[2] += 1
+            else:  # error, cancelled, killed
+                tally[1] += 1
             if record.cold:
                 tally[3] += 1
             tally[4] += record.billed_gpu_seconds
@@ -217,7 +247,8 @@ class InvocationMetrics:
                 tally[10] = 1
         for group, tally in sums.items():
             attributes = dict(group)
-            self._invocations.add(int(tally[0]), attributes)
+            if tally[0]:
+                self._invocations.add(int(tally[0]), attributes)
             if tally[1]:
                 self._errors.add(int(tally[1]), attributes)
             if tally[2]:
@@ -248,6 +279,23 @@ def _device_instruments(meter: Any, gpu_readings: Callable[[], list[dict[str, An
 
     from opentelemetry.metrics import CallbackOptions, Observation  # noqa: PLC0415
 
+    # Here, not at the top: only a worker with NVML pays for the hardware conventions' modules.
+    from opentelemetry.semconv._incubating.attributes.hw_attributes import (  # noqa: PLC0415
+        HW_ID,
+        HW_MODEL,
+        HW_NAME,
+        HW_TYPE,
+        HW_VENDOR,
+        HwTypeValues,
+    )
+    from opentelemetry.semconv._incubating.metrics.hw_metrics import (  # noqa: PLC0415
+        HW_ENERGY,
+        HW_GPU_MEMORY_LIMIT,
+        HW_GPU_MEMORY_USAGE,
+        HW_GPU_UTILIZATION,
+        HW_POWER,
+    )
+
     cache: dict[str, Any] = {"at": -_READINGS_TTL_S, "readings": []}
 
     def readings() -> list[dict[str, Any]]:
@@ -261,11 +309,11 @@ def _device_instruments(meter: Any, gpu_readings: Callable[[], list[dict[str, An
     def attributes(reading: dict[str, Any]) -> dict[str, str]:
         device = reading["device"]
         return {
-            "hw.id": device.uuid,
-            "hw.type": "gpu",
-            "hw.name": f"GPU {device.index}" if device.index is not None else device.uuid,
-            "hw.model": device.name,
-            "hw.vendor": "NVIDIA",
+            HW_ID: device.uuid,
+            HW_TYPE: HwTypeValues.GPU.value,
+            HW_NAME: f"GPU {device.index}" if device.index is not None else device.uuid,
+            HW_MODEL: device.name,
+            HW_VENDOR: "NVIDIA",
         }
 
     def observe(key: str, pick: Callable[[Any], float]) -> Callable[[CallbackOptions], Any]:
@@ -279,31 +327,31 @@ def _device_instruments(meter: Any, gpu_readings: Callable[[], list[dict[str, An
         return callback
 
     meter.create_observable_gauge(
-        "hw.gpu.utilization",
+        HW_GPU_UTILIZATION,
         callbacks=[observe("utilization", float)],
         unit="1",
         description="Share of the last driver sample period in which a kernel ran.",
     )
     meter.create_observable_up_down_counter(
-        "hw.gpu.memory.usage",
+        HW_GPU_MEMORY_USAGE,
         callbacks=[observe("memory", lambda pair: int(pair[0]))],
         unit="By",
         description="GPU memory in use.",
     )
     meter.create_observable_up_down_counter(
-        "hw.gpu.memory.limit",
+        HW_GPU_MEMORY_LIMIT,
         callbacks=[observe("memory", lambda pair: int(pair[1]))],
         unit="By",
         description="GPU memory in all.",
     )
     meter.create_observable_gauge(
-        "hw.power",
+        HW_POWER,
         callbacks=[observe("power_w", float)],
         unit="W",
         description="GPU power draw.",
     )
     meter.create_observable_counter(
-        "hw.energy",
+        HW_ENERGY,
         callbacks=[observe("energy_j", float)],
         unit="J",
         description="GPU energy since the driver loaded (NVML counter).",

@@ -9,9 +9,10 @@ application's own instrumentation reaches the same backend.
 The ``prometheus`` exporter is for metrics only: a ``PrometheusMetricReader`` (pull: the SDK
 collects when Prometheus scrapes) and the ``prometheus_client`` HTTP server that serves it on
 ``prometheus_host:prometheus_port`` (loopback by default). Prometheus names the OpenTelemetry
-metrics its own way: dots become underscores, the unit is appended and counters end in
-``_total`` (``faas.invocations`` is ``faas_invocations_total``, ``gpuledger.gpu.billed`` is
-``gpuledger_gpu_billed_seconds_total``; the README lists them all).
+metrics its own way: dots become underscores, the unit is appended (an annotation such as
+``{USD}`` is not) and counters end in ``_total`` (``faas.invocations`` is
+``faas_invocations_total``, ``gpuledger.gpu.billed`` is ``gpuledger_gpu_billed_seconds_total``,
+``gpuledger.cost`` is ``gpuledger_cost_total``; docker/README.md lists them all).
 """
 
 from __future__ import annotations
@@ -20,7 +21,14 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, Final
 
-__all__ = ["OTLP_PROTOCOLS", "Providers", "otlp_protocol", "setup_providers"]
+__all__ = [
+    "OTLP_PROTOCOLS",
+    "Providers",
+    "gpuledger_meter",
+    "gpuledger_tracer",
+    "otlp_protocol",
+    "setup_providers",
+]
 
 TRACE_EXPORTERS = ("otlp", "console")
 """The exporters that take spans; ``prometheus`` takes metrics only."""
@@ -66,6 +74,24 @@ class Providers:
             remaining_ms = max(1, int((deadline - time.monotonic()) * 1000))
             self.meter_provider.shutdown(timeout_millis=remaining_ms)
             _stop_prometheus_server()
+
+
+def gpuledger_tracer(tracer_provider: Any) -> Any:
+    """gpuledger's tracer from ``tracer_provider``: named ``gpuledger``, with gpuledger's version
+    and the schema URL of the semantic conventions its names follow (``_names.SCHEMA_URL``), so
+    that a backend can translate them when the conventions move on."""
+    from gpuledger._version import __version__  # noqa: PLC0415
+    from gpuledger.exporters._names import SCHEMA_URL  # noqa: PLC0415
+
+    return tracer_provider.get_tracer("gpuledger", __version__, schema_url=SCHEMA_URL)
+
+
+def gpuledger_meter(meter_provider: Any) -> Any:
+    """gpuledger's meter from ``meter_provider``: name, version and schema URL as the tracer's."""
+    from gpuledger._version import __version__  # noqa: PLC0415
+    from gpuledger.exporters._names import SCHEMA_URL  # noqa: PLC0415
+
+    return meter_provider.get_meter("gpuledger", __version__, schema_url=SCHEMA_URL)
 
 
 # Providers gpuledger built and made global. OpenTelemetry lets a global provider be set only
@@ -157,8 +183,13 @@ def setup_providers(
 def _resource(attributes: Mapping[str, Any]) -> Any:
     from opentelemetry.sdk.resources import Resource  # noqa: PLC0415
 
+    from gpuledger.exporters._names import SCHEMA_URL  # noqa: PLC0415
+
     # Resource.create merges OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME from the environment.
-    return Resource.create({key: value for key, value in attributes.items() if value is not None})
+    return Resource.create(
+        {key: value for key, value in attributes.items() if value is not None},
+        schema_url=SCHEMA_URL,
+    )
 
 
 def _build_tracer_provider(resource: Any, exporters: tuple[str, ...], timeout_s: float) -> Any:
@@ -266,9 +297,9 @@ def otlp_protocol(
     exporter speaks raises ConfigError naming where it came from (it used to be a ConfigError in
     the sidecar and silently http/protobuf in the worker).
     """
-    import os  # noqa: PLC0415
+    from gpuledger._settings import environment  # noqa: PLC0415
 
-    env = os.environ if environ is None else environ
+    env = environment() if environ is None else environ
     source, value = "argument", given
     if not value:
         for name in (f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
@@ -292,11 +323,10 @@ def _timeout(signal: str, timeout_s: float) -> float | None:
     """The export timeout: OpenTelemetry's variables if set (the exporter reads them), else
     gpuledger's flush timeout, so a collector that does not answer cannot hold a worker's exit
     for the SDK's 10 s per export and signal."""
-    import os  # noqa: PLC0415
+    from gpuledger._settings import environment  # noqa: PLC0415
 
-    if os.environ.get(f"OTEL_EXPORTER_OTLP_{signal}_TIMEOUT") or os.environ.get(
-        "OTEL_EXPORTER_OTLP_TIMEOUT"
-    ):
+    env = environment()
+    if env.get(f"OTEL_EXPORTER_OTLP_{signal}_TIMEOUT") or env.get("OTEL_EXPORTER_OTLP_TIMEOUT"):
         return None
     return max(0.1, timeout_s)
 

@@ -10,6 +10,8 @@ Its trace and span ids are derived from ``record_id`` (SHA-256), so a batch sent
 crash or an outage carries the same ids as the first time and receivers that deduplicate on them
 count it once. Its resource (:func:`record_resource`) is the worker's, from the record's service,
 platform, endpoint, worker, region and GPU fields, by the mapping the worker uses for its own.
+The span's instrumentation scope and its resource carry the semantic conventions' schema URL, as
+the worker's tracer and resource do (``_names.SCHEMA_URL``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from gpuledger._record import InvocationRecord
 from gpuledger.exporters._attributes import record_resource_attributes, span_attributes
+from gpuledger.exporters._names import SCHEMA_URL
 
 __all__ = [
     "record_resource",
@@ -60,14 +63,14 @@ def record_resource(record: InvocationRecord) -> Resource:
 def _resource(attributes: tuple[tuple[str, Any], ...]) -> Resource:
     # Resource.create adds the SDK's own attributes and OTEL_RESOURCE_ATTRIBUTES (deployment-wide
     # attributes set on the sidecar); the record's own attributes win over both.
-    return Resource.create(dict(attributes))
+    return Resource.create(dict(attributes), schema_url=SCHEMA_URL)
 
 
 @functools.cache
 def _scope() -> InstrumentationScope:
     from gpuledger._version import __version__  # noqa: PLC0415
 
-    return InstrumentationScope("gpuledger", __version__)
+    return InstrumentationScope("gpuledger", __version__, SCHEMA_URL)
 
 
 def record_to_span(record: InvocationRecord, resource: Resource) -> ReadableSpan:

@@ -31,6 +31,41 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from opentelemetry.sdk.trace import SpanProcessor
+from opentelemetry.semconv._incubating.attributes.aws_attributes import AWS_S3_BUCKET
+from opentelemetry.semconv._incubating.attributes.db_attributes import DB_OPERATION, DB_SYSTEM
+from opentelemetry.semconv._incubating.attributes.http_attributes import (
+    HTTP_METHOD,
+    HTTP_REQUEST_BODY_SIZE,
+    HTTP_REQUEST_CONTENT_LENGTH,
+    HTTP_RESPONSE_BODY_SIZE,
+    HTTP_RESPONSE_CONTENT_LENGTH,
+    HTTP_STATUS_CODE,
+    HTTP_URL,
+)
+from opentelemetry.semconv._incubating.attributes.messaging_attributes import (
+    MESSAGING_DESTINATION_NAME,
+    MESSAGING_MESSAGE_BODY_SIZE,
+    MESSAGING_SYSTEM,
+)
+from opentelemetry.semconv._incubating.attributes.net_attributes import (
+    NET_PEER_NAME,
+    NET_PEER_PORT,
+)
+from opentelemetry.semconv._incubating.attributes.rpc_attributes import (
+    RPC_METHOD,
+    RPC_SERVICE,
+    RPC_SYSTEM,
+    RPC_SYSTEM_NAME,
+)
+from opentelemetry.semconv.attributes.db_attributes import DB_OPERATION_NAME, DB_SYSTEM_NAME
+from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
+from opentelemetry.semconv.attributes.exception_attributes import EXCEPTION_TYPE
+from opentelemetry.semconv.attributes.http_attributes import (
+    HTTP_REQUEST_METHOD,
+    HTTP_RESPONSE_STATUS_CODE,
+)
+from opentelemetry.semconv.attributes.server_attributes import SERVER_ADDRESS, SERVER_PORT
+from opentelemetry.semconv.attributes.url_attributes import URL_FULL
 
 from gpuledger import _guard
 from gpuledger._config import get_agent
@@ -91,6 +126,11 @@ LIBRARIES: Final[Mapping[str, _Library]] = {
 """What ``instrument()`` knows, by the name it is asked for."""
 
 _HTTP_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+_AWS_API: Final = "aws-api"
+"""The ``rpc.system`` of AWS SDK calls (botocore's instrumentation)."""
+_MANUAL: Final = "gpuledger.external.manual"
+"""Set by ``gpuledger.exporters.external_call_attributes`` on the spans ``external_call`` makes
+(``gpuledger.exporters`` is a room this one does not import)."""
 
 
 # --- the span processor ------------------------------------------------------------------------
@@ -137,7 +177,7 @@ class CallAggregator(SpanProcessor):
             # One copy: the span's attributes are a mapping proxy whose every lookup costs
             # a microsecond; the conventions below look up a dozen names.
             attributes = dict(span.attributes or ())
-            if attributes.get("gpuledger.external.manual"):
+            if attributes.get(_MANUAL):
                 return  # external_call() counted it already
             start, end = span.start_time, span.end_time
             if start is None or end is None:
@@ -164,20 +204,20 @@ class CallAggregator(SpanProcessor):
 def target_of(attributes: Mapping[str, Any], name: str = "") -> str:
     """Who was called: ``postgresql://host:port``, ``redis://host:port``, ``s3://bucket``,
     ``aws:dynamodb``, ``host[:port]`` for HTTP, else the span's name."""
-    host = attributes.get("server.address") or attributes.get("net.peer.name")
-    port = attributes.get("server.port") or attributes.get("net.peer.port")
-    system = attributes.get("db.system.name") or attributes.get("db.system")
+    host = attributes.get(SERVER_ADDRESS) or attributes.get(NET_PEER_NAME)
+    port = attributes.get(SERVER_PORT) or attributes.get(NET_PEER_PORT)
+    system = attributes.get(DB_SYSTEM_NAME) or attributes.get(DB_SYSTEM)
     if system:
         return f"{system}://{host}:{port}" if host and port else f"{system}://{host or ''}"
-    messaging = attributes.get("messaging.system")
+    messaging = attributes.get(MESSAGING_SYSTEM)
     if messaging:
-        destination = attributes.get("messaging.destination.name") or host or ""
+        destination = attributes.get(MESSAGING_DESTINATION_NAME) or host or ""
         return f"{messaging}://{destination}"
-    if attributes.get("rpc.system") == "aws-api":
-        service = str(attributes.get("rpc.service", "aws")).lower()
-        bucket = attributes.get("aws.s3.bucket")
+    if _is_aws(attributes):
+        service = str(attributes.get(RPC_SERVICE, "aws")).lower()
+        bucket = attributes.get(AWS_S3_BUCKET)
         return f"s3://{bucket}" if service == "s3" and bucket else f"aws:{service}"
-    url = attributes.get("url.full") or attributes.get("http.url")
+    url = attributes.get(URL_FULL) or attributes.get(HTTP_URL)
     if not host and isinstance(url, str):
         from urllib.parse import urlsplit  # noqa: PLC0415
 
@@ -190,11 +230,16 @@ def target_of(attributes: Mapping[str, Any], name: str = "") -> str:
     return name or "unknown"
 
 
+def _is_aws(attributes: Mapping[str, Any]) -> bool:
+    """An AWS SDK call: ``rpc.system``, or ``rpc.system.name``, which replaces it."""
+    return _AWS_API in (attributes.get(RPC_SYSTEM), attributes.get(RPC_SYSTEM_NAME))
+
+
 def operation_of(attributes: Mapping[str, Any], name: str) -> str:
     """What was asked: ``GET``, ``SELECT``, ``S3.GetObject``, ``SET``; else the span's name."""
-    if attributes.get("rpc.system") == "aws-api" and attributes.get("rpc.method"):
-        return f"{attributes.get('rpc.service', 'aws')}.{attributes['rpc.method']}"
-    for key in ("http.request.method", "http.method", "db.operation.name", "db.operation"):
+    if _is_aws(attributes) and attributes.get(RPC_METHOD):
+        return f"{attributes.get(RPC_SERVICE, 'aws')}.{attributes[RPC_METHOD]}"
+    for key in (HTTP_REQUEST_METHOD, HTTP_METHOD, DB_OPERATION_NAME, DB_OPERATION):
         value = attributes.get(key)
         if value:
             return str(value)
@@ -204,15 +249,15 @@ def operation_of(attributes: Mapping[str, Any], name: str) -> str:
 def outcome_of(attributes: Mapping[str, Any], status: Any, events: Sequence[Any] = ()) -> str:
     """``ok``, the HTTP status code, or the error's type (``ConnectionError``, ``500`` ...):
     from ``error.type``, else the span's recorded exception, else its status."""
-    code = attributes.get("http.response.status_code") or attributes.get("http.status_code")
-    error = attributes.get("error.type")
+    code = attributes.get(HTTP_RESPONSE_STATUS_CODE) or attributes.get(HTTP_STATUS_CODE)
+    error = attributes.get(ERROR_TYPE)
     if code is not None and (error is None or str(error) == str(code)):
         return str(code)
     if error and error != "_OTHER":
         return str(error).rsplit(".", 1)[-1]
     for event in events:
         if event.name == "exception" and event.attributes:
-            kind = event.attributes.get("exception.type")
+            kind = event.attributes.get(EXCEPTION_TYPE)
             if kind:
                 return str(kind).rsplit(".", 1)[-1]
     status_code = getattr(status, "status_code", None)
@@ -227,11 +272,11 @@ def size_of(attributes: Mapping[str, Any]) -> int | None:
     total = 0
     seen = False
     for key in (
-        "http.request.body.size",
-        "http.response.body.size",
-        "http.request_content_length",
-        "http.response_content_length",
-        "messaging.message.body.size",
+        HTTP_REQUEST_BODY_SIZE,
+        HTTP_RESPONSE_BODY_SIZE,
+        HTTP_REQUEST_CONTENT_LENGTH,
+        HTTP_RESPONSE_CONTENT_LENGTH,
+        MESSAGING_MESSAGE_BODY_SIZE,
     ):
         value = attributes.get(key)
         if isinstance(value, int):

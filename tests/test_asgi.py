@@ -24,7 +24,7 @@ from starlette.routing import Route
 
 import gpuledger
 from gpuledger.instrumentation.asgi import GpuledgerMiddleware
-from tests.services import HOST, free_port
+from tests.support.processes import HOST, free_port
 
 MODEL_LOAD_S = 0.3
 STREAM_CHUNKS = 3

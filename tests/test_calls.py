@@ -20,7 +20,7 @@ import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, StatusCode
 
 import gpuledger
 from gpuledger import _guard
@@ -372,8 +372,17 @@ def test_span_attributes(calls: Calls, http_url: str) -> None:
     (server,) = [s for s in calls.exporter.get_finished_spans() if s.kind is SpanKind.SERVER]
     attributes = server.attributes or {}
     assert attributes["gpuledger.external.calls"] == 1
-    assert attributes["gpuledger.external.wait_seconds"] == record.external_wait_seconds
-    assert attributes["gpuledger.external.wait_cost_usd"] == record.external_wait_cost_usd
+    assert attributes["gpuledger.external.call_duration"] == record.external_call_seconds
+    assert attributes["gpuledger.external.wait"] == record.external_wait_seconds
+    assert attributes["gpuledger.external.wait_cost"] == record.external_wait_cost_usd
+    (target,) = record.external_targets or {}
+    entry = (record.external_targets or {})[target]
+    # Per target, as data: arrays parallel to the target names.
+    assert attributes["gpuledger.external.targets"] == (target,)
+    assert attributes["gpuledger.external.target_calls"] == (1,)
+    assert attributes["gpuledger.external.target_errors"] == (0,)
+    assert attributes["gpuledger.external.target_waits"] == (entry["wait_s"],)
+    assert attributes["gpuledger.external.target_wait_costs"] == (entry["wait_usd"],)
     (client,) = calls.client_spans()
     assert client.parent is not None
     assert client.parent.span_id == server.context.span_id
@@ -436,6 +445,123 @@ def test_external_call_outside_an_invocation_does_nothing() -> None:
     assert _guard.error_counts() == {}
 
 
+SERVER = {"server.address", "server.port", "db.system.name", "aws.s3.bucket"}
+"""The convention attributes a hand-timed call's target can imply."""
+
+
+@pytest.mark.parametrize(
+    ("target", "implied"),
+    [
+        (
+            "postgres://db.internal:5432/app",
+            {"server.address": "db.internal", "server.port": 5432, "db.system.name": "postgresql"},
+        ),
+        (
+            "postgresql://reader:secret@10.0.0.5:6432",
+            {"server.address": "10.0.0.5", "server.port": 6432, "db.system.name": "postgresql"},
+        ),
+        (
+            "rediss://cache:6380/0",
+            {"server.address": "cache", "server.port": 6380, "db.system.name": "redis"},
+        ),
+        (
+            "mongodb+srv://cluster0.example.net/orders",
+            {"server.address": "cluster0.example.net", "db.system.name": "mongodb"},
+        ),
+        (
+            "mysql://db:3306",
+            {"server.address": "db", "server.port": 3306, "db.system.name": "mysql"},
+        ),
+        (
+            "https://api.openai.com/v1/chat",
+            {"server.address": "api.openai.com", "server.port": 443},
+        ),
+        ("http://models:8080/v1", {"server.address": "models", "server.port": 8080}),
+        ("qdrant://10.0.0.7:6334", {"server.address": "10.0.0.7", "server.port": 6334}),
+        ("embedder:50051", {"server.address": "embedder", "server.port": 50051}),
+        ("[::1]:6379", {"server.address": "::1", "server.port": 6379}),
+        ("api.openai.com", {"server.address": "api.openai.com"}),
+        ("192.168.1.20", {"server.address": "192.168.1.20"}),
+        ("localhost", {"server.address": "localhost"}),
+        ("s3://weights", {"aws.s3.bucket": "weights"}),
+        ("aws:s3", {}),
+        ("vectordb", {}),
+        ("grpc://embedder:notaport", {}),
+        ("embedder:99999", {}),
+    ],
+)
+def test_a_hand_timed_span_says_what_its_target_implies(
+    tmp_path: Path, clock: FakeClock, target: str, implied: dict[str, object]
+) -> None:
+    """``external_call``'s CLIENT span carries the server and database system its target names,
+    under the semantic conventions' names, and nothing for a target that names no server."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    gpuledger.configure(
+        ledger=str(tmp_path / "l.db"),
+        clock=clock,
+        tracer_provider=provider,
+        metrics=False,
+        gpu_metering="off",
+        strict=True,
+    )
+
+    @gpuledger.traced_handler
+    def handler(job: dict[str, Any]) -> None:
+        with gpuledger.external_call("vectordb.query", target=target):
+            clock.advance(0.1)
+
+    handler({"id": "x", "input": {}})
+    assert gpuledger.flush(5)
+    (client,) = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.CLIENT]
+    attributes = dict(client.attributes or {})
+    assert {key: attributes[key] for key in SERVER if key in attributes} == implied
+    assert attributes["gpuledger.external.target"] == target
+    assert "secret" not in str(attributes.get("server.address"))
+
+
+def test_a_hand_timed_call_that_raises_is_an_error_span_counted_once(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """A block that raises gives its span ``error.type`` and status ERROR; with the
+    instrumentations' span processor on the same provider, the call is still counted once."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    gpuledger.configure(
+        ledger=str(tmp_path / "l.db"),
+        platform="runpod",
+        gpu="H100",
+        clock=clock,
+        tracer_provider=provider,
+        metrics=False,
+        gpu_metering="off",
+        strict=True,
+    )
+    gpuledger.instrument()
+    try:
+
+        @gpuledger.traced_handler
+        def handler(job: dict[str, Any]) -> None:
+            with gpuledger.external_call("db.query", target="postgresql://db:5432"):
+                clock.advance(0.2)
+                raise TimeoutError("no answer")
+
+        with pytest.raises(TimeoutError):
+            handler({"id": "x", "input": {}})
+        assert gpuledger.flush(5)
+    finally:
+        gpuledger.uninstrument()
+    (client,) = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.CLIENT]
+    assert client.status.status_code is StatusCode.ERROR
+    assert (client.attributes or {})["error.type"] == "TimeoutError"
+    with open_ledger(str(tmp_path / "l.db"), create=False) as ledger:
+        (record,) = ledger.read()
+    assert record.external_calls == 1
+    assert (record.external_targets or {})["postgresql://db:5432"]["errors"] == 1
+
+
 def test_unmeasured_stays_unknown(tmp_path: Path, clock: FakeClock) -> None:
     """Nothing counts calls in this process: the fields are None (unknown), not 0."""
     import gpuledger._external as calls_state
@@ -495,7 +621,7 @@ def test_external_metrics_by_target(tmp_path: Path, clock: FakeClock) -> None:
     assert wait_point.attributes["gpuledger.external.target"] == "postgresql://db:5432"
 
 
-# --- databases and object stores (real servers from tests/services.py) --------------------------
+# --- databases and object stores (real servers from tests/support/services.py) ------------------
 
 
 def test_redis_postgres_and_s3_are_targets_of_their_own(
@@ -505,7 +631,7 @@ def test_redis_postgres_and_s3_are_targets_of_their_own(
     import psycopg
     import redis
 
-    from .services import S3_CLIENT_KWARGS
+    from .support.services import S3_CLIENT_KWARGS
 
     host, port = redis_server
     cache = redis.Redis(host=host, port=port)

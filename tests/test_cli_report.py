@@ -6,14 +6,13 @@ import csv
 import io
 import json
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
 
-from gpuledger import InvocationRecord
+from gpuledger import InvocationRecord, testing
 from gpuledger.cli._main import main
 from gpuledger.cli._report import TABLE_COLUMNS, report
 from gpuledger.ledger import open_ledger
@@ -22,22 +21,11 @@ from gpuledger.ledger._report import REPORT_COLUMNS
 DAY_NS = 86_400 * 1_000_000_000
 
 
-def make_record(**overrides: Any) -> InvocationRecord:
-    """A one-second warm record that started an hour ago, no user, unpriced, unmetered."""
+def make_record(**fields: Any) -> InvocationRecord:
+    """A one-second warm record (``invocation_id`` ``job-1``) that started an hour ago, so that
+    ``--since`` (counted back from now) takes it; no user, unpriced, unmetered."""
     start_ns = time.time_ns() - DAY_NS // 24
-    values: dict[str, Any] = {
-        "record_id": uuid.uuid4().hex,
-        "invocation_id": "job-1",
-        "handler": "predict",
-        "service_name": "svc",
-        "platform": "runpod",
-        "start_ns": start_ns,
-        "end_ns": start_ns + 1_000_000_000,
-        "duration_s": 1.0,
-        "billed_gpu_seconds": 1.0,
-    }
-    values.update(overrides)
-    return InvocationRecord(**values)
+    return testing.make_record(**{"start_ns": start_ns, "invocation_id": "job-1", **fields})
 
 
 @pytest.fixture

@@ -28,10 +28,10 @@ from typing import Any
 import pytest
 
 from gpuledger.instrumentation.cog import SETUP_PHASE, traced_predictor
-from tests.ledgers import ledger_rows
-from tests.services import HOST, _spawn, free_port, log_tail
-from tests.upstreams import COG_VERSION
-from tests.venvs import (
+from tests.support.ledgers import ledger_rows
+from tests.support.processes import HOST, free_port, log_tail, spawn
+from tests.support.upstreams import COG_VERSION
+from tests.support.venvs import (
     PYTHON_VERSION,
     cached_venv,
     gpuledger_dependencies,
@@ -107,7 +107,7 @@ class CogServer:
         )
         argv = [str(python), "-m", "cog.server.http", "--host", HOST]
         # The example's folder is the app's working directory, as /src is in Cog's image.
-        self.proc = _spawn(argv, self.log, env=env, cwd=EXAMPLE)
+        self.proc = spawn(argv, self.log, env=env, cwd=EXAMPLE)
 
     @property
     def url(self) -> str:

@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 from gpuledger.testing.nvml import save_recording, synthetic_recording
-from tests.ledgers import ledger_rows
-from tests.services import HOST, _spawn, log_tail
+from tests.support.ledgers import ledger_rows
+from tests.support.processes import HOST, log_tail, spawn
 from tests.test_cog_example import EXAMPLE, CogServer, cog_gpuledger
 
 __all__ = ["cog_gpuledger"]  # the fixture, used by name below
@@ -55,7 +55,7 @@ class WarningCogServer(CogServer):
         self, python: Path, site: Path, workdir: Path, env: dict[str, str], stand_in: Path | None
     ) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
-        from tests.services import free_port
+        from tests.support.processes import free_port
 
         self.port = free_port()
         self.log = workdir / "cog.log"
@@ -82,7 +82,7 @@ class WarningCogServer(CogServer):
             **env,
         )
         argv = [str(python), "-m", "cog.server.http", "--host", HOST]
-        self.proc = _spawn(argv, self.log, env=base, cwd=EXAMPLE)
+        self.proc = spawn(argv, self.log, env=base, cwd=EXAMPLE)
 
 
 @pytest.mark.slow

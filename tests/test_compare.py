@@ -9,7 +9,6 @@ from __future__ import annotations
 import html
 import json
 import sys
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +16,10 @@ import pytest
 from click.testing import CliRunner, Result
 
 import gpuledger
-from gpuledger import InvocationRecord
 from gpuledger._pricing import default_catalogue
 from gpuledger.cli._main import main
 from gpuledger.ledger import open_ledger
+from gpuledger.testing import make_record
 from gpuledger.whatif._compare import Comparison, compare
 from gpuledger.whatif._simulate import SimResult, simulate_reserved
 from gpuledger.whatif._traffic import Trace, synthetic
@@ -43,8 +42,6 @@ OPTION_KEYS = {
     "utilisation",
     "failures",
 }
-SECOND_NS = 1_000_000_000
-BASE_NS = 1_772_323_200 * SECOND_NS  # 2026-03-01T00:00:00Z
 
 
 def run(*args: str) -> Result:
@@ -215,27 +212,16 @@ def test_plot_writes_a_file_of_its_type(tmp_path: Path, suffix: str, looks_right
         assert b"Recommended: " in data
 
 
-def make_record(offset_s: float, duration_s: float = 15.0) -> InvocationRecord:
-    """A RunPod H100 record starting ``offset_s`` after BASE_NS."""
-    start_ns = BASE_NS + round(offset_s * SECOND_NS)
-    return InvocationRecord(
-        record_id=uuid.uuid4().hex,
-        invocation_id="job",
-        handler="predict",
-        service_name="svc",
-        platform="runpod",
-        gpu_model="H100",
-        start_ns=start_ns,
-        end_ns=start_ns + round(duration_s * SECOND_NS),
-        duration_s=duration_s,
-    )
-
-
 def test_a_ledger_is_replayed(tmp_path: Path) -> None:
     """`compare --ledger PATH` replays the seven recorded invocations on every option."""
     path = str(tmp_path / "ledger.db")
     with open_ledger(path) as ledger:
-        ledger.write([make_record(offset_s) for offset_s in (0, 30, 60, 600, 1200, 5000, 9000)])
+        ledger.write(
+            [
+                make_record(offset_s, 15.0, gpu_model="H100")
+                for offset_s in (0, 30, 60, 600, 1200, 5000, 9000)
+            ]
+        )
     document = run_json("--ledger", path)
     assert document["burstiness"]["requests"] == 7
     assert {option["requests"] for option in document["options"]} == {7}
@@ -298,7 +284,7 @@ def test_a_short_trace_is_warned_about(tmp_path: Path) -> None:
     """Three requests over four minutes: the table and JSON warn, saying why and what is enough."""
     path = str(tmp_path / "short.db")
     with open_ledger(path) as ledger:
-        ledger.write([make_record(offset_s) for offset_s in (0, 60, 225)])
+        ledger.write([make_record(offset_s, 15.0, gpu_model="H100") for offset_s in (0, 60, 225)])
     table = run("--ledger", path)
     assert table.exit_code == 0, table.output
     warning = next(line for line in table.output.splitlines() if line.startswith("warning:"))

@@ -173,3 +173,73 @@ def test_report_reads_a_ledger_in_a_read_only_directory(
         assert '"invocations": 4' in done.stdout
     finally:
         folder.chmod(0o755)
+
+
+# --- the settings file -----------------------------------------------------------------------
+
+
+def test_a_bad_value_in_the_file_fails_at_decoration_naming_file_and_key(tmp_path: Path) -> None:
+    """gpu_count = "two" in ./gpuledger.toml: the decorator raises, naming the key and the file."""
+    (tmp_path / "gpuledger.toml").write_text('gpu_count = "two"\n')
+    with pytest.raises(ConfigError) as caught:
+        gpuledger.traced_handler(lambda: None)
+    assert caught.value.setting == "gpu_count"
+    assert caught.value.source == f"file {tmp_path / 'gpuledger.toml'}"
+    assert str(caught.value) == (
+        f"setting 'gpu_count' = 'two' (from file {tmp_path / 'gpuledger.toml'}): "
+        "expected a whole number"
+    )
+
+
+def test_a_bad_value_in_pyproject_names_the_table(tmp_path: Path) -> None:
+    """In pyproject.toml, the message says the [tool.gpuledger] table as well as the file."""
+    (tmp_path / "pyproject.toml").write_text("[tool.gpuledger]\ntracing = 'maybe'\n")
+    with pytest.raises(ConfigError, match=r"\(from file .*pyproject\.toml \[tool\.gpuledger\]\)"):
+        gpuledger.configure(exporters="none")
+
+
+@pytest.mark.parametrize(
+    ("toml", "setting", "message"),
+    [
+        ("gpu_cont = 2\n", "gpu_cont", "unknown setting; did you mean 'gpu_count'?"),
+        ("tracer_provider = 'x'\n", "tracer_provider", "only an argument to configure()"),
+        ("ledger = \n", "config", "not valid TOML: Invalid value (at line 1, column 10)"),
+        ("gpu = 100\n", "gpu", "expected text, got int"),
+        ("ledger = ''\n", "ledger", "must not be empty"),
+    ],
+)
+def test_what_the_file_gets_wrong_is_named(
+    tmp_path: Path, toml: str, setting: str, message: str
+) -> None:
+    """An unknown key, an object's key, broken TOML, a value of the wrong type or an empty one:
+    each a ConfigError naming the file (and the key, where there is one)."""
+    path = tmp_path / "gpuledger.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError) as caught:
+        gpuledger.configure(exporters="none")
+    assert caught.value.setting == setting
+    assert message in caught.value.reason
+    assert f"(from file {path})" in str(caught.value)
+
+
+def test_a_missing_named_file_is_an_error_a_missing_local_one_is_not(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """GPULEDGER_CONFIG names a file the user asked for: missing, it is an error naming the
+    variable. No ./gpuledger.toml is the ordinary case."""
+    gpuledger.configure(exporters="none", ledger=str(tmp_path / "l.db"))
+    monkeypatch.setenv("GPULEDGER_CONFIG", str(tmp_path / "nope.toml"))
+    expected = (
+        f"setting 'config' = '{tmp_path / 'nope.toml'}' "
+        "(from environment variable GPULEDGER_CONFIG): no such file"
+    )
+    with pytest.raises(ConfigError) as caught:
+        gpuledger.configure(exporters="none", ledger=str(tmp_path / "l.db"))
+    assert str(caught.value) == expected
+
+
+def test_an_unreadable_file_is_named(tmp_path: Path) -> None:
+    """A gpuledger.toml that is a folder cannot be read: said, with its path."""
+    (tmp_path / "gpuledger.toml").mkdir()
+    with pytest.raises(ConfigError, match=r"gpuledger\.toml\): cannot be read: Is a directory"):
+        gpuledger.configure(exporters="none")

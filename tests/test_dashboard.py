@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from tests.services import HOST, free_port, in_ci, log_tail, stop
+from tests.support.processes import HOST, free_port, in_ci, log_tail, stop
 
 ROOT = Path(__file__).parents[1]
 DASHBOARD = ROOT / "docker" / "grafana" / "gpuledger.json"
@@ -224,7 +224,9 @@ def _finite(result: list[dict[str, Any]]) -> bool:
 
 
 def dashboard_queries() -> list[tuple[str, str]]:
-    """``(panel title, PromQL)`` of every target of every panel, Grafana variables substituted."""
+    """``(panel title, PromQL)`` of every target of every panel, Grafana variables substituted;
+    and of every query variable: ``label_values(series, label)`` as the PromQL that lists the
+    same values, ``count by (label) (series)``."""
     dashboard = json.loads(DASHBOARD.read_text())
     queries = []
     for panel in dashboard["panels"]:
@@ -235,6 +237,15 @@ def dashboard_queries() -> list[tuple[str, str]]:
             # Template variables (job, handler): "All", which the dashboard sends as ".*".
             expr = re.sub(r"\$\{?\w+\}?", ".*", expr)
             queries.append((f"{panel['title']} [{target['refId']}]", expr))
+    for variable in dashboard["templating"]["list"]:
+        if variable["type"] != "query":
+            continue
+        found = re.fullmatch(r"label_values\((.+),\s*(\w+)\)", variable["definition"])
+        assert found is not None, variable["definition"]
+        series = re.sub(r"\$\{?\w+\}?", ".*", found[1])
+        if "{" not in series:  # a selector, as every panel's, so that metric_names finds it
+            series += '{job=~".*"}'
+        queries.append((f"variable {variable['name']}", f"count by ({found[2]}) ({series})"))
     return queries
 
 
@@ -269,3 +280,28 @@ def test_every_panel_query_returns_data(prometheus_url: str) -> None:
             )
         time.sleep(1.0)
     assert len(queries) >= 25
+
+
+def _value(url: str, promql: str) -> float:
+    (series,) = _query(url, promql)
+    return float(series["value"][1])
+
+
+@pytest.mark.slow
+def test_faas_invocations_are_the_successful_invocations(prometheus_url: str) -> None:
+    """As the conventions define it, ``faas.invocations`` counts the invocations that succeeded
+    (the worker fails one in seven): with ``faas.errors`` it adds up to at most every invocation
+    (``faas.invoke_duration``'s count, the dashboard's denominator; a scrape may fall between an
+    invocation's histogram sample and its counters, never the other way round)."""
+    selector = '{job="gpuledger"}'
+    deadline = time.monotonic() + DATA_TIMEOUT_S
+    while not _finite(_query(prometheus_url, f"sum(faas_errors_total{selector}) > 0")):
+        if time.monotonic() > deadline:
+            pytest.fail(f"no faas_errors_total after {DATA_TIMEOUT_S:g} s")
+        time.sleep(1.0)
+    every = _value(prometheus_url, f"sum(faas_invoke_duration_seconds_count{selector})")
+    succeeded = _value(prometheus_url, f"sum(faas_invocations_total{selector})")
+    failed = _value(prometheus_url, f"sum(faas_errors_total{selector})")
+    assert failed > 0
+    assert succeeded + failed <= every
+    assert succeeded < every

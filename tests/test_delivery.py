@@ -20,16 +20,8 @@ import pytest
 
 from gpuledger.ledger import open_ledger
 
-from .receivers import (
-    HOST,
-    DDAgent,
-    Rotel,
-    _accepts,
-    free_ports,
-    rotel_binary,
-    unavailable,
-)
-from .services import _spawn, _wait_ready, stop
+from .support.processes import HOST, accepts, free_ports, spawn, stop, wait_ready
+from .support.receivers import DDAgent, Rotel, rotel_binary, unavailable
 
 pytestmark = pytest.mark.slow
 
@@ -56,8 +48,8 @@ class Sidecar:
         if protocol:
             argv += ["--otlp-protocol", protocol]
         env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "GPULEDGER_"))}
-        self.proc = _spawn(argv, self.log, env=env)
-        _wait_ready(self.proc, lambda: self.health() is not None, "sidecar", self.log, 20)
+        self.proc = spawn(argv, self.log, env=env)
+        wait_ready(self.proc, lambda: self.health() is not None, "sidecar", self.log, 20)
 
     def health(self) -> dict[str, Any] | None:
         try:
@@ -167,8 +159,8 @@ def _start_rotel_on(ports: list[int], workdir: Path) -> Rotel:
         "--debug-log", "traces", "--debug-log-verbosity", "detailed",
         "--batch-timeout", "50ms", "--exporter", "blackhole",
     ]  # fmt: skip
-    proc = _spawn(argv, log, cwd=workdir, env=env)
-    _wait_ready(proc, lambda: _accepts(http) and _accepts(grpc), "rotel", log, 20)
+    proc = spawn(argv, log, cwd=workdir, env=env)
+    wait_ready(proc, lambda: accepts(http) and accepts(grpc), "rotel", log, 20)
     return Rotel(f"http://{HOST}:{http}", f"{HOST}:{grpc}", log, proc)
 
 
@@ -255,5 +247,5 @@ def test_sidecar_over_grpc_through_a_collector_into_datadogs_test_agent(
     assert set(got) == {f"dd-{n}" for n in range(20)}
     span = got["dd-0"]
     assert span.kind == "SPAN_KIND_SERVER"
-    assert span.attributes["gpuledger.cost.usd"] == 0.0005
+    assert span.attributes["gpuledger.cost.total"] == 0.0005
     assert span.resource["service.name"] == "delivery-test"

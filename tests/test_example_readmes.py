@@ -43,10 +43,10 @@ from typing import Any
 
 import pytest
 
-from tests.ledgers import ledger_rows, union_seconds
-from tests.services import HOST, _spawn, free_port, log_tail
-from tests.services import stop as stop_process
-from tests.venvs import (
+from tests.support.ledgers import ledger_rows, union_seconds
+from tests.support.processes import HOST, free_port, log_tail, spawn
+from tests.support.processes import stop as stop_process
+from tests.support.venvs import (
     PIP_TIMEOUT_S,
     PYTHON_VERSION,
     cached_venv_made_by,
@@ -355,8 +355,8 @@ class ReadmeShell:
         job is), and wait until its server answers ``ready_path`` (any HTTP answer)."""
         command = self.take(prefix)
         log = self.workdir / f"server-{len(self.servers)}.log"
-        process = _spawn(["bash", "-c", self._substituted(command.text)], log,
-                         cwd=self.cwd, env=self.env)  # fmt: skip
+        process = spawn(["bash", "-c", self._substituted(command.text)], log,
+                        cwd=self.cwd, env=self.env)  # fmt: skip
         server = Server(command, process, log)
         self.servers.append(server)
         named = [port for readme, port in self.ports.items() if str(readme) in command.text]

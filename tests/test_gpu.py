@@ -111,8 +111,8 @@ def test_known_profile_gives_known_busy_seconds(tmp_path: Path, clock: FakeClock
     assert "sampler" in row["gpu_unmeasured"]
     (span,) = [s for s in telemetry.spans() if s.name.endswith("handler")]
     assert span.attributes is not None
-    assert span.attributes["gpuledger.gpu.busy_seconds"] == row["busy_gpu_seconds"]
-    assert span.attributes["gpuledger.gpu.energy_j"] == row["energy_j"]
+    assert span.attributes["gpuledger.gpu.busy"] == row["busy_gpu_seconds"]
+    assert span.attributes["gpuledger.gpu.energy"] == row["energy_j"]
     assert span.end_time == row["end_ns"]  # ended by the writer, at the invocation's end
 
 

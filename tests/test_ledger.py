@@ -1,4 +1,10 @@
-"""The SQLite ledger: round trips, idempotence, schema versions, damaged files, concurrency."""
+"""The ledger, on both back-ends where they share behaviour, and what only SQLite does.
+
+The tests taking ``ledger_location`` run once on SQLite and once on a real PostgreSQL
+(``tests/support/ledgers.py``): round trips, idempotent writes, reading, closing. The rest are
+SQLite's own: files and URLs, refusals of damaged or foreign files, schema versions and
+migrations, locking, concurrent processes. PostgreSQL's own are in ``tests/test_ledger_pg.py``.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,6 @@ import os
 import sqlite3
 import threading
 import typing
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +22,7 @@ import pytest
 
 from gpuledger import InvocationRecord, LedgerError
 from gpuledger._record import FIELD_NAMES
-from gpuledger.ledger import _schema
+from gpuledger.ledger import Usage, _schema
 from gpuledger.ledger import _sqlite as _ledger
 from gpuledger.ledger._sqlite import (
     DEFAULT_LEDGER,
@@ -26,76 +31,15 @@ from gpuledger.ledger._sqlite import (
     default_ledger_location,
     open_ledger,
 )
+from gpuledger.testing import RECORDS_START_NS as BASE_NS
+from gpuledger.testing import make_record
 
-BASE_NS = 1_772_323_200_000_000_000  # 2026-03-01T00:00:00Z
-
-
-def make_record(index: int = 0, **overrides: Any) -> InvocationRecord:
-    """A minimal record (every optional field unknown) starting ``index`` seconds after BASE_NS."""
-    start_ns = BASE_NS + index * 1_000_000_000
-    values: dict[str, Any] = {
-        "record_id": uuid.uuid4().hex,
-        "invocation_id": f"job-{index}",
-        "handler": "predict",
-        "service_name": "svc",
-        "platform": "runpod",
-        "start_ns": start_ns,
-        "end_ns": start_ns + 250_000_000,
-        "duration_s": 0.25,
-    }
-    values.update(overrides)
-    return InvocationRecord(**values)
-
-
-def full_record() -> InvocationRecord:
-    """A record with every field set to a value other than its default."""
-    return make_record(
-        7,
-        endpoint="ep-1",
-        worker_id="w-1",
-        region="EU-RO-1",
-        gpu_model="NVIDIA A100 80GB PCIe",
-        gpu_count=2,
-        outcome="error",
-        error_type="RuntimeError",
-        cold=True,
-        init_duration_s=12.5,
-        init_phases={"model_load": 9.25, "imports": 2.0, "(unnamed)": 1.25},
-        idle_gap_s=0.125,
-        billed_gpu_seconds=0.5,
-        busy_gpu_seconds=0.3125,
-        busy_source="process",
-        energy_j=71.0,
-        energy_active_j=50.5,
-        energy_idle_j=20.5,
-        energy_source="counter",
-        peak_gpu_memory_bytes=40 * 2**30,
-        gpu_uuids="GPU-5f1c0d7e-0000-1111-2222-333344445555",
-        gpu_unmeasured={"peak_gpu_memory_bytes": "needs the sampler"},
-        external_wait_cost_usd=0.000_012,
-        external_targets={"postgresql://10.0.0.5:5432": {"calls": 3, "wait_s": 0.05}},
-        external_calls=3,
-        external_call_seconds=0.2,
-        external_wait_seconds=0.15,
-        user_id="3f9a",
-        user_id_pseudonymised=True,
-        tenant="acme",
-        tags={"model": "sdxl", "ünïcode": "✓"},
-        input_tokens=120,
-        output_tokens=980,
-        cost_usd=0.000_987_654_321,
-        cost_execution_usd=0.000_1,
-        cost_gpu_usd=0.000_8,
-        cost_coldstart_usd=0.000_087_654_321,
-        pricing_platform="runpod-serverless",
-        pricing_version="2026-03",
-        cost_source="catalogue:2026-03",
-    )
+from .support.ledgers import full_record, record_at
 
 
 @pytest.fixture
 def ledger_path(tmp_path: Path) -> str:
-    """A path where no ledger exists yet."""
+    """A path where no SQLite ledger exists yet."""
     return str(tmp_path / "ledger.db")
 
 
@@ -115,116 +59,218 @@ def test_full_record_sets_every_field() -> None:
     assert unset == []
 
 
-def test_round_trip_every_field_set(ledger_path: str) -> None:
+# --- both back-ends ------------------------------------------------------------------------------
+
+
+def test_round_trip_every_field_set(ledger_location: str) -> None:
     """A record with every field set reads back equal, types included."""
     record = full_record()
-    with open_ledger(ledger_path) as ledger:
-        ledger.write([record])
+    with open_ledger(ledger_location) as ledger:
+        assert ledger.write([record]) == 1
         (back,) = ledger.read()
     assert back == record
     assert back.cold is True
     assert back.user_id_pseudonymised is True
+    assert type(back.start_ns) is int
+    assert type(back.duration_s) is float
     assert list(back.init_phases or {}) == ["model_load", "imports", "(unnamed)"]
+    assert back.tags == {"model": "sdxl", "ünïcode": "✓"}
 
 
-def test_round_trip_optional_fields_unknown(ledger_path: str) -> None:
+def test_round_trip_optional_fields_unknown(ledger_location: str) -> None:
     """A record whose optional fields are all None reads back with them still None."""
     record = make_record()
-    with open_ledger(ledger_path) as ledger:
+    with open_ledger(ledger_location) as ledger:
         ledger.write([record])
         (back,) = ledger.read()
     assert back == record
+    assert back.cold is False
     assert back.busy_gpu_seconds is None
     assert back.cost_usd is None
     assert back.init_phases is None
     assert back.tags == {}
 
 
-def test_round_trip_survives_reopen(ledger_path: str) -> None:
-    """Records written by one Ledger are read by the next one opened on the file."""
+def test_round_trip_survives_reopen(ledger_location: str) -> None:
+    """Records written by one Ledger are read by the next one opened on the same location."""
     records = [full_record(), make_record(1)]
-    with open_ledger(ledger_path) as ledger:
+    with open_ledger(ledger_location) as ledger:
         ledger.write(records)
-    with open_ledger(ledger_path, create=False) as ledger:
+    with open_ledger(ledger_location, create=False) as ledger:
         assert sorted(ledger.read(), key=lambda r: r.record_id) == sorted(
             records, key=lambda r: r.record_id
         )
 
 
-def test_required_float_nan_reads_back_as_nan(ledger_path: str) -> None:
-    """SQLite keeps NaN as NULL; a required float comes back NaN, an optional one None."""
-    record = make_record(duration_s=math.nan, busy_gpu_seconds=math.nan)
-    with open_ledger(ledger_path) as ledger:
+def test_nan_reads_back_as_nan_or_none(ledger_location: str) -> None:
+    """NaN is stored as NULL: a required float reads back NaN, an optional one None; infinity
+    stays infinite; and the record reads back alike from both back-ends."""
+    record = make_record(duration_s=math.nan, busy_gpu_seconds=math.nan, energy_j=math.inf)
+    with open_ledger(ledger_location) as ledger:
         assert ledger.write([record]) == 1
         (back,) = ledger.read()
     assert math.isnan(back.duration_s)
     assert back.busy_gpu_seconds is None
+    assert back.energy_j == math.inf
+    with open_ledger(":memory:") as sqlite:
+        sqlite.write([record])
+        (from_sqlite,) = sqlite.read()
+    assert dataclasses.replace(from_sqlite, duration_s=0.0) == dataclasses.replace(
+        back, duration_s=0.0
+    )
 
 
-def test_rewrite_is_idempotent(ledger_path: str) -> None:
+def test_rewrite_is_idempotent(ledger_location: str) -> None:
     """Re-sending records never stores them twice, and write() counts only the new ones."""
     first = [make_record(i) for i in range(5)]
     more = [make_record(i) for i in range(5, 8)]
-    with open_ledger(ledger_path) as ledger:
+    lone = make_record(9)
+    with open_ledger(ledger_location) as ledger:
         assert ledger.write(first) == 5
         assert ledger.write(first) == 0
         assert ledger.write([*first[:2], *more]) == 3
+        assert ledger.write([more[0], more[0]]) == 0
         assert ledger.count() == 8
+        assert ledger.write([lone]) == 1
+        assert ledger.write([lone]) == 0
+        assert ledger.count() == 9
 
 
-def test_duplicate_within_one_batch_counts_once(ledger_path: str) -> None:
-    """The same record twice in one batch is stored once."""
+def test_duplicate_within_one_batch_counts_once(ledger_location: str) -> None:
+    """The same record_id twice in one batch is stored once: the first."""
     record = make_record()
-    with open_ledger(ledger_path) as ledger:
-        assert ledger.write([record, record]) == 1
+    twin = dataclasses.replace(record, handler="other")
+    again = make_record(1)
+    with open_ledger(ledger_location) as ledger:
+        assert ledger.write([record, twin]) == 1
         assert ledger.count() == 1
+        assert [r.handler for r in ledger.read()] == ["predict"]
+        assert ledger.write([again, again]) == 1
+        assert ledger.count() == 2
 
 
-def test_write_empty_batch(ledger_path: str) -> None:
+def test_write_empty_batch(ledger_location: str) -> None:
     """An empty batch writes nothing and returns 0."""
-    with open_ledger(ledger_path) as ledger:
+    with open_ledger(ledger_location) as ledger:
         assert ledger.write([]) == 0
         assert ledger.count() == 0
 
 
-def test_bad_record_fails_its_batch_whole(ledger_path: str) -> None:
-    """A record breaking the schema raises LedgerError and stores none of its batch."""
+def test_bad_record_fails_its_batch_whole(ledger_location: str) -> None:
+    """A record breaking the schema raises LedgerError and stores none of its batch; the ledger
+    stays usable."""
     broken = dataclasses.replace(make_record(1), handler=None)  # type: ignore[arg-type]
-    with open_ledger(ledger_path) as ledger:
+    with open_ledger(ledger_location) as ledger:
         with pytest.raises(LedgerError, match=r"could not write 2 record\(s\).*handler"):
             ledger.write([make_record(0), broken])
         assert ledger.count() == 0
+        assert ledger.write([make_record(2)]) == 1
 
 
-def test_read_orders_by_start_and_filters(ledger_path: str) -> None:
+def test_write_from_threads(ledger_location: str) -> None:
+    """A ledger opened on one thread, written from several others at once, stores every record
+    once."""
+    failures: list[BaseException] = []
+    with open_ledger(ledger_location) as ledger:
+
+        def writer(offset: int) -> None:
+            try:
+                for batch in range(5):
+                    ledger.write([record_at(offset + batch * 10 + i) for i in range(10)])
+            except BaseException as exc:  # surfaced below, in the test's thread
+                failures.append(exc)
+
+        threads = [threading.Thread(target=writer, args=(n * 1000,)) for n in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        assert failures == []
+        assert ledger.count() == 200
+
+
+def test_read_orders_by_start_and_filters(ledger_location: str) -> None:
     """read() yields by start_ns; since_ns is inclusive, until_ns exclusive."""
     records = [make_record(i) for i in (5, 1, 4, 2, 3)]
-    with open_ledger(ledger_path) as ledger:
+    with open_ledger(ledger_location) as ledger:
         ledger.write(records)
         starts = [r.start_ns for r in ledger.read()]
         window = [
             r.invocation_id
             for r in ledger.read(since_ns=BASE_NS + 2_000_000_000, until_ns=BASE_NS + 4_000_000_000)
         ]
+        since = [r.invocation_id for r in ledger.read(since_ns=BASE_NS + 4_000_000_000)]
     assert starts == sorted(starts)
     assert len(starts) == 5
     assert window == ["job-2", "job-3"]
+    assert since == ["job-4", "job-5"]
 
 
-def test_read_pages_through_many_records(ledger_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A read longer than one page yields every record once, in order, ties included."""
+def test_read_pages_in_sqlite_order(ledger_location: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read longer than one page yields every record once, ordered by (start_ns, record_id)
+    exactly as the SQLite ledger orders them, ties and mixed-case ids included."""
     monkeypatch.setattr(_schema, "_READ_PAGE", 7)
-    # Three records per start instant, so page boundaries fall inside ties.
-    records = [make_record(i // 3) for i in range(50)]
-    with open_ledger(ledger_path) as ledger:
+    # Three records per start instant, so page boundaries fall inside ties; ids that a locale
+    # would sort differently from code points ("B" < "a" < "b" in SQLite).
+    ids = [f"{prefix}{i:02d}" for i in range(17) for prefix in ("a", "B", "b")][:50]
+    records = [make_record(i // 3, record_id=rid) for i, rid in enumerate(ids)]
+    with open_ledger(ledger_location) as ledger, open_ledger(":memory:") as sqlite:
         ledger.write(records)
-        back = list(ledger.read())
+        sqlite.write(records)
+        back = [(r.start_ns, r.record_id) for r in ledger.read()]
         since = list(ledger.read(since_ns=BASE_NS + 10_000_000_000))
-    assert sorted(r.record_id for r in back) == sorted(r.record_id for r in records)
-    assert [(r.start_ns, r.record_id) for r in back] == sorted(
-        (r.start_ns, r.record_id) for r in records
-    )
+        assert back == [(r.start_ns, r.record_id) for r in sqlite.read()]
+    assert sorted(record_id for _, record_id in back) == sorted(ids)
+    assert back == sorted((r.start_ns, r.record_id) for r in records)
     assert len(since) == 50 - 30
+
+
+def test_read_usage_matches_read(ledger_location: str) -> None:
+    """read_usage yields the replay fields of exactly the records read() yields, in order."""
+    records = [
+        record_at(
+            7 - index,
+            gpu_model="H100" if index % 2 else None,
+            gpu_count=1 + index % 3,
+            duration_s=0.5 * index,
+            cold=index == 3,
+            init_duration_s=4.0 if index == 3 else None,
+            input_tokens=index or None,
+        )
+        for index in range(8)
+    ]
+    with open_ledger(ledger_location) as ledger:
+        ledger.write(records)
+        full = list(ledger.read(since_ns=BASE_NS + 1_000_000_000))
+        usage = list(ledger.read_usage(since_ns=BASE_NS + 1_000_000_000))
+    assert usage == [Usage(*(getattr(record, name) for name in Usage._fields)) for record in full]
+    assert len(usage) == 7
+    assert [u.cold for u in usage].count(True) == 1
+
+
+def test_read_bounds_beyond_64_bits(ledger_location: str) -> None:
+    """Bounds past 64-bit integers select nothing or everything instead of failing."""
+    with open_ledger(ledger_location) as ledger:
+        ledger.write([make_record()])
+        assert list(ledger.read(since_ns=2**70)) == []
+        assert list(ledger.read(until_ns=-(2**70))) == []
+        assert len(list(ledger.read(since_ns=-(2**70), until_ns=2**70))) == 1
+
+
+def test_closed_ledger_refuses_use(ledger_location: str) -> None:
+    """After close(), calls raise LedgerError; closing again is harmless."""
+    ledger = open_ledger(ledger_location)
+    assert "schema" in repr(ledger)
+    ledger.close()
+    ledger.close()
+    assert "closed" in repr(ledger)
+    with pytest.raises(LedgerError, match="closed"):
+        ledger.write([make_record()])
+    with pytest.raises(LedgerError, match="closed"):
+        ledger.count()
+
+
+# --- SQLite --------------------------------------------------------------------------------------
 
 
 def test_sqlite_url_location(tmp_path: Path) -> None:
@@ -389,35 +435,6 @@ def test_missing_column_refused(ledger_path: str) -> None:
         _ledger._open(ledger_path, create=True, migrations=broken)
 
 
-def test_closed_ledger_refuses_use(ledger_path: str) -> None:
-    """After close(), calls raise LedgerError; closing again is harmless."""
-    ledger = open_ledger(ledger_path)
-    ledger.close()
-    ledger.close()
-    with pytest.raises(LedgerError, match="closed"):
-        ledger.write([make_record()])
-    with pytest.raises(LedgerError, match="closed"):
-        ledger.count()
-
-
-def test_write_from_another_thread(ledger_path: str) -> None:
-    """A ledger opened on one thread can be written from a background thread."""
-    failures: list[BaseException] = []
-    with open_ledger(ledger_path) as ledger:
-
-        def writer() -> None:
-            try:
-                ledger.write([make_record(i) for i in range(10)])
-            except BaseException as exc:  # surfaced below, in the test's thread
-                failures.append(exc)
-
-        thread = threading.Thread(target=writer)
-        thread.start()
-        thread.join()
-        assert failures == []
-        assert ledger.count() == 10
-
-
 def test_write_retries_while_file_is_locked(
     ledger_path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -464,7 +481,7 @@ def test_default_location(monkeypatch: pytest.MonkeyPatch) -> None:
     assert default_ledger_location() == "/data/ledger.db"
 
 
-# --- several processes, one new file -------------------------------------------------------------
+# --- SQLite: several processes, one new file ----------------------------------------------------
 
 _PROCESSES = 4
 _BATCHES = 5
@@ -526,42 +543,3 @@ def test_concurrent_processes_share_a_new_file(ledger_path: str) -> None:
         versions = [row[0] for row in connection.execute("SELECT version FROM schema_migrations")]
     connection.close()
     assert versions == list(range(1, SCHEMA_VERSION + 1))
-
-
-def test_read_bounds_beyond_64_bits(ledger_path: str) -> None:
-    """Bounds past SQLite's 64-bit integers select nothing or everything instead of failing."""
-    with open_ledger(ledger_path) as ledger:
-        ledger.write([make_record()])
-        assert list(ledger.read(since_ns=2**70)) == []
-        assert list(ledger.read(until_ns=-(2**70))) == []
-        assert len(list(ledger.read(since_ns=-(2**70), until_ns=2**70))) == 1
-
-
-def test_read_usage_matches_read(tmp_path: Path) -> None:
-    """read_usage yields the replay fields of exactly the records read() yields, in order."""
-    from gpuledger.ledger import Usage
-
-    with open_ledger(str(tmp_path / "usage.db")) as ledger:
-        records = [
-            InvocationRecord(
-                record_id=f"{index:032x}",
-                invocation_id=str(index),
-                handler="h",
-                service_name="s",
-                platform="runpod",
-                gpu_model="H100" if index % 2 else None,
-                gpu_count=1 + index % 3,
-                start_ns=1_000 + (7 - index) * 10,
-                end_ns=2_000 + (7 - index) * 10,
-                duration_s=0.5 * index,
-                cold=index == 3,
-                init_duration_s=4.0 if index == 3 else None,
-                input_tokens=index or None,
-            )
-            for index in range(8)
-        ]
-        ledger.write(records)
-        full = list(ledger.read(since_ns=1_010))
-        usage = list(ledger.read_usage(since_ns=1_010))
-    assert usage == [Usage(*(getattr(record, name) for name in Usage._fields)) for record in full]
-    assert len(usage) == 7

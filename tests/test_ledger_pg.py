@@ -1,8 +1,10 @@
-"""The PostgreSQL ledger against a real server: the SQLite ledger's behaviour, shared by a fleet.
+"""The PostgreSQL ledger against a real server: what only it does, as a ledger shared by a fleet.
 
-Schema translation and migrations (once, under an advisory lock), exact round trips, idempotent
-writes from concurrent processes, paging, refusals, connection errors that never show a password,
-reconnection, and the whole path from a traced handler to ``gpuledger report`` and ``compare``.
+Schema translation and migrations (once, under an advisory lock), how values are stored,
+idempotent writes from concurrent processes, refusals, connection errors that never show a
+password, reconnection, and the whole path from a traced handler to ``gpuledger report`` and
+``compare``. What both back-ends do alike (round trips, idempotent writes, reading, closing) is
+tested once for each in ``tests/test_ledger.py``, through the ``ledger_location`` fixture.
 """
 
 from __future__ import annotations
@@ -45,14 +47,13 @@ from gpuledger.ledger._sqlite import (
     SCHEMA_MIGRATIONS_TABLE,
     SCHEMA_VERSION,
     Ledger,
-    Usage,
     display_location,
     open_ledger,
 )
+from gpuledger.testing import FakeClock, make_record
 
-from .conftest import FakeClock
-from .services import HOST, free_port
-from .test_ledger import BASE_NS, full_record, make_record
+from .support.ledgers import full_record, record_at
+from .support.processes import HOST, free_port
 
 STATEMENTS = [SCHEMA_MIGRATIONS_TABLE, *(statement for m in MIGRATIONS for statement in m)]
 
@@ -63,11 +64,6 @@ def query(dsn: str, text: str, *params: object) -> list[tuple[Any, ...]]:
     with psycopg.connect(dsn, autocommit=True) as connection:
         cursor = connection.execute(text, params or None)
         return cursor.fetchall() if cursor.description is not None else []
-
-
-def record_at(index: int, **overrides: Any) -> InvocationRecord:
-    """``make_record(index)`` with a record_id fixed by ``index``, the same in every process."""
-    return make_record(index, record_id=f"{index:032x}", **overrides)
 
 
 # --- translating the schema ----------------------------------------------------------------------
@@ -283,56 +279,17 @@ def test_migration_waits_for_the_advisory_lock(postgres_db: str) -> None:
     assert done.is_set()
 
 
-# --- round trips ---------------------------------------------------------------------------------
-
-
-def test_round_trip_every_field_set(postgres_db: str) -> None:
-    """A record with every field set reads back equal, types included."""
-    record = full_record()
-    with open_ledger(postgres_db) as ledger:
-        assert ledger.write([record]) == 1
-        (back,) = ledger.read()
-    assert back == record
-    assert back.cold is True
-    assert back.user_id_pseudonymised is True
-    assert type(back.start_ns) is int
-    assert type(back.duration_s) is float
-    assert list(back.init_phases or {}) == ["model_load", "imports", "(unnamed)"]
-    assert back.tags == {"model": "sdxl", "ünïcode": "✓"}
-
-
-def test_round_trip_optional_fields_unknown(postgres_db: str) -> None:
-    """A record whose optional fields are all None reads back with them still None."""
-    record = make_record()
-    with open_ledger(postgres_db) as ledger:
-        ledger.write([record])
-        (back,) = ledger.read()
-    assert back == record
-    assert back.cold is False
-    assert back.busy_gpu_seconds is None
-    assert back.init_phases is None
-    assert back.tags == {}
+# --- how values are stored ------------------------------------------------------------------------
 
 
 def test_nan_is_stored_as_null(postgres_db: str) -> None:
-    """NaN is stored as NULL, as SQLite does: a required float reads back NaN, an optional one
-    None, and the same record reads back alike from both back-ends."""
-    record = make_record(duration_s=math.nan, busy_gpu_seconds=math.nan, energy_j=math.inf)
+    """NaN is stored as NULL, as SQLite does (how it reads back: ``tests/test_ledger.py``)."""
+    record = make_record(duration_s=math.nan, busy_gpu_seconds=math.nan)
     with open_ledger(postgres_db) as ledger:
         assert ledger.write([record]) == 1
-        (back,) = ledger.read()
     assert query(postgres_db, "SELECT duration_s, busy_gpu_seconds FROM invocations") == [
         (None, None)
     ]
-    assert math.isnan(back.duration_s)
-    assert back.busy_gpu_seconds is None
-    assert back.energy_j == math.inf
-    with open_ledger(":memory:") as sqlite:
-        sqlite.write([record])
-        (from_sqlite,) = sqlite.read()
-    assert dataclasses.replace(from_sqlite, duration_s=0.0) == dataclasses.replace(
-        back, duration_s=0.0
-    )
 
 
 def test_json_fields_are_json_text(postgres_db: str) -> None:
@@ -344,69 +301,7 @@ def test_json_fields_are_json_text(postgres_db: str) -> None:
     assert cold == 1
 
 
-# --- idempotent writes ---------------------------------------------------------------------------
-
-
-def test_rewrite_is_idempotent(postgres_db: str) -> None:
-    """Re-sending records never stores them twice, and write() counts only the new ones."""
-    first = [make_record(i) for i in range(5)]
-    more = [make_record(i) for i in range(5, 8)]
-    with open_ledger(postgres_db) as ledger:
-        assert ledger.write([first[0]]) == 1
-        assert ledger.write([first[0]]) == 0
-        assert ledger.count() == 1
-        assert ledger.write(first) == 4
-        assert ledger.write(first) == 0
-        assert ledger.write([*first[:2], *more]) == 3
-        assert ledger.write([more[0], more[0]]) == 0
-        assert ledger.count() == 8
-
-
-def test_duplicate_within_one_batch_counts_once(postgres_db: str) -> None:
-    """The same record_id twice in one batch is stored once: the first, as in SQLite."""
-    record = make_record()
-    twin = dataclasses.replace(record, handler="other")
-    with open_ledger(postgres_db) as ledger:
-        assert ledger.write([record, twin]) == 1
-        assert [r.handler for r in ledger.read()] == ["predict"]
-
-
-def test_write_empty_batch(postgres_db: str) -> None:
-    """An empty batch writes nothing and returns 0."""
-    with open_ledger(postgres_db) as ledger:
-        assert ledger.write([]) == 0
-        assert ledger.count() == 0
-
-
-def test_bad_record_fails_its_batch_whole(postgres_db: str) -> None:
-    """A record breaking the schema raises LedgerError and stores none of its batch."""
-    broken = dataclasses.replace(make_record(1), handler=None)  # type: ignore[arg-type]
-    with open_ledger(postgres_db) as ledger:
-        with pytest.raises(LedgerError, match=r"could not write 2 record\(s\).*handler"):
-            ledger.write([make_record(0), broken])
-        assert ledger.count() == 0
-        assert ledger.write([make_record(2)]) == 1  # the connection is still usable
-
-
-def test_write_from_threads(postgres_db: str) -> None:
-    """One ledger written from several threads at once stores every record once."""
-    failures: list[BaseException] = []
-    with open_ledger(postgres_db) as ledger:
-
-        def writer(offset: int) -> None:
-            try:
-                for batch in range(5):
-                    ledger.write([record_at(offset + batch * 10 + i) for i in range(10)])
-            except BaseException as exc:
-                failures.append(exc)
-
-        threads = [threading.Thread(target=writer, args=(n * 1000,)) for n in range(4)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=30)
-        assert failures == []
-        assert ledger.count() == 200
+# --- concurrent writers ---------------------------------------------------------------------------
 
 
 _PROCESSES = 4
@@ -468,90 +363,7 @@ def test_concurrent_processes_write_the_union(postgres_db: str) -> None:
     assert versions == list(range(1, SCHEMA_VERSION + 1))
 
 
-# --- reading -------------------------------------------------------------------------------------
-
-
-def test_read_orders_by_start_and_filters(postgres_db: str) -> None:
-    """read() yields by start_ns; since_ns is inclusive, until_ns exclusive."""
-    records = [make_record(i) for i in (5, 1, 4, 2, 3)]
-    with open_ledger(postgres_db) as ledger:
-        ledger.write(records)
-        starts = [r.start_ns for r in ledger.read()]
-        window = [
-            r.invocation_id
-            for r in ledger.read(since_ns=BASE_NS + 2_000_000_000, until_ns=BASE_NS + 4_000_000_000)
-        ]
-        since = [r.invocation_id for r in ledger.read(since_ns=BASE_NS + 4_000_000_000)]
-    assert starts == sorted(starts)
-    assert len(starts) == 5
-    assert window == ["job-2", "job-3"]
-    assert since == ["job-4", "job-5"]
-
-
-def test_read_pages_in_sqlite_order(postgres_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A read longer than one page yields every record once, ordered by (start_ns, record_id)
-    exactly as the SQLite ledger orders them, ties and mixed-case ids included."""
-    monkeypatch.setattr(_schema, "_READ_PAGE", 7)
-    # Three records per start instant, so page boundaries fall inside ties; ids that a locale
-    # would sort differently from code points ("B" < "a" < "b" in SQLite).
-    ids = [f"{prefix}{i:02d}" for i in range(17) for prefix in ("a", "B", "b")][:50]
-    records = [make_record(i // 3, record_id=rid) for i, rid in enumerate(ids)]
-    with open_ledger(postgres_db) as ledger, open_ledger(":memory:") as sqlite:
-        ledger.write(records)
-        sqlite.write(records)
-        back = [(r.start_ns, r.record_id) for r in ledger.read()]
-        since = list(ledger.read(since_ns=BASE_NS + 10_000_000_000))
-        assert back == [(r.start_ns, r.record_id) for r in sqlite.read()]
-    assert back == sorted((r.start_ns, r.record_id) for r in records)
-    assert len(since) == 50 - 30
-
-
-def test_read_usage_matches_read(postgres_db: str) -> None:
-    """read_usage yields the replay fields of exactly the records read() yields, in order."""
-    records = [
-        record_at(
-            7 - index,
-            gpu_model="H100" if index % 2 else None,
-            gpu_count=1 + index % 3,
-            duration_s=0.5 * index,
-            cold=index == 3,
-            init_duration_s=4.0 if index == 3 else None,
-            input_tokens=index or None,
-        )
-        for index in range(8)
-    ]
-    with open_ledger(postgres_db) as ledger:
-        ledger.write(records)
-        full = list(ledger.read(since_ns=BASE_NS + 1_000_000_000))
-        usage = list(ledger.read_usage(since_ns=BASE_NS + 1_000_000_000))
-    assert usage == [Usage(*(getattr(record, name) for name in Usage._fields)) for record in full]
-    assert len(usage) == 7
-    assert [u.cold for u in usage].count(True) == 1
-
-
-def test_read_bounds_beyond_64_bits(postgres_db: str) -> None:
-    """Bounds past 64-bit integers select nothing or everything instead of failing."""
-    with open_ledger(postgres_db) as ledger:
-        ledger.write([make_record()])
-        assert list(ledger.read(since_ns=2**70)) == []
-        assert list(ledger.read(until_ns=-(2**70))) == []
-        assert len(list(ledger.read(since_ns=-(2**70), until_ns=2**70))) == 1
-
-
 # --- connections, errors and passwords -----------------------------------------------------------
-
-
-def test_closed_ledger_refuses_use(postgres_db: str) -> None:
-    """After close(), calls raise LedgerError; closing again is harmless."""
-    ledger = open_ledger(postgres_db)
-    assert "schema" in repr(ledger)
-    ledger.close()
-    ledger.close()
-    assert "closed" in repr(ledger)
-    with pytest.raises(LedgerError, match="closed"):
-        ledger.write([make_record()])
-    with pytest.raises(LedgerError, match="closed"):
-        ledger.count()
 
 
 def test_reconnects_after_the_connection_breaks(postgres_db: str) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.ledgers import union_seconds
+from tests.support.ledgers import union_seconds
 
 modal = pytest.importorskip("modal")
 

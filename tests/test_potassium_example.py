@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
-from tests.ledgers import ledger_rows
-from tests.services import HOST, _spawn, free_port, log_tail, stop
-from tests.upstreams import POTASSIUM_VERSION
-from tests.venvs import (
+from tests.support.ledgers import ledger_rows
+from tests.support.processes import HOST, free_port, log_tail, spawn, stop
+from tests.support.upstreams import POTASSIUM_VERSION
+from tests.support.venvs import (
     PYTHON_VERSION,
     cached_venv,
     gpuledger_dependencies,
@@ -96,7 +96,7 @@ def _served(
         "EXAMPLE_MODEL_LOAD_S": "0.5",
     }
     log = tmp_path / "potassium.log"
-    proc = _spawn([str(potassium_gpuledger_python), str(EXAMPLE)], log, env=env, cwd=tmp_path)
+    proc = spawn([str(potassium_gpuledger_python), str(EXAMPLE)], log, env=env, cwd=tmp_path)
     url = f"http://{HOST}:{port}"
     try:
         deadline = time.monotonic() + 60

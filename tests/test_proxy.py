@@ -2,9 +2,9 @@
 
 The proxy runs in the test's process (on an event loop of its own thread) with the agent
 configured on a real clock, or as the ``gpuledger proxy`` command; the model servers are real
-processes (``tests/upstreams.py``): Cog's coglet and Potassium in venvs of their own, and a plain
-aiohttp server for the edge cases. What is checked is what users get: the ledger's rows, the
-spans, and the bytes a client receives.
+processes (``tests/support/upstreams.py``): Cog's coglet and Potassium in venvs of their own, and
+a plain aiohttp server for the edge cases. What is checked is what users get: the ledger's rows,
+the spans, and the bytes a client receives.
 """
 
 from __future__ import annotations
@@ -48,10 +48,10 @@ from gpuledger.sidecar._proxy import (
     proxy_config,
     upstream_start_ns,
 )
-from tests.services import free_port, log_tail
+from tests.support.processes import free_port, log_tail
 
 if TYPE_CHECKING:  # loaded as a plugin by tests/conftest.py, which must import it first
-    from tests.upstreams import Upstream, Upstreams
+    from tests.support.upstreams import Upstream, Upstreams
 
 T = TypeVar("T")
 READY_S = 30.0

@@ -27,10 +27,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from .conftest import run_python
-from .services import free_port
+from .support.processes import free_port
 
 if TYPE_CHECKING:  # imported for real by pytest_plugins, which must load it first
-    from .receivers import DDAgent, ReceivedMetric, ReceivedSpan, Rotel
+    from .support.receivers import DDAgent, ReceivedMetric, ReceivedSpan, Rotel
 
 
 pytestmark = pytest.mark.slow
@@ -277,8 +277,8 @@ def _check_gpuledger_telemetry(ddagent: DDAgent, service: str) -> None:
     assert first.kind == "SPAN_KIND_SERVER"
     assert first.attributes["faas.coldstart"] is True
     assert first.attributes["enduser.id"] == "carol"
-    assert first.attributes["gpuledger.gpu.billed_seconds"] > 0
-    assert first.attributes["gpuledger.cost.usd"] > 0.25  # RunPod's execution fee and GPU time
+    assert first.attributes["gpuledger.gpu.billed"] > 0
+    assert first.attributes["gpuledger.cost.total"] > 0.25  # RunPod's execution fee and GPU time
     resource = first.resource
     assert resource["cloud.platform"] == "runpod_serverless"
     assert resource["gpuledger.platform"] == "runpod"
@@ -300,6 +300,8 @@ def _check_gpuledger_telemetry(ddagent: DDAgent, service: str) -> None:
     (invocations, *_) = ddagent.metric_exports("faas.invocations")
     assert invocations.points[0].attributes["gpuledger.handler"] == "handler"
     assert invocations.unit == "{invocation}"
+    (cost, *_) = ddagent.metric_exports("gpuledger.cost")
+    assert cost.unit == "{USD}"
 
 
 def test_gpuledger_to_the_datadog_agent_otlp_intake(ddagent: DDAgent, tmp_path: Path) -> None:

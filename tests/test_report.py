@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import uuid
-from typing import Any
 
 import pytest
 
@@ -17,26 +15,10 @@ from gpuledger.ledger._report import (
     parse_since,
     totals,
 )
+from gpuledger.testing import RECORDS_START_NS, make_record
 
-BASE_NS = 1_772_323_200_000_000_000  # 2026-03-01T00:00:00Z
+BASE_NS = RECORDS_START_NS  # 2026-03-01T00:00:00Z
 HOUR_NS = 3_600_000_000_000
-
-
-def make_record(**overrides: Any) -> InvocationRecord:
-    """A one-second record at BASE_NS with no user, tenant, endpoint, price or GPU metering."""
-    values: dict[str, Any] = {
-        "record_id": uuid.uuid4().hex,
-        "invocation_id": "job-1",
-        "handler": "predict",
-        "service_name": "svc",
-        "platform": "runpod",
-        "start_ns": BASE_NS,
-        "end_ns": BASE_NS + 1_000_000_000,
-        "duration_s": 1.0,
-        "billed_gpu_seconds": 1.0,
-    }
-    values.update(overrides)
-    return InvocationRecord(**values)
 
 
 def by_key(rows: list[ReportRow]) -> dict[str, ReportRow]:

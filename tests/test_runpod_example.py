@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from tests.services import free_port
+from tests.support.processes import free_port
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "runpod" / "handler.py"
 ASYNC_EXAMPLE = EXAMPLE.with_name("async_handler.py")

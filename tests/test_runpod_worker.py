@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from gpuledger.ledger import open_ledger
-from tests.ledgers import union_length
+from tests.support.ledgers import union_length
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""The fixtures of tests/services.py: each server answers, and is stopped and cleaned up."""
+"""The fixtures of tests/support/services.py: each server answers, and is stopped and cleaned up."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import uuid
 
 import pytest
 
-from .services import S3_CLIENT_KWARGS, missing, stop
+from .support.processes import stop
+from .support.services import S3_CLIENT_KWARGS, missing
 
 
 @pytest.mark.slow

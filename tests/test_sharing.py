@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 import gpuledger
 from gpuledger._pricing import load_catalogue
 from gpuledger._worker import WorkerState, shares
-from tests.ledgers import union_length
+from tests.support.ledgers import union_length
 
 from .conftest import Telemetry
 
@@ -100,8 +100,8 @@ def test_overlapping_generators_split_billed_time_and_cost(telemetry: Telemetry)
         for span in telemetry.spans()
         if span.attributes and "faas.invocation_id" in span.attributes
     }
-    assert spans["a"].attributes["gpuledger.gpu.billed_seconds"] == pytest.approx(2.0)
-    assert spans["b"].attributes["gpuledger.cost.usd"] == pytest.approx(expected.total_usd)
+    assert spans["a"].attributes["gpuledger.gpu.billed"] == pytest.approx(2.0)
+    assert spans["b"].attributes["gpuledger.cost.total"] == pytest.approx(expected.total_usd)
 
 
 def test_alone_is_billed_its_wall_time(telemetry: Telemetry) -> None:

@@ -34,6 +34,7 @@ from gpuledger._pricing import default_catalogue
 from gpuledger.cli._main import main
 from gpuledger.exporters._records import record_resource, record_to_span, span_ids
 from gpuledger.sidecar._server import Sidecar, SidecarError, process_alive, process_start
+from gpuledger.testing import make_record as invocation_record
 
 from .conftest import FakeClock
 
@@ -45,21 +46,14 @@ SECOND_NS = 1_000_000_000
 
 def make_record(index: int = 0, **overrides: Any) -> dict[str, Any]:
     """A finished record as the agent sends it (``to_dict``), unique per call."""
-    start_ns = time.time_ns() - 60 * SECOND_NS + index * 1000
-    record = InvocationRecord(
-        record_id=uuid.uuid4().hex,
+    record = invocation_record(
+        duration_s=0.5,
+        start_ns=time.time_ns() - 60 * SECOND_NS + index * 1000,
         invocation_id=f"job-{index}",
-        handler="predict",
-        service_name="svc",
-        platform="runpod",
         endpoint="ep-1",
         worker_id="w-1",
         region="EU-RO-1",
         gpu_model="H100",
-        start_ns=start_ns,
-        end_ns=start_ns + SECOND_NS // 2,
-        duration_s=0.5,
-        billed_gpu_seconds=0.5,
         user_id="alice",
         tags={"model": "llama"},
         input_tokens=12,
@@ -604,10 +598,10 @@ def test_record_to_span_is_the_agents_span_with_ids_from_the_record() -> None:
     assert attributes["enduser.id"] == "alice"
     assert attributes["gen_ai.usage.input_tokens"] == 12
     assert attributes["gpuledger.tag.model"] == "llama"
-    assert attributes["gpuledger.cost.usd"] == 0.0002
-    assert attributes["gpuledger.external.targets"] == (
-        "api.example.com:443: 1 calls, 0.100000 s waited",
-    )
+    assert attributes["gpuledger.cost.total"] == 0.0002
+    assert attributes["gpuledger.external.targets"] == ("api.example.com:443",)
+    assert attributes["gpuledger.external.target_calls"] == (1,)
+    assert attributes["gpuledger.external.target_waits"] == (0.1,)
     resource = dict(span.resource.attributes)
     assert resource["service.name"] == "svc"
     assert resource["cloud.platform"] == "runpod_serverless"

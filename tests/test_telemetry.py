@@ -6,6 +6,7 @@ import http.server
 import json
 import textwrap
 import threading
+import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,12 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.semconv.schemas import Schemas
 
 import gpuledger
 from gpuledger import ConfigError
+from gpuledger._record import InvocationRecord
+from gpuledger.exporters import SCHEMA_URL, InvocationMetrics
 
 from .conftest import Telemetry, run_python
 
@@ -41,13 +45,15 @@ def test_span_carries_cost_and_its_parts(telemetry: Telemetry) -> None:
     serve({"id": "warm", "input": {"user": "bob"}})
     cold, warm = telemetry.spans("generate")
     assert warm.attributes["faas.invocation_id"] == "warm"
-    assert warm.attributes["gpuledger.cost.usd"] == pytest.approx(0.2548)
-    assert warm.attributes["gpuledger.cost.execution_usd"] == pytest.approx(0.25)
-    assert warm.attributes["gpuledger.cost.gpu_usd"] == pytest.approx(0.0048)
-    assert warm.attributes["gpuledger.gpu.billed_seconds"] == pytest.approx(20.0)
+    assert warm.attributes["gpuledger.cost.total"] == pytest.approx(0.2548)
+    assert warm.attributes["gpuledger.cost.execution"] == pytest.approx(0.25)
+    assert warm.attributes["gpuledger.cost.gpu"] == pytest.approx(0.0048)
+    assert warm.attributes["gpuledger.gpu.billed"] == pytest.approx(20.0)
     assert warm.attributes["faas.trigger"] == "pubsub"
     # The cold one also pays the 5 s process init, which RunPod bills.
-    assert cold.attributes["gpuledger.cost.coldstart_usd"] == pytest.approx(5 * 0.00024)
+    assert cold.attributes["gpuledger.cost.coldstart"] == pytest.approx(5 * 0.00024)
+    assert cold.attributes["gpuledger.init.duration"] == pytest.approx(5.0)
+    assert cold.attributes["gpuledger.idle_gap"] == pytest.approx(0.0)
     rows = telemetry.rows()
     assert rows[1]["cost_usd"] == pytest.approx(0.2548)
     assert rows[0]["cost_usd"] == pytest.approx(0.2548 + 5 * 0.00024)
@@ -104,6 +110,212 @@ def test_metrics_are_recorded_without_user_ids_by_default(telemetry: Telemetry) 
     (init,) = telemetry.metric_points("faas.init_duration")
     assert init.sum == pytest.approx(5.0)
     assert telemetry.metric_points("faas.errors") == []
+
+
+def test_faas_invocations_counts_the_successful_ones_only(telemetry: Telemetry) -> None:
+    """As the FaaS conventions define it, ``faas.invocations`` is the number of successful
+    invocations; a failed one is in ``faas.errors``; the duration histogram has every one."""
+
+    @gpuledger.traced_handler(name="generate")
+    def handler(job: dict[str, Any]) -> str:
+        telemetry.clock.advance(1.0)
+        if job["input"].get("fail"):
+            raise ValueError("bad prompt")
+        return "text"
+
+    handler({"id": "1", "input": {}})
+    with pytest.raises(ValueError, match="bad prompt"):
+        handler({"id": "2", "input": {"fail": True}})
+    handler({"id": "3", "input": {}})
+    (invocations,) = telemetry.metric_points("faas.invocations")
+    assert invocations.value == 2
+    (errors,) = telemetry.metric_points("faas.errors")
+    assert errors.value == 1
+    assert telemetry.metric_points("faas.invoke_duration")[0].count == 3
+    assert telemetry.metric_points("faas.timeouts") == []
+
+
+def _record(outcome: str, **fields: Any) -> InvocationRecord:
+    return InvocationRecord(
+        record_id=f"r-{outcome}",
+        invocation_id=outcome,
+        handler="generate",
+        service_name="svc",
+        platform="runpod",
+        start_ns=0,
+        end_ns=1_000_000_000,
+        duration_s=1.0,
+        outcome=outcome,  # type: ignore[arg-type]
+        billed_gpu_seconds=1.0,
+        **fields,
+    )
+
+
+def _metrics(reader: InMemoryMetricReader) -> dict[str, Any]:
+    data = reader.get_metrics_data()
+    assert data is not None
+    return {
+        metric.name: (metric, scope_metrics.scope)
+        for resource_metrics in data.resource_metrics
+        for scope_metrics in resource_metrics.scope_metrics
+        for metric in scope_metrics.metrics
+    }
+
+
+def _total(metric: Any) -> float:
+    return sum(point.value for point in metric.data.data_points)
+
+
+def test_each_invocation_is_counted_by_one_faas_counter() -> None:
+    """ok -> ``faas.invocations``; error, cancelled, killed -> ``faas.errors``; timeout ->
+    ``faas.timeouts``: the three add up to the invocations the duration histogram saw."""
+    reader = InMemoryMetricReader()
+    metrics = InvocationMetrics(
+        MeterProvider(metric_readers=[reader]),
+        trigger="http",
+        user_attributes=False,
+        telemetry_errors=dict,
+        pending=lambda: 0,
+    )
+    outcomes = ["ok", "ok", "error", "cancelled", "killed", "timeout"]
+    metrics.record([_record(outcome) for outcome in outcomes])
+    got = _metrics(reader)
+    assert _total(got["faas.invocations"][0]) == 2
+    assert _total(got["faas.errors"][0]) == 3
+    assert _total(got["faas.timeouts"][0]) == 1
+    (duration,) = got["faas.invoke_duration"][0].data.data_points
+    assert duration.count == len(outcomes)
+
+
+def _kind(instrument: Any) -> tuple[str, bool | None]:
+    """What an instrument exports as: ``(data type, monotonic)``."""
+    from opentelemetry.metrics import (
+        Counter,
+        Histogram,
+        ObservableCounter,
+        ObservableGauge,
+        ObservableUpDownCounter,
+        UpDownCounter,
+    )
+
+    if isinstance(instrument, Counter | ObservableCounter):
+        return "Sum", True
+    if isinstance(instrument, UpDownCounter | ObservableUpDownCounter):
+        return "Sum", False
+    if isinstance(instrument, Histogram):
+        return "Histogram", None
+    assert isinstance(instrument, ObservableGauge), instrument
+    return "Gauge", None
+
+
+def test_instruments_are_the_conventions_own_and_ours_carry_their_unit() -> None:
+    """Each instrument the conventions define has their name, unit and kind (compared with the
+    conventions' own ``create_*`` helpers); ours carry their unit in ``unit``, cost as the
+    annotation ``{USD}``; the meter carries the conventions' schema URL."""
+    from opentelemetry.semconv._incubating.metrics import faas_metrics, hw_metrics
+
+    reader = InMemoryMetricReader()
+    device = types.SimpleNamespace(uuid="GPU-1", index=0, name="NVIDIA H100 80GB HBM3")
+    reading = {
+        "device": device,
+        "utilization": 0.5,
+        "memory": (2**30, 80 * 2**30),
+        "power_w": 300.0,
+        "energy_j": 1000.0,
+    }
+    metrics = InvocationMetrics(
+        MeterProvider(metric_readers=[reader]),
+        trigger="http",
+        user_attributes=False,
+        telemetry_errors=lambda: {"dashboard": 1},
+        pending=lambda: 0,
+        gpu_readings=lambda: [reading],
+    )
+    metrics.record(
+        [
+            _record(
+                "ok",
+                cold=True,
+                init_duration_s=2.0,
+                busy_gpu_seconds=0.5,
+                energy_j=10.0,
+                cost_usd=0.25,
+                external_targets={"db": {"calls": 1, "wait_s": 0.1}},
+            ),
+            _record("error"),
+            _record("timeout"),
+        ]
+    )
+    metrics.record_flush_wait(0.001)
+    got = _metrics(reader)
+    probe = MeterProvider().get_meter("probe")
+    conventions = [
+        faas_metrics.create_faas_invocations(probe),
+        faas_metrics.create_faas_errors(probe),
+        faas_metrics.create_faas_timeouts(probe),
+        faas_metrics.create_faas_coldstarts(probe),
+        faas_metrics.create_faas_invoke_duration(probe),
+        faas_metrics.create_faas_init_duration(probe),
+        hw_metrics.create_hw_gpu_utilization(probe, []),
+        hw_metrics.create_hw_gpu_memory_usage(probe),
+        hw_metrics.create_hw_gpu_memory_limit(probe),
+        hw_metrics.create_hw_power(probe, []),
+        hw_metrics.create_hw_energy(probe),
+    ]
+    for instrument in conventions:
+        metric, scope = got[instrument.name]
+        exported = (type(metric.data).__name__, getattr(metric.data, "is_monotonic", None))
+        assert (metric.unit, exported) == (instrument.unit, _kind(instrument)), instrument.name
+        assert scope.schema_url == SCHEMA_URL
+    ours = {
+        "gpuledger.gpu.billed": "s",
+        "gpuledger.gpu.busy": "s",
+        "gpuledger.gpu.energy": "J",
+        "gpuledger.cost": "{USD}",
+        "gpuledger.external.calls": "{call}",
+        "gpuledger.external.wait": "s",
+        "gpuledger.flush.wait": "s",
+        "gpuledger.telemetry.errors": "{error}",
+        "gpuledger.ledger.pending": "{invocation}",
+    }
+    assert {name: got[name][0].unit for name in ours} == ours
+    assert set(got) == {instrument.name for instrument in conventions} | set(ours)
+    hw_attributes = dict(got["hw.gpu.utilization"][0].data.data_points[0].attributes)
+    assert hw_attributes == {
+        "hw.id": "GPU-1",
+        "hw.type": "gpu",
+        "hw.name": "GPU 0",
+        "hw.model": "NVIDIA H100 80GB HBM3",
+        "hw.vendor": "NVIDIA",
+    }
+
+
+def test_tracer_meter_and_resources_carry_the_schema_url() -> None:
+    """gpuledger's tracer and meter, the resource it builds for its own providers, and the
+    sidecar's spans rebuilt from records name the conventions' schema URL."""
+    from gpuledger.exporters import gpuledger_meter, gpuledger_tracer
+    from gpuledger.exporters._providers import _resource
+    from gpuledger.exporters._records import record_resource, record_to_span
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    gpuledger_tracer(provider).start_span("probe").end()
+    (span,) = exporter.get_finished_spans()
+    assert span.instrumentation_scope is not None
+    assert span.instrumentation_scope.name == "gpuledger"
+    assert span.instrumentation_scope.schema_url == SCHEMA_URL
+    reader = InMemoryMetricReader()
+    gpuledger_meter(MeterProvider(metric_readers=[reader])).create_counter("probe").add(1)
+    (scope,) = {scope for _, scope in _metrics(reader).values()}
+    assert scope.schema_url == SCHEMA_URL
+    assert _resource({"service.name": "svc"}).schema_url == SCHEMA_URL
+    record = _record("ok")
+    rebuilt = record_to_span(record, record_resource(record))
+    assert rebuilt.resource.schema_url == SCHEMA_URL
+    assert rebuilt.instrumentation_scope is not None
+    assert rebuilt.instrumentation_scope.schema_url == SCHEMA_URL
+    assert Schemas.V1_44_0.value == SCHEMA_URL
 
 
 def test_user_ids_on_metrics_when_opted_in(telemetry: Telemetry) -> None:

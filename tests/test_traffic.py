@@ -6,7 +6,6 @@ import array
 import bisect
 import math
 import statistics
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpuledger import InvocationRecord, LedgerError
+from gpuledger import LedgerError
 from gpuledger.ledger import open_ledger
+from gpuledger.testing import RECORDS_START_NS, make_record
 from gpuledger.whatif._traffic import (
     LABELS,
     PROFILES,
@@ -27,29 +27,10 @@ from gpuledger.whatif._traffic import (
     trace_from_records,
 )
 
-BASE_NS = 1_772_323_200_000_000_000  # 2026-03-01T00:00:00Z
+BASE_NS = RECORDS_START_NS  # 2026-03-01T00:00:00Z
 SECOND_NS = 1_000_000_000
 HOUR_NS = 3600 * SECOND_NS
 DAY_S = 86_400.0
-
-
-def make_record(
-    offset_s: float = 0.0, duration_s: float = 1.0, **overrides: Any
-) -> InvocationRecord:
-    """A record starting ``offset_s`` after BASE_NS and lasting ``duration_s``."""
-    start_ns = BASE_NS + round(offset_s * SECOND_NS)
-    values: dict[str, Any] = {
-        "record_id": uuid.uuid4().hex,
-        "invocation_id": "job",
-        "handler": "predict",
-        "service_name": "svc",
-        "platform": "runpod",
-        "start_ns": start_ns,
-        "end_ns": start_ns + round(duration_s * SECOND_NS),
-        "duration_s": duration_s,
-    }
-    values.update(overrides)
-    return InvocationRecord(**values)
 
 
 def make_trace(arrivals_s: list[float], services_s: list[float], window_s: float) -> Trace:

@@ -10,7 +10,8 @@ Every command exits alike:
   (``click.BadParameter``/``click.UsageError``).
 - 1: a well-formed request that failed: a missing or corrupt ledger or pricing file, a GPU the
   catalogue has no price for, a ledger the demo may not write, a failed check (``pricing
-  validate``) (``click.ClickException``).
+  validate``), a bad setting from the environment or the settings file
+  (``click.ClickException``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import click
 from gpuledger.cli._breakeven import breakeven
 from gpuledger.cli._compare import compare_command
 from gpuledger.cli._demo import demo
-from gpuledger.cli._options import help_when_bare
+from gpuledger.cli._options import SettingsGroup, help_when_bare
 from gpuledger.cli._pricing import pricing
 from gpuledger.cli._proxy import proxy
 from gpuledger.cli._report import report
@@ -29,7 +30,11 @@ from gpuledger.cli._sidecar import sidecar_command
 __all__ = ["main"]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]}, invoke_without_command=True)
+@click.group(
+    cls=SettingsGroup,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    invoke_without_command=True,
+)
 @click.version_option(package_name="gpuledger")
 @click.pass_context
 def main(ctx: click.Context) -> None:

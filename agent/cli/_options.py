@@ -1,27 +1,120 @@
-"""Click options that several ``gpuledger`` commands share."""
+"""Click options that several ``gpuledger`` commands share, and the options that are settings.
+
+A :class:`SettingOption` is a row of the settings table (``gpuledger._settings``) on the command
+line: its help is the row's (meaning, environment variables, file key, default), and click only
+collects what was typed; the table resolves argument > environment > file > default
+(:func:`given_settings`), and :func:`setting_error` turns a ConfigError into the exit code the
+command-line convention wants (``gpuledger.cli._main``).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import click
+from click.core import ParameterSource
 
-from gpuledger._pricing import PRICING_ENV
+from gpuledger._errors import ConfigError
+from gpuledger._settings import setting as settings_row
 
-__all__ = ["format_option", "help_when_bare", "pricing_option"]
+__all__ = [
+    "SettingOption",
+    "SettingsGroup",
+    "format_option",
+    "given_settings",
+    "help_when_bare",
+    "pricing_option",
+    "setting_error",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+class SettingOption(click.Option):
+    """An option that is the setting ``setting`` (a keyword of the settings table).
+
+    Its help is the row's doc (or ``help=``) followed by ``[env: ...; file: KEY; default: ...]``;
+    a row whose parser is a choice offers the choices. Its default is None: what was not typed is
+    the table's to resolve.
+    """
+
+    def __init__(self, param_decls: Sequence[str], *, setting: str, **attrs: Any) -> None:
+        row = settings_row(setting)
+        env = f"env: {', '.join(row.env)}; " if row.env else ""
+        meaning = _plain(attrs.pop("help", None) or row.doc)
+        attrs["help"] = f"{meaning}  [{env}file: {row.name}; default: {_plain(row.default_doc)}]"
+        choices = getattr(row.parse, "options", None)
+        if choices is not None and "type" not in attrs:
+            attrs["type"] = click.Choice(choices, case_sensitive=False)
+        if not attrs.get("is_flag"):
+            attrs["default"] = None
+        super().__init__(param_decls, **attrs)
+        self.setting = setting
+
+
+def _plain(markdown: str) -> str:
+    return markdown.replace("`", "")
+
+
+def given_settings(ctx: click.Context) -> dict[str, object]:
+    """The settings typed on the command line: keyword -> value, for each :class:`SettingOption`
+    given (not those left to the environment, the file or the default)."""
+    return {
+        param.setting: ctx.params[param.name]
+        for param in ctx.command.params
+        if isinstance(param, SettingOption)
+        and param.name is not None
+        and ctx.get_parameter_source(param.name) is ParameterSource.COMMANDLINE
+    }
+
+
+def setting_error(
+    ctx: click.Context, error: ConfigError, sources: Mapping[str, str], prefix: str = ""
+) -> click.ClickException:
+    """The click error for ``error``: a usage error naming the option (exit 2) when the value was
+    typed on the command line, else a failed run (exit 1) that says where the value came from
+    (an environment variable, the settings file).
+
+    ``error.setting`` may be a component's own name (the sidecar's ``listen``): ``prefix`` + it
+    is tried first (``sidecar_listen``). ``sources`` (``CommandSettings.sources``) says where each
+    of the command's settings came from; an error that names its own source keeps it.
+    """
+    name = prefix + error.setting if prefix + error.setting in sources else error.setting
+    source = sources.get(name, "argument") if error.source == "argument" else error.source
+    if source != "argument":
+        if name == error.setting and source == error.source:
+            return click.ClickException(str(error))
+        return click.ClickException(str(ConfigError(name, error.value, error.reason, source)))
+    param = next(
+        (p for p in ctx.command.params if isinstance(p, SettingOption) and p.setting == name),
+        None,
+    )
+    return click.BadParameter(f"{error.value!r}: {error.reason}", ctx=ctx, param=param)
+
+
+class SettingsGroup(click.Group):
+    """The ``gpuledger`` group: a ConfigError no command turned into a click error (a settings
+    file that cannot be used, a bad ``GPULEDGER_LEDGER`` for ``report``) is a failed run, exit 1,
+    with its message, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ConfigError as error:
+            raise click.ClickException(str(error)) from None
+
+
 def pricing_option(function: F) -> F:
     """``--pricing FILE`` (as ``pricing_file``): a pricing file over the shipped catalogue."""
+    row = settings_row("pricing")
     return click.option(
         "--pricing",
         "pricing_file",
         metavar="FILE",
         default=None,
-        help=f"A pricing file merged over the shipped catalogue [default: ${PRICING_ENV}, if set].",
+        help="A pricing file merged over the shipped catalogue  [default: the pricing setting: "
+        f"{', '.join(row.env)}, else the settings file, if set]",
     )(function)
 
 

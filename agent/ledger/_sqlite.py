@@ -35,6 +35,7 @@ from gpuledger._location import MEMORY as _MEMORY
 from gpuledger._location import is_postgres as _is_postgres
 from gpuledger._location import parse_location as _parse_location
 from gpuledger._record import InvocationRecord
+from gpuledger._settings import resolve_setting
 from gpuledger.ledger._schema import (
     MIGRATIONS,
     SCHEMA_MIGRATIONS_TABLE,
@@ -62,7 +63,8 @@ __all__ = [
 ]
 
 DEFAULT_LEDGER: Final = "gpuledger.db"
-"""Where the ledger lives when nothing says otherwise, relative to the working directory."""
+"""Where the ledger lives when nothing says otherwise, relative to the working directory (the
+``ledger`` row of the settings table has the same default; a test keeps them equal)."""
 LEDGER_ENV: Final = "GPULEDGER_LEDGER"
 """The environment variable naming the ledger location."""
 
@@ -76,8 +78,10 @@ _T = TypeVar("_T")
 
 
 def default_ledger_location() -> str:
-    """The ledger location from ``GPULEDGER_LEDGER``, else :data:`DEFAULT_LEDGER`."""
-    return os.environ.get(LEDGER_ENV) or DEFAULT_LEDGER
+    """The ``ledger`` setting given no argument: ``GPULEDGER_LEDGER``, else the settings file,
+    else :data:`DEFAULT_LEDGER`. Raises ConfigError for a bad value or settings file."""
+    location: str = resolve_setting("ledger")[0]
+    return location
 
 
 def open_ledger(location: str, *, create: bool = True) -> Ledger:

@@ -83,6 +83,7 @@ from gpuledger._build import closing_record
 from gpuledger._errors import ConfigError, SidecarError
 from gpuledger._logging import get_logger
 from gpuledger._process import process_alive, process_start
+from gpuledger._settings import environment
 from gpuledger._sinks import Backoff, LedgerSink
 from gpuledger.sidecar._consumers import (
     DEFAULT_LINGER_S,
@@ -281,7 +282,7 @@ class Sidecar:
     ) -> None:
         from gpuledger.ledger import default_ledger_location  # noqa: PLC0415
 
-        env = os.environ if environ is None else environ
+        env = environment() if environ is None else environ
         try:
             self._host, self._port = parse_listen(listen)
         except ValueError as error:

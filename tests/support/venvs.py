@@ -24,9 +24,9 @@ from pathlib import Path
 
 import pytest
 
-from .services import in_ci, log_tail
+from .processes import in_ci, log_tail
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 VENV_TIMEOUT_S = 120.0
 PIP_TIMEOUT_S = 600.0
 PYTHON_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"

@@ -1,11 +1,10 @@
 """Real OpenTelemetry receivers on 127.0.0.1 for tests: rotel and Datadog's test agent.
 
 Tests that use these assert on what a real receiver got, not on an exporter's return value. A test
-module loads the fixtures with ``pytest_plugins = ["tests.receivers"]`` (``tests/conftest.py``
-loads only ``tests.services``). Every process listens on free ports of 127.0.0.1 only,
-writes its output to a log in a temporary directory, and is stopped by pid at teardown (SIGTERM,
-then SIGKILL); ``tests.services``'s ``atexit`` safety net kills whatever is still running when the
-interpreter exits. Nothing global is set.
+module gets the fixtures from ``pytest_plugins`` in ``tests/conftest.py``. Every process listens
+on free ports of 127.0.0.1 only, writes its output to a log in a temporary directory, and is
+stopped by pid at teardown (SIGTERM, then SIGKILL); ``tests/support/processes.py``'s ``atexit``
+safety net kills whatever is still running when the interpreter exits. Nothing global is set.
 
 Fixtures (all session-scoped):
 
@@ -35,13 +34,11 @@ tests that need them are skipped, or fail when the ``CI`` environment variable i
 from __future__ import annotations
 
 import base64
-import contextlib
 import dataclasses
 import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -52,17 +49,8 @@ from typing import Any, NoReturn
 
 import pytest
 
-from tests.services import (
-    HOST,
-    ServerStartError,
-    _spawn,
-    _wait_ready,
-    free_port,
-    in_ci,
-    log_tail,
-    stop,
-)
-from tests.venvs import PYTHON_VERSION, VenvUnavailable, cached_venv
+from .processes import HOST, accepts, in_ci, log_tail, start_on_free_ports, stop
+from .venvs import PYTHON_VERSION, VenvUnavailable, cached_venv
 
 DDAPM_VERSION = "1.69.1"
 """The ``ddapm-test-agent`` release the fixture installs (its venv is keyed by it)."""
@@ -80,11 +68,6 @@ DDAPM_HINT = (
     "GPULEDGER_TEST_CACHE picks where it is kept"
 )
 
-_PORT_ATTEMPTS = 3  # a free port can be taken by someone else before the server binds it
-_PORT_IN_USE = re.compile(
-    r"address already in use|unable to bind|failed to bind|could not bind", re.I
-)
-
 
 class ReceiverUnavailable(RuntimeError):
     """A receiver could not be installed or found; the message says what and why."""
@@ -95,50 +78,6 @@ def unavailable(what: str, hint: str) -> NoReturn:
     if in_ci():
         pytest.fail(f"{what}, and CI is set: {hint}", pytrace=False)
     pytest.skip(f"{what}; to run these tests: {hint}")
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct TCP ports of 127.0.0.1 that were free a moment ago."""
-    if count == 1:
-        return [free_port()]
-    with contextlib.ExitStack() as stack:
-        ports = []
-        for _ in range(count):
-            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            sock.bind((HOST, 0))
-            ports.append(sock.getsockname()[1])
-        return ports
-
-
-def _accepts(port: int) -> bool:
-    try:
-        with socket.create_connection((HOST, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def _start_on_free_ports(
-    count: int,
-    argv_for: Callable[[list[int]], Sequence[str]],
-    ready_for: Callable[[list[int]], Callable[[], bool]],
-    what: str,
-    log: Path,
-    timeout: float,
-    **popen: Any,
-) -> tuple[subprocess.Popen[bytes], list[int]]:
-    """Start a server on ``count`` free ports and wait until it answers; retry if one got taken."""
-    for attempt in range(1, _PORT_ATTEMPTS + 1):
-        ports = free_ports(count)
-        proc = _spawn(argv_for(ports), log, **popen)
-        try:
-            _wait_ready(proc, ready_for(ports), what, log, timeout)
-        except ServerStartError:
-            if attempt < _PORT_ATTEMPTS and _PORT_IN_USE.search(log_tail(log, 10)):
-                continue
-            raise
-        return proc, ports
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _poll(what: str, probe: Callable[[], Any], timeout: float, diagnose: Callable[[], str]) -> Any:
@@ -513,13 +452,13 @@ def _start_rotel(workdir: Path, exporter: Sequence[str], what: str) -> Rotel:
         ]  # fmt: skip
 
     def ready(ports: list[int]) -> Callable[[], bool]:
-        return lambda: all(_accepts(port) for port in ports)
+        return lambda: all(accepts(port) for port in ports)
 
     # Not --daemon: rotel stays our child and prints to stdout (line-buffered) into the log.
     # NO_COLOR: its own log lines come without ANSI colours.
     env = {**os.environ, "NO_COLOR": "1"}
     env = {key: value for key, value in env.items() if not key.startswith("ROTEL_")}
-    proc, (grpc, http) = _start_on_free_ports(
+    proc, (grpc, http) = start_on_free_ports(
         2, argv, ready, what, log, ROTEL_START_TIMEOUT_S, cwd=workdir, env=env
     )
     return Rotel(f"http://{HOST}:{http}", f"{HOST}:{grpc}", log, proc)
@@ -540,7 +479,7 @@ def rotel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rotel]:
 
 def ddapm_venv(version: str = DDAPM_VERSION) -> Path:
     """The venv with ``ddapm-test-agent==version``, made on first use and reused after (see
-    tests/venvs.py). Raises ``ReceiverUnavailable`` when it cannot be made."""
+    tests/support/venvs.py). Raises ``ReceiverUnavailable`` when it cannot be made."""
     try:
         return cached_venv(
             f"ddapm-test-agent-{version}-py{PYTHON_VERSION}",
@@ -714,7 +653,7 @@ def _ddapm_answers(ports: list[int]) -> Callable[[], bool]:
                         return False
             except (OSError, urllib.error.URLError):
                 return False
-        return _accepts(otlp_grpc)
+        return accepts(otlp_grpc)
 
     return ready
 
@@ -751,7 +690,7 @@ def ddagent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DDAgent]:
     }
     env["PYTHONUNBUFFERED"] = "1"
     what, timeout = "ddapm-test-agent", DDAPM_START_TIMEOUT_S
-    proc, (apm, otlp_http, otlp_grpc) = _start_on_free_ports(
+    proc, (apm, otlp_http, otlp_grpc) = start_on_free_ports(
         3, argv, _ddapm_answers, what, log, timeout, cwd=workdir, env=env
     )
     agent = DDAgent(

@@ -2,8 +2,9 @@
 
 Loaded for every test module by ``pytest_plugins`` in ``tests/conftest.py``. Each server listens on
 a free port of 127.0.0.1 only, keeps its files (and its log) in a temporary directory, and is
-stopped by pid at teardown; an ``atexit`` safety net kills whatever is still running when the
-interpreter exits. Nothing global is set (no environment variables, no default ports).
+started and stopped by ``tests/support/processes.py`` (by pid at teardown; an ``atexit`` safety
+net kills whatever is still running when the interpreter exits). Nothing global is set (no
+environment variables, no default ports).
 
 Fixtures:
 
@@ -22,25 +23,21 @@ the ``CI`` environment variable is set (CI must not skip them silently).
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import os
 import pwd
-import re
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
-import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
 
-HOST = "127.0.0.1"
+from .processes import HOST, ServerStartError, in_ci, log_tail, start_on_free_ports, stop
 
 S3_CLIENT_KWARGS: dict[str, str] = {
     "aws_access_key_id": "testing",
@@ -53,33 +50,6 @@ INSTALL_HINT = "apt-get install redis-server postgresql"
 REDIS_START_TIMEOUT_S = 10.0
 POSTGRES_INITDB_TIMEOUT_S = 120.0
 POSTGRES_START_TIMEOUT_S = 30.0
-STOP_TIMEOUT_S = 10.0
-_PORT_ATTEMPTS = 3  # a free port can be taken by someone else before the server binds it
-_PORT_IN_USE = re.compile(r"address already in use|could not bind|could not create any", re.I)
-
-_running: dict[int, subprocess.Popen[bytes]] = {}
-
-
-def _kill_leftovers() -> None:
-    """Safety net (atexit): SIGKILL every server this module started that is still running."""
-    for proc in list(_running.values()):
-        if proc.poll() is None:
-            proc.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=5)
-    _running.clear()
-
-
-atexit.register(_kill_leftovers)
-
-
-class ServerStartError(RuntimeError):
-    """A server exited or did not answer in time; the message ends with its log's tail."""
-
-
-def in_ci() -> bool:
-    """True when the ``CI`` environment variable is set (to anything but empty, 0 or false)."""
-    return os.environ.get("CI", "").strip().lower() not in {"", "0", "false"}
 
 
 def missing(what: str) -> NoReturn:
@@ -90,102 +60,6 @@ def missing(what: str) -> NoReturn:
             pytrace=False,
         )
     pytest.skip(f"{what} not found; to run these tests: {INSTALL_HINT}")
-
-
-def free_port() -> int:
-    """A TCP port of 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def log_tail(path: Path, lines: int = 30) -> str:
-    """The last ``lines`` lines of a log file, or a note that there is none."""
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return f"(no log at {path})"
-    return "\n".join(text.splitlines()[-lines:]) or f"(empty log at {path})"
-
-
-def stop(
-    proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = STOP_TIMEOUT_S
-) -> None:
-    """Send ``sig`` to ``proc`` by pid, wait up to ``timeout`` s, then SIGKILL it."""
-    try:
-        if proc.poll() is None:
-            proc.send_signal(sig)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=timeout)
-    finally:
-        _running.pop(proc.pid, None)
-
-
-def _spawn(argv: Sequence[str], log: Path, **popen: Any) -> subprocess.Popen[bytes]:
-    """Start ``argv`` in a new session (Ctrl-C reaches only pytest), its output added to ``log``."""
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            **popen,
-        )
-    _running[proc.pid] = proc
-    return proc
-
-
-def _wait_ready(
-    proc: subprocess.Popen[bytes],
-    ready: Callable[[], bool],
-    what: str,
-    log: Path,
-    timeout: float,
-) -> None:
-    """Poll ``ready()`` until it is true; stop ``proc`` and raise if it exits or times out."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc.poll() is not None:
-            _running.pop(proc.pid, None)
-            raise ServerStartError(
-                f"{what} exited with status {proc.returncode} before answering; "
-                f"log {log}:\n{log_tail(log)}"
-            )
-        if ready():
-            return
-        if time.monotonic() > deadline:
-            stop(proc, signal.SIGKILL)
-            raise ServerStartError(
-                f"{what} did not answer within {timeout:g} s; log {log}:\n{log_tail(log)}"
-            )
-        time.sleep(0.05)
-
-
-def _start_on_free_port(
-    argv_for: Callable[[int], Sequence[str]],
-    ready_for: Callable[[int], Callable[[], bool]],
-    what: str,
-    log: Path,
-    timeout: float,
-    **popen: Any,
-) -> tuple[subprocess.Popen[bytes], int]:
-    """Start a server on a free port and wait until it answers; retry if the port got taken."""
-    for attempt in range(1, _PORT_ATTEMPTS + 1):
-        port = free_port()
-        proc = _spawn(argv_for(port), log, **popen)
-        try:
-            _wait_ready(proc, ready_for(port), what, log, timeout)
-        except ServerStartError:
-            if attempt < _PORT_ATTEMPTS and _PORT_IN_USE.search(log_tail(log, 10)):
-                continue
-            raise
-        return proc, port
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 # --- Redis -----------------------------------------------------------------------------------
@@ -236,8 +110,14 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
             "--dir", str(workdir),
         ]  # fmt: skip
 
-    proc, port = _start_on_free_port(
-        argv, _redis_pings, "redis-server", log, REDIS_START_TIMEOUT_S, cwd=workdir
+    proc, (port,) = start_on_free_ports(
+        1,
+        lambda ports: argv(ports[0]),
+        lambda ports: _redis_pings(ports[0]),
+        "redis-server",
+        log,
+        REDIS_START_TIMEOUT_S,
+        cwd=workdir,
     )
     try:
         yield HOST, port
@@ -368,8 +248,15 @@ def postgres_dsn() -> Iterator[str]:
                 "-c", "full_page_writes=off",
             ]  # fmt: skip
 
-        proc, port = _start_on_free_port(
-            argv, _postgres_answers, "postgres", log, POSTGRES_START_TIMEOUT_S, cwd=base, **popen
+        proc, (port,) = start_on_free_ports(
+            1,
+            lambda ports: argv(ports[0]),
+            lambda ports: _postgres_answers(ports[0]),
+            "postgres",
+            log,
+            POSTGRES_START_TIMEOUT_S,
+            cwd=base,
+            **popen,
         )
         try:
             yield f"postgresql://postgres@{HOST}:{port}/postgres"

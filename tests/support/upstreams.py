@@ -3,7 +3,8 @@
 The servers run as their own processes, as they would behind ``gpuledger proxy``: each listens on
 a free port of 127.0.0.1 only, writes its log in the test's temporary directory, and is stopped by
 pid at teardown (SIGTERM, then SIGKILL of its process group: Cog runs its predictor in a child);
-``tests.services``'s ``atexit`` safety net kills whatever is still running when pytest exits.
+``tests/support/processes.py``'s ``atexit`` safety net kills whatever is still running when
+pytest exits.
 
 Cog and Potassium pin dependencies of their own, so each lives in a venv of its own, never the
 project's: made once per machine under ``cache_dir()`` (``python -m venv``, then ``pip install``
@@ -46,8 +47,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.services import HOST, ServerStartError, _spawn, free_port, log_tail, stop
-from tests.venvs import PYTHON_VERSION, cached_venv, clean_env, venv_or_skip
+from .processes import HOST, ServerStartError, free_port, log_tail, spawn, stop
+from .venvs import PYTHON_VERSION, cached_venv, clean_env, venv_or_skip
 
 COG_VERSION = "0.23.1"
 POTASSIUM_VERSION = "0.5.0"
@@ -330,7 +331,7 @@ class Upstreams:
         init_s: float,
     ) -> Upstream:
         log = cwd / f"{what}.log"
-        proc = _spawn(argv, log, env=env, cwd=cwd)
+        proc = spawn(argv, log, env=env, cwd=cwd)
         upstream = Upstream(what, proc, port, log, init_s)
         self.started.append(upstream)
         return upstream
