@@ -8,8 +8,8 @@ runs in this one process, interleaved repeat by repeat so machine noise hits all
 ``b``
     a hand-written decorator: ``tracer.start_span`` (kind SERVER) + ``context.attach``, the same
     13 span attributes gpuledger sets on a warm, successful call with a user and token counts
-    (``faas.*``, ``enduser.id``, ``gen_ai.usage.*``, ``gpuledger.gpu.billed_seconds``,
-    ``gpuledger.idle_gap_s``, ``gpuledger.cost.*``, ``gpuledger.pricing.version``), on an SDK
+    (``faas.*``, ``enduser.id``, ``gen_ai.usage.*``, ``gpuledger.gpu.billed``,
+    ``gpuledger.idle_gap``, ``gpuledger.cost.*``, ``gpuledger.pricing.version``), on an SDK
     TracerProvider with a BatchSpanProcessor and an exporter that discards.
 ``c``
     (b) plus a counter, a histogram and a counter recorded per call on the request path, on an
@@ -217,15 +217,15 @@ def otel_decorator(
             span.set_attributes(
                 {
                     "faas.invocation_id": str(job["id"]),
-                    "gpuledger.gpu.billed_seconds": seconds,
-                    "gpuledger.idle_gap_s": idle_gap_s,
+                    "gpuledger.gpu.billed": seconds,
+                    "gpuledger.idle_gap": idle_gap_s,
                     "enduser.id": str(job["input"]["user"]),
                     "gen_ai.usage.input_tokens": usage.get("input_tokens"),
                     "gen_ai.usage.output_tokens": usage.get("output_tokens"),
-                    "gpuledger.cost.usd": RUNPOD_EXECUTION_FEE_USD + gpu_usd,
-                    "gpuledger.cost.execution_usd": RUNPOD_EXECUTION_FEE_USD,
-                    "gpuledger.cost.gpu_usd": gpu_usd,
-                    "gpuledger.cost.coldstart_usd": 0.0,
+                    "gpuledger.cost.total": RUNPOD_EXECUTION_FEE_USD + gpu_usd,
+                    "gpuledger.cost.execution": RUNPOD_EXECUTION_FEE_USD,
+                    "gpuledger.cost.gpu": gpu_usd,
+                    "gpuledger.cost.coldstart": 0.0,
                     "gpuledger.pricing.version": PRICING_VERSION,
                 }
             )
