@@ -30,14 +30,15 @@ FOLDERS["instrumentation"] = "gpuledger.instrumentation"
 
 CORE = "core"
 ALLOWED: dict[str, set[str]] = {
-    CORE: {CORE, "ledger", "exporters", "sidecar", "instrumentation"},
+    CORE: {CORE, "billing", "ledger", "exporters", "sidecar", "instrumentation"},
+    "billing": {CORE},
     "exporters": {CORE},
     "ledger": {CORE},
     "instrumentation": {CORE},
-    "whatif": {CORE, "ledger"},
-    "sidecar": {CORE, "ledger", "exporters"},
+    "whatif": {CORE, "billing", "ledger"},
+    "sidecar": {CORE, "billing", "ledger", "exporters"},
     "testing": {CORE, "ledger", "exporters"},
-    "cli": {CORE, "ledger", "exporters", "sidecar", "whatif", "instrumentation"},
+    "cli": {CORE, "billing", "ledger", "exporters", "sidecar", "whatif", "instrumentation"},
 }
 """Room -> the rooms it may import. The core imports ``ledger`` (the ledger sink), ``exporters``
 (set-up of the providers), ``sidecar`` (the client) and ``instrumentation`` (``instrument()``)

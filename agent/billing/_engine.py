@@ -1,0 +1,292 @@
+"""The billing engine: one worker's life, and a platform's rules, in; that worker's bill out.
+
+Platforms bill **workers** (containers), not requests: from when the worker starts (or is ready)
+to when it stops or goes idle, with rounding, minimums and per-request fees applied the way the
+platform applies them. :func:`bill` is a pure function from a :class:`WorkerTimeline` and
+:class:`Rules` to a :class:`WorkerBill`, whose lines each carry a category:
+
+- ``startup``: the worker's start to ready (its init), when the platform bills it;
+- ``request``: time at least one request was running, split equally among the requests running
+  at each instant (a line per request and stretch of constant concurrency);
+- ``idle``: the rest of the worker's billed life (between requests, and after the last until it
+  stops), when the platform bills a warm worker's idle time;
+- ``rounding``: what the platform's increment and minimum add to each **billing span** (a stretch
+  of time billed without a break: the whole life of a worker whose idle time is billed, else
+  each busy stretch, with the startup before it);
+- ``fee``: the platform's per-request fee (per request: the seed's edition charges RunPod's
+  execution fee on every request).
+
+Each instant of the worker's life is in at most one category (a request waiting for the worker
+to be ready is in ``startup``, never also in ``request``), so no second is charged twice.
+Arithmetic is exact: times are integer nanoseconds, rates and amounts :class:`~fractions.Fraction`
+of a US dollar, so the lines add up to the bill exactly; :meth:`WorkerBill.nano_usd` turns them
+into integer nano-dollars whose sum is the rounded total, also exactly. Floats appear only at
+the edges (``Rules.from_price``, ``float()`` of a result).
+
+Nothing here reads the clock, the ledger or the environment; the recorder, the report, the
+sidecar and the simulator are to call this one engine (issue 13).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Iterable, Sequence
+from fractions import Fraction
+from typing import TYPE_CHECKING, Final, Literal
+
+if TYPE_CHECKING:
+    from gpuledger._pricing import Price
+
+__all__ = [
+    "CATEGORIES",
+    "Category",
+    "Line",
+    "Request",
+    "Rules",
+    "WorkerBill",
+    "WorkerTimeline",
+    "bill",
+]
+
+Category = Literal["startup", "request", "idle", "rounding", "fee"]
+CATEGORIES: Final[tuple[Category, ...]] = ("startup", "request", "idle", "rounding", "fee")
+NS_PER_S: Final = 1_000_000_000
+NANO_USD_PER_USD: Final = 1_000_000_000
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Request:
+    """One request the worker served: ``[start_ns, end_ns)``, wall clock."""
+
+    request_id: str
+    start_ns: int
+    end_ns: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WorkerTimeline:
+    """One worker's life: started, ready (init done), the requests it served, stopped.
+
+    Instants are integer Unix nanoseconds. ``start_ns <= ready_ns``; every request lies within
+    ``[start_ns, stop_ns]`` and ``stop_ns`` is at or after the last request's end.
+    """
+
+    start_ns: int
+    ready_ns: int
+    stop_ns: int
+    requests: tuple[Request, ...] = ()
+    gpu_count: int = 1
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.start_ns <= self.ready_ns <= self.stop_ns:
+            problems.append("expected start_ns <= ready_ns <= stop_ns")
+        if self.gpu_count < 1:
+            problems.append(f"gpu_count must be 1 or more, got {self.gpu_count}")
+        for index, request in enumerate(self.requests):
+            if not self.start_ns <= request.start_ns <= request.end_ns <= self.stop_ns:
+                problems.append(
+                    f"requests[{index}] ({request.request_id}) is not within the worker's life"
+                )
+        if problems:
+            raise ValueError("bad worker timeline: " + "; ".join(problems))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Rules:
+    """How a platform bills a worker: the price of a GPU-second and the rules around it."""
+
+    per_gpu_second_usd: Fraction
+    execution_fee_usd: Fraction = Fraction(0)
+    """Charged per request."""
+    increment_ns: int = 0
+    """Each billing span's time is rounded up to a multiple of this (0: no rounding)."""
+    minimum_ns: int = 0
+    """Least time billed per billing span."""
+    bills_startup: bool = False
+    bills_idle: bool = False
+
+    @classmethod
+    def from_price(cls, price: Price) -> Rules:
+        """The rules of a catalogue price. Its float dollars are read as the decimals they were
+        written as (``0.00076`` is 76/100000, not the nearest binary fraction)."""
+        rate = price.per_gpu_second_usd
+        if price.kind == "reserved" and price.hourly_usd is not None:
+            rate_exact = _decimal(price.hourly_usd) / 3600
+        else:
+            rate_exact = _decimal(rate)
+        return cls(
+            per_gpu_second_usd=rate_exact,
+            execution_fee_usd=_decimal(price.execution_fee_usd),
+            increment_ns=round(price.billing_increment_s * NS_PER_S),
+            minimum_ns=round(price.minimum_billed_s * NS_PER_S),
+            bills_startup=price.bills_startup,
+            bills_idle=price.bills_idle,
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Line:
+    """One charge: a category, the wall-clock stretch it covers (none for a fee), the GPU
+    nanoseconds charged (a fraction where a stretch is shared by concurrent requests), the
+    amount, and the request it belongs to (``request`` and ``fee`` lines)."""
+
+    category: Category
+    start_ns: int
+    end_ns: int
+    gpu_ns: Fraction
+    usd: Fraction
+    request_id: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WorkerBill:
+    """A worker's charges, exact. ``total_usd`` is the sum of the lines' ``usd``."""
+
+    lines: tuple[Line, ...]
+    total_usd: Fraction
+    billed_gpu_ns: Fraction
+    """GPU time charged, every category but ``fee`` (wall time x GPUs)."""
+
+    def by_category(self) -> dict[Category, Fraction]:
+        """US dollars per category (every category present, 0 when none)."""
+        totals: dict[Category, Fraction] = dict.fromkeys(CATEGORIES, Fraction(0))
+        for line in self.lines:
+            totals[line.category] += line.usd
+        return totals
+
+    def nano_usd(self) -> list[int]:
+        """Each line's amount in integer nano-dollars, in line order, summing exactly to the
+        total rounded to the nearest nano-dollar (the largest remainders get the spare units)."""
+        return _allocate([line.usd * NANO_USD_PER_USD for line in self.lines])
+
+
+def bill(timeline: WorkerTimeline, rules: Rules) -> WorkerBill:
+    """The bill of one worker under ``rules`` (see the module docstring)."""
+    gpus = timeline.gpu_count
+    rate_per_gpu_ns = rules.per_gpu_second_usd / NS_PER_S
+    busy = _union((r.start_ns, r.end_ns) for r in timeline.requests)
+    # The request category starts when the worker is ready: before it, a request waits on the
+    # start-up, which is its own category (billed or not), never both.
+    served = _clip(busy, timeline.ready_ns, timeline.stop_ns)
+    startup = (timeline.start_ns, timeline.ready_ns) if rules.bills_startup else None
+
+    lines: list[Line] = []
+    if startup is not None and startup[1] > startup[0]:
+        lines.append(_time_line("startup", *startup, gpus, rate_per_gpu_ns))
+    for start, end, running in _segments(timeline.requests, served):
+        share = Fraction((end - start) * gpus, len(running))
+        for request_id in running:
+            lines.append(Line("request", start, end, share, share * rate_per_gpu_ns, request_id))
+    idle: list[tuple[int, int]] = []
+    if rules.bills_idle:
+        idle = _gaps(served, timeline.ready_ns, timeline.stop_ns)
+        lines.extend(_time_line("idle", start, end, gpus, rate_per_gpu_ns) for start, end in idle)
+
+    # Billing spans: stretches billed without a break, each rounded on its own.
+    billed_stretches = list(served) + idle
+    if startup is not None and startup[1] > startup[0]:
+        billed_stretches.append(startup)
+    for start, end in _union(billed_stretches):
+        extra = _rounded(end - start, rules) - (end - start)
+        if extra:
+            lines.append(_time_line("rounding", end, end + extra, gpus, rate_per_gpu_ns))
+
+    if rules.execution_fee_usd:
+        lines.extend(
+            Line("fee", r.start_ns, r.start_ns, Fraction(0), rules.execution_fee_usd, r.request_id)
+            for r in timeline.requests
+        )
+    return WorkerBill(
+        lines=tuple(lines),
+        total_usd=sum((line.usd for line in lines), Fraction(0)),
+        billed_gpu_ns=sum((line.gpu_ns for line in lines), Fraction(0)),
+    )
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def _decimal(value: float) -> Fraction:
+    """``value`` as the shortest decimal that reads back as it (``repr``), exactly."""
+    return Fraction(repr(float(value)))
+
+
+def _time_line(
+    category: Category, start: int, end: int, gpus: int, rate_per_gpu_ns: Fraction
+) -> Line:
+    gpu_ns = Fraction((end - start) * gpus)
+    return Line(category, start, end, gpu_ns, gpu_ns * rate_per_gpu_ns)
+
+
+def _rounded(duration_ns: int, rules: Rules) -> int:
+    """A billing span's time as the platform bills it: up to the increment, at least the
+    minimum."""
+    billed = duration_ns
+    increment = rules.increment_ns
+    if increment > 0:
+        billed = -(-billed // increment) * increment
+    return max(billed, rules.minimum_ns)
+
+
+def _union(intervals: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The disjoint, sorted stretches covered by ``intervals`` (empty ones dropped)."""
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(each for each in intervals if each[1] > each[0]):
+        if merged and start <= merged[-1][1]:
+            if end > merged[-1][1]:
+                merged[-1] = (merged[-1][0], end)
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def _clip(stretches: Sequence[tuple[int, int]], low: int, high: int) -> list[tuple[int, int]]:
+    return [(max(a, low), min(b, high)) for a, b in stretches if min(b, high) > max(a, low)]
+
+
+def _gaps(stretches: Sequence[tuple[int, int]], low: int, high: int) -> list[tuple[int, int]]:
+    """``[low, high)`` less ``stretches`` (sorted, disjoint, inside it)."""
+    gaps: list[tuple[int, int]] = []
+    cursor = low
+    for start, end in stretches:
+        if start > cursor:
+            gaps.append((cursor, start))
+        cursor = max(cursor, end)
+    if high > cursor:
+        gaps.append((cursor, high))
+    return gaps
+
+
+def _segments(
+    requests: Sequence[Request], served: Sequence[tuple[int, int]]
+) -> list[tuple[int, int, tuple[str, ...]]]:
+    """Within ``served``, the stretches of constant concurrency and the requests running in
+    each (ordered by request start, then id)."""
+    edges = sorted(
+        {edge for start, end in served for edge in (start, end)}
+        | {edge for r in requests for edge in (r.start_ns, r.end_ns)}
+    )
+    ordered = sorted(requests, key=lambda r: (r.start_ns, r.request_id))
+    segments: list[tuple[int, int, tuple[str, ...]]] = []
+    for start, end in itertools.pairwise(edges):
+        if not any(a <= start and end <= b for a, b in served):
+            continue
+        running = tuple(r.request_id for r in ordered if r.start_ns <= start and end <= r.end_ns)
+        if running:
+            segments.append((start, end, running))
+    return segments
+
+
+def _allocate(amounts: Sequence[Fraction]) -> list[int]:
+    """Integers, one per amount, each its floor or ceiling, summing to the rounded total."""
+    floors = [amount.numerator // amount.denominator for amount in amounts]
+    total = sum(amounts, Fraction(0))
+    target = round(total)
+    spare = target - sum(floors)
+    order = sorted(range(len(amounts)), key=lambda i: amounts[i] - floors[i], reverse=True)
+    result = list(floors)
+    for index in order[: max(spare, 0)]:
+        result[index] += 1
+    return result
