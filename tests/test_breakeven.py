@@ -656,3 +656,23 @@ def test_command_cold_starts_without_cold_start_time(tmp_path: Path) -> None:
     result = invoke("--pricing", str(path), "--platform", "newco", "--cold-starts")
     assert result.exit_code == 1
     assert "'newco' has no cold_start_s" in result.output
+
+
+@pytest.mark.parametrize(
+    ("amount", "shown"),
+    [
+        (0.015, "0.015"),  # was "0.01": rounded to cents, the half cent lost
+        (0.0112083333, "0.0112083"),
+        (2.69, "2.69"),
+        (64.5, "64.50"),
+        (1234.5, "1,234.50"),
+        (1.015, "1.015"),
+        (0.0, "0.00"),
+        (-0.015, "-0.015"),
+    ],
+)
+def test_money_is_printed_with_the_digits_it_has(amount: float, shown: str) -> None:
+    """breakeven prints dollars with as many decimals as they have (up to 7, at least 2)."""
+    from gpuledger.cli._breakeven import _usd
+
+    assert _usd(amount) == shown

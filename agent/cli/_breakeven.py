@@ -253,10 +253,11 @@ def _rate(per_day: float) -> str:
 
 
 def _usd(amount: float) -> str:
-    """Cents from a dollar up; below, up to 7 decimals (a 15 s reserved request is $0.0112083)."""
-    if amount >= 1:
-        return f"{amount:,.2f}"
-    return f"{amount:.7f}".rstrip("0").rstrip(".")
+    """Dollars with as many decimals as the amount has, up to 7 and at least 2: $0.015 is
+    "0.015", not a rounded "0.01"; a 15 s reserved request is "0.0112083"; $64.5 is "64.50"."""
+    text = f"{amount:,.7f}".rstrip("0")
+    whole, _, decimals = text.partition(".")
+    return f"{whole}.{decimals:0<2}"
 
 
 def _verdict(found: Breakeven) -> str:
@@ -343,11 +344,11 @@ def _as_table(catalogue: Catalogue, reserved: Price, rows: list[_Row], *, cold_s
             (
                 found.serverless_platform,
                 _duration(found.duration_s),
-                f"{at.serverless_cost_per_day_usd:,.2f}",
+                _usd(at.serverless_cost_per_day_usd),
                 str(at.reserved_gpus),
-                f"{at.reserved_cost_per_day_usd:,.2f}",
+                _usd(at.reserved_cost_per_day_usd),
                 at.cheaper,
-                f"{at.margin_usd_per_day:,.2f}",
+                _usd(at.margin_usd_per_day),
                 f"{at.margin_percent:.1f}",
             )
             for found, at in compared
