@@ -20,7 +20,7 @@ from typing import Any
 from gpuledger import _guard
 from gpuledger._build import WorkerIdentity, build_record, new_record_id, pseudonym
 from gpuledger._errors import ConfigError, PricingError
-from gpuledger._external import summarise
+from gpuledger._external import calls_measured, summarise
 from gpuledger._invocation import Invocation, _current
 from gpuledger._location import check_ledger_location
 from gpuledger._logging import configure_logging, get_logger
@@ -604,8 +604,6 @@ class Agent:
 
     def end_span_now(self, invocation: Invocation) -> None:
         """End the span of an invocation that will not reach the writer (the queue is full)."""
-        from gpuledger._external import calls_measured  # noqa: PLC0415
-
         try:
             self.end_span(invocation, build_record(self, invocation, measured=calls_measured()))
         except Exception as failure:
