@@ -24,7 +24,13 @@ from gpuledger._external import calls_measured, summarise
 from gpuledger._invocation import Invocation, _current
 from gpuledger._location import check_ledger_location
 from gpuledger._logging import configure_logging, get_logger
-from gpuledger._platform import PlatformInfo, default_worker_id, detect_platform, platform_defaults
+from gpuledger._platform import (
+    PlatformInfo,
+    billing_worker,
+    default_worker_id,
+    detect_platform,
+    platform_defaults,
+)
 from gpuledger._record import InvocationRecord
 from gpuledger._settings import Settings, environment
 from gpuledger._sinks import Backoff, FallbackSink, LedgerSink, SidecarSink, Sink
@@ -116,6 +122,12 @@ class Agent:
         self._setup_pricing()
         self._check_ledger_location(settings.ledger)
         self.worker = worker
+        self.billing = billing_worker(
+            info,
+            worker_id=settings.worker_id,
+            worker_start=settings.worker_start,
+            process_start=(worker.process_start_ns, worker.process_start_source),
+        )
         self._set_identity()
         self.gpu_meter: Any = None
         """The NVML meter once NVML is open; None before, and for good without a GPU."""
@@ -183,13 +195,24 @@ class Agent:
         self.per_gpu_second_usd: float | None = None if price is None else price.per_gpu_second_usd
         if price is not None:
             from gpuledger._pricing import compile_pricer  # noqa: PLC0415
+            from gpuledger.billing import Rules  # noqa: PLC0415
 
-            self.pricer: Callable[..., Any] | None = compile_pricer(price, catalogue.version)
+            # The request's own charge, as known at its end: rounding is the worker's billing
+            # span's, known later (gpuledger.billing bills the worker).
+            self.pricer: Callable[..., Any] | None = compile_pricer(
+                price, catalogue.version, rounds=False
+            )
             self.cost_source: str = price.source
+            self.billing_rules: dict[str, Any] | None = Rules.from_price(price).to_json()
+            self.pricing_platform: str | None = price.platform
+            self.pricing_version: str | None = catalogue.version
             return
         from gpuledger._pricing import LOCAL_PLATFORMS, unpriced_reason  # noqa: PLC0415
 
         self.pricer = None
+        self.billing_rules = None
+        self.pricing_platform = None
+        self.pricing_version = None
         self.cost_source = unpriced_reason(platform, self.gpu)
         if not warn or platform in LOCAL_PLATFORMS:
             return

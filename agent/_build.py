@@ -35,6 +35,7 @@ __all__ = [
     "init_seconds",
     "new_record_id",
     "pseudonym",
+    "request_startup_seconds",
     "start_notice",
 ]
 
@@ -147,18 +148,31 @@ class _Worker(Protocol):
     cost_source: str
     gpu_reason: dict[str, str] | None
     gpu_uuids: str | None
+    billing: Any
+    """``_platform.BillingWorker``: the container billed, and its start."""
+    billing_rules: dict[str, Any] | None
+    pricing_platform: str | None
+    pricing_version: str | None
+    worker: Any
+    """``_worker.WorkerState``: when init ended (``ready_ns``)."""
 
     def user_key(self, user_id: str) -> tuple[str, bool]: ...
 
 
 def init_seconds(invocation: Invocation) -> float | None:
-    """The init time the invocation paid for: the cold start's, plus phases it ran itself."""
-    init_s = invocation.init.duration_s if invocation.cold and invocation.init else None
-    if invocation.phases:
-        init_s = (init_s or 0.0) + sum(
-            phase.duration_s for phase in invocation.phases if phase.parent is None
-        )
-    return init_s
+    """The worker's start-up the invocation waited for (a cold start's init); None when warm.
+
+    Start-up work the invocation did itself (phases inside it: a model loaded lazily) is not
+    added: it is inside the invocation's own time already, and charged there once.
+    """
+    return invocation.init.duration_s if invocation.cold and invocation.init else None
+
+
+def request_startup_seconds(invocation: Invocation) -> float | None:
+    """Start-up work done inside the invocation (its top-level phases), None when none."""
+    if not invocation.phases:
+        return None
+    return sum(phase.duration_s for phase in invocation.phases if phase.parent is None)
 
 
 def build_record(
@@ -198,11 +212,25 @@ def build_record(
         if pricer is not None
         else None
     )
+    request_startup_s = request_startup_seconds(invocation)
+    if cost is not None and request_startup_s and worker.per_gpu_second_usd is not None:
+        # Start-up done inside the request is part of its GPU time: shown as start-up, once.
+        moved = min(request_startup_s * gpu_count * worker.per_gpu_second_usd, cost.gpu_usd)
+        cost = dataclasses.replace(
+            cost, gpu_usd=cost.gpu_usd - moved, coldstart_usd=cost.coldstart_usd + moved
+        )
+    billing = worker.billing
     record = InvocationRecord(
         record_id=invocation.record_id or new_record_id(invocation.start_ns),
         invocation_id=invocation.invocation_id,
         handler=invocation.handler,
         **identity.fields(),
+        billing_worker=billing.key,
+        worker_start_ns=billing.start_ns,
+        worker_start_source=billing.start_source,
+        worker_ready_ns=worker.worker.ready_ns,
+        request_startup_s=request_startup_s,
+        billing_rules=worker.billing_rules,
         start_ns=invocation.start_ns,
         end_ns=invocation.start_ns + invocation.duration_ns,
         duration_s=duration_s,
@@ -292,6 +320,7 @@ def start_notice(
     user = None
     if invocation.user_id is not None:
         user = worker.user_key(invocation.user_id)[0]
+    billing = worker.billing
     return {
         "record_id": invocation.record_id,
         "invocation_id": invocation.invocation_id,
@@ -302,6 +331,13 @@ def start_notice(
         "timeout_s": timeout_s,
         "user_id": user,
         "tenant": invocation.tenant,
+        "billing_worker": billing.key,
+        "worker_start_ns": billing.start_ns,
+        "worker_start_source": billing.start_source,
+        "worker_ready_ns": worker.worker.ready_ns,
+        "billing_rules": worker.billing_rules,
+        "pricing_platform": worker.pricing_platform,
+        "pricing_version": worker.pricing_version,
     }
 
 
@@ -318,7 +354,13 @@ def closing_record(
     start_ns = int(start["start_ns"])
     duration_s = (end_ns - start_ns) / 1e9
     billed = duration_s * identity.gpu_count
-    cost = pricer(billed, identity.gpu_count, None) if pricer is not None else None
+    rules = start.get("billing_rules")
+    if rules is not None:
+        # The worker's own rules, frozen when it started: not the sidecar's catalogue.
+        fields = _frozen_cost(rules, billed, start, unpriced)
+    else:
+        cost = pricer(billed, identity.gpu_count, None) if pricer is not None else None
+        fields = cost_fields(cost, unpriced)
     return InvocationRecord(
         record_id=str(start["record_id"]),
         invocation_id=str(start["invocation_id"]),
@@ -334,5 +376,34 @@ def closing_record(
         user_id=start.get("user_id"),
         user_id_pseudonymised=bool(start.get("user_id_pseudonymised", False)),
         tenant=start.get("tenant"),
-        **cost_fields(cost, unpriced),
+        billing_worker=start.get("billing_worker"),
+        worker_start_ns=start.get("worker_start_ns"),
+        worker_start_source=start.get("worker_start_source"),
+        worker_ready_ns=start.get("worker_ready_ns"),
+        billing_rules=rules,
+        **fields,
     )
+
+
+def _frozen_cost(
+    rules: Mapping[str, Any], billed_gpu_s: float, start: Mapping[str, Any], unpriced: str
+) -> dict[str, Any]:
+    """The price fields of a closing record under the worker's frozen ``rules``: its fee and
+    its GPU time, unrounded (the worker's rounding is billed with the worker)."""
+    from fractions import Fraction  # noqa: PLC0415 - only when a worker died
+
+    try:
+        rate = Fraction(str(rules["per_gpu_second_usd"]))
+        fee = Fraction(str(rules.get("execution_fee_usd", "0")))
+    except (KeyError, ValueError, ZeroDivisionError):
+        return cost_fields(None, unpriced)
+    gpu_usd = float(rate * Fraction(billed_gpu_s))
+    return {
+        "cost_usd": float(fee) + gpu_usd,
+        "cost_execution_usd": float(fee),
+        "cost_gpu_usd": gpu_usd,
+        "cost_coldstart_usd": 0.0,
+        "pricing_platform": start.get("pricing_platform") or start.get("platform"),
+        "pricing_version": start.get("pricing_version"),
+        "cost_source": "worker's billing rules (frozen at its start)",
+    }

@@ -9,12 +9,21 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Final
 
 from gpuledger._settings import environment
 
-__all__ = ["PlatformInfo", "detect_platform"]
+__all__ = [
+    "CONTAINER_MARKERS",
+    "BillingWorker",
+    "PlatformInfo",
+    "billing_worker",
+    "detect_platform",
+]
+
+CONTAINER_MARKERS: Final = ("/.dockerenv", "/run/.containerenv")
+"""Files a container runtime puts in every container it starts (Docker, Podman)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -153,3 +162,56 @@ def platform_defaults(platform: str) -> PlatformInfo:
 
 def _first(env: Mapping[str, str], names: tuple[str, ...]) -> str | None:
     return next((env[name] for name in names if env.get(name)), None)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BillingWorker:
+    """The worker a platform bills: the container, which may run several processes (Cog's
+    predictor subprocess, an ASGI server's workers, the proxy and sidecar beside them)."""
+
+    key: str
+    start_ns: int
+    start_source: str
+    """``container`` (PID 1's start), or the process start's (``proc``, ``psutil``, ``import``)."""
+
+
+def billing_worker(
+    info: PlatformInfo,
+    *,
+    worker_id: str | None,
+    worker_start: str,
+    process_start: tuple[int, str],
+    exists: Callable[[str], bool] = os.path.exists,
+    container_start: Callable[[], int | None] | None = None,
+) -> BillingWorker:
+    """Which worker this process is billed as, and when that worker started.
+
+    The key is the ``worker_id`` setting, else the platform's own worker id (RunPod's pod id,
+    Modal's task id), else the container's hostname when the platform was detected from its
+    environment, else ``host:pid``. The start is the container's (PID 1's start inside its PID
+    namespace) when ``worker_start`` is ``container``, or ``auto`` and the platform was detected
+    from its environment *and* a container runtime's marker file is there; otherwise (a plain
+    machine, where PID 1 is the machine's init) the process's own start.
+    """
+    detected = info.evidence is not None
+    if worker_id:
+        key = worker_id
+    elif info.worker_id:
+        key = info.worker_id
+    elif detected:
+        key = os.uname().nodename
+    else:
+        key = default_worker_id()
+    in_container = worker_start == "container" or (
+        worker_start == "auto" and detected and any(exists(path) for path in CONTAINER_MARKERS)
+    )
+    if in_container:
+        if container_start is None:
+            from gpuledger._process import started_ns  # noqa: PLC0415
+
+            started = started_ns(1)
+        else:
+            started = container_start()
+        if started is not None and started <= process_start[0]:
+            return BillingWorker(key, started, "container")
+    return BillingWorker(key, *process_start)

@@ -277,12 +277,15 @@ class Catalogue:
 
 
 def compile_pricer(
-    price: Price, catalogue_version: str
+    price: Price, catalogue_version: str, *, rounds: bool = True
 ) -> Callable[[float, int, float | None], Cost]:
     """A function pricing one invocation at ``price``, its rates worked out once, for the hot path.
 
     It takes ``(billed_gpu_seconds, gpu_count, init_seconds)``: GPU-seconds held (wall time x
     GPUs), the GPUs held (below 1 counts as 1), and the init seconds of a cold start or ``None``.
+    With ``rounds``, the billing increment and minimum apply to the invocation as if it were a
+    worker's whole billing span; without, it is the invocation's own charge as known at its end
+    (the worker's rounding comes later, from ``gpuledger.billing``).
     """
     if price.kind == "reserved" and price.hourly_usd is not None:
         rate = price.hourly_usd / _SECONDS_PER_HOUR
@@ -292,7 +295,7 @@ def compile_pricer(
     startup_rate = rate if price.bills_startup else 0.0
     increment = price.billing_increment_s
     minimum = price.minimum_billed_s
-    adjusts = increment > 0.0 or minimum > 0.0
+    adjusts = rounds and (increment > 0.0 or minimum > 0.0)
     platform, gpu, source = price.platform, price.gpu, price.source
     ceil = math.ceil
     slack = _ROUNDING_SLACK

@@ -39,6 +39,25 @@ class InvocationRecord:
     gpu_model: str | None = None
     gpu_count: int = 1
 
+    # the billing worker: the container a platform bills, which may run several processes
+    billing_worker: str | None = None
+    """The platform's worker/container id (RunPod's pod id, Modal's task id), else the
+    container's hostname on a platform detected from its environment, else ``host:pid``."""
+    worker_start_ns: int | None = None
+    """When the billing worker started: its container's start (PID 1's, read from the OS) on a
+    platform's container, else the process's own start."""
+    worker_start_source: str | None = None
+    """``container`` (PID 1's start), or the process start's source (``proc``, ``psutil``,
+    ``import``)."""
+    worker_ready_ns: int | None = None
+    """When this process finished its init (its first request's start, if that was cold)."""
+    request_startup_s: float | None = None
+    """Start-up work done inside this request (a model loaded lazily on first use): part of
+    ``duration_s``, billed once, as start-up."""
+    billing_rules: dict[str, Any] | None = None
+    """The platform's billing rules in force when the worker started (``Rules.to_json``),
+    frozen with the record so that a later catalogue never changes an old bill."""
+
     # time
     start_ns: int
     end_ns: int
@@ -102,6 +121,9 @@ class InvocationRecord:
 
     # cost
     cost_usd: float | None = None
+    """The request's own charge as known at its end: its fee, its share of the GPU time it ran,
+    and the worker's start-up if it waited for it (where billed). Rounding and idle time are the
+    worker's, known later: ``gpuledger report`` bills the worker and attributes them."""
     cost_execution_usd: float | None = None
     """The per-execution fee part (RunPod serverless)."""
     cost_gpu_usd: float | None = None

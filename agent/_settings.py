@@ -51,6 +51,9 @@ __all__ = [
 
 EXPORTER_NAMES: Final = ("otlp", "console", "prometheus")
 LOG_FORMATS: Final = ("console", "json")
+WORKER_STARTS: Final = ("auto", "process", "container")
+ATTRIBUTIONS: Final = ("separate", "share", "cause")
+"""``gpuledger.billing.POLICIES`` (the core does not import the billing room at start)."""
 FLUSH_POLICIES: Final = ("periodic", "invocation", "adaptive")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 OTLP_ENDPOINT_VARS: Final = (
@@ -464,6 +467,16 @@ SETTINGS: Final[tuple[Setting, ...]] = (
         "unset",
     ),
     Setting(
+        "attribution",
+        ("GPULEDGER_ATTRIBUTION",),
+        _choice(ATTRIBUTIONS),
+        _const("separate"),
+        "How `gpuledger report` attributes a worker's idle time and rounding: `separate` (a "
+        "row of their own, `(idle)`), `share` (pro rata to the requests' busy time), `cause` "
+        "(to the request whose keep-warm window or billing span it was).",
+        "`separate`",
+    ),
+    Setting(
         "prewarm_threshold_s",
         ("GPULEDGER_PREWARM_THRESHOLD",),
         _seconds,
@@ -504,6 +517,17 @@ SETTINGS: Final[tuple[Setting, ...]] = (
         _const(None),
         "This worker's id (`faas.instance`).",
         "from the platform, else `host:pid`",
+    ),
+    Setting(
+        "worker_start",
+        ("GPULEDGER_WORKER_START",),
+        _choice(WORKER_STARTS),
+        _const("auto"),
+        "Where the billing worker's life starts: `container` (PID 1's start: the container "
+        "the platform bills), `process` (this process's start), or `auto`: `container` when "
+        "the platform was detected from its environment and the process runs in a container "
+        "(`/.dockerenv`, `/run/.containerenv`), else `process`.",
+        "`auto`",
     ),
     Setting(
         "region",
@@ -848,7 +872,9 @@ class Settings:
     pseudonym_key: str | None
     user_id_on_metrics: bool
     pricing: str | None
+    attribution: str
     prewarm_threshold_s: float
+    worker_start: str
     max_pending: int
     flush_timeout_s: float
     endpoint: str | None

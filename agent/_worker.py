@@ -78,6 +78,8 @@ class WorkerState:
         self._open_phases: list[Phase] = []
         self._ready_ns = 0
         self.served_first = False
+        self.ready_ns: int | None = None
+        """When init ended, as the first request found it (None before a request)."""
         self.active = 0
         self.last_end_ns = 0
         # Who shares the worker. An invocation that starts alone is only noted as ``lone``
@@ -166,6 +168,7 @@ class WorkerState:
                     tuple(sorted(self.pending_phases, key=lambda phase: phase.start_ns)),
                 )
                 self.pending_phases = []
+                self.ready_ns = init.end_ns
                 gap = max(0, start_ns - ready)
             elif self.active:
                 gap = 0

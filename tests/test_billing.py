@@ -58,6 +58,13 @@ def test_a_model_loaded_inside_a_request_is_charged_once() -> None:
     billed 1 s under 1 s increments, not 0.6 s + 0.5 s."""
     result = bill(_worker((10.0, 10.6), stop=10.6), RUNPOD_LIKE)
     assert result.billed_gpu_ns == S
+    lazy = WorkerTimeline(
+        T0, T0, T0 + 11 * S, (Request("r0", T0 + 10 * S, T0 + 106 * S // 10, S // 2),)
+    )
+    categories = bill(lazy, RUNPOD_LIKE).gpu_ns_by_category
+    assert categories["startup"] == S // 2  # the load, once, as start-up
+    assert categories["request"] == S // 10
+    assert sum(categories.values()) == S  # rounded to 1 s with the rest of the span
     assert result.by_category()["startup"] == 0
 
 
@@ -125,7 +132,8 @@ def timelines(draw: st.DrawFn) -> WorkerTimeline:
     for index in range(count):
         start = draw(st.integers(0, life))
         end = draw(st.integers(start, life))
-        requests.append(Request(f"r{index}", T0 + start, T0 + end))
+        own_startup = draw(st.sampled_from([0, 0, (end - start) // 2, end - start]))
+        requests.append(Request(f"r{index}", T0 + start, T0 + end, own_startup))
     gpus = draw(st.integers(1, 8))
     return WorkerTimeline(T0, T0 + ready, T0 + life, tuple(requests), gpus)
 
@@ -159,29 +167,49 @@ def test_the_lines_add_up_to_the_bill_exactly(timeline: WorkerTimeline, rules: R
 @settings(max_examples=300, deadline=None)
 @given(timelines(), rules_strategy)
 def test_no_instant_is_charged_twice(timeline: WorkerTimeline, rules: Rules) -> None:
-    """Across categories the charged stretches are disjoint; within ``request``, a stretch is
-    split among the requests running then and each request's own stretches are disjoint."""
+    """At every instant: at most one worker-level charge (start-up, idle) and then no request's;
+    or the requests running then, each once, sharing exactly the GPUs held (a request's own
+    start-up work is part of its share)."""
     result = bill(timeline, rules)
-    stretches: dict[tuple[int, int], str] = {}
-    per_request: dict[str, list[tuple[int, int]]] = {}
-    shared: dict[tuple[int, int], Fraction] = {}
-    for line in result.lines:
-        if line.category in ("fee", "rounding"):
+    timed = [line for line in result.lines if line.category not in ("fee", "rounding")]
+    edges = sorted({edge for line in timed for edge in (line.start_ns, line.end_ns)})
+    for a, b in itertools.pairwise(edges):
+        covering = [line for line in timed if line.start_ns <= a and b <= line.end_ns]
+        worker_level = [line for line in covering if line.request_id is None]
+        owned = [line for line in covering if line.request_id is not None]
+        assert len(worker_level) <= 1
+        if worker_level:
+            assert not owned
             continue
-        key = (line.start_ns, line.end_ns)
-        assert stretches.setdefault(key, line.category) == line.category
-        if line.category == "request":
-            assert line.request_id is not None
-            per_request.setdefault(line.request_id, []).append(key)
-            shared[key] = shared.get(key, Fraction(0)) + line.gpu_ns
-    ordered = sorted(stretches)
-    for (_, end), (start, _) in itertools.pairwise(ordered):
-        assert end <= start
-    for key, gpu_ns in shared.items():
-        assert gpu_ns == (key[1] - key[0]) * timeline.gpu_count
-    for own in per_request.values():
-        own.sort()
-        assert all(a[1] <= b[0] for a, b in itertools.pairwise(own))
+        ids = [line.request_id for line in owned]
+        assert len(ids) == len(set(ids))
+        if owned:
+            held = sum(
+                (line.gpu_ns * (b - a) / (line.end_ns - line.start_ns) for line in owned),
+                Fraction(0),
+            )
+            assert held == (b - a) * timeline.gpu_count
+
+
+@settings(max_examples=300, deadline=None)
+@given(timelines(), rules_strategy)
+def test_totals_without_lines_are_the_totals_with_them(
+    timeline: WorkerTimeline, rules: Rules
+) -> None:
+    full = bill(timeline, rules)
+    quick = bill(timeline, rules, lines=False)
+    assert quick.lines == ()
+    assert quick.usd_by_category == full.usd_by_category
+    assert quick.gpu_ns_by_category == full.gpu_ns_by_category
+    assert (quick.total_usd, quick.billed_gpu_ns) == (full.total_usd, full.billed_gpu_ns)
+
+
+@settings(max_examples=100, deadline=None)
+@given(rules_strategy)
+def test_rules_survive_json_exactly(rules: Rules) -> None:
+    import json
+
+    assert Rules.from_json(json.loads(json.dumps(rules.to_json()))) == rules
 
 
 @settings(max_examples=300, deadline=None)

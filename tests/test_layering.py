@@ -33,7 +33,7 @@ ALLOWED: dict[str, set[str]] = {
     CORE: {CORE, "billing", "ledger", "exporters", "sidecar", "instrumentation"},
     "billing": {CORE},
     "exporters": {CORE},
-    "ledger": {CORE},
+    "ledger": {CORE, "billing"},
     "instrumentation": {CORE},
     "whatif": {CORE, "billing", "ledger"},
     "sidecar": {CORE, "billing", "ledger", "exporters"},

@@ -398,8 +398,13 @@ def test_migrates_version_1_forward(ledger_path: str) -> None:
         "energy_source",
         "gpu_uuids",
         "external_wait_cost_usd",
+        "billing_worker",
+        "worker_start_ns",
+        "worker_start_source",
+        "worker_ready_ns",
+        "request_startup_s",
     )
-    added_json = ("gpu_unmeasured", "external_targets")
+    added_json = ("gpu_unmeasured", "external_targets", "billing_rules")
     old_fields = [name for name in FIELD_NAMES if name not in (*added, *added_json)]
     with sqlite3.connect(ledger_path) as connection:
         _ledger._migrate(connection, ledger_path, MIGRATIONS[:1])

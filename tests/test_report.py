@@ -104,10 +104,10 @@ def test_day_rows_in_date_order() -> None:
 def test_counts_and_sums() -> None:
     """Counts, cold share, errors, billed seconds and tokens are summed per group."""
     records = [
-        make_record(cold=True, init_duration_s=10.0, billed_gpu_seconds=2.0, input_tokens=5),
+        make_record(0, 2.0, cold=True, init_duration_s=10.0, input_tokens=5),
         make_record(cold=True, init_duration_s=20.0, outcome="timeout", output_tokens=7),
         make_record(cold=True, init_duration_s=None, outcome="error"),
-        make_record(init_duration_s=99.0, billed_gpu_seconds=0.5),  # warm: init not counted
+        make_record(0, 0.5, init_duration_s=99.0),  # warm: init not counted
     ]
     (row,) = aggregate(records, "platform")
     assert row.invocations == 4
@@ -115,7 +115,8 @@ def test_counts_and_sums() -> None:
     assert row.cold_start_share == 0.75
     assert row.mean_init_s == 15.0
     assert row.errors == 2
-    assert row.billed_gpu_seconds == 4.5
+    # Unpriced (no rules, no recorded cost): the GPU time is the requests' own, nothing added.
+    assert row.billed_gpu_s == row.billed_gpu_seconds == row.request_gpu_s == 4.5
     assert row.input_tokens == 5
     assert row.output_tokens == 7
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
-import math
 import os
 import re
 import signal
@@ -19,6 +18,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from fractions import Fraction
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -102,21 +102,26 @@ def span_for(spans: list[dict[str, Any]], invocation_id: str) -> dict[str, Any]:
 def assert_runpod_h100_cost(row: dict[str, Any]) -> None:
     """The row is priced as RunPod serverless on an H100, and its total is the sum of its parts."""
     assert row["billed_gpu_seconds"] == pytest.approx(row["duration_s"] * row["gpu_count"])
-    # The shipped catalogue reads "$0.00024 per GPU second" as whole seconds, rounded up per
-    # request, and bills a cold start's init time at the same rate (RunPod bills model loading).
-    charged_gpu_seconds = math.ceil(row["billed_gpu_seconds"] / row["gpu_count"]) * row["gpu_count"]
+    # The record holds the request's own charge as known at its end: its fee, its GPU time
+    # unrounded, and the init it waited for (RunPod bills model loading). The whole-second
+    # rounding is the worker's billing span's: `gpuledger report` bills it with the worker.
     init_gpu_seconds = (row["init_duration_s"] or 0.0) * row["gpu_count"]
     assert row["cost_execution_usd"] == pytest.approx(RUNPOD_EXECUTION_FEE_USD)
     assert row["cost_gpu_usd"] == pytest.approx(
-        RUNPOD_H100_USD_PER_GPU_SECOND * charged_gpu_seconds
+        RUNPOD_H100_USD_PER_GPU_SECOND * row["billed_gpu_seconds"]
     )
     assert row["cost_coldstart_usd"] == pytest.approx(
         RUNPOD_H100_USD_PER_GPU_SECOND * init_gpu_seconds
     )
     assert row["cost_usd"] == pytest.approx(
         RUNPOD_EXECUTION_FEE_USD
-        + RUNPOD_H100_USD_PER_GPU_SECOND * (charged_gpu_seconds + init_gpu_seconds)
+        + RUNPOD_H100_USD_PER_GPU_SECOND * (row["billed_gpu_seconds"] + init_gpu_seconds)
     )
+    # The worker's rules, frozen with the record.
+    rules = json.loads(row["billing_rules"])
+    assert rules["increment_ns"] == 1_000_000_000
+    assert Fraction(rules["per_gpu_second_usd"]) == Fraction(str(RUNPOD_H100_USD_PER_GPU_SECOND))
+    assert row["billing_worker"] and row["worker_start_ns"] <= row["start_ns"]
     assert row["cost_usd"] == pytest.approx(
         row["cost_execution_usd"] + row["cost_gpu_usd"] + row["cost_coldstart_usd"]
     )

@@ -1,12 +1,27 @@
-"""Worker bills: what a platform charges for one worker's life (issue 13, in progress).
+"""Worker bills: what a platform charges for one worker's life, and whose each dollar is.
 
 :func:`bill` is the one billing engine: a pure function from a :class:`WorkerTimeline` and a
-platform's :class:`Rules` to a :class:`WorkerBill`, exact. Not yet called by the recorder, the
-report, the sidecar or the simulator: those move onto it next.
+platform's :class:`Rules` to a :class:`WorkerBill`, exact. :func:`workers_of` rebuilds worker
+timelines from recorded invocations; :func:`attribute` splits a worker's bill among its requests
+under a policy (:data:`POLICIES`). The recorder freezes each worker's rules on its records, the
+report and ``compare``'s "as recorded" bill workers with them, the simulator bills the timelines
+it simulates, and the sidecar prices a killed worker's request with its own frozen rules.
 """
 
 from __future__ import annotations
 
+from gpuledger.billing._attribute import (
+    IDLE_KEY,
+    POLICIES,
+    Charges,
+    Worker,
+    as_recorded,
+    attribute,
+    bill_workers,
+    frozen_rules,
+    worker_key,
+    workers_of,
+)
 from gpuledger.billing._engine import (
     CATEGORIES,
     Category,
@@ -15,16 +30,28 @@ from gpuledger.billing._engine import (
     Rules,
     WorkerBill,
     WorkerTimeline,
+    allocate,
     bill,
 )
 
 __all__ = [
     "CATEGORIES",
+    "IDLE_KEY",
+    "POLICIES",
     "Category",
+    "Charges",
     "Line",
     "Request",
     "Rules",
+    "Worker",
     "WorkerBill",
     "WorkerTimeline",
+    "allocate",
+    "as_recorded",
+    "attribute",
     "bill",
+    "bill_workers",
+    "frozen_rules",
+    "worker_key",
+    "workers_of",
 ]

@@ -31,9 +31,9 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from fractions import Fraction
-from typing import TYPE_CHECKING, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 if TYPE_CHECKING:
     from gpuledger._pricing import Price
@@ -46,6 +46,7 @@ __all__ = [
     "Rules",
     "WorkerBill",
     "WorkerTimeline",
+    "allocate",
     "bill",
 ]
 
@@ -57,11 +58,17 @@ NANO_USD_PER_USD: Final = 1_000_000_000
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Request:
-    """One request the worker served: ``[start_ns, end_ns)``, wall clock."""
+    """One request the worker served: ``[start_ns, end_ns)``, wall clock.
+
+    ``startup_ns`` is start-up work the request did itself (a model loaded lazily on first use):
+    it is inside the request's time, so it is charged once, as ``startup`` rather than
+    ``request``, never on top of it.
+    """
 
     request_id: str
     start_ns: int
     end_ns: int
+    startup_ns: int = 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -106,6 +113,10 @@ class Rules:
     """Least time billed per billing span."""
     bills_startup: bool = False
     bills_idle: bool = False
+    idle_window_ns: int | None = None
+    """How long a warm worker waits for work before the platform stops it (None: unknown)."""
+    reserved: bool = False
+    """A reserved GPU: paid from its start to its stop, whatever it does."""
 
     @classmethod
     def from_price(cls, price: Price) -> Rules:
@@ -121,9 +132,45 @@ class Rules:
             execution_fee_usd=_decimal(price.execution_fee_usd),
             increment_ns=round(price.billing_increment_s * NS_PER_S),
             minimum_ns=round(price.minimum_billed_s * NS_PER_S),
-            bills_startup=price.bills_startup,
-            bills_idle=price.bills_idle,
+            bills_startup=price.bills_startup or price.kind == "reserved",
+            bills_idle=price.bills_idle or price.kind == "reserved",
+            idle_window_ns=(
+                None if price.idle_window_s is None else round(price.idle_window_s * NS_PER_S)
+            ),
+            reserved=price.kind == "reserved",
         )
+
+    def to_json(self) -> dict[str, object]:
+        """The rules as JSON values, exact (amounts as decimal or fraction strings): what a
+        worker's records carry, so that a later catalogue never changes an old bill."""
+        return {
+            "per_gpu_second_usd": str(self.per_gpu_second_usd),
+            "execution_fee_usd": str(self.execution_fee_usd),
+            "increment_ns": self.increment_ns,
+            "minimum_ns": self.minimum_ns,
+            "bills_startup": self.bills_startup,
+            "bills_idle": self.bills_idle,
+            "idle_window_ns": self.idle_window_ns,
+            "reserved": self.reserved,
+        }
+
+    @classmethod
+    def from_json(cls, values: Mapping[str, Any]) -> Rules:
+        """The rules :meth:`to_json` wrote; ValueError naming the field that is wrong."""
+        try:
+            window = values.get("idle_window_ns")
+            return cls(
+                per_gpu_second_usd=Fraction(str(values["per_gpu_second_usd"])),
+                execution_fee_usd=Fraction(str(values.get("execution_fee_usd", "0"))),
+                increment_ns=int(values.get("increment_ns", 0)),
+                minimum_ns=int(values.get("minimum_ns", 0)),
+                bills_startup=bool(values.get("bills_startup", False)),
+                bills_idle=bool(values.get("bills_idle", False)),
+                idle_window_ns=None if window is None else int(window),
+                reserved=bool(values.get("reserved", False)),
+            )
+        except (KeyError, TypeError, ValueError, ZeroDivisionError) as error:
+            raise ValueError(f"bad billing rules {dict(values)!r}: {error}") from None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -142,67 +189,124 @@ class Line:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class WorkerBill:
-    """A worker's charges, exact. ``total_usd`` is the sum of the lines' ``usd``."""
+    """A worker's charges, exact. ``total_usd`` is the sum of the lines' ``usd`` (and of
+    ``usd_by_category``); ``lines`` is empty when the bill was asked for without them."""
 
     lines: tuple[Line, ...]
     total_usd: Fraction
     billed_gpu_ns: Fraction
     """GPU time charged, every category but ``fee`` (wall time x GPUs)."""
+    usd_by_category: dict[Category, Fraction]
+    gpu_ns_by_category: dict[Category, Fraction]
+    stop_ns: int
+    """The worker's stop as billed (its timeline's)."""
 
     def by_category(self) -> dict[Category, Fraction]:
         """US dollars per category (every category present, 0 when none)."""
-        totals: dict[Category, Fraction] = dict.fromkeys(CATEGORIES, Fraction(0))
-        for line in self.lines:
-            totals[line.category] += line.usd
-        return totals
+        return dict(self.usd_by_category)
 
     def nano_usd(self) -> list[int]:
         """Each line's amount in integer nano-dollars, in line order, summing exactly to the
         total rounded to the nearest nano-dollar (the largest remainders get the spare units)."""
-        return _allocate([line.usd * NANO_USD_PER_USD for line in self.lines])
+        return allocate([line.usd * NANO_USD_PER_USD for line in self.lines])
 
 
-def bill(timeline: WorkerTimeline, rules: Rules) -> WorkerBill:
-    """The bill of one worker under ``rules`` (see the module docstring)."""
+def bill(timeline: WorkerTimeline, rules: Rules, *, lines: bool = True) -> WorkerBill:
+    """The bill of one worker under ``rules`` (see the module docstring).
+
+    With ``lines=False`` only the totals per category are worked out (integer sums, one exact
+    product per category): what a simulator pricing millions of requests needs.
+    """
     gpus = timeline.gpu_count
     rate_per_gpu_ns = rules.per_gpu_second_usd / NS_PER_S
     busy = _union((r.start_ns, r.end_ns) for r in timeline.requests)
     # The request category starts when the worker is ready: before it, a request waits on the
     # start-up, which is its own category (billed or not), never both.
     served = _clip(busy, timeline.ready_ns, timeline.stop_ns)
-    startup = (timeline.start_ns, timeline.ready_ns) if rules.bills_startup else None
+    startup = (timeline.start_ns, timeline.ready_ns)
+    has_startup = rules.bills_startup and startup[1] > startup[0]
+    idle = _gaps(served, timeline.ready_ns, timeline.stop_ns) if rules.bills_idle else []
+    # Billing spans: stretches billed without a break, each rounded on its own.
+    spans = _union([*served, *idle, *([startup] if has_startup else [])])
+    rounding = [
+        (end, end + extra)
+        for start, end in spans
+        if (extra := _rounded(end - start, rules) - (end - start))
+    ]
+    fee_count = len(timeline.requests) if rules.execution_fee_usd else 0
 
-    lines: list[Line] = []
-    if startup is not None and startup[1] > startup[0]:
-        lines.append(_time_line("startup", *startup, gpus, rate_per_gpu_ns))
-    for start, end, running in _segments(timeline.requests, served):
+    wall_ns: dict[Category, int] = {
+        "startup": startup[1] - startup[0] if has_startup else 0,
+        "request": sum(end - start for start, end in served),
+        "idle": sum(end - start for start, end in idle),
+        "rounding": sum(end - start for start, end in rounding),
+        "fee": 0,
+    }
+    gpu_ns: dict[Category, Fraction] = {
+        category: Fraction(ns * gpus) for category, ns in wall_ns.items()
+    }
+    lines_out: list[Line] = []
+    needs_lines = lines or any(r.startup_ns for r in timeline.requests)
+    if needs_lines:
+        if has_startup:
+            lines_out.append(_time_line("startup", *startup, gpus, rate_per_gpu_ns))
+        lines_out.extend(_request_lines(timeline.requests, served, gpus, rate_per_gpu_ns))
+        lines_out.extend(
+            _time_line("idle", start, end, gpus, rate_per_gpu_ns) for start, end in idle
+        )
+        lines_out.extend(
+            _time_line("rounding", start, end, gpus, rate_per_gpu_ns) for start, end in rounding
+        )
+        lines_out.extend(
+            Line("fee", r.start_ns, r.start_ns, Fraction(0), rules.execution_fee_usd, r.request_id)
+            for r in timeline.requests[:fee_count]
+        )
+        # Start-up work done inside requests moves from ``request`` to ``startup``.
+        moved = sum((line.gpu_ns for line in lines_out if line.category == "startup"), Fraction(0))
+        gpu_ns["startup"] = moved
+        gpu_ns["request"] = sum(
+            (line.gpu_ns for line in lines_out if line.category == "request"), Fraction(0)
+        )
+    usd: dict[Category, Fraction] = {
+        category: amount * rate_per_gpu_ns for category, amount in gpu_ns.items()
+    }
+    usd["fee"] = rules.execution_fee_usd * fee_count
+    return WorkerBill(
+        lines=tuple(lines_out) if lines else (),
+        total_usd=sum(usd.values(), Fraction(0)),
+        billed_gpu_ns=sum(gpu_ns.values(), Fraction(0)),
+        usd_by_category=usd,
+        gpu_ns_by_category=gpu_ns,
+        stop_ns=timeline.stop_ns,
+    )
+
+
+def _request_lines(
+    requests: Sequence[Request],
+    served: Sequence[tuple[int, int]],
+    gpus: int,
+    rate_per_gpu_ns: Fraction,
+) -> list[Line]:
+    """The ``request`` lines: each stretch of constant concurrency split equally among the
+    requests running in it; a request's own start-up work (its first ``startup_ns`` of wall
+    time) relabelled ``startup``."""
+    out: list[Line] = []
+    startup_left = {r.request_id: r.startup_ns for r in requests if r.startup_ns > 0}
+    for start, end, running in _segments(requests, served):
         share = Fraction((end - start) * gpus, len(running))
         for request_id in running:
-            lines.append(Line("request", start, end, share, share * rate_per_gpu_ns, request_id))
-    idle: list[tuple[int, int]] = []
-    if rules.bills_idle:
-        idle = _gaps(served, timeline.ready_ns, timeline.stop_ns)
-        lines.extend(_time_line("idle", start, end, gpus, rate_per_gpu_ns) for start, end in idle)
-
-    # Billing spans: stretches billed without a break, each rounded on its own.
-    billed_stretches = list(served) + idle
-    if startup is not None and startup[1] > startup[0]:
-        billed_stretches.append(startup)
-    for start, end in _union(billed_stretches):
-        extra = _rounded(end - start, rules) - (end - start)
-        if extra:
-            lines.append(_time_line("rounding", end, end + extra, gpus, rate_per_gpu_ns))
-
-    if rules.execution_fee_usd:
-        lines.extend(
-            Line("fee", r.start_ns, r.start_ns, Fraction(0), rules.execution_fee_usd, r.request_id)
-            for r in timeline.requests
-        )
-    return WorkerBill(
-        lines=tuple(lines),
-        total_usd=sum((line.usd for line in lines), Fraction(0)),
-        billed_gpu_ns=sum((line.gpu_ns for line in lines), Fraction(0)),
-    )
+            left = startup_left.get(request_id, 0)
+            if left <= 0:
+                out.append(Line("request", start, end, share, share * rate_per_gpu_ns, request_id))
+                continue
+            cut = min(end, start + left)
+            startup_left[request_id] = left - (cut - start)
+            first = share * Fraction(cut - start, end - start)
+            out.append(Line("startup", start, cut, first, first * rate_per_gpu_ns, request_id))
+            if cut < end:
+                rest = share - first
+                out.append(Line("request", cut, end, rest, rest * rate_per_gpu_ns, request_id))
+    return out
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -263,23 +367,31 @@ def _segments(
     requests: Sequence[Request], served: Sequence[tuple[int, int]]
 ) -> list[tuple[int, int, tuple[str, ...]]]:
     """Within ``served``, the stretches of constant concurrency and the requests running in
-    each (ordered by request start, then id)."""
+    each (ordered by request start, then id). A sweep: linear in the output, not quadratic."""
+    ordered = sorted(requests, key=lambda r: (r.start_ns, r.request_id))
     edges = sorted(
         {edge for start, end in served for edge in (start, end)}
-        | {edge for r in requests for edge in (r.start_ns, r.end_ns)}
+        | {edge for r in ordered for edge in (r.start_ns, r.end_ns)}
     )
-    ordered = sorted(requests, key=lambda r: (r.start_ns, r.request_id))
     segments: list[tuple[int, int, tuple[str, ...]]] = []
+    running: list[Request] = []
+    joined = 0
+    stretch = 0
     for start, end in itertools.pairwise(edges):
-        if not any(a <= start and end <= b for a, b in served):
+        while joined < len(ordered) and ordered[joined].start_ns <= start:
+            running.append(ordered[joined])
+            joined += 1
+        running = [r for r in running if r.end_ns > start]
+        while stretch < len(served) and served[stretch][1] <= start:
+            stretch += 1
+        if stretch == len(served) or served[stretch][0] > start or not running:
             continue
-        running = tuple(r.request_id for r in ordered if r.start_ns <= start and end <= r.end_ns)
-        if running:
-            segments.append((start, end, running))
+        # Every edge is a boundary, so a request running at ``start`` runs to ``end``.
+        segments.append((start, end, tuple(r.request_id for r in running)))
     return segments
 
 
-def _allocate(amounts: Sequence[Fraction]) -> list[int]:
+def allocate(amounts: Sequence[Fraction]) -> list[int]:
     """Integers, one per amount, each its floor or ceiling, summing to the rounded total."""
     floors = [amount.numerator // amount.denominator for amount in amounts]
     total = sum(amounts, Fraction(0))

@@ -13,7 +13,10 @@ from typing import Any, Final
 
 import click
 
-from gpuledger._errors import LedgerError
+from gpuledger._errors import GpuledgerError, LedgerError
+from gpuledger._settings import resolve_setting
+from gpuledger.billing import POLICIES
+from gpuledger.cli._billing import billing_options
 from gpuledger.ledger import (
     GROUP_BY,
     LEDGER_ENV,
@@ -53,6 +56,10 @@ def _usd(amount: float) -> str:
     return f"{amount:,.4f}" if abs(amount) >= 1 else f"{amount:.6f}"
 
 
+def _rate(amount: float) -> str:
+    return f"{amount:.8f}".rstrip("0")
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class TableColumn:
     """One column of the report table: its header, the :class:`ReportRow` field it shows, how a
@@ -70,14 +77,21 @@ TABLE_COLUMNS: Final = (
     TableColumn("cold %", "cold_start_share", _percent, default=True),
     TableColumn("init s", "mean_init_s", _seconds, default=True),
     TableColumn("errors", "errors", _count, default=True),
-    TableColumn("billed GPU s", "billed_gpu_seconds", _seconds, default=True),
+    TableColumn("request GPU s", "request_gpu_s", _seconds, default=False),
+    TableColumn("startup GPU s", "startup_gpu_s", _seconds, default=False),
+    TableColumn("idle GPU s", "idle_gpu_s", _seconds, default=False),
+    TableColumn("rounding GPU s", "rounding_gpu_s", _seconds, default=False),
+    TableColumn("billed GPU s", "billed_gpu_s", _seconds, default=True),
     TableColumn("busy GPU s", "busy_gpu_seconds", _seconds, default=False),
     TableColumn("busy %", "busy_share", _percent, default=True),
     TableColumn("energy kJ", "energy_j", _kilojoules, default=False),
     TableColumn("calls", "external_calls", _count, default=False),
     TableColumn("wait s", "external_wait_s", _seconds, default=False),
     TableColumn("wait USD", "external_wait_cost_usd", _usd, default=False),
+    TableColumn("fee USD", "fee_usd", _usd, default=False),
+    TableColumn("USD/GPU s", "rate_usd_per_gpu_s", _rate, default=False),
     TableColumn("cost USD", "cost_usd", _usd, default=True),
+    TableColumn("pricing", "pricing_version", str, default=False),
     TableColumn("unpriced", "unpriced", _count, default=False),
     TableColumn("tokens in", "input_tokens", _count, default=False),
     TableColumn("tokens out", "output_tokens", _count, default=False),
@@ -126,14 +140,43 @@ A new column is one entry here."""
 @click.option(
     "--wide",
     is_flag=True,
-    help="Table: show every column (adds busy GPU s, energy, outgoing calls, their wait and "
-    "its cost, unpriced count, tokens in and out, p50 s).",
+    help="Table: show every column (adds the billed GPU seconds' parts: request, startup, idle, "
+    "rounding; fees, the rate and the pricing edition; busy GPU s, energy, outgoing calls, "
+    "their wait and its cost, unpriced count, tokens in and out, p50 s).",
+)
+@click.option(
+    "--idle",
+    "policy",
+    type=click.Choice(POLICIES),
+    default=None,
+    help="Who pays a worker's idle time and rounding: separate (their own row, (idle)), share "
+    "(the worker's requests, pro rata to their busy time) or cause (the request whose "
+    "keep-warm window or billing span it was).  [default: the attribution setting, else "
+    "separate]",
+)
+@click.option(
+    "--pricing",
+    "pricing_file",
+    metavar="FILE",
+    default=None,
+    help="Re-price the recorded workers under this pricing file (merged over the shipped "
+    "catalogue): same traffic, other prices.  [default: the rules frozen on the records]",
 )
 def report(
-    location: str | None, by: str, since: str | None, output_format: str, wide: bool
+    location: str | None,
+    by: str,
+    since: str | None,
+    output_format: str,
+    wide: bool,
+    policy: str | None,
+    pricing_file: str | None,
 ) -> None:
     """Cost, GPU seconds, cold starts and external wait per user, tenant, endpoint, platform,
     day, invocation or outgoing-call target.
+
+    Costs are the workers' bills, as the platform bills them (start-up, idle time and rounding
+    where it bills them), attributed to requests (--idle); the rows add up to the bills, and
+    each row's cost is its fees plus its rate times its billed GPU seconds.
 
     The table shows invocations, cold starts (count, share, mean init), errors, billed GPU
     seconds, busy %, cost USD and p95 duration; --wide shows every column, as json and csv
@@ -148,16 +191,20 @@ def report(
             since_ns = parse_since(since, now_ns=time.time_ns())
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="'--since'") from None
+    if policy is None:
+        policy = str(resolve_setting("attribution")[0] or "separate")
+    try:
+        billing = billing_options(pricing_file, policy)
+    except GpuledgerError as exc:
+        raise click.ClickException(str(exc)) from None
     target = location if location is not None else default_ledger_location()
     try:
         with open_ledger(target, create=False) as ledger:
             total = None
+            records = list(ledger.read(since_ns=since_ns))
             if by == "target":  # rows overlap (one invocation, several targets): total apart
-                records = list(ledger.read(since_ns=since_ns))
-                total = totals(aggregate(records, "platform")) if records else None
-                rows = aggregate(records, by)
-            else:
-                rows = aggregate(ledger.read(since_ns=since_ns), by)
+                total = totals(aggregate(records, "platform", **billing)) if records else None
+            rows = aggregate(records, by, **billing)
             path = ledger.path
     except LedgerError as exc:
         raise click.ClickException(str(exc)) from None

@@ -1,6 +1,13 @@
 """Reports over ledger records: chargeback and usage per user, tenant, endpoint, platform or day.
 
 Pure functions over :class:`InvocationRecord`; reading the ledger and printing are the CLI's job.
+Dollars are the workers' bills (``gpuledger.billing``): each billing worker's timeline is billed
+under its platform's rules (frozen on its records, or other rules to re-price), and the bill is
+attributed to its requests under a policy; what no request is charged (idle time, rounding,
+under ``separate``) is a row of its own, ``(idle)``. So the rows add up to the bills, and each
+row reads on its face: ``cost_usd = fee_usd + rate_usd_per_gpu_s x billed_gpu_s``, with
+``billed_gpu_s`` the sum of its parts (request, startup, idle, rounding).
+
 Unknown stays unknown: a group in which no record has a busy-GPU measurement, a price or a token
 count reports ``None`` for it, never zero, and ``unpriced`` says how many records a cost total
 leaves out.
@@ -14,12 +21,27 @@ import math
 import re
 from collections.abc import Callable, Iterable, Sequence
 from fractions import Fraction
-from typing import Final
+from typing import TYPE_CHECKING, Any, Final
 
 from gpuledger._record import InvocationRecord
+from gpuledger.billing import (
+    IDLE_KEY,
+    Charges,
+    as_recorded,
+    attribute,
+    bill_workers,
+    frozen_rules,
+    workers_of,
+)
+
+if TYPE_CHECKING:
+    from gpuledger.billing import Rules
+
+RulesFor = Callable[[InvocationRecord], "tuple[Rules | None, str | None]"]
 
 __all__ = [
     "GROUP_BY",
+    "IDLE_KEY",
     "NO_KEY",
     "REPORT_COLUMNS",
     "ReportRow",
@@ -52,7 +74,29 @@ class ReportRow:
     """Mean init duration over the cold requests that measured one."""
     errors: int
     """Requests that did not end ``ok`` (error, timeout, killed, cancelled)."""
+    request_gpu_s: float
+    """GPU time the requests ran (their shares where they overlapped), start-up work they did
+    themselves excluded."""
+    startup_gpu_s: float
+    """Start-up billed: the worker's, charged to the request that waited for it, and start-up
+    work requests did themselves (a model loaded lazily)."""
+    idle_gpu_s: float
+    """A warm worker's idle time, where the platform bills it."""
+    rounding_gpu_s: float
+    """What the platform's increment and minimum added to the workers' billing spans."""
+    billed_gpu_s: float
+    """GPU time charged: the four above."""
+    fee_usd: float | None
+    """Per-request fees."""
+    rate_usd_per_gpu_s: float | None
+    """The rate the GPU time was charged at; None when the row mixes rates (or is unpriced)."""
+    cost_usd: float | None
+    """``fee_usd + rate_usd_per_gpu_s x billed_gpu_s``, over the priced records (and, for
+    ``(idle)``, the workers' own charges); None when none was priced."""
+    pricing_version: str | None
+    """The price edition the row was billed under; ``mixed`` when it mixes editions."""
     billed_gpu_seconds: float
+    """``billed_gpu_s`` under its old name (kept for one release)."""
     busy_gpu_seconds: float | None
     """Sum over the records that measured it; None when none did."""
     busy_share: float | None
@@ -66,8 +110,6 @@ class ReportRow:
     """Wall time spent waiting on at least one outgoing call (per target when grouped by it)."""
     external_wait_cost_usd: float | None
     """What that wait cost at the platform's GPU rate."""
-    cost_usd: float | None
-    """Sum over the priced records; None when none was priced."""
     unpriced: int
     """Records with no price, left out of ``cost_usd``."""
     input_tokens: int | None
@@ -78,6 +120,8 @@ class ReportRow:
     _durations_s: tuple[float, ...] = dataclasses.field(default=(), repr=False, compare=False)
     _init_durations_s: tuple[float, ...] = dataclasses.field(default=(), repr=False, compare=False)
     _busy_billed_s: float = dataclasses.field(default=0.0, repr=False, compare=False)
+    _charges: Charges = dataclasses.field(default_factory=Charges, repr=False, compare=False)
+    _priced: int = dataclasses.field(default=0, repr=False, compare=False)
 
 
 REPORT_COLUMNS: Final = tuple(
@@ -112,33 +156,72 @@ def parse_since(text: str, *, now_ns: int) -> int:
     return (instant - _EPOCH) // dt.timedelta(microseconds=1) * 1000
 
 
-def aggregate(records: Iterable[InvocationRecord], by: str) -> list[ReportRow]:
-    """Group ``records`` by ``by`` (one of :data:`GROUP_BY`) and summarise each group.
+def aggregate(
+    records: Iterable[InvocationRecord],
+    by: str,
+    *,
+    policy: str = "separate",
+    rules_for: RulesFor = frozen_rules,
+    fallback: RulesFor | None = None,
+) -> list[ReportRow]:
+    """Group ``records`` by ``by`` (one of :data:`GROUP_BY`) and summarise each group, with the
+    workers' bills attributed under ``policy`` (``gpuledger.billing.POLICIES``).
 
-    Rows are sorted by cost, highest first (unpriced groups last), then by key; grouped by
-    ``day`` they are in date order instead, as a time series reads.
+    ``rules_for`` gives the rules a worker is billed by (default: those frozen on its records;
+    another edition re-prices the same traffic), ``fallback`` those of records written before
+    rules were frozen. Rows are sorted by cost, highest first (unpriced groups last), then by
+    key; grouped by ``day`` they are in date order instead, as a time series reads.
     """
+    if by != "target":
+        _key_function(by)  # refuse a bad grouping before reading anything
+    listed = list(records)
+    charges_of: dict[str, Charges] = {}
+    priced: set[str] = set()
+    idle = Charges()
+    idle_priced = 0
+    workers = workers_of(listed, rules_for=rules_for, fallback=fallback)
+    by_id = {record.record_id: record for record in listed}
+    for worker, worker_bill in bill_workers(workers):
+        per_request, own = attribute(worker, worker_bill, policy)
+        if worker.rules is None:
+            # No rules to bill it by: what its records say they cost, if anything.
+            for record_id in worker.record_ids:
+                recorded = as_recorded(by_id[record_id])
+                if recorded is not None:
+                    recorded.gpu_ns["request"] = per_request[record_id].gpu_ns["request"]
+                    per_request[record_id] = recorded
+                    priced.add(record_id)
+            charges_of.update(per_request)
+            continue
+        charges_of.update(per_request)
+        if worker.rules is not None:
+            priced.update(per_request)
+            if own.total_usd or own.billed_gpu_ns:
+                idle.merge(own)
+                idle_priced += 1
     tallies: dict[str, _Tally] = {}
     if by == "target":
         # An invocation counts once under each target it called (a row is "the invocations
         # that called it"), with that target's calls and wait; rows do not add up across.
-        for record in records:
+        for record in listed:
             for target in record.external_targets or (NO_KEY,):
                 tally = tallies.get(target)
                 if tally is None:
                     tally = tallies[target] = _Tally()
-                tally.add(record, target)
+                tally.add(record, charges_of[record.record_id], record.record_id in priced, target)
     else:
         key_of = _key_function(by)
-        for record in records:
+        for record in listed:
             key = key_of(record)
             tally = tallies.get(key)
             if tally is None:
                 tally = tallies[key] = _Tally()
-            tally.add(record)
+            tally.add(record, charges_of[record.record_id], record.record_id in priced)
     rows = [tally.row(key) for key, tally in tallies.items()]
+    if idle_priced:
+        rows.append(_idle_row(idle, idle_priced))
     if by == "day":
-        return sorted(rows, key=lambda row: row.key)
+        return sorted(rows, key=lambda row: (row.key == IDLE_KEY, row.key))
     return sorted(rows, key=_cost_order)
 
 
@@ -148,6 +231,9 @@ def totals(rows: Sequence[ReportRow]) -> ReportRow:
     init_durations = [value for row in rows for value in row._init_durations_s]
     invocations = sum(row.invocations for row in rows)
     cold_starts = sum(row.cold_starts for row in rows)
+    charges = Charges()
+    for row in rows:
+        charges.merge(row._charges)
     return ReportRow(
         key=TOTAL_KEY,
         invocations=invocations,
@@ -155,14 +241,13 @@ def totals(rows: Sequence[ReportRow]) -> ReportRow:
         cold_start_share=cold_starts / invocations if invocations else 0.0,
         mean_init_s=math.fsum(init_durations) / len(init_durations) if init_durations else None,
         errors=sum(row.errors for row in rows),
-        billed_gpu_seconds=math.fsum(row.billed_gpu_seconds for row in rows),
+        **_money(charges, priced=sum(row._priced for row in rows)),
         busy_gpu_seconds=(busy := _sum_known(row.busy_gpu_seconds for row in rows)),
         busy_share=_share(busy, math.fsum(row._busy_billed_s for row in rows)),
         energy_j=_sum_known(row.energy_j for row in rows),
         external_calls=_sum_known_int(row.external_calls for row in rows),
         external_wait_s=_sum_known(row.external_wait_s for row in rows),
         external_wait_cost_usd=_sum_known(row.external_wait_cost_usd for row in rows),
-        cost_usd=_sum_known(row.cost_usd for row in rows),
         unpriced=sum(row.unpriced for row in rows),
         input_tokens=_sum_known_int(row.input_tokens for row in rows),
         output_tokens=_sum_known_int(row.output_tokens for row in rows),
@@ -171,6 +256,59 @@ def totals(rows: Sequence[ReportRow]) -> ReportRow:
         _durations_s=tuple(durations),
         _init_durations_s=tuple(init_durations),
         _busy_billed_s=math.fsum(row._busy_billed_s for row in rows),
+        _charges=charges,
+        _priced=sum(row._priced for row in rows),
+    )
+
+
+def _money(charges: Charges, *, priced: int) -> dict[str, Any]:
+    """The time and money columns of a row from its exact charges (floats only here)."""
+    seconds = {category: float(ns / 1_000_000_000) for category, ns in charges.gpu_ns.items()}
+    billed = float(charges.billed_gpu_ns / 1_000_000_000)
+    rates = {rate for rate in charges.rates if rate} if priced else set()
+    # A negative rate marks charges taken as recorded (no rate known): no single rate then.
+    versions = charges.versions
+    return {
+        "request_gpu_s": seconds["request"],
+        "startup_gpu_s": seconds["startup"],
+        "idle_gpu_s": seconds["idle"],
+        "rounding_gpu_s": seconds["rounding"],
+        "billed_gpu_s": billed,
+        "fee_usd": float(charges.usd["fee"]) if priced else None,
+        "rate_usd_per_gpu_s": (
+            float(rate) if len(rates) == 1 and (rate := next(iter(rates))) > 0 else None
+        ),
+        "cost_usd": float(charges.total_usd) if priced else None,
+        "pricing_version": (
+            None if not versions else next(iter(versions)) if len(versions) == 1 else "mixed"
+        ),
+        "billed_gpu_seconds": billed,
+    }
+
+
+def _idle_row(charges: Charges, workers: int) -> ReportRow:
+    """The ``(idle)`` row: what the workers were charged that no request was (``separate``)."""
+    return ReportRow(
+        key=IDLE_KEY,
+        invocations=0,
+        cold_starts=0,
+        cold_start_share=0.0,
+        mean_init_s=None,
+        errors=0,
+        **_money(charges, priced=workers),
+        busy_gpu_seconds=None,
+        busy_share=None,
+        energy_j=None,
+        external_calls=None,
+        external_wait_s=None,
+        external_wait_cost_usd=None,
+        unpriced=0,
+        input_tokens=None,
+        output_tokens=None,
+        duration_p50_s=math.nan,
+        duration_p95_s=math.nan,
+        _charges=charges,
+        _priced=workers,
     )
 
 
@@ -184,11 +322,10 @@ class _Tally:
     """Running sums for one group."""
 
     __slots__ = (
-        "billed",
         "busy",
         "busy_billed",
+        "charges",
         "cold_starts",
-        "cost",
         "durations",
         "energy",
         "errors",
@@ -199,6 +336,7 @@ class _Tally:
         "input_tokens",
         "invocations",
         "output_tokens",
+        "priced",
         "unpriced",
     )
 
@@ -207,21 +345,32 @@ class _Tally:
         self.cold_starts = 0
         self.errors = 0
         self.unpriced = 0
+        self.priced = 0
+        self.charges = Charges()
         self.durations: list[float] = []
         self.init_durations: list[float] = []
-        self.billed = _ExactSum()
         self.busy = _ExactSum()
         self.busy_billed = _ExactSum()
         self.energy = _ExactSum()
         self.ext_calls: list[int] = []
         self.ext_wait = _ExactSum()
         self.ext_cost = _ExactSum()
-        self.cost = _ExactSum()
         self.input_tokens: list[int] = []
         self.output_tokens: list[int] = []
 
-    def add(self, record: InvocationRecord, target: str | None = None) -> None:
+    def add(
+        self,
+        record: InvocationRecord,
+        charges: Charges,
+        priced: bool,
+        target: str | None = None,
+    ) -> None:
         self.invocations += 1
+        self.charges.merge(charges)
+        if priced:
+            self.priced += 1
+        else:
+            self.unpriced += 1
         entry = (record.external_targets or {}).get(target) if target is not None else None
         if entry is not None:  # grouped by target: that target's share of the calls
             self.ext_calls.append(int(entry.get("calls", 0)))
@@ -235,7 +384,6 @@ class _Tally:
             if record.external_wait_cost_usd is not None:
                 self.ext_cost.add(record.external_wait_cost_usd)
         self.durations.append(record.duration_s)
-        self.billed.add(record.billed_gpu_seconds)
         if record.cold:
             self.cold_starts += 1
             if record.init_duration_s is not None:
@@ -247,10 +395,6 @@ class _Tally:
             self.busy_billed.add(record.billed_gpu_seconds)
         if record.energy_j is not None:
             self.energy.add(record.energy_j)
-        if record.cost_usd is None:
-            self.unpriced += 1
-        else:
-            self.cost.add(record.cost_usd)
         if record.input_tokens is not None:
             self.input_tokens.append(record.input_tokens)
         if record.output_tokens is not None:
@@ -269,14 +413,13 @@ class _Tally:
                 else None
             ),
             errors=self.errors,
-            billed_gpu_seconds=self.billed.value(),
+            **_money(self.charges, priced=self.priced),
             busy_gpu_seconds=(busy := self.busy.value() if self.busy.count else None),
             busy_share=_share(busy, self.busy_billed.value()),
             energy_j=self.energy.value() if self.energy.count else None,
             external_calls=sum(self.ext_calls) if self.ext_calls else None,
             external_wait_s=self.ext_wait.value() if self.ext_wait.count else None,
             external_wait_cost_usd=self.ext_cost.value() if self.ext_cost.count else None,
-            cost_usd=self.cost.value() if self.cost.count else None,
             unpriced=self.unpriced,
             input_tokens=sum(self.input_tokens) if self.input_tokens else None,
             output_tokens=sum(self.output_tokens) if self.output_tokens else None,
@@ -285,6 +428,8 @@ class _Tally:
             _durations_s=tuple(durations),
             _init_durations_s=tuple(self.init_durations),
             _busy_billed_s=self.busy_billed.value(),
+            _charges=self.charges,
+            _priced=self.priced,
         )
 
 

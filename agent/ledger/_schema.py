@@ -112,6 +112,16 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
         "ALTER TABLE invocations ADD COLUMN external_wait_cost_usd REAL",
         "ALTER TABLE invocations ADD COLUMN external_targets TEXT",
     ),
+    # 4: the billing worker (issue 13): the container a request ran in, its start and ready,
+    # start-up done inside a request, and the billing rules frozen when the worker started.
+    (
+        "ALTER TABLE invocations ADD COLUMN billing_worker TEXT",
+        "ALTER TABLE invocations ADD COLUMN worker_start_ns INTEGER",
+        "ALTER TABLE invocations ADD COLUMN worker_start_source TEXT",
+        "ALTER TABLE invocations ADD COLUMN worker_ready_ns INTEGER",
+        "ALTER TABLE invocations ADD COLUMN request_startup_s REAL",
+        "ALTER TABLE invocations ADD COLUMN billing_rules TEXT",
+    ),
 )
 """The schema, as an ordered list: migration ``n`` (1-based) brings a ledger to version ``n``.
 Append, never edit: a ledger at version ``n`` has run exactly the first ``n`` entries."""

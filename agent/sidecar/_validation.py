@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
 from gpuledger._record import InvocationRecord
+from gpuledger.billing import Rules
 
 _MAX_ID_CHARS: Final = 256
 _INT64_MIN: Final = -(2**63)
@@ -193,7 +194,17 @@ def _timeout(value: object) -> float:
     return number
 
 
+def _billing_rules(value: object) -> dict[str, object]:
+    if type(value) is not dict:
+        raise _Bad(f"expected an object, got {_describe(value)}")
+    try:
+        return Rules.from_json(value).to_json()
+    except ValueError as error:
+        raise _Bad(str(error)) from None
+
+
 _OVERRIDES: Final[Mapping[str, _Check]] = {"record_id": _record_id, "gpu_count": _count}
+_NULLABLE_OVERRIDES: Final[Mapping[str, _Check]] = {"billing_rules": _billing_rules}
 
 
 @functools.cache
@@ -205,6 +216,10 @@ def _record_fields() -> tuple[_Field, ...]:
         required = (
             field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
         )
+        special = _NULLABLE_OVERRIDES.get(field.name)
+        if special is not None:
+            fields.append((field.name, required, True, special))
+            continue
         nullable, check = _check_for(hints[field.name])
         fields.append((field.name, required, nullable, _OVERRIDES.get(field.name, check)))
     return tuple(fields)
@@ -227,6 +242,13 @@ _START_FIELDS: Final[tuple[_Field, ...]] = (
     ("user_id", False, True, _text),
     ("user_id_pseudonymised", False, False, _boolean),
     ("tenant", False, True, _text),
+    ("billing_worker", False, True, _text),
+    ("worker_start_ns", False, True, _integer),
+    ("worker_start_source", False, True, _text),
+    ("worker_ready_ns", False, True, _integer),
+    ("billing_rules", False, True, _billing_rules),
+    ("pricing_platform", False, True, _text),
+    ("pricing_version", False, True, _text),
 )
 
 

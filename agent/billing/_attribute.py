@@ -1,0 +1,296 @@
+"""From recorded invocations to worker bills, and each bill's dollars back to requests.
+
+:func:`workers_of` rebuilds each billing worker's timeline from its records (the container a
+platform bills: records sharing ``billing_worker``, whatever process wrote them), with the
+billing rules frozen on the records (or other rules, to re-price the same traffic).
+:func:`attribute` splits one worker's bill among its requests under a policy chosen at report
+time, and what no request takes goes to the worker's idle charges:
+
+- ``separate`` (the default): a request is charged its fee, its own share of the time it ran
+  (start-up work it did itself included), and the worker's start-up if it is the request that
+  waited for it (the worker's first). Idle time and rounding are the worker's own, shown as a
+  row of their own (``(idle)``, as OpenCost shows ``__idle__``).
+- ``share``: as ``separate``, then idle time and rounding are shared among the worker's requests
+  pro rata to each one's share of the time the worker was busy.
+- ``cause``: as ``separate``, then each idle stretch goes to the request whose keep-warm window
+  it was (the last to end before it; idle before the first request to that first request), and
+  each billing span's rounding to the request that ended the span.
+
+Every split is exact (:class:`~fractions.Fraction`), so the charges of a worker's requests and
+its idle charges add up to its bill exactly, whatever the policy.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import math
+from collections.abc import Callable, Iterable, Sequence
+from fractions import Fraction
+from typing import Final
+
+from gpuledger._record import InvocationRecord
+from gpuledger.billing._engine import (
+    NS_PER_S,
+    Category,
+    Line,
+    Request,
+    Rules,
+    WorkerBill,
+    WorkerTimeline,
+    bill,
+)
+
+__all__ = [
+    "IDLE_KEY",
+    "POLICIES",
+    "Charges",
+    "Worker",
+    "as_recorded",
+    "attribute",
+    "bill_workers",
+    "frozen_rules",
+    "worker_key",
+    "workers_of",
+]
+
+POLICIES: Final = ("separate", "share", "cause")
+"""How a worker's idle time and rounding are attributed (see the module docstring)."""
+IDLE_KEY: Final = "(idle)"
+"""The report row of what no request was charged under ``separate``."""
+TIME_CATEGORIES: Final[tuple[Category, ...]] = ("request", "startup", "idle", "rounding")
+
+RulesFor = Callable[[InvocationRecord], "tuple[Rules | None, str | None]"]
+"""``rules_for(record) -> (rules, pricing version)``: the rules to bill a worker by, asked of
+its first record."""
+
+
+@dataclasses.dataclass(slots=True)
+class Charges:
+    """Exact charges: GPU nanoseconds and US dollars per category, with the rate they were
+    billed at (``rates``: per GPU-second, one entry per distinct rate)."""
+
+    gpu_ns: dict[Category, Fraction] = dataclasses.field(
+        default_factory=lambda: dict.fromkeys(TIME_CATEGORIES, Fraction(0))
+    )
+    usd: dict[Category, Fraction] = dataclasses.field(
+        default_factory=lambda: dict.fromkeys((*TIME_CATEGORIES, "fee"), Fraction(0))
+    )
+    rates: set[Fraction] = dataclasses.field(default_factory=set)
+    versions: set[str] = dataclasses.field(default_factory=set)
+
+    def add(self, category: Category, gpu_ns: Fraction, usd: Fraction) -> None:
+        if category != "fee":
+            self.gpu_ns[category] += gpu_ns
+        self.usd[category] += usd
+
+    def merge(self, other: Charges) -> None:
+        for category, amount in other.gpu_ns.items():
+            self.gpu_ns[category] += amount
+        for category, usd in other.usd.items():
+            self.usd[category] += usd
+        self.rates |= other.rates
+        self.versions |= other.versions
+
+    @property
+    def total_usd(self) -> Fraction:
+        return sum(self.usd.values(), Fraction(0))
+
+    @property
+    def billed_gpu_ns(self) -> Fraction:
+        return sum(self.gpu_ns.values(), Fraction(0))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Worker:
+    """One billing worker as its records show it."""
+
+    key: str
+    timeline: WorkerTimeline
+    rules: Rules | None
+    """None: no price known for its platform and GPU (its records are unpriced)."""
+    pricing_version: str | None
+    stop_inferred: bool
+    """Its stop is the platform's idle rule applied after its last request, not observed."""
+    record_ids: tuple[str, ...]
+
+
+def worker_key(record: InvocationRecord) -> str:
+    """The billing worker of ``record``: its container (``billing_worker``), else, for records
+    written before gpuledger knew containers, its process (``worker_id``), else itself."""
+    return record.billing_worker or record.worker_id or f"record:{record.record_id}"
+
+
+def frozen_rules(record: InvocationRecord) -> tuple[Rules | None, str | None]:
+    """The rules frozen on ``record`` when its worker started, and its pricing version."""
+    if record.billing_rules is None:
+        return None, None
+    return Rules.from_json(record.billing_rules), record.pricing_version
+
+
+def workers_of(
+    records: Iterable[InvocationRecord],
+    *,
+    rules_for: RulesFor = frozen_rules,
+    fallback: RulesFor | None = None,
+) -> list[Worker]:
+    """The billing workers of ``records``, each with its timeline and rules.
+
+    ``rules_for`` gives a worker's rules from its first record (default: the rules frozen on
+    it); where it gives none, ``fallback`` is asked (records written before rules were frozen).
+    A worker's start is its container's or process's start as recorded (for older records, its
+    cold request's start less its init); its stop, inferred, is its last request's end plus the
+    platform's idle window where the platform bills a warm worker's idle time.
+    """
+    grouped: dict[str, list[InvocationRecord]] = {}
+    for record in records:
+        grouped.setdefault(worker_key(record), []).append(record)
+    workers = []
+    for key, members in grouped.items():
+        members.sort(key=lambda record: (record.start_ns, record.record_id))
+        rules, version = rules_for(members[0])
+        if rules is None and fallback is not None:
+            rules, version = fallback(members[0])
+        workers.append(_worker(key, members, rules, version))
+    return workers
+
+
+def _worker(
+    key: str, records: Sequence[InvocationRecord], rules: Rules | None, version: str | None
+) -> Worker:
+    requests = []
+    for record in records:
+        end = max(record.end_ns, record.start_ns)
+        startup = 0
+        if record.request_startup_s:
+            startup = min(end - record.start_ns, round(record.request_startup_s * NS_PER_S))
+        requests.append(Request(record.record_id, record.start_ns, end, startup))
+    first_start = requests[0].start_ns
+    last_end = max(request.end_ns for request in requests)
+    starts = [r.worker_start_ns for r in records if r.worker_start_ns is not None]
+    readies = [r.worker_ready_ns for r in records if r.worker_ready_ns is not None]
+    if starts:
+        start = min(starts)
+    else:  # written before gpuledger recorded the worker's start: its cold request's init
+        start = min(
+            (
+                r.start_ns - round(r.init_duration_s * NS_PER_S)
+                for r in records
+                if r.cold and r.init_duration_s is not None
+            ),
+            default=first_start,
+        )
+    start = min(start, first_start)
+    ready = min(readies) if readies else min((r.start_ns for r in records if r.cold), default=start)
+    ready = max(start, min(ready, first_start))
+    stop = last_end
+    if rules is not None and rules.bills_idle and not rules.reserved and rules.idle_window_ns:
+        stop = last_end + rules.idle_window_ns
+    timeline = WorkerTimeline(
+        start_ns=start,
+        ready_ns=ready,
+        stop_ns=stop,
+        requests=tuple(requests),
+        gpu_count=max(1, *(record.gpu_count for record in records)),
+    )
+    return Worker(
+        key=key,
+        timeline=timeline,
+        rules=rules,
+        pricing_version=version,
+        stop_inferred=True,
+        record_ids=tuple(record.record_id for record in records),
+    )
+
+
+_UNPRICED: Final = Rules(per_gpu_second_usd=Fraction(0))
+"""How an unpriced worker's time is still counted: its requests' own time, nothing added."""
+
+
+def bill_workers(workers: Iterable[Worker]) -> Iterable[tuple[Worker, WorkerBill]]:
+    """Each worker with its bill (an unpriced worker's: its requests' time at no rate)."""
+    for worker in workers:
+        yield worker, bill(worker.timeline, worker.rules or _UNPRICED)
+
+
+def as_recorded(record: InvocationRecord) -> Charges | None:
+    """The charges a record carries itself (its fee and the rest), for a worker there are no
+    rules to bill by (written before rules were frozen, its price gone from the catalogue);
+    None when it was unpriced. Its GPU time is its own, unrounded: its rate is not known."""
+    if record.cost_usd is None or not math.isfinite(record.cost_usd):
+        return None
+    charges = Charges(versions={record.pricing_version} if record.pricing_version else set())
+    fee = Fraction(record.cost_execution_usd or 0.0)
+    own_ns = Fraction(record.billed_gpu_seconds or 0.0) * NS_PER_S
+    startup_usd = Fraction(record.cost_coldstart_usd or 0.0)
+    charges.add("fee", Fraction(0), fee)
+    charges.add("request", own_ns, Fraction(record.cost_usd) - fee - startup_usd)
+    if startup_usd:
+        charges.add("startup", Fraction(0), startup_usd)
+    charges.rates.add(Fraction(-1))  # unknown: a row holding it has no single rate
+    return charges
+
+
+def attribute(
+    worker: Worker, worker_bill: WorkerBill, policy: str = "separate"
+) -> tuple[dict[str, Charges], Charges]:
+    """``worker_bill`` split among the worker's requests under ``policy``: the charges of each
+    request (by record id) and what stays the worker's own (its idle charges). Together they
+    add up to the bill exactly."""
+    if policy not in POLICIES:
+        raise ValueError(f"no attribution policy {policy!r}: choose one of {', '.join(POLICIES)}")
+    requests = worker.timeline.requests
+    rate = (worker.rules or _UNPRICED).per_gpu_second_usd
+    versions = {worker.pricing_version} if worker.pricing_version else set()
+
+    def charges() -> Charges:
+        return Charges(rates={rate}, versions=set(versions))
+
+    per_request: dict[str, Charges] = {request.request_id: charges() for request in requests}
+    idle = charges()
+    first = min(requests, key=lambda r: (r.start_ns, r.request_id), default=None)
+    shared: list[Line] = []
+    for line in worker_bill.lines:
+        if line.request_id is not None:  # fee, request, start-up done inside the request
+            per_request[line.request_id].add(line.category, line.gpu_ns, line.usd)
+        elif line.category == "startup" and first is not None:
+            per_request[first.request_id].add(line.category, line.gpu_ns, line.usd)
+        elif policy == "separate" or first is None:
+            idle.add(line.category, line.gpu_ns, line.usd)
+        else:
+            shared.append(line)
+    if policy == "share":
+        _share(shared, per_request, requests)
+    elif policy == "cause":
+        ends = sorted((request.end_ns, request.request_id) for request in requests)
+        for line in shared:
+            # Idle: the request whose keep-warm window it was; rounding (starting at its span's
+            # end): the request that ended the span.
+            index = bisect.bisect_right(ends, (line.start_ns, "\U0010ffff")) - 1
+            owner = ends[index][1] if index >= 0 else first.request_id  # type: ignore[union-attr]
+            per_request[owner].add(line.category, line.gpu_ns, line.usd)
+    return per_request, idle
+
+
+def _share(
+    lines: Sequence[Line], per_request: dict[str, Charges], requests: Sequence[Request]
+) -> None:
+    """Spread ``lines`` over the requests pro rata to each one's busy share (equally when
+    none was busy)."""
+    if not lines:
+        return
+    weights = {
+        request_id: charges.gpu_ns["request"] + charges.gpu_ns["startup"]
+        for request_id, charges in per_request.items()
+    }
+    total = sum(weights.values(), Fraction(0))
+    if total == 0:
+        weights = dict.fromkeys(weights, Fraction(1))
+        total = Fraction(len(weights))
+    for line in lines:
+        for request in requests:
+            part = weights[request.request_id] / total
+            if part:
+                per_request[request.request_id].add(
+                    line.category, line.gpu_ns * part, line.usd * part
+                )

@@ -1,0 +1,365 @@
+"""Worker bills attributed to requests, and reports that add up to the bills on their face.
+
+The invariant over random timelines, every catalogue platform's rules and every policy: the
+requests' charges plus the worker's own (``(idle)``) are the worker's bill, exactly. Then the
+report: every row reads ``cost = fees + rate x billed GPU-seconds`` with billed the sum of its
+parts, on the demo's ledger, on a real ledger written by an older gpuledger (migrated), and on
+records of two processes of one container, billed once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gpuledger._pricing import default_catalogue
+from gpuledger._record import InvocationRecord
+from gpuledger.billing import (
+    IDLE_KEY,
+    POLICIES,
+    Request,
+    Rules,
+    Worker,
+    WorkerTimeline,
+    attribute,
+    bill,
+    workers_of,
+)
+from gpuledger.cli import main
+from gpuledger.ledger import SCHEMA_VERSION, aggregate, open_ledger, totals
+from gpuledger.testing import make_record
+
+S = 1_000_000_000
+T0 = 1_772_323_200 * S
+OLD_LEDGER = Path(__file__).parent / "data" / "ledger-gpuledger-3606b28-schema3.sqlite"
+"""A ledger the gpuledger of commit 3606b28 (schema 3, before worker bills) wrote with
+``gpuledger demo --requests 64``: 64 requests, 5 workers, old report TOTAL $16.0622."""
+
+CATALOGUE_RULES = [Rules.from_price(price) for price in default_catalogue().prices()]
+
+
+def _worker(timeline: WorkerTimeline, rules: Rules) -> Worker:
+    return Worker(
+        key="w",
+        timeline=timeline,
+        rules=rules,
+        pricing_version="test",
+        stop_inferred=False,
+        record_ids=tuple(r.request_id for r in timeline.requests),
+    )
+
+
+@st.composite
+def timelines(draw: st.DrawFn) -> WorkerTimeline:
+    life = draw(st.integers(1, 120 * S))
+    ready = draw(st.integers(0, life))
+    requests = []
+    for index in range(draw(st.integers(0, 6))):
+        start = draw(st.integers(0, life))
+        end = draw(st.integers(start, life))
+        own = draw(st.sampled_from([0, 0, (end - start) // 3]))
+        requests.append(Request(f"r{index}", T0 + start, T0 + end, own))
+    return WorkerTimeline(T0, T0 + ready, T0 + life, tuple(requests), draw(st.integers(1, 8)))
+
+
+@settings(max_examples=400, deadline=None)
+@given(timelines(), st.sampled_from(CATALOGUE_RULES), st.sampled_from(POLICIES))
+def test_attributed_charges_add_up_to_the_bill_exactly(
+    timeline: WorkerTimeline, rules: Rules, policy: str
+) -> None:
+    worker_bill = bill(timeline, rules)
+    per_request, own = attribute(_worker(timeline, rules), worker_bill, policy)
+    total = sum((c.total_usd for c in per_request.values()), own.total_usd)
+    assert total == worker_bill.total_usd
+    gpu = sum((c.billed_gpu_ns for c in per_request.values()), own.billed_gpu_ns)
+    assert gpu == worker_bill.billed_gpu_ns
+    for category in ("request", "startup", "idle", "rounding"):
+        spread = sum((c.gpu_ns[category] for c in per_request.values()), own.gpu_ns[category])
+        assert spread == worker_bill.gpu_ns_by_category[category]
+    if policy != "separate" and timeline.requests:
+        # Only requests pay: nothing stays the worker's own.
+        assert own.total_usd == 0
+    for charges in per_request.values():
+        # On its face: fee + rate x billed GPU time.
+        assert charges.total_usd == charges.usd["fee"] + rules.per_gpu_second_usd * (
+            charges.billed_gpu_ns / S
+        )
+
+
+# --- a worked worker, under each policy ----------------------------------------------------------
+
+IDLE_BILLED = Rules(
+    per_gpu_second_usd=Fraction("0.001"),
+    execution_fee_usd=Fraction("0.01"),
+    increment_ns=S,
+    bills_startup=True,
+    bills_idle=True,
+)
+
+
+def _worked() -> WorkerTimeline:
+    """Start 0 s, ready 10 s; a 10-12 s and an 11-13 s request, idle until 20-21.5 s, idle until
+    the stop at 26.5 s: 26.5 s of life, billed 27 s (one span, rounded once)."""
+    return WorkerTimeline(
+        T0,
+        T0 + 10 * S,
+        T0 + 265 * S // 10,
+        (
+            Request("a", T0 + 10 * S, T0 + 12 * S),
+            Request("b", T0 + 11 * S, T0 + 13 * S),
+            Request("c", T0 + 20 * S, T0 + 215 * S // 10),
+        ),
+    )
+
+
+def test_separate_charges_requests_their_own_and_keeps_idle_apart() -> None:
+    timeline = _worked()
+    per_request, own = attribute(
+        _worker(timeline, IDLE_BILLED), bill(timeline, IDLE_BILLED), "separate"
+    )
+    a, b, c = per_request["a"], per_request["b"], per_request["c"]
+    # a waited for the start-up (10 s); a and b shared 11-12 s.
+    assert a.gpu_ns["startup"] == 10 * S and b.gpu_ns["startup"] == 0
+    assert a.gpu_ns["request"] == Fraction(15, 10) * S
+    assert b.gpu_ns["request"] == Fraction(15, 10) * S
+    assert c.gpu_ns["request"] == Fraction(15, 10) * S
+    # Idle: 13-20 s and 21.5-26.5 s; rounding 26.5 -> 27 s: the worker's own.
+    assert own.gpu_ns["idle"] == 12 * S
+    assert own.gpu_ns["rounding"] == S // 2
+    assert a.total_usd == Fraction("0.01") + Fraction("0.001") * Fraction(115, 10)
+
+
+def test_share_spreads_idle_by_busy_time_and_cause_gives_it_to_its_request() -> None:
+    timeline = _worked()
+    worker = _worker(timeline, IDLE_BILLED)
+    shared, own = attribute(worker, bill(timeline, IDLE_BILLED), "share")
+    assert own.total_usd == 0
+    # Busy shares: a 11.5 s (with its start-up), b 1.5 s, c 1.5 s of 14.5 s.
+    assert shared["a"].gpu_ns["idle"] == 12 * S * Fraction(115, 145)
+    assert shared["c"].gpu_ns["idle"] == 12 * S * Fraction(15, 145)
+    caused, own = attribute(worker, bill(timeline, IDLE_BILLED), "cause")
+    assert own.total_usd == 0
+    # 13-20 s was b's keep-warm window (it ended last), 21.5-26.5 s and the rounding c's.
+    assert caused["a"].gpu_ns["idle"] == 0
+    assert caused["b"].gpu_ns["idle"] == 7 * S
+    assert caused["c"].gpu_ns["idle"] == 5 * S
+    assert caused["c"].gpu_ns["rounding"] == S // 2
+
+
+def test_a_worker_that_served_nothing_is_all_idle_row() -> None:
+    timeline = WorkerTimeline(T0, T0 + 3 * S, T0 + 8 * S)
+    for policy in POLICIES:
+        per_request, own = attribute(
+            _worker(timeline, IDLE_BILLED), bill(timeline, IDLE_BILLED), policy
+        )
+        assert per_request == {}
+        assert own.total_usd == Fraction("0.001") * 8
+
+
+def test_four_overlapping_requests_are_charged_the_worker_once() -> None:
+    """Issue 13: 4 concurrent 0.5 s requests on 1 s increments were charged 4 x 1 s; the
+    worker held the GPU 0.5 s and is billed 1 s, which the requests and (idle) add up to."""
+    rules = Rules.from_price(default_catalogue().lookup("runpod", "H100"))  # type: ignore[arg-type]
+    records = [
+        make_record(
+            start_ns=T0,
+            duration_s=0.5,
+            billing_worker="pod-1",
+            worker_start_ns=T0,
+            worker_ready_ns=T0,
+            billing_rules=rules.to_json(),
+            pricing_version="2026-03",
+            user_id=user,
+        )
+        for user in "wxyz"
+    ]
+    rows = aggregate(records, "user")
+    total = totals(rows)
+    assert total.billed_gpu_s == 1.0  # 0.5 s of requests + 0.5 s of rounding, once
+    assert total.cost_usd == pytest.approx(
+        float(4 * rules.execution_fee_usd + rules.per_gpu_second_usd)
+    )
+    (idle,) = [row for row in rows if row.key == IDLE_KEY]
+    assert idle.rounding_gpu_s == 0.5
+
+
+# --- the report on its face ----------------------------------------------------------------------
+
+
+def _assert_reconciles(rows: list) -> None:  # type: ignore[type-arg]
+    for row in [*rows, totals(rows)]:
+        parts = row.request_gpu_s + row.startup_gpu_s + row.idle_gpu_s + row.rounding_gpu_s
+        assert row.billed_gpu_s == pytest.approx(parts, rel=1e-12, abs=1e-9), row.key
+        assert row.billed_gpu_seconds == row.billed_gpu_s
+        if row.rate_usd_per_gpu_s is not None and row.unpriced == 0:
+            assert row.cost_usd == pytest.approx(
+                row.fee_usd + row.rate_usd_per_gpu_s * row.billed_gpu_s, rel=1e-12, abs=1e-12
+            ), row.key
+
+
+@pytest.fixture(scope="module")
+def demo_ledger(tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = str(tmp_path_factory.mktemp("demo") / "demo.db")
+    result = CliRunner().invoke(main, ["demo", "--ledger", path, "--requests", "300"])
+    assert result.exit_code == 0, result.output
+    return path
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("by", ["user", "tenant", "endpoint", "platform", "day", "invocation"])
+def test_every_report_row_of_the_demo_reconciles(demo_ledger: str, by: str, policy: str) -> None:
+    with open_ledger(demo_ledger, create=False) as ledger:
+        records = list(ledger.read())
+    rows = aggregate(records, by, policy=policy)
+    _assert_reconciles(rows)
+    # Whatever the grouping and policy, the total is the sum of the workers' bills.
+    bills = sum(
+        (bill(worker.timeline, worker.rules).total_usd for worker in workers_of(records)),  # type: ignore[arg-type]
+        Fraction(0),
+    )
+    assert totals(rows).cost_usd == pytest.approx(float(bills), rel=1e-12)
+
+
+def test_report_json_has_the_reconciling_columns(demo_ledger: str) -> None:
+    result = CliRunner().invoke(
+        main, ["report", "--ledger", demo_ledger, "--format", "json", "--idle", "share"]
+    )
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    for row in rows:
+        for key in (
+            "fee_usd",
+            "request_gpu_s",
+            "startup_gpu_s",
+            "idle_gpu_s",
+            "rounding_gpu_s",
+            "billed_gpu_s",
+            "cost_usd",
+            "pricing_version",
+            "billed_gpu_seconds",
+        ):
+            assert key in row
+        assert row["pricing_version"] == "2026-03"
+        assert row["cost_usd"] == pytest.approx(
+            row["fee_usd"] + row["rate_usd_per_gpu_s"] * row["billed_gpu_s"], rel=1e-12
+        )
+    assert IDLE_KEY not in {row["user"] if "user" in row else row["key"] for row in rows}
+
+
+def test_a_ledger_an_older_gpuledger_wrote_is_migrated_and_billed(tmp_path: Path) -> None:
+    """The real file of schema 3: every row kept; its workers (then processes) billed from their
+    records' init and requests, by the catalogue they were priced from; the rows reconcile."""
+    path = tmp_path / "old.sqlite"
+    shutil.copy(OLD_LEDGER, path)
+    with open_ledger(str(path), create=False) as ledger:
+        assert ledger.schema_version == SCHEMA_VERSION
+        records = list(ledger.read())
+    assert len(records) == 64
+    assert all(record.billing_worker is None for record in records)
+    workers = workers_of(records, rules_for=lambda record: (None, None), fallback=_catalogue)
+    assert len(workers) == 5
+    rows = aggregate(records, "user", fallback=_catalogue)
+    _assert_reconciles(rows)
+    total = totals(rows)
+    # Same bill as the old per-request pricing here (no two requests overlapped, RunPod bills
+    # no idle), now with its rounding shown: $16 of fees + 259 GPU-s at $0.00024.
+    assert total.cost_usd == pytest.approx(16.0622, abs=5e-5)
+    assert total.billed_gpu_s == pytest.approx(259.0)
+    assert total.rounding_gpu_s == pytest.approx(30.647, abs=5e-4)
+    result = CliRunner().invoke(main, ["report", "--ledger", str(path), "--wide"])
+    assert result.exit_code == 0, result.output
+    assert "(idle)" in result.output
+
+
+def _catalogue(record: InvocationRecord) -> tuple[Rules | None, str | None]:
+    price = default_catalogue().lookup(record.pricing_platform or record.platform, record.gpu_model)
+    return (None, None) if price is None else (Rules.from_price(price), "2026-03")
+
+
+# --- one container, two processes: one bill ------------------------------------------------------
+
+_SERVE = textwrap.dedent(
+    """
+    import pathlib, sys, time
+    import gpuledger
+
+    gpuledger.configure(ledger=sys.argv[1], gpu_metering="off", tracing=False, metrics=False)
+    # Both processes serve at once: wait (bounded) until the other one is up too.
+    here = pathlib.Path(sys.argv[1]).parent
+    (here / f"up-{sys.argv[2]}").touch()
+    deadline = time.monotonic() + 30
+    while len(list(here.glob("up-*"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+    @gpuledger.traced_handler(name="predict")
+    def predict(job):
+        time.sleep(0.3)
+        return job
+
+    for index in range(2):
+        predict({"id": f"{sys.argv[2]}-{index}", "input": {}})
+    gpuledger.shutdown()
+    """
+)
+
+
+def test_two_processes_of_one_worker_are_billed_once(tmp_path: Path) -> None:
+    """Two processes in one RunPod pod (as an ASGI server's workers are) serve at the same time:
+    their records name one billing worker, whose bill counts the overlapping time once and one
+    start-up, not two."""
+    ledger = str(tmp_path / "ledger.db")
+    with open_ledger(ledger):
+        pass
+    env = {
+        **os.environ,
+        "RUNPOD_ENDPOINT_ID": "ep-1",
+        "RUNPOD_POD_ID": "pod-1",
+        "GPULEDGER_GPU": "H100",
+        "GPULEDGER_WORKER_START": "process",
+        "GPULEDGER_LEDGER": ledger,
+    }
+    script = tmp_path / "serve.py"
+    script.write_text(_SERVE)
+    processes = [
+        subprocess.Popen([sys.executable, str(script), ledger, name], env=env)
+        for name in ("p1", "p2")
+    ]
+    for process in processes:
+        assert process.wait(timeout=60) == 0
+    with open_ledger(ledger, create=False) as opened:
+        records = list(opened.read())
+    assert len(records) == 4
+    assert {record.billing_worker for record in records} == {"pod-1"}
+    assert len({record.worker_id for record in records}) == 1  # RunPod names the pod
+    (worker,) = workers_of(records)
+    worker_bill = bill(worker.timeline, worker.rules)  # type: ignore[arg-type]
+    ready = worker.timeline.ready_ns
+    intervals = sorted((max(r.start_ns, ready), r.end_ns) for r in records if r.end_ns > ready)
+    union = 0
+    reach = intervals[0][0]
+    for start, end in intervals:
+        union += max(0, end - max(start, reach))
+        reach = max(reach, end)
+    # The processes' requests overlapped, and the overlap is billed once.
+    assert union < sum(end - start for start, end in intervals)
+    assert worker_bill.gpu_ns_by_category["request"] == union
+    # One start-up: the earlier process's start to the first ready.
+    starts = {record.worker_start_ns for record in records}
+    assert worker.timeline.start_ns == min(starts)  # type: ignore[type-var]
+    assert worker_bill.gpu_ns_by_category["startup"] == (
+        worker.timeline.ready_ns - worker.timeline.start_ns
+    )
+    rows = aggregate(records, "user")
+    _assert_reconciles(rows)
+    assert totals(rows).cost_usd == pytest.approx(float(worker_bill.total_usd), rel=1e-12)
