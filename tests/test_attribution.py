@@ -363,3 +363,179 @@ def test_two_processes_of_one_worker_are_billed_once(tmp_path: Path) -> None:
     rows = aggregate(records, "user")
     _assert_reconciles(rows)
     assert totals(rows).cost_usd == pytest.approx(float(worker_bill.total_usd), rel=1e-12)
+
+
+# --- which worker a process is billed as -------------------------------------------------------
+
+
+def _info(**env: str):  # type: ignore[no-untyped-def]
+    from gpuledger._platform import detect_platform
+
+    return detect_platform(env)
+
+
+def test_a_platform_container_is_billed_from_its_own_start() -> None:
+    """In RunPod's container (detected from its environment, a container runtime's marker
+    there), the worker is the pod, started when PID 1 did."""
+    from gpuledger._platform import billing_worker
+
+    info = _info(RUNPOD_ENDPOINT_ID="ep", RUNPOD_POD_ID="pod-9")
+    worker = billing_worker(
+        info,
+        worker_id=None,
+        worker_start="auto",
+        process_start=(T0 + 5 * S, "proc"),
+        exists=lambda path: path == "/.dockerenv",
+        container_start=lambda: T0,
+    )
+    assert (worker.key, worker.start_ns, worker.start_source) == ("pod-9", T0, "container")
+    # No marker: not known to be a container, so the process's own start.
+    plain = billing_worker(
+        info,
+        worker_id=None,
+        worker_start="auto",
+        process_start=(T0 + 5 * S, "proc"),
+        exists=lambda path: False,
+        container_start=lambda: T0,
+    )
+    assert (plain.key, plain.start_ns, plain.start_source) == ("pod-9", T0 + 5 * S, "proc")
+
+
+def test_a_plain_machine_is_billed_as_the_process() -> None:
+    """On a plain machine PID 1 is the machine's init: never the worker's start."""
+    from gpuledger._platform import billing_worker
+
+    worker = billing_worker(
+        _info(),
+        worker_id=None,
+        worker_start="auto",
+        process_start=(T0 + 5 * S, "proc"),
+        exists=lambda path: True,
+        container_start=lambda: T0 - 86_400 * S,
+    )
+    assert worker.start_ns == T0 + 5 * S and worker.start_source == "proc"
+    assert worker.key.endswith(f":{os.getpid()}")
+    # Replicate (Cog) names no worker: the container's hostname, shared by the predictor's
+    # subprocess and the server.
+    cog = billing_worker(
+        _info(COG_PREDICT_TYPE_STUB="x"),
+        worker_id=None,
+        worker_start="container",
+        process_start=(T0 + 5 * S, "proc"),
+        container_start=lambda: T0,
+    )
+    assert (cog.key, cog.start_ns) == (os.uname().nodename, T0)
+    # A container start after the process's cannot be: the process's own.
+    odd = billing_worker(
+        _info(COG_PREDICT_TYPE_STUB="x"),
+        worker_id="w-1",
+        worker_start="container",
+        process_start=(T0, "proc"),
+        container_start=lambda: T0 + S,
+    )
+    assert (odd.key, odd.start_ns) == ("w-1", T0)
+
+
+def test_report_pricing_re_prices_the_same_traffic(demo_ledger: str, tmp_path: Path) -> None:
+    """--pricing FILE bills the recorded workers under other prices: here RunPod's H100 rate
+    doubled, so every GPU-second costs twice, fees unchanged."""
+    pricing = tmp_path / "double.toml"
+    pricing.write_text(
+        'version = "doubled"\n[platforms.runpod.gpus.H100]\nper_gpu_second_usd = 0.00048\n'
+    )
+    recorded = json.loads(
+        CliRunner().invoke(main, ["report", "--ledger", demo_ledger, "--format", "json"]).output
+    )
+    result = CliRunner().invoke(
+        main, ["report", "--ledger", demo_ledger, "--format", "json", "--pricing", str(pricing)]
+    )
+    assert result.exit_code == 0, result.output
+    doubled = {row["key"]: row for row in json.loads(result.output)}
+    for row in recorded:
+        other = doubled[row["key"]]
+        assert other["pricing_version"] == "2026-03+doubled"  # the file over the catalogue
+        assert other["billed_gpu_s"] == pytest.approx(row["billed_gpu_s"])
+        assert other["cost_usd"] - other["fee_usd"] == pytest.approx(
+            2 * (row["cost_usd"] - row["fee_usd"]), rel=1e-9
+        )
+
+
+def test_compare_as_recorded_is_the_report_total_exactly(demo_ledger: str) -> None:
+    report = CliRunner().invoke(main, ["report", "--ledger", demo_ledger, "--format", "json"])
+    rows = json.loads(report.output)
+    compared = CliRunner().invoke(
+        main, ["compare", "--ledger", demo_ledger, "--format", "json", "--platforms", "runpod"]
+    )
+    assert compared.exit_code == 0, compared.output
+    recorded = json.loads(compared.output)["as_recorded"]
+    with open_ledger(demo_ledger, create=False) as ledger:
+        total = totals(aggregate(list(ledger.read()), "user"))
+    assert recorded["cost_usd"] == total.cost_usd  # the same bill, to the last bit
+    assert recorded["cost_usd"] == pytest.approx(sum(row["cost_usd"] for row in rows), rel=1e-12)
+    assert recorded["requests"] == 300
+    table = CliRunner().invoke(main, ["compare", "--ledger", demo_ledger, "--platforms", "runpod"])
+    assert f"${total.cost_usd:,.4f} for 300 requests" in table.output
+
+
+# --- the README's worked worker -----------------------------------------------------------------
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_the_readme_worked_worker_is_billed_as_it_says() -> None:
+    """README "How a bill is built": one worker priced by hand under each platform's rules."""
+    timeline = WorkerTimeline(
+        0,
+        20 * S,
+        60 * S,
+        (
+            Request("A", 20 * S, 234 * S // 10),
+            Request("B", 22 * S, 25 * S),
+            Request("C", 40 * S, 415 * S // 10),
+        ),
+    )
+    # By hand: spans 0-25 s (whole) and 40-41.5 s (-> 2 s) where idle is free; 0-60 s reserved.
+    by_hand = {
+        "runpod": (20, "6.5", 0, "0.5", 27, "0.75", Fraction("0.75") + 27 * Fraction("0.00024")),
+        "modal": (20, "6.5", 0, "0.5", 27, "0", 27 * Fraction("0.0005")),
+        "replicate": (20, "6.5", 0, "0.5", 27, "0", 27 * Fraction("0.001")),
+        "banana": (20, "6.5", 0, "0.5", 27, "0", 27 * Fraction("0.0003")),
+        "reserved": (20, "6.5", "33.5", 0, 60, "0", 60 * Fraction("2.69") / 3600),
+    }
+    readme = README.read_text()
+    for platform, (startup, request, idle, rounding, billed, fees, total) in by_hand.items():
+        rules = Rules.from_price(default_catalogue().lookup(platform, "H100"))  # type: ignore[arg-type]
+        result = bill(timeline, rules)
+        seconds = result.gpu_ns_by_category
+        assert seconds["startup"] == Fraction(startup) * S, platform
+        assert seconds["request"] == Fraction(request) * S, platform
+        assert seconds["idle"] == Fraction(idle) * S, platform
+        assert seconds["rounding"] == Fraction(rounding) * S, platform
+        assert result.billed_gpu_ns == billed * S, platform
+        assert result.by_category()["fee"] == Fraction(fees), platform
+        assert result.total_usd == total, platform
+        shown = f"{float(total):.7g}"
+        line = (
+            f"| {platform} | {startup} | {request} | {idle} | {rounding} | {billed} | ${fees} | "
+            f"${shown} |"
+        )
+        assert line in readme, line
+    rules = Rules.from_price(default_catalogue().lookup("runpod", "H100"))  # type: ignore[arg-type]
+    per_request, own = attribute(
+        Worker("w", timeline, rules, "2026-03", False, ("A", "B", "C")),
+        bill(timeline, rules),
+        "separate",
+    )
+    fee, rate = Fraction("0.25"), Fraction("0.00024")
+    assert per_request["A"].total_usd == fee + rate * Fraction("22.7")
+    assert per_request["B"].total_usd == fee + rate * Fraction("2.3")
+    assert per_request["C"].total_usd == fee + rate * Fraction("1.5")
+    assert own.total_usd == rate * Fraction("0.5")
+    for amount in ("A $0.255448", "B $0.250552", "C $0.25036", "`(idle)`\n$0.00012"):
+        assert amount in readme, amount
+    caused, _ = attribute(
+        Worker("w", timeline, rules, "2026-03", False, ("A", "B", "C")),
+        bill(timeline, rules),
+        "cause",
+    )
+    assert caused["C"].gpu_ns["rounding"] == S // 2

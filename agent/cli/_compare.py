@@ -215,6 +215,7 @@ def compare_command(
         raise click.UsageError("--profile replays a synthetic trace: drop --ledger/--since")
     if profile is not None and rate_per_hour is None:
         raise click.UsageError("--profile needs --rate (e.g. --rate 100/h)")
+    recorded: dict[str, Any] | None = None
     try:
         catalogue = load_catalogue(pricing)
         names = [name.strip() for name in platforms.split(",")] if platforms else None
@@ -236,6 +237,7 @@ def compare_command(
             from gpuledger.ledger import default_ledger_location  # noqa: PLC0415
 
             trace = trace_from_ledger(location or default_ledger_location(), since=since)
+            recorded = _as_recorded(location or default_ledger_location(), since)
         started = time.perf_counter()
         with _progress(len(trace)) as step:
             result = compare(
@@ -253,9 +255,13 @@ def compare_command(
         raise click.ClickException(str(error)) from None
 
     if output_format == "json":
-        click.echo(json.dumps(_as_json(result, elapsed), indent=2))
+        document = _as_json(result, elapsed)
+        document["as_recorded"] = recorded
+        click.echo(json.dumps(document, indent=2))
     else:
         click.echo(_table(result, elapsed))
+        if recorded is not None:
+            click.echo(_recorded_line(recorded))
     if plot is not None:
         _plot(result, Path(plot))
         click.echo(f"plot written to {plot}", err=output_format == "json")
@@ -400,6 +406,45 @@ def _table(result: Comparison, elapsed: float) -> str:
     text += textwrap.wrap(result.recommendation, width=100)
     text += [f"note: {note}" for note in result.notes]
     return "\n".join(text)
+
+
+def _as_recorded(location: str, since: str | None) -> dict[str, Any] | None:
+    """The ledger's traffic as it was billed: its workers' real timelines under the rules
+    frozen on their records, the same bill ``gpuledger report`` adds up (the same function:
+    the totals agree exactly). None when the ledger holds nothing."""
+    from gpuledger.cli._billing import billing_options  # noqa: PLC0415
+    from gpuledger.ledger import aggregate, open_ledger, parse_since, totals  # noqa: PLC0415
+
+    since_ns = None if since is None else parse_since(since, now_ns=time.time_ns())
+    with open_ledger(location, create=False) as ledger:
+        records = list(ledger.read(since_ns=since_ns))
+    if not records:
+        return None
+    rows = aggregate(records, "platform", **billing_options(None, "separate"))
+    total = totals(rows)
+    return {
+        "platforms": sorted(row.key for row in rows if row.key != "(idle)"),
+        "requests": total.invocations,
+        "cost_usd": total.cost_usd,
+        "billed_gpu_s": total.billed_gpu_s,
+        "idle_gpu_s": total.idle_gpu_s,
+        "rounding_gpu_s": total.rounding_gpu_s,
+        "startup_gpu_s": total.startup_gpu_s,
+        "unpriced": total.unpriced,
+        "pricing_version": total.pricing_version,
+    }
+
+
+def _recorded_line(recorded: dict[str, Any]) -> str:
+    cost = recorded["cost_usd"]
+    money = "unpriced" if cost is None else f"${cost:,.4f}"
+    text = (
+        f"As recorded ({', '.join(recorded['platforms'])}, pricing "
+        f"{recorded['pricing_version'] or '-'}): {money} for {recorded['requests']:,} requests, "
+        f"{recorded['billed_gpu_s']:,.1f} GPU-s billed: the workers' real timelines, billed as "
+        "gpuledger report bills them."
+    )
+    return "\n".join(textwrap.wrap(text, width=100))
 
 
 def _as_json(result: Comparison, elapsed: float) -> dict[str, Any]:
