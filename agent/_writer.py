@@ -226,6 +226,9 @@ class Writer:
             if isinstance(sink, FallbackSink) and isinstance(sink.primary, SidecarSink):
                 self._starts = (sink, sink.primary)
         self._gpu_waiting: list[Invocation] = []
+        self._running: Any = None
+        """The worker's running bill (``billing.RunningBill``), from its first priced record."""
+        self._running_rules: dict[str, Any] | None = None
         self.pipeline = Pipeline(self.process, max_pending=max_pending, on_idle=self.gpu_tick)
 
     @property
@@ -344,9 +347,63 @@ class Writer:
         if agent.metrics is not None:
             try:
                 agent.metrics.record(records)
+                self._bill_worker(records)
             except Exception as error:
                 _guard.record_failure("metrics.record", error)
         self.deliver(records)
+
+    def _bill_worker(self, records: list[InvocationRecord]) -> None:
+        """Feed the worker's running bill (``billing.RunningBill``) and add the idle time and
+        rounding that became known to the cost counter: over the worker's life the counter
+        adds up to its bill (this process's share of it, in a container of several)."""
+        ordered = sorted(
+            (record for record in records if record.billing_rules is not None),
+            key=lambda record: (record.end_ns, record.start_ns),
+        )
+        if not ordered:
+            return
+        worker = self.agent.worker
+        with worker.lock:
+            oldest_now = worker.oldest_start_ns()
+        charges: list[tuple[str, float]] = []
+        for index, record in enumerate(ordered):
+            running = self._running_bill(record)
+            # Running when this one ended: what still runs, and those of this batch that
+            # started before its end and ended after it.
+            later = [r.start_ns for r in ordered[index + 1 :] if r.start_ns <= record.end_ns]
+            oldest = min([*later, *([] if oldest_now is None else [oldest_now])], default=None)
+            for category, usd in running.request(
+                record.start_ns, record.end_ns, record.worker_ready_ns, oldest
+            ):
+                charges.append((category, float(usd)))
+        if charges:
+            self.agent.metrics.record_charges(charges)
+
+    def _running_bill(self, record: InvocationRecord) -> Any:
+        rules = record.billing_rules
+        if self._running is None or self._running_rules is not rules:
+            from gpuledger.billing import Rules, RunningBill  # noqa: PLC0415 - priced agents only
+
+            assert rules is not None
+            self._running = RunningBill(
+                Rules.from_json(rules),
+                record.worker_start_ns or record.start_ns,
+                record.gpu_count,
+            )
+            self._running_rules = rules
+        return self._running
+
+    def _bill_stop(self) -> None:
+        """The worker stops: its last idle time and rounding to the cost counter."""
+        running, metrics = self._running, self.agent.metrics
+        if running is None or metrics is None:
+            return
+        try:
+            charges = running.stop(self.agent.now_ns())
+            metrics.record_charges([(category, float(usd)) for category, usd in charges])
+        except Exception as error:
+            _guard.record_failure("metrics.record", error)
+        self._running = None
 
     def deliver(self, records: list[InvocationRecord]) -> None:
         """Offer each sink what it holds and ``records``; keep what it did not take."""
@@ -423,6 +480,7 @@ class Writer:
     def close(self, timeout_s: float) -> bool:
         """Flush and stop the thread, then close the sinks; False if the flush timed out."""
         done = self.pipeline.close(timeout_s)
+        self._bill_stop()
         unwritten = self.held + self.pipeline.pending
         if unwritten:
             get_logger().error(

@@ -161,7 +161,9 @@ class InvocationMetrics:
         self._cost = meter.create_counter(
             ours.GPULEDGER_COST_METRIC,
             unit=ours.USD,
-            description="Cost of invocations under the platform's price, in US dollars.",
+            description="What the workers are billed under the platform's price, in US "
+            "dollars, by charge category (fee, request, startup, idle, rounding), added as "
+            "each charge becomes known.",
         )
 
         def observe_errors(options: CallbackOptions) -> Iterable[Observation]:
@@ -192,6 +194,18 @@ class InvocationMetrics:
         """One invocation's end waited ``seconds`` for its record (a flush policy)."""
         self._flush_wait.record(seconds, {FAAS_TRIGGER: self._trigger})
 
+    def record_charges(self, charges: Sequence[tuple[str, float]]) -> None:
+        """Add the worker's own charges that became known (``(category, USD)``: idle time,
+        rounding) to the cost counter."""
+        sums: dict[str, float] = {}
+        for category, amount in charges:
+            sums[category] = sums.get(category, 0.0) + amount
+        for category, amount in sums.items():
+            if amount:
+                self._cost.add(
+                    amount, {FAAS_TRIGGER: self._trigger, ours.GPULEDGER_COST_CATEGORY: category}
+                )
+
     def record(self, records: Sequence[InvocationRecord]) -> None:
         """Add ``records`` to the instruments.
 
@@ -199,6 +213,7 @@ class InvocationMetrics:
         microseconds; a batch holds up to thousands of records); histograms get every value.
         """
         sums: dict[tuple[tuple[str, str], ...], list[float]] = {}
+        costs: dict[tuple[tuple[str, str], ...], list[float]] = {}
         external: dict[tuple[tuple[str, str], ...], list[float]] = {}
         for record in records:
             attributes: dict[str, str] = {
@@ -224,8 +239,8 @@ class InvocationMetrics:
                 pair[1] += entry.get("wait_s", 0.0)
             tally = sums.get(group)
             if tally is None:
-                # succeeded, failed, timed out, coldstarts, billed, busy, cost,
-                # whether busy / cost were seen at all (unknown is not zero), energy, seen
+                # succeeded, failed, timed out, coldstarts, billed, busy, (unused),
+                # whether busy was seen at all (unknown is not zero), (unused), energy, seen
                 tally = sums[group] = [0.0] * 11
             if record.outcome == "ok":
                 tally[0] += 1
@@ -240,8 +255,15 @@ class InvocationMetrics:
                 tally[5] += record.busy_gpu_seconds
                 tally[7] = 1
             if record.cost_usd is not None:
-                tally[6] += record.cost_usd
-                tally[8] = 1
+                cost = costs.get(group)
+                if cost is None:
+                    cost = costs[group] = [0.0, 0.0, 0.0]
+                # The parts add up to the whole (a record that carries only the whole: request).
+                fee = record.cost_execution_usd or 0.0
+                startup = record.cost_coldstart_usd or 0.0
+                cost[0] += fee
+                cost[1] += max(0.0, record.cost_usd - fee - startup)
+                cost[2] += startup
             if record.energy_j is not None:
                 tally[9] += record.energy_j
                 tally[10] = 1
@@ -258,10 +280,12 @@ class InvocationMetrics:
             self._billed.add(tally[4], attributes)
             if tally[7]:
                 self._busy.add(tally[5], attributes)
-            if tally[8]:
-                self._cost.add(tally[6], attributes)
             if tally[10]:
                 self._energy.add(tally[9], attributes)
+        for group, (fee, gpu, startup) in costs.items():
+            for category, amount in (("fee", fee), ("request", gpu), ("startup", startup)):
+                if amount:
+                    self._cost.add(amount, {**dict(group), ours.GPULEDGER_COST_CATEGORY: category})
         for by_target, (calls, wait) in external.items():
             attributes = dict(by_target)
             self._external_calls.add(int(calls), attributes)

@@ -86,6 +86,10 @@ GPULEDGER_COST_GPU: Final = "gpuledger.cost.gpu"
 """Its GPU-time part. US dollars."""
 GPULEDGER_COST_COLDSTART: Final = "gpuledger.cost.coldstart"
 """Its billed start-up part. US dollars."""
+GPULEDGER_COST_CATEGORY: Final = "gpuledger.cost.category"
+"""On the cost counter: what the charge is for: ``fee``, ``request`` (the invocations' GPU
+time), ``startup``, ``idle`` (a warm worker's billed idle time) or ``rounding`` (what the
+platform's increment and minimum add to the worker's billing spans)."""
 GPULEDGER_PRICING_VERSION: Final = "gpuledger.pricing.version"
 """The price catalogue's version."""
 
@@ -130,7 +134,8 @@ GPULEDGER_GPU_BUSY_METRIC: Final = "gpuledger.gpu.busy"
 GPULEDGER_GPU_ENERGY_METRIC: Final = "gpuledger.gpu.energy"
 """Counter, ``J``: GPU energy used by invocations."""
 GPULEDGER_COST_METRIC: Final = "gpuledger.cost"
-"""Counter, ``{USD}``: the invocations' price."""
+"""Counter, ``{USD}``: what the workers are billed, by ``gpuledger.cost.category``, added as
+each charge becomes known (idle and rounding with the next request or the worker's stop)."""
 GPULEDGER_EXTERNAL_CALLS_METRIC: Final = "gpuledger.external.calls"
 """Counter, ``{call}``: outgoing calls, by target."""
 GPULEDGER_EXTERNAL_WAIT_METRIC: Final = "gpuledger.external.wait"

@@ -9,6 +9,7 @@ than its life plus what the platform's rounding adds to each billing span.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from fractions import Fraction
 
@@ -232,3 +233,32 @@ def test_no_worker_is_charged_beyond_its_life_and_its_rounding(
     for line in result.lines:
         if line.category == "rounding":
             assert line.end_ns - line.start_ns <= allowance
+
+
+@settings(max_examples=400, deadline=None)
+@given(timelines(), rules_strategy)
+def test_a_running_bill_adds_up_to_the_bill(timeline: WorkerTimeline, rules: Rules) -> None:
+    """Fed the requests in the order they end (with the oldest still running), then the stop,
+    :class:`RunningBill` charges exactly the bill's idle and rounding: what a cost counter adds
+    over the worker's life is what the worker is billed."""
+    from gpuledger.billing import RunningBill
+
+    rules = dataclasses.replace(rules, execution_fee_usd=Fraction(0))
+    running = RunningBill(rules, timeline.start_ns, timeline.gpu_count)
+    charged: dict[str, Fraction] = {"idle": Fraction(0), "rounding": Fraction(0)}
+    ordered = sorted(timeline.requests, key=lambda r: (r.end_ns, r.start_ns, r.request_id))
+    for index, request in enumerate(ordered):
+        still = [r.start_ns for r in ordered[index + 1 :] if r.start_ns <= request.end_ns]
+        oldest = min(still, default=None)
+        for category, usd in running.request(
+            request.start_ns, request.end_ns, timeline.ready_ns, oldest
+        ):
+            charged[category] += usd
+    if not timeline.requests:
+        # Nothing told it when the worker was ready: a worker with no request is ready at once.
+        timeline = dataclasses.replace(timeline, ready_ns=timeline.start_ns)
+    for category, usd in running.stop(timeline.stop_ns):
+        charged[category] += usd
+    expected = bill(timeline, rules).by_category()
+    assert charged["idle"] == expected["idle"]
+    assert charged["rounding"] == expected["rounding"]

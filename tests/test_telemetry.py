@@ -103,8 +103,11 @@ def test_metrics_are_recorded_without_user_ids_by_default(telemetry: Telemetry) 
     assert "enduser.id" not in invocations.attributes
     assert telemetry.metric_points("faas.coldstarts")[0].value == 1
     assert telemetry.metric_points("gpuledger.gpu.billed")[0].value == pytest.approx(40.0)
-    cost = telemetry.metric_points("gpuledger.cost")[0].value
-    assert cost == pytest.approx(2 * 0.2548 + 5 * 0.00024)
+    costs = {
+        point.attributes["gpuledger.cost.category"]: point.value
+        for point in telemetry.metric_points("gpuledger.cost")
+    }
+    assert costs == pytest.approx({"fee": 0.5, "request": 40 * 0.00024, "startup": 5 * 0.00024})
     (duration,) = telemetry.metric_points("faas.invoke_duration")
     assert duration.count == 2 and duration.sum == pytest.approx(40.0)
     (init,) = telemetry.metric_points("faas.init_duration")
@@ -595,3 +598,40 @@ def test_an_otlp_protocol_no_exporter_speaks_is_a_config_error(
 
         with pytest.raises(ConfigError, match=f"environment variable {variable}"):
             resolve_otlp(None, None, dict(os.environ))
+
+
+def test_the_cost_counter_adds_up_to_the_worker_bill(telemetry: Telemetry) -> None:
+    """The cost counter grows by category as each charge becomes known: fees, request time and
+    the start-up with each request, the rounding of a billing span when the next request starts
+    after it, the last span's at the stop. Summed, it is the worker's bill (issue 13)."""
+    from fractions import Fraction
+
+    from gpuledger.billing import bill, workers_of
+
+    serve = _serve(telemetry.clock, seconds=0.3)
+    serve({"id": "a", "input": {}})
+    telemetry.clock.advance(10.0)
+    serve({"id": "b", "input": {}})
+
+    def by_category() -> dict[str, float]:
+        sums: dict[str, float] = {}
+        for point in telemetry.metric_points("gpuledger.cost"):
+            category = point.attributes["gpuledger.cost.category"]
+            sums[category] = sums.get(category, 0.0) + point.value
+        return sums
+
+    rate = 0.00024
+    before = by_category()
+    # The first span (5 s init + 0.3 s, -> 6 s) closed when b started 10 s later; b's is open.
+    assert before["rounding"] == pytest.approx(0.7 * rate)
+    records = telemetry.records()
+    gpuledger.shutdown()
+    after = by_category()
+    assert after["rounding"] == pytest.approx(1.4 * rate)  # b's span, 0.3 s -> 1 s, at the stop
+    assert after["fee"] == pytest.approx(0.5)
+    assert after["startup"] == pytest.approx(5 * rate)
+    assert after["request"] == pytest.approx(0.6 * rate)
+    (worker,) = workers_of(records)
+    expected = bill(worker.timeline, worker.rules)  # type: ignore[arg-type]
+    assert sum(after.values()) == pytest.approx(float(expected.total_usd), rel=1e-9)
+    assert expected.by_category()["rounding"] == Fraction("1.4") * Fraction("0.00024")

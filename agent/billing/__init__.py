@@ -32,7 +32,9 @@ from gpuledger.billing._engine import (
     WorkerTimeline,
     allocate,
     bill,
+    rounded_ns,
 )
+from gpuledger.billing._running import RunningBill
 
 __all__ = [
     "CATEGORIES",
@@ -43,6 +45,7 @@ __all__ = [
     "Line",
     "Request",
     "Rules",
+    "RunningBill",
     "Worker",
     "WorkerBill",
     "WorkerTimeline",
@@ -52,6 +55,7 @@ __all__ = [
     "bill",
     "bill_workers",
     "frozen_rules",
+    "rounded_ns",
     "worker_key",
     "workers_of",
 ]

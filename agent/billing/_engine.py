@@ -48,6 +48,7 @@ __all__ = [
     "WorkerTimeline",
     "allocate",
     "bill",
+    "rounded_ns",
 ]
 
 Category = Literal["startup", "request", "idle", "rounding", "fee"]
@@ -231,7 +232,7 @@ def bill(timeline: WorkerTimeline, rules: Rules, *, lines: bool = True) -> Worke
     rounding = [
         (end, end + extra)
         for start, end in spans
-        if (extra := _rounded(end - start, rules) - (end - start))
+        if (extra := rounded_ns(end - start, rules) - (end - start))
     ]
     fee_count = len(timeline.requests) if rules.execution_fee_usd else 0
 
@@ -324,7 +325,7 @@ def _time_line(
     return Line(category, start, end, gpu_ns, gpu_ns * rate_per_gpu_ns)
 
 
-def _rounded(duration_ns: int, rules: Rules) -> int:
+def rounded_ns(duration_ns: int, rules: Rules) -> int:
     """A billing span's time as the platform bills it: up to the increment, at least the
     minimum."""
     billed = duration_ns
