@@ -133,6 +133,16 @@ class LedgerSink:
             return Delivery(0, retry=tuple(records), error=error)
         return Delivery(len(records) - len(failed), rejected=tuple(failed), error=error)
 
+    def record_stop(self, billing_worker: str, process: str, stop_ns: int, source: str) -> None:
+        """The worker's process stopped: store it, so that its bill ends there (contained: a
+        failure is counted and logged, never raised)."""
+        try:
+            from gpuledger.ledger import WorkerStop  # noqa: PLC0415
+
+            self._open().write_stops([WorkerStop(billing_worker, process, stop_ns, source)])
+        except Exception as error:
+            _guard.record_failure("ledger.stop", error)
+
     def close(self, timeout_s: float = 0.0) -> None:
         ledger, self._ledger = self._ledger, None
         if ledger is not None:

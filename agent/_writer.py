@@ -28,8 +28,9 @@ from gpuledger import _guard
 from gpuledger._build import build_record, start_notice
 from gpuledger._external import calls_measured
 from gpuledger._logging import get_logger
+from gpuledger._platform import default_worker_id
 from gpuledger._record import InvocationRecord
-from gpuledger._sinks import Delivery, FallbackSink, SidecarSink, Sink
+from gpuledger._sinks import Delivery, FallbackSink, LedgerSink, SidecarSink, Sink
 
 if TYPE_CHECKING:
     from gpuledger._agent import Agent
@@ -393,6 +394,16 @@ class Writer:
             self._running_rules = rules
         return self._running
 
+    def _record_stop(self) -> None:
+        """Tell the ledger this process of the billing worker stopped (the sidecar's ledger is
+        not told: there the stop stays inferred)."""
+        agent = self.agent
+        process = default_worker_id()
+        stop_ns = agent.now_ns()
+        for sink in self.sinks:
+            if isinstance(sink, LedgerSink):
+                sink.record_stop(agent.billing.key, process, stop_ns, "shutdown")
+
     def _bill_stop(self) -> None:
         """The worker stops: its last idle time and rounding to the cost counter."""
         running, metrics = self._running, self.agent.metrics
@@ -481,6 +492,7 @@ class Writer:
         """Flush and stop the thread, then close the sinks; False if the flush timed out."""
         done = self.pipeline.close(timeout_s)
         self._bill_stop()
+        self._record_stop()
         unwritten = self.held + self.pipeline.pending
         if unwritten:
             get_logger().error(

@@ -539,3 +539,52 @@ def test_the_readme_worked_worker_is_billed_as_it_says() -> None:
         "cause",
     )
     assert caused["C"].gpu_ns["rounding"] == S // 2
+
+
+# --- observed stops ------------------------------------------------------------------------------
+
+
+def test_stops_are_stored_once_per_process_the_later_winning(ledger_location: str) -> None:
+    from gpuledger.ledger import WorkerStop
+
+    with open_ledger(ledger_location) as ledger:
+        assert ledger.read_stops() == {}
+        ledger.write_stops([WorkerStop("pod-1", "h:1", T0 + 5 * S, "shutdown")])
+        ledger.write_stops([WorkerStop("pod-1", "h:1", T0 + 5 * S, "shutdown")])  # again
+        ledger.write_stops([WorkerStop("pod-1", "h:2", T0 + 9 * S, "shutdown")])
+        ledger.write_stops([WorkerStop("pod-1", "h:2", T0 + 7 * S, "shutdown")])  # earlier: kept
+        ledger.write_stops([WorkerStop("pod-2", "h:3", T0, "shutdown")])
+        assert ledger.read_stops() == {"pod-1": T0 + 9 * S, "pod-2": T0}
+
+
+def test_a_reserved_worker_is_billed_to_its_observed_stop(tmp_path: Path) -> None:
+    """A reserved GPU is paid until it stops: the agent stores its stop at shutdown, and the
+    report bills the idle hour after the last request (inferred, it would end at that request)."""
+    from gpuledger.testing import FakeClock, capture_telemetry
+
+    ledger = tmp_path / "ledger.db"
+    clock = FakeClock(start_ns=T0)
+    with capture_telemetry(
+        ledger, clock=clock, platform="reserved", gpu="H100", worker_start="process"
+    ):
+        import gpuledger
+
+        @gpuledger.traced_handler(name="predict")
+        def predict(job: dict[str, object]) -> None:
+            clock.advance(2.0)
+
+        predict({"id": "1", "input": {}})
+        clock.advance(3600.0)
+        gpuledger.shutdown()
+    with open_ledger(str(ledger), create=False) as opened:
+        records = list(opened.read())
+        stops = opened.read_stops()
+    (record,) = records
+    assert stops == {record.billing_worker: record.end_ns + 3600 * S}
+    (observed,) = workers_of(records, stops=stops)
+    assert not observed.stop_inferred
+    rows = aggregate(records, "user", stops=stops)
+    assert totals(rows).idle_gpu_s == pytest.approx(3600.0)
+    (inferred,) = workers_of(records)
+    assert inferred.stop_inferred and inferred.timeline.stop_ns == record.end_ns
+    assert totals(aggregate(records, "user")).idle_gpu_s == 0.0

@@ -25,7 +25,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from fractions import Fraction
 from typing import Final
 
@@ -133,14 +133,17 @@ def workers_of(
     *,
     rules_for: RulesFor = frozen_rules,
     fallback: RulesFor | None = None,
+    stops: Mapping[str, int] | None = None,
 ) -> list[Worker]:
     """The billing workers of ``records``, each with its timeline and rules.
 
     ``rules_for`` gives a worker's rules from its first record (default: the rules frozen on
     it); where it gives none, ``fallback`` is asked (records written before rules were frozen).
     A worker's start is its container's or process's start as recorded (for older records, its
-    cold request's start less its init); its stop, inferred, is its last request's end plus the
-    platform's idle window where the platform bills a warm worker's idle time.
+    cold request's start less its init); its stop is the one observed (``stops``: per worker, the
+    latest stop of its processes, ``Ledger.read_stops``) when that is at or after its last
+    request's end, else inferred: the last request's end plus the platform's idle window where
+    the platform bills a warm worker's idle time.
     """
     grouped: dict[str, list[InvocationRecord]] = {}
     for record in records:
@@ -151,12 +154,17 @@ def workers_of(
         rules, version = rules_for(members[0])
         if rules is None and fallback is not None:
             rules, version = fallback(members[0])
-        workers.append(_worker(key, members, rules, version))
+        observed = None if stops is None else stops.get(key)
+        workers.append(_worker(key, members, rules, version, observed))
     return workers
 
 
 def _worker(
-    key: str, records: Sequence[InvocationRecord], rules: Rules | None, version: str | None
+    key: str,
+    records: Sequence[InvocationRecord],
+    rules: Rules | None,
+    version: str | None,
+    observed_stop: int | None,
 ) -> Worker:
     requests = []
     for record in records:
@@ -184,7 +192,10 @@ def _worker(
     ready = min(readies) if readies else min((r.start_ns for r in records if r.cold), default=start)
     ready = max(start, min(ready, first_start))
     stop = last_end
-    if rules is not None and rules.bills_idle and not rules.reserved and rules.idle_window_ns:
+    inferred = True
+    if observed_stop is not None and observed_stop >= last_end:
+        stop, inferred = observed_stop, False
+    elif rules is not None and rules.bills_idle and not rules.reserved and rules.idle_window_ns:
         stop = last_end + rules.idle_window_ns
     timeline = WorkerTimeline(
         start_ns=start,
@@ -198,7 +209,7 @@ def _worker(
         timeline=timeline,
         rules=rules,
         pricing_version=version,
-        stop_inferred=True,
+        stop_inferred=inferred,
         record_ids=tuple(record.record_id for record in records),
     )
 

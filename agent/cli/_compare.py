@@ -418,9 +418,10 @@ def _as_recorded(location: str, since: str | None) -> dict[str, Any] | None:
     since_ns = None if since is None else parse_since(since, now_ns=time.time_ns())
     with open_ledger(location, create=False) as ledger:
         records = list(ledger.read(since_ns=since_ns))
+        stops = ledger.read_stops()
     if not records:
         return None
-    rows = aggregate(records, "platform", **billing_options(None, "separate"))
+    rows = aggregate(records, "platform", stops=stops, **billing_options(None, "separate"))
     total = totals(rows)
     return {
         "platforms": sorted(row.key for row in rows if row.key != "(idle)"),

@@ -202,6 +202,7 @@ def report(
         with open_ledger(target, create=False) as ledger:
             total = None
             records = list(ledger.read(since_ns=since_ns))
+            billing["stops"] = ledger.read_stops()
             if by == "target":  # rows overlap (one invocation, several targets): total apart
                 total = totals(aggregate(records, "platform", **billing)) if records else None
             rows = aggregate(records, by, **billing)

@@ -15,6 +15,7 @@ from gpuledger.ledger._report import (
     parse_since,
     totals,
 )
+from gpuledger.ledger._schema import WorkerStop
 from gpuledger.ledger._sqlite import (
     DEFAULT_LEDGER,
     LEDGER_ENV,
@@ -39,6 +40,7 @@ __all__ = [
     "ReportRow",
     "SqliteLedger",
     "Usage",
+    "WorkerStop",
     "aggregate",
     "default_ledger_location",
     "display_location",

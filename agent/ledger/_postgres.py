@@ -369,6 +369,21 @@ class PostgresLedger(Ledger):
                     f"{_scrub(str(exc), ())}"
                 ) from exc
 
+    def _execute_many(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
+        import psycopg  # noqa: PLC0415
+
+        def run(connection: psycopg.Connection[tuple[Any, ...]]) -> None:
+            with connection.transaction(), connection.cursor() as cursor:
+                cursor.executemany(sql, rows)
+
+        with self._lock:
+            try:
+                self._run(run)
+            except psycopg.Error as exc:
+                raise LedgerError(
+                    f"could not write to the ledger at {self.path}: {_scrub(str(exc), ())}"
+                ) from exc
+
     def close(self) -> None:
         """Close the connection; calling it again does nothing."""
         with self._lock:

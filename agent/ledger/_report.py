@@ -19,7 +19,7 @@ import dataclasses
 import datetime as dt
 import math
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any, Final
 
@@ -163,13 +163,15 @@ def aggregate(
     policy: str = "separate",
     rules_for: RulesFor = frozen_rules,
     fallback: RulesFor | None = None,
+    stops: Mapping[str, int] | None = None,
 ) -> list[ReportRow]:
     """Group ``records`` by ``by`` (one of :data:`GROUP_BY`) and summarise each group, with the
     workers' bills attributed under ``policy`` (``gpuledger.billing.POLICIES``).
 
     ``rules_for`` gives the rules a worker is billed by (default: those frozen on its records;
     another edition re-prices the same traffic), ``fallback`` those of records written before
-    rules were frozen. Rows are sorted by cost, highest first (unpriced groups last), then by
+    rules were frozen; ``stops`` the workers' observed stops (``Ledger.read_stops``). Rows are
+    sorted by cost, highest first (unpriced groups last), then by
     key; grouped by ``day`` they are in date order instead, as a time series reads.
     """
     if by != "target":
@@ -179,7 +181,7 @@ def aggregate(
     priced: set[str] = set()
     idle = Charges()
     idle_priced = 0
-    workers = workers_of(listed, rules_for=rules_for, fallback=fallback)
+    workers = workers_of(listed, rules_for=rules_for, fallback=fallback, stops=stops)
     by_id = {record.record_id: record for record in listed}
     for worker, worker_bill in bill_workers(workers):
         per_request, own = attribute(worker, worker_bill, policy)

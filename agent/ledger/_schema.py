@@ -40,6 +40,7 @@ __all__ = [
     "Ledger",
     "Migration",
     "Usage",
+    "WorkerStop",
 ]
 
 Migration = tuple[str, ...]
@@ -122,6 +123,20 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
         "ALTER TABLE invocations ADD COLUMN request_startup_s REAL",
         "ALTER TABLE invocations ADD COLUMN billing_rules TEXT",
     ),
+    # 5: observed worker stops (issue 13): when each process of a billing worker stopped, and
+    # what said so (``shutdown``: the agent's own, at exit or SIGTERM). A worker whose stop is
+    # not here has it inferred from its platform's idle rule.
+    (
+        """
+        CREATE TABLE worker_stops (
+            billing_worker TEXT NOT NULL,
+            process TEXT NOT NULL,
+            stop_ns INTEGER NOT NULL,
+            source TEXT NOT NULL,
+            PRIMARY KEY (billing_worker, process)
+        )
+        """,
+    ),
 )
 """The schema, as an ordered list: migration ``n`` (1-based) brings a ledger to version ``n``.
 Append, never edit: a ledger at version ``n`` has run exactly the first ``n`` entries."""
@@ -148,6 +163,34 @@ class Usage(NamedTuple):
     gpu_count: int
     init_duration_s: float | None
     cold: bool
+
+
+class WorkerStop(NamedTuple):
+    """One process of a billing worker stopped: when, and what said so."""
+
+    billing_worker: str
+    process: str
+    """``host:pid``."""
+    stop_ns: int
+    source: str
+
+
+_STOPS_SINCE: Final = 5
+"""The schema version that has ``worker_stops``."""
+
+
+def _stop_sql(parameter: str) -> str:
+    """Store a stop, keeping the later one when a process is stopped twice (``configure`` again
+    after ``shutdown``)."""
+    p = parameter
+    return (
+        "INSERT INTO worker_stops (billing_worker, process, stop_ns, source) "
+        f"VALUES ({p}, {p}, {p}, {p}) ON CONFLICT (billing_worker, process) DO UPDATE SET "
+        "stop_ns = CASE WHEN excluded.stop_ns > worker_stops.stop_ns "
+        "THEN excluded.stop_ns ELSE worker_stops.stop_ns END, "
+        "source = CASE WHEN excluded.stop_ns > worker_stops.stop_ns "
+        "THEN excluded.source ELSE worker_stops.source END"
+    )
 
 
 class Ledger(abc.ABC):
@@ -202,6 +245,25 @@ class Ledger(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Close the file or connection; calling it again does nothing."""
+
+    @abc.abstractmethod
+    def _execute_many(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
+        """Run one statement over ``rows`` in one transaction (retried as ``write`` is);
+        errors become LedgerError."""
+
+    def write_stops(self, stops: Sequence[WorkerStop]) -> None:
+        """Store observed worker stops (idempotent: a process's later stop wins)."""
+        if stops:
+            self._execute_many(_stop_sql(self._PARAMETER), [tuple(stop) for stop in stops])
+
+    def read_stops(self) -> dict[str, int]:
+        """Per billing worker, the latest stop observed of its processes (none before schema 5)."""
+        if self.schema_version < _STOPS_SINCE:
+            return {}
+        rows = self._query(
+            "SELECT billing_worker, MAX(stop_ns) FROM worker_stops GROUP BY billing_worker", []
+        )
+        return {str(key): int(stop) for key, stop in rows}
 
     @abc.abstractmethod
     def _query(self, sql: str, parameters: Sequence[object]) -> list[Any]:

@@ -159,6 +159,25 @@ class SqliteLedger(Ledger):
                     f"could not write {len(rows)} record(s) to the ledger at {self.path}: {exc}"
                 ) from exc
 
+    def _execute_many(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
+        with self._lock:
+            connection = self._require_open()
+
+            def run() -> None:
+                connection.execute("BEGIN IMMEDIATE")
+                try:
+                    connection.executemany(sql, rows)
+                    connection.execute("COMMIT")
+                except BaseException:
+                    if connection.in_transaction:
+                        connection.execute("ROLLBACK")
+                    raise
+
+            try:
+                _retry_busy(run)
+            except sqlite3.Error as exc:
+                raise LedgerError(f"could not write to the ledger at {self.path}: {exc}") from exc
+
     def close(self) -> None:
         """Close the file; calling it again does nothing."""
         with self._lock:
