@@ -366,19 +366,39 @@ class Writer:
         worker = self.agent.worker
         with worker.lock:
             oldest_now = worker.oldest_start_ns()
-        charges: list[tuple[str, float]] = []
-        for index, record in enumerate(ordered):
-            running = self._running_bill(record)
-            # Running when this one ended: what still runs, and those of this batch that
-            # started before its end and ended after it.
-            later = [r.start_ns for r in ordered[index + 1 :] if r.start_ns <= record.end_ns]
-            oldest = min([*later, *([] if oldest_now is None else [oldest_now])], default=None)
-            for category, usd in running.request(
+        # Running when each one ended: what still runs, and those later in the batch that had
+        # started by its end. The earliest start after each record (a suffix minimum) is the
+        # oldest of those when it is at or before that record's end, else none had started.
+        later_min: list[int | None] = [None] * len(ordered)
+        earliest = oldest_now
+        for index in range(len(ordered) - 1, -1, -1):
+            later_min[index] = earliest
+            start = ordered[index].start_ns
+            earliest = start if earliest is None or start < earliest else earliest
+        wall_ns: dict[str, int] = {}
+        running: Any = None
+        for record, earliest_after in zip(ordered, later_min, strict=True):
+            previous, running = running, self._running_bill(record)
+            if previous is not None and previous is not running and wall_ns:
+                self._charge(previous, wall_ns)  # the rules changed: price what came before
+                wall_ns = {}
+            oldest = (
+                earliest_after
+                if earliest_after is not None and earliest_after <= record.end_ns
+                else None
+            )
+            for category, ns in running.request(
                 record.start_ns, record.end_ns, record.worker_ready_ns, oldest
             ):
-                charges.append((category, float(usd)))
-        if charges:
-            self.agent.metrics.record_charges(charges)
+                wall_ns[category] = wall_ns.get(category, 0) + ns
+        if wall_ns:
+            self._charge(running, wall_ns)
+
+    def _charge(self, running: Any, wall_ns: dict[str, int]) -> None:
+        """Price the worker's own charges (wall ns by category) and add them to the counter."""
+        self.agent.metrics.record_charges(
+            [(category, float(ns * running.usd_per_ns)) for category, ns in wall_ns.items()]
+        )
 
     def _running_bill(self, record: InvocationRecord) -> Any:
         rules = record.billing_rules
@@ -410,8 +430,11 @@ class Writer:
         if running is None or metrics is None:
             return
         try:
-            charges = running.stop(self.agent.now_ns())
-            metrics.record_charges([(category, float(usd)) for category, usd in charges])
+            wall_ns: dict[str, int] = {}
+            for category, ns in running.stop(self.agent.now_ns()):
+                wall_ns[category] = wall_ns.get(category, 0) + ns
+            if wall_ns:
+                self._charge(running, wall_ns)
         except Exception as error:
             _guard.record_failure("metrics.record", error)
         self._running = None

@@ -145,9 +145,10 @@ def test_share_spreads_idle_by_busy_time_and_cause_gives_it_to_its_request() -> 
     worker = _worker(timeline, IDLE_BILLED)
     shared, own = attribute(worker, bill(timeline, IDLE_BILLED), "share")
     assert own.total_usd == 0
-    # Busy shares: a 11.5 s (with its start-up), b 1.5 s, c 1.5 s of 14.5 s.
-    assert shared["a"].gpu_ns["idle"] == 12 * S * Fraction(115, 145)
-    assert shared["c"].gpu_ns["idle"] == 12 * S * Fraction(15, 145)
+    # Busy time: a 1.5 s, b 1.5 s, c 1.5 s (the start-up a waited for is not busy time).
+    assert shared["a"].gpu_ns["idle"] == 12 * S * Fraction(1, 3)
+    assert shared["c"].gpu_ns["idle"] == 12 * S * Fraction(1, 3)
+    assert shared["c"].gpu_ns["rounding"] == S // 2 * Fraction(1, 3)
     caused, own = attribute(worker, bill(timeline, IDLE_BILLED), "cause")
     assert own.total_usd == 0
     # 13-20 s was b's keep-warm window (it ended last), 21.5-26.5 s and the rounding c's.

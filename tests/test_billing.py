@@ -250,15 +250,15 @@ def test_a_running_bill_adds_up_to_the_bill(timeline: WorkerTimeline, rules: Rul
     for index, request in enumerate(ordered):
         still = [r.start_ns for r in ordered[index + 1 :] if r.start_ns <= request.end_ns]
         oldest = min(still, default=None)
-        for category, usd in running.request(
+        for category, ns in running.request(
             request.start_ns, request.end_ns, timeline.ready_ns, oldest
         ):
-            charged[category] += usd
+            charged[category] += ns * running.usd_per_ns
     if not timeline.requests:
         # Nothing told it when the worker was ready: a worker with no request is ready at once.
         timeline = dataclasses.replace(timeline, ready_ns=timeline.start_ns)
-    for category, usd in running.stop(timeline.stop_ns):
-        charged[category] += usd
+    for category, ns in running.stop(timeline.stop_ns):
+        charged[category] += ns * running.usd_per_ns
     expected = bill(timeline, rules).by_category()
     assert charged["idle"] == expected["idle"]
     assert charged["rounding"] == expected["rounding"]

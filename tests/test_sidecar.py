@@ -17,6 +17,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from fractions import Fraction
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -875,6 +876,17 @@ def test_a_real_agent_worker_then_its_kill(
     assert (killed["handler"], killed["service_name"]) == ("handler", "e2e")
     assert (killed["platform"], killed["gpu_model"]) == ("runpod", "H100")
     assert killed["cost_usd"] is not None
+    # Priced by the worker's own rules, frozen at its start (not the sidecar's catalogue), and
+    # billed with its worker: the same billing worker, start and rules as job-done.
+    done = by_invocation["job-done"]
+    for field in ("billing_worker", "worker_start_ns", "billing_rules", "pricing_version"):
+        assert killed[field] == done[field] is not None, field
+    assert killed["cost_source"] == "worker's billing rules (frozen at its start)"
+    rules = json.loads(killed["billing_rules"])
+    assert killed["cost_usd"] == pytest.approx(
+        float(Fraction(rules["execution_fee_usd"]))
+        + float(Fraction(rules["per_gpu_second_usd"])) * killed["billed_gpu_seconds"]
+    )
     assert ledger_rows(local) == []  # nothing fell back to the worker's own ledger
 
 

@@ -261,6 +261,10 @@ def attribute(
     idle = charges()
     first = min(requests, key=lambda r: (r.start_ns, r.request_id), default=None)
     shared: list[Line] = []
+    busy: dict[str, Fraction] = dict.fromkeys(per_request, Fraction(0))
+    for line in worker_bill.lines:
+        if line.request_id is not None and line.category != "fee":
+            busy[line.request_id] += line.gpu_ns  # its time running, start-up work included
     for line in worker_bill.lines:
         if line.request_id is not None:  # fee, request, start-up done inside the request
             per_request[line.request_id].add(line.category, line.gpu_ns, line.usd)
@@ -271,7 +275,7 @@ def attribute(
         else:
             shared.append(line)
     if policy == "share":
-        _share(shared, per_request, requests)
+        _share(shared, per_request, requests, busy)
     elif policy == "cause":
         ends = sorted((request.end_ns, request.request_id) for request in requests)
         for line in shared:
@@ -284,16 +288,16 @@ def attribute(
 
 
 def _share(
-    lines: Sequence[Line], per_request: dict[str, Charges], requests: Sequence[Request]
+    lines: Sequence[Line],
+    per_request: dict[str, Charges],
+    requests: Sequence[Request],
+    busy: dict[str, Fraction],
 ) -> None:
-    """Spread ``lines`` over the requests pro rata to each one's busy share (equally when
-    none was busy)."""
+    """Spread ``lines`` over the requests pro rata to each one's busy time (``busy``: its GPU
+    time running; equally when none ran)."""
     if not lines:
         return
-    weights = {
-        request_id: charges.gpu_ns["request"] + charges.gpu_ns["startup"]
-        for request_id, charges in per_request.items()
-    }
+    weights = dict(busy)
     total = sum(weights.values(), Fraction(0))
     if total == 0:
         weights = dict.fromkeys(weights, Fraction(1))

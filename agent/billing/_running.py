@@ -7,7 +7,8 @@ known when the next request starts or the worker stops; and **rounding**, known 
 span closes: for a platform that bills no idle time, when the worker goes quiet and the next
 request starts after a gap (or it stops); otherwise at the stop. :class:`RunningBill` is fed each
 request as it ends, with the start of the oldest request still running (None when none), and
-returns what became known; at the stop, the rest. What it returns adds up, over the worker's
+returns what became known (wall nanoseconds by category; ``usd_per_ns`` prices them); at the
+stop, the rest. What it returns adds up, over the worker's
 life, to the idle and rounding charges of :func:`~gpuledger.billing.bill` on the same timeline,
 exactly (``tests/test_billing.py`` checks it), so a cost counter fed with them sums to the bill.
 """
@@ -20,21 +21,23 @@ from gpuledger.billing._engine import NS_PER_S, Rules, rounded_ns
 
 __all__ = ["RunningBill"]
 
-Charge = tuple[str, Fraction]
-"""``(category, US dollars)``: ``idle`` or ``rounding``."""
+Charge = tuple[str, int]
+"""``(category, wall nanoseconds)``: ``idle`` or ``rounding``; :attr:`RunningBill.usd_per_ns`
+prices them (integers summed first, one product per category: cheap on the writer's path)."""
 
 
 class RunningBill:
     """One worker's idle and rounding charges, as they become certain (not thread-safe: one
     writer feeds it)."""
 
-    __slots__ = ("_covered", "_gpus", "_ready", "_rules", "_span", "_start", "_usd_per_ns")
+    __slots__ = ("_covered", "_gpus", "_ready", "_rules", "_span", "_start", "usd_per_ns")
 
     def __init__(self, rules: Rules, start_ns: int, gpu_count: int = 1) -> None:
         self._rules = rules
         self._start = start_ns
         self._gpus = max(1, gpu_count)
-        self._usd_per_ns = rules.per_gpu_second_usd * self._gpus / NS_PER_S
+        self.usd_per_ns: Fraction = rules.per_gpu_second_usd * self._gpus / NS_PER_S
+        """US dollars per wall nanosecond of this worker (its GPUs held)."""
         self._ready: int | None = None
         self._span: list[int] | None = None
         """The open billing span, ``[start, end]``."""
@@ -70,7 +73,7 @@ class RunningBill:
         if self._rules.bills_idle:
             assert span is not None
             if gap_end > self._covered:
-                charges.append(("idle", (gap_end - self._covered) * self._usd_per_ns))
+                charges.append(("idle", gap_end - self._covered))
             self._covered = max(self._covered, end_ns)
             span[1] = max(span[1], end_ns)
             return charges
@@ -95,7 +98,7 @@ class RunningBill:
         if self._rules.bills_idle:
             stop = max(stop_ns, span[1])
             if stop > self._covered:
-                charges.append(("idle", (stop - self._covered) * self._usd_per_ns))
+                charges.append(("idle", stop - self._covered))
             span[1] = stop
         charges.extend(self._close(span))
         self._span = None
@@ -106,4 +109,4 @@ class RunningBill:
         if length <= 0:  # an empty span is not billed at all (the engine drops it too)
             return []
         extra = rounded_ns(length, self._rules) - length
-        return [("rounding", extra * self._usd_per_ns)] if extra else []
+        return [("rounding", extra)] if extra else []
