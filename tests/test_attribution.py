@@ -9,6 +9,7 @@ records of two processes of one container, billed once.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -589,3 +590,31 @@ def test_a_reserved_worker_is_billed_to_its_observed_stop(tmp_path: Path) -> Non
     (inferred,) = workers_of(records)
     assert inferred.stop_inferred and inferred.timeline.stop_ns == record.end_ns
     assert totals(aggregate(records, "user")).idle_gpu_s == 0.0
+
+
+def test_a_worker_that_may_still_run_has_a_provisional_bill() -> None:
+    """A worker on a platform that bills idle time, within its idle window and with no stop
+    observed, may still be running: its requests' charges are provisional until the window
+    ends or its stop is stored."""
+    rules = dataclasses.replace(IDLE_BILLED, idle_window_ns=60 * S)
+    records = [
+        make_record(
+            start_ns=T0,
+            duration_s=1.0,
+            billing_worker="w-1",
+            worker_start_ns=T0,
+            worker_ready_ns=T0,
+            billing_rules=rules.to_json(),
+            pricing_version="test",
+        )
+    ]
+    rows = {r.key: r for r in aggregate(records, "user", now_ns=T0 + 30 * S)}
+    row, idle = rows["(none)"], rows[IDLE_KEY]
+    assert (row.provisional, idle.provisional) == (1, 1)
+    assert totals([row, idle]).provisional == 1
+    assert idle.idle_gpu_s == 60.0  # the window, inferred
+    later = aggregate(records, "user", now_ns=T0 + 61 * S)
+    assert [r.provisional for r in later] == [0, 0]  # the window is over: the platform stopped it
+    stopped = aggregate(records, "user", now_ns=T0 + 30 * S, stops={"w-1": T0 + 20 * S})
+    assert [r.provisional for r in stopped] == [0, 0]
+    assert totals(stopped).idle_gpu_s == 19.0

@@ -93,6 +93,7 @@ TABLE_COLUMNS: Final = (
     TableColumn("cost USD", "cost_usd", _usd, default=True),
     TableColumn("pricing", "pricing_version", str, default=False),
     TableColumn("unpriced", "unpriced", _count, default=False),
+    TableColumn("provisional", "provisional", _count, default=False),
     TableColumn("tokens in", "input_tokens", _count, default=False),
     TableColumn("tokens out", "output_tokens", _count, default=False),
     TableColumn("p50 s", "duration_p50_s", _seconds, default=False),
@@ -142,7 +143,7 @@ A new column is one entry here."""
     is_flag=True,
     help="Table: show every column (adds the billed GPU seconds' parts: request, startup, idle, "
     "rounding; fees, the rate and the pricing edition; busy GPU s, energy, outgoing calls, "
-    "their wait and its cost, unpriced count, tokens in and out, p50 s).",
+    "their wait and its cost, unpriced and provisional counts, tokens in and out, p50 s).",
 )
 @click.option(
     "--idle",
@@ -203,6 +204,7 @@ def report(
             total = None
             records = list(ledger.read(since_ns=since_ns))
             billing["stops"] = ledger.read_stops()
+            billing["now_ns"] = time.time_ns()
             if by == "target":  # rows overlap (one invocation, several targets): total apart
                 total = totals(aggregate(records, "platform", **billing)) if records else None
             rows = aggregate(records, by, **billing)
@@ -265,6 +267,11 @@ def _table(
     if total.unpriced:
         lines.append(
             f"\n{total.unpriced} invocation(s) had no price; cost USD covers the others only."
+        )
+    if total.provisional:
+        lines.append(
+            f"\n{total.provisional} invocation(s) ran on workers that may still be running: "
+            "their idle time and rounding can still grow."
         )
     return "\n".join(lines)
 

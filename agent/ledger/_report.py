@@ -112,6 +112,10 @@ class ReportRow:
     """What that wait cost at the platform's GPU rate."""
     unpriced: int
     """Records with no price, left out of ``cost_usd``."""
+    provisional: int
+    """Invocations (for ``(idle)``: workers) whose worker's bill is not final yet: no stop was
+    observed and its platform's idle window is not over, so it may be running, and its idle
+    time and rounding may still grow."""
     input_tokens: int | None
     output_tokens: int | None
     duration_p50_s: float
@@ -164,13 +168,16 @@ def aggregate(
     rules_for: RulesFor = frozen_rules,
     fallback: RulesFor | None = None,
     stops: Mapping[str, int] | None = None,
+    now_ns: int | None = None,
 ) -> list[ReportRow]:
     """Group ``records`` by ``by`` (one of :data:`GROUP_BY`) and summarise each group, with the
     workers' bills attributed under ``policy`` (``gpuledger.billing.POLICIES``).
 
     ``rules_for`` gives the rules a worker is billed by (default: those frozen on its records;
     another edition re-prices the same traffic), ``fallback`` those of records written before
-    rules were frozen; ``stops`` the workers' observed stops (``Ledger.read_stops``). Rows are
+    rules were frozen; ``stops`` the workers' observed stops (``Ledger.read_stops``). A worker
+    whose stop is inferred and still ahead of ``now_ns`` may be running: its requests' charges
+    are ``provisional``. Rows are
     sorted by cost, highest first (unpriced groups last), then by
     key; grouped by ``day`` they are in date order instead, as a time series reads.
     """
@@ -181,10 +188,15 @@ def aggregate(
     priced: set[str] = set()
     idle = Charges()
     idle_priced = 0
+    idle_provisional = 0
+    provisional: set[str] = set()
     workers = workers_of(listed, rules_for=rules_for, fallback=fallback, stops=stops)
     by_id = {record.record_id: record for record in listed}
     for worker, worker_bill in bill_workers(workers):
         per_request, own = attribute(worker, worker_bill, policy)
+        running = now_ns is not None and worker.stop_inferred and worker.timeline.stop_ns > now_ns
+        if running:
+            provisional.update(per_request)
         if worker.rules is None:
             # No rules to bill it by: what its records say they cost, if anything.
             for record_id in worker.record_ids:
@@ -201,6 +213,7 @@ def aggregate(
             if own.total_usd or own.billed_gpu_ns:
                 idle.merge(own)
                 idle_priced += 1
+                idle_provisional += running
     tallies: dict[str, _Tally] = {}
     if by == "target":
         # An invocation counts once under each target it called (a row is "the invocations
@@ -210,7 +223,13 @@ def aggregate(
                 tally = tallies.get(target)
                 if tally is None:
                     tally = tallies[target] = _Tally()
-                tally.add(record, charges_of[record.record_id], record.record_id in priced, target)
+                tally.add(
+                    record,
+                    charges_of[record.record_id],
+                    record.record_id in priced,
+                    target,
+                    provisional=record.record_id in provisional,
+                )
     else:
         key_of = _key_function(by)
         for record in listed:
@@ -218,10 +237,15 @@ def aggregate(
             tally = tallies.get(key)
             if tally is None:
                 tally = tallies[key] = _Tally()
-            tally.add(record, charges_of[record.record_id], record.record_id in priced)
+            tally.add(
+                record,
+                charges_of[record.record_id],
+                record.record_id in priced,
+                provisional=record.record_id in provisional,
+            )
     rows = [tally.row(key) for key, tally in tallies.items()]
     if idle_priced:
-        rows.append(_idle_row(idle, idle_priced))
+        rows.append(_idle_row(idle, idle_priced, idle_provisional))
     if by == "day":
         return sorted(rows, key=lambda row: (row.key == IDLE_KEY, row.key))
     return sorted(rows, key=_cost_order)
@@ -251,6 +275,7 @@ def totals(rows: Sequence[ReportRow]) -> ReportRow:
         external_wait_s=_sum_known(row.external_wait_s for row in rows),
         external_wait_cost_usd=_sum_known(row.external_wait_cost_usd for row in rows),
         unpriced=sum(row.unpriced for row in rows),
+        provisional=sum(row.provisional for row in rows if row.key != IDLE_KEY),
         input_tokens=_sum_known_int(row.input_tokens for row in rows),
         output_tokens=_sum_known_int(row.output_tokens for row in rows),
         duration_p50_s=_percentile(durations, 0.50),
@@ -288,7 +313,7 @@ def _money(charges: Charges, *, priced: int) -> dict[str, Any]:
     }
 
 
-def _idle_row(charges: Charges, workers: int) -> ReportRow:
+def _idle_row(charges: Charges, workers: int, provisional: int) -> ReportRow:
     """The ``(idle)`` row: what the workers were charged that no request was (``separate``)."""
     return ReportRow(
         key=IDLE_KEY,
@@ -305,6 +330,7 @@ def _idle_row(charges: Charges, workers: int) -> ReportRow:
         external_wait_s=None,
         external_wait_cost_usd=None,
         unpriced=0,
+        provisional=provisional,
         input_tokens=None,
         output_tokens=None,
         duration_p50_s=math.nan,
@@ -339,6 +365,7 @@ class _Tally:
         "invocations",
         "output_tokens",
         "priced",
+        "provisional",
         "unpriced",
     )
 
@@ -348,6 +375,7 @@ class _Tally:
         self.errors = 0
         self.unpriced = 0
         self.priced = 0
+        self.provisional = 0
         self.charges = Charges()
         self.durations: list[float] = []
         self.init_durations: list[float] = []
@@ -366,8 +394,11 @@ class _Tally:
         charges: Charges,
         priced: bool,
         target: str | None = None,
+        *,
+        provisional: bool = False,
     ) -> None:
         self.invocations += 1
+        self.provisional += provisional
         self.charges.merge(charges)
         if priced:
             self.priced += 1
@@ -423,6 +454,7 @@ class _Tally:
             external_wait_s=self.ext_wait.value() if self.ext_wait.count else None,
             external_wait_cost_usd=self.ext_cost.value() if self.ext_cost.count else None,
             unpriced=self.unpriced,
+            provisional=self.provisional,
             input_tokens=sum(self.input_tokens) if self.input_tokens else None,
             output_tokens=sum(self.output_tokens) if self.output_tokens else None,
             duration_p50_s=_percentile(durations, 0.50),
