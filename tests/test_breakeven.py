@@ -393,9 +393,12 @@ def test_multi_gpu_requests() -> None:
 def test_sparse_traffic_pays_cold_starts() -> None:
     """RunPod at 50 a day (1,728 s apart, past its 900 s idle window): each request also pays its
     2.5 s billed start-up; at 100 a day (849 s idle) the worker is still warm."""
+    # The start-up and the request are one billing span, 2.5 + 15 = 17.5 s, rounded up once to
+    # 18 s: $0.25 + 18 x $0.00024 = $0.25432 a cold request (it was $0.2536 + 2.5 x $0.00024 =
+    # $0.2542, the start-up added unrounded), $12.716 a day.
     runpod = shipped("runpod")
     cold = serverless_cost_per_day(runpod, 50, 15.0, cold_starts=True)
-    assert cold == exact(50 * (0.2536 + 2.5 * 0.00024))
+    assert cold == exact(50 * (0.25 + 18 * 0.00024))
     assert serverless_cost_per_day(runpod, 50, 15.0) == exact(50 * 0.2536)
     assert serverless_cost_per_day(runpod, 100, 15.0, cold_starts=True) == exact(100 * 0.2536)
 
@@ -594,7 +597,9 @@ def test_command_cold_starts_flag() -> None:
     )
     assert result.exit_code == 0, result.output
     assert "cold starts priced" in result.output
-    assert "12.71" in result.output  # 50 x ($0.2536 + 2.5 s x $0.00024)
+    # 50 x ($0.25 + 18 s x $0.00024): the 2.5 s start-up and the 15 s request are one billing
+    # span, rounded up once (it was "12.71", 50 x ($0.2536 + 2.5 s x $0.00024)).
+    assert "12.716" in result.output
 
 
 def test_command_with_a_pricing_file(tmp_path: Path) -> None:

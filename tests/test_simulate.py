@@ -16,6 +16,7 @@ import dataclasses
 import itertools
 import math
 from collections.abc import Sequence
+from fractions import Fraction
 from typing import Any
 
 import pytest
@@ -23,8 +24,10 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from gpuledger._pricing import Price, default_catalogue
+from gpuledger.billing import Request, Rules, WorkerTimeline, bill
 from gpuledger.whatif._simulate import (
     SimResult,
+    SimulatedWorker,
     simulate_hybrid,
     simulate_reserved,
     simulate_serverless,
@@ -100,13 +103,15 @@ def assert_latencies(result: SimResult, latencies_s: Sequence[float], waits_s: f
 
 def test_a_single_request_is_cold() -> None:
     """The first request waits the cold start: latency 2.5 + 10 s, start-up billed with it."""
+    # The start-up and the request are one billing span, 0 -> 12.5 s, rounded up once to RunPod's
+    # whole seconds: 13 s (it was 10 s rounded + 2.5 s of start-up unrounded = 12.5 s).
     result = simulate_serverless(trace([0.0], [10.0], 100.0), price())
     assert result.cold_starts == 1
     assert_latencies(result, [12.5], waits_s=2.5)
-    assert result.cost_usd == pytest.approx(RUNPOD_FEE + (10 + 2.5) * RUNPOD_RATE, rel=1e-12)
-    assert result.paid_gpu_seconds == pytest.approx(12.5)
+    assert result.cost_usd == pytest.approx(RUNPOD_FEE + 13 * RUNPOD_RATE, rel=1e-12)
+    assert result.paid_gpu_seconds == pytest.approx(13.0)
     assert result.busy_gpu_seconds == pytest.approx(10.0)
-    assert result.utilisation == pytest.approx(0.8)
+    assert result.utilisation == pytest.approx(10 / 13)
 
 
 def test_a_request_within_the_idle_window_is_warm() -> None:
@@ -114,7 +119,8 @@ def test_a_request_within_the_idle_window_is_warm() -> None:
     result = simulate_serverless(trace([0.0, 500.0], [10.0, 10.0], 1000.0), price())
     assert result.cold_starts == 1
     assert_latencies(result, [12.5, 10.0], waits_s=2.5)
-    assert result.cost_usd == pytest.approx(2 * RUNPOD_FEE + 22.5 * RUNPOD_RATE, rel=1e-12)
+    # Billing spans 0 -> 12.5 s (start-up and the first request: 13 s) and 500 -> 510 s (10 s).
+    assert result.cost_usd == pytest.approx(2 * RUNPOD_FEE + (13 + 10) * RUNPOD_RATE, rel=1e-12)
 
 
 @pytest.mark.parametrize(
@@ -133,23 +139,26 @@ def test_the_idle_window_ends_exactly_900_s_after_the_worker_frees(
 
 def test_overlapping_requests_start_a_second_worker() -> None:
     """A request arriving while the only worker is busy starts a second one, cold."""
-    # Cold at 0 (ends 12.5 s) and at 5 s (ends 17.5 s); at 20 s both are idle: warm.
+    # Cold at 0 (ends 12.5 s) and at 5 s (ends 17.5 s); at 20 s both are idle: warm. Each cold
+    # worker's start-up and request are one 12.5 s billing span, rounded to 13 s; the warm
+    # request 10 s: 13 + 13 + 10 = 36 s (it was 35 s, each start-up left unrounded).
     result = simulate_serverless(trace([0.0, 5.0, 20.0], [10.0, 10.0, 10.0], 100.0), price())
     assert result.cold_starts == 2
     assert_latencies(result, [12.5, 12.5, 10.0], waits_s=5.0)
-    assert result.cost_usd == pytest.approx(3 * RUNPOD_FEE + 35 * RUNPOD_RATE, rel=1e-12)
+    assert result.cost_usd == pytest.approx(3 * RUNPOD_FEE + 36 * RUNPOD_RATE, rel=1e-12)
 
 
 def test_at_max_workers_requests_queue_for_the_first_free_worker() -> None:
     """At max_workers, requests queue in arrival order for the first free worker, warm."""
     # With one worker allowed, later requests wait for it in arrival order, warm: the second starts
-    # at 12.5 s (waits 7.5 s), the third at 22.5 s (waits 16.5 s).
+    # at 12.5 s (waits 7.5 s), the third at 22.5 s (waits 16.5 s). The worker is busy without a
+    # break from its start to 32.5 s: one billing span, 33 s (it was 32.5 s).
     result = simulate_serverless(
         trace([0.0, 5.0, 6.0], [10.0, 10.0, 10.0], 100.0), price(max_workers=1)
     )
     assert result.cold_starts == 1
     assert_latencies(result, [12.5, 17.5, 26.5], waits_s=2.5 + 7.5 + 16.5)
-    assert result.cost_usd == pytest.approx(3 * RUNPOD_FEE + 32.5 * RUNPOD_RATE, rel=1e-12)
+    assert result.cost_usd == pytest.approx(3 * RUNPOD_FEE + 33 * RUNPOD_RATE, rel=1e-12)
 
 
 def test_a_request_longer_than_the_timeout_fails_and_is_billed_the_timeout() -> None:
@@ -304,6 +313,128 @@ def test_a_shared_worker_is_busy_for_the_union_of_its_requests() -> None:
     assert result.utilisation == pytest.approx(1.0)
 
 
+# --- the billing engine bills each worker ---------------------------------------------------------
+
+
+def engine_total(workers: Sequence[SimulatedWorker]) -> Fraction:
+    """What the engine bills the simulated workers, each billed anew from its timeline."""
+    return sum((bill(w.timeline, w.rules, lines=False).total_usd for w in workers), Fraction(0))
+
+
+def test_each_worker_is_a_timeline_the_engine_bills() -> None:
+    """The simulator's cost is the engine's bills of the worker timelines it produced."""
+    # The three requests of test_overlapping_requests_start_a_second_worker: worker 0 starts at
+    # 0, is ready at 2.5 s, serves request 0 (2.5 -> 12.5 s) and stays warm to the window's end
+    # (100 s); worker 1 starts at 5 s, ready at 7.5 s, serves request 1 (7.5 -> 17.5 s) and,
+    # freed last, request 2 (20 -> 30 s). RunPod bills each busy stretch with the start-up before
+    # it, rounded up: worker 0 13 s, worker 1 13 + 10 s; and $0.25 a request.
+    workers: list[SimulatedWorker] = []
+    result = simulate_serverless(
+        trace([0.0, 5.0, 20.0], [10.0, 10.0, 10.0], 100.0), price(), workers=workers
+    )
+    s = 1_000_000_000
+    assert [w.timeline for w in workers] == [
+        WorkerTimeline(
+            0, 2 * s + s // 2, 100 * s, (Request("0", 2 * s + s // 2, 12 * s + s // 2),)
+        ),
+        WorkerTimeline(
+            5 * s,
+            7 * s + s // 2,
+            100 * s,
+            (Request("1", 7 * s + s // 2, 17 * s + s // 2), Request("2", 20 * s, 30 * s)),
+        ),
+    ]
+    assert [w.role for w in workers] == ["on-demand", "on-demand"]
+    assert all(w.rules == Rules.from_price(price()) for w in workers)
+    assert [w.bill.total_usd for w in workers] == [
+        Fraction("0.25") + 13 * Fraction("0.00024"),
+        2 * Fraction("0.25") + 23 * Fraction("0.00024"),
+    ]
+    assert all(w.bill == bill(w.timeline, w.rules, lines=False) for w in workers)
+    assert result.cost_usd == float(engine_total(workers))
+    assert result.paid_gpu_seconds == pytest.approx(36.0)
+
+
+@pytest.mark.parametrize(
+    "rules",
+    [
+        price(),
+        price("banana"),  # a pre-warmed worker, paid the whole window
+        price("modal", concurrency=3, bills_idle=True, max_workers=2),
+        plain(concurrency=2, prewarmed_workers=1, timeout_s=5.0),
+    ],
+)
+def test_the_cost_is_the_engines_bill_of_every_worker(rules: Price) -> None:
+    """On any platform, the cost is the sum of the engine's bills of the workers' timelines,
+    and asking for the workers changes nothing."""
+    requests = trace(
+        [0.0, 0.0, 0.3, 1.0, 4.0, 4.2, 950.0, 951.0, 3000.0],
+        [0.5, 2.0, 0.5, 9.0, 0.25, 7.0, 1.5, 1.5, 200.0],
+        3100.0,
+    )
+    workers: list[SimulatedWorker] = []
+    result = simulate_serverless(requests, rules, workers=workers)
+    assert result == simulate_serverless(requests, rules)
+    assert result.cost_usd == float(engine_total(workers))
+    assert sum(len(w.timeline.requests) for w in workers) == len(requests)
+    pool = [w for w in workers if w.role == "pre-warmed"]
+    assert len(pool) == rules.prewarmed_workers
+    for w in pool:  # the window, whatever the pool worker did
+        assert (w.timeline.start_ns, w.timeline.ready_ns) == (0, 0)
+        assert w.timeline.stop_ns == 3100 * 1_000_000_000
+        assert w.rules.bills_idle
+
+
+def test_concurrent_requests_on_one_worker_are_billed_once() -> None:
+    """4 overlapping 0.5 s requests on one 4-slot worker, rounded to whole seconds, cost 1 s."""
+    # Replicate with 4 slots, no cold start: requests at 0, 0.1, 0.2 and 0.3 s of 0.5 s each share
+    # one worker, busy 0 -> 0.8 s: one billing span, 0.8 s rounded to 1 s, $0.001 (not 4 x 1 s
+    # of requests rounded one by one).
+    shared = price("replicate", concurrency=4, cold_start_s=0.0, bills_startup=False)
+    workers: list[SimulatedWorker] = []
+    result = simulate_serverless(
+        trace([0.0, 0.1, 0.2, 0.3], [0.5] * 4, 10.0), shared, workers=workers
+    )
+    (worker,) = workers
+    assert len(worker.timeline.requests) == 4
+    assert worker.bill.gpu_ns_by_category["request"] == 800_000_000
+    assert worker.bill.gpu_ns_by_category["rounding"] == 200_000_000
+    assert result.paid_gpu_seconds == pytest.approx(1.0)
+    assert result.cost_usd == pytest.approx(0.001, rel=1e-12)
+    assert result.busy_gpu_seconds == pytest.approx(0.8)
+
+
+def test_reserved_gpus_are_timelines_of_the_whole_window() -> None:
+    """Each reserved GPU is a worker alive the whole window, billed by the engine; a request
+    still running at the window's end is cut there."""
+    # Two GPUs over 100 s: GPU 0 serves requests 0 (0 -> 10 s) and 2 (10 -> 20 s), GPU 1 request 1
+    # (1 -> 11 s) and request 3 (95 s, 10 s long, cut at 100 s). $2.69 an hour each.
+    requests = trace([0.0, 1.0, 2.0, 95.0], [10.0, 10.0, 10.0, 10.0], 100.0)
+    workers: list[SimulatedWorker] = []
+    result = simulate_reserved(requests, price("reserved"), 2, workers=workers)
+    s = 1_000_000_000
+    assert [w.timeline for w in workers] == [
+        WorkerTimeline(0, 0, 100 * s, (Request("0", 0, 10 * s), Request("2", 10 * s, 20 * s))),
+        WorkerTimeline(0, 0, 100 * s, (Request("1", s, 11 * s), Request("3", 95 * s, 100 * s))),
+    ]
+    assert [w.role for w in workers] == ["reserved", "reserved"]
+    assert result.cost_usd == float(engine_total(workers))
+    assert result.cost_usd == pytest.approx(2 * 100 * RESERVED_RATE, rel=1e-12)
+    assert result == simulate_reserved(requests, price("reserved"), 2)
+
+
+def test_a_hybrids_workers_are_reserved_and_serverless() -> None:
+    """A hybrid's cost is the engine's bills of its reserved GPUs and overflow workers."""
+    requests = trace([0.0, 5.0, 6.0], [10.0, 10.0, 10.0], 100.0)
+    workers: list[SimulatedWorker] = []
+    result = simulate_hybrid(requests, price("reserved"), 1, price(), workers=workers)
+    assert [w.role for w in workers] == ["reserved", "on-demand", "on-demand"]
+    # The overflow keeps the requests' positions in the trace.
+    assert [r.request_id for w in workers for r in w.timeline.requests] == ["0", "1", "2"]
+    assert result.cost_usd == float(engine_total(workers))
+    assert result == simulate_hybrid(requests, price("reserved"), 1, price())
+
+
 # --- reserved -----------------------------------------------------------------------------------
 
 
@@ -359,11 +490,12 @@ def test_reserved_refuses_zero_gpus() -> None:
 def test_hybrid_overflows_when_every_reserved_gpu_is_busy() -> None:
     """With max_wait_s 0 a request overflows when every reserved GPU is busy."""
     # max_wait_s 0: the second request would wait 5 s for the one reserved GPU, so it goes to RunPod
-    # instead (cold, 12.5 s), paying the reserved window plus one RunPod request.
+    # instead (cold, 12.5 s), paying the reserved window plus one RunPod request (start-up and
+    # request one billing span of 12.5 s, rounded to 13 s).
     result = simulate_hybrid(trace([0.0, 5.0], [10.0, 10.0], 100.0), price("reserved"), 1, price())
     assert (result.overflow_requests, result.cold_starts) == (1, 1)
     assert_latencies(result, [10.0, 12.5], waits_s=2.5)
-    expected = 100 * RESERVED_RATE + RUNPOD_FEE + (10 + 2.5) * RUNPOD_RATE
+    expected = 100 * RESERVED_RATE + RUNPOD_FEE + 13 * RUNPOD_RATE
     assert result.cost_usd == pytest.approx(expected, rel=1e-12)
 
 
@@ -549,8 +681,8 @@ def test_hybrid_results_are_never_negative_or_impossible(
 
 @st.composite
 def per_second_without_startup(draw: st.DrawFn) -> Price:
-    """A catalogue platform with start-up billing off, one request per worker and no pool,
-    its worker limit, idle billing and rounding varied."""
+    """A catalogue platform with start-up billing off, one request per worker, no pool and no
+    rounding, its worker limit and idle billing varied."""
     return price(
         draw(st.sampled_from(SERVERLESS)),
         bills_startup=False,
@@ -558,7 +690,7 @@ def per_second_without_startup(draw: st.DrawFn) -> Price:
         concurrency=1,
         max_workers=draw(st.none() | st.integers(1, 3)),
         bills_idle=draw(st.booleans()),
-        billing_increment_s=draw(st.sampled_from([0.0, 1.0])),
+        billing_increment_s=0.0,
     )
 
 
@@ -569,9 +701,11 @@ def per_second_without_startup(draw: st.DrawFn) -> Price:
 def test_more_traffic_never_costs_less_without_start_up_billing(
     base: Trace, extra: Trace, rules: Price
 ) -> None:
-    """More traffic never costs less without start-up billing (one slot a worker, no pool)."""
-    # Worker limit, idle billing and rounding vary; the counterexamples below need start-up
-    # billing, a pool or shared workers.
+    """More traffic never costs less without start-up billing (one slot a worker, no pool, no
+    rounding)."""
+    # Worker limit and idle billing vary; the counterexamples below need start-up billing, a
+    # pool, shared workers or rounding (which is per billing span: an extra request that joins
+    # two busy stretches into one has them rounded once).
     window = max(base.window_s, extra.window_s)
     # A stable sort on arrival alone: the base requests keep their order, ties included (the
     # order of simultaneous requests may change which worker each one gets).
@@ -613,6 +747,20 @@ def test_with_a_prewarmed_pool_more_traffic_can_cost_less() -> None:
     more = trace([0.0, 0.5, 1.0], [0.75, 2.0, 3.0], 100.0)
     assert simulate_serverless(fewer, pooled).cost_usd == pytest.approx(0.103, rel=1e-12)
     assert simulate_serverless(more, pooled).cost_usd == pytest.approx(0.102, rel=1e-12)
+
+
+def test_with_rounding_more_traffic_can_cost_less() -> None:
+    """With rounding an extra request can lower the cost: it joins two billing spans into one."""
+    # Rounding is per billing span (a busy stretch, where idle time is not billed): Banana, one
+    # worker allowed, no start-up billing, whole seconds. A (0 s, 0.2 s) runs 0.5 -> 0.7 s after
+    # the 0.5 s cold start, B (0.8 s, 0.2 s) 0.8 -> 1.0 s: two spans of 0.2 s, billed 1 s each,
+    # $0.0006. An extra X (0.1 s, 0.1 s) queues behind A and runs 0.7 -> 0.8 s: the worker is
+    # busy 0.5 -> 1.0 s without a break, one span, billed 1 s: $0.0003.
+    single = compute_only("banana", max_workers=1)
+    fewer = trace([0.0, 0.8], [0.2, 0.2], 10.0)
+    more = trace([0.0, 0.1, 0.8], [0.2, 0.1, 0.2], 10.0)
+    assert simulate_serverless(fewer, single).cost_usd == pytest.approx(0.0006, rel=1e-12)
+    assert simulate_serverless(more, single).cost_usd == pytest.approx(0.0003, rel=1e-12)
 
 
 def test_with_shared_workers_more_traffic_can_cost_less() -> None:
@@ -670,7 +818,11 @@ def split_at_a_silent_gap(first: Trace, second: Trace, rules: Price) -> tuple[Tr
     cold_start = rules.cold_start_s or 0.0
     last = first.arrivals_s[-1] if len(first) else 0.0
     gap_end = last + math.fsum(first.services_s) + cold_start * len(first) + idle_window + 1.0
-    gap_end = max(gap_end, first.window_s)
+    # A whole number of seconds: a pre-warmed worker lives across the gap, and its life is one
+    # billing span rounded up to the increment (a whole second at most) only once in the whole
+    # trace but once per part when split; from a whole second, rounding the first part adds
+    # nothing.
+    gap_end = float(math.ceil(max(gap_end, first.window_s)))
     whole = trace(
         [*first.arrivals_s, *(arrival + gap_end for arrival in second.arrivals_s)],
         [*first.services_s, *second.services_s],

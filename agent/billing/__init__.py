@@ -32,6 +32,7 @@ from gpuledger.billing._engine import (
     WorkerTimeline,
     allocate,
     bill,
+    bill_intervals,
     rounded_ns,
 )
 from gpuledger.billing._running import RunningBill
@@ -53,6 +54,7 @@ __all__ = [
     "as_recorded",
     "attribute",
     "bill",
+    "bill_intervals",
     "bill_workers",
     "frozen_rules",
     "rounded_ns",

@@ -48,6 +48,7 @@ __all__ = [
     "WorkerTimeline",
     "allocate",
     "bill",
+    "bill_intervals",
     "rounded_ns",
 ]
 
@@ -218,6 +219,16 @@ def bill(timeline: WorkerTimeline, rules: Rules, *, lines: bool = True) -> Worke
     With ``lines=False`` only the totals per category are worked out (integer sums, one exact
     product per category): what a simulator pricing millions of requests needs.
     """
+    if not lines and not any(r.startup_ns for r in timeline.requests):
+        return bill_intervals(
+            timeline.start_ns,
+            timeline.ready_ns,
+            timeline.stop_ns,
+            [r.start_ns for r in timeline.requests],
+            [r.end_ns for r in timeline.requests],
+            rules,
+            gpu_count=timeline.gpu_count,
+        )
     gpus = timeline.gpu_count
     rate_per_gpu_ns = rules.per_gpu_second_usd / NS_PER_S
     busy = _union((r.start_ns, r.end_ns) for r in timeline.requests)
@@ -279,6 +290,119 @@ def bill(timeline: WorkerTimeline, rules: Rules, *, lines: bool = True) -> Worke
         usd_by_category=usd,
         gpu_ns_by_category=gpu_ns,
         stop_ns=timeline.stop_ns,
+    )
+
+
+def bill_intervals(
+    start_ns: int,
+    ready_ns: int,
+    stop_ns: int,
+    begins: Sequence[int],
+    ends: Sequence[int],
+    rules: Rules,
+    *,
+    gpu_count: int = 1,
+) -> WorkerBill:
+    """The totals of :func:`bill` (no lines) for a worker whose requests are given as their
+    begins and ends, in any order: one pass over them (sorted first only when they are not),
+    no :class:`Request` objects, integer sums and one exact product per category. What the
+    simulator calls for each of its workers; ``bill(timeline, rules, lines=False)`` is this.
+    The caller vouches for the timeline (``WorkerTimeline`` checks one)."""
+    has_startup = rules.bills_startup and ready_ns > start_ns
+    startup = ready_ns - start_ns if has_startup else 0
+    swept = _sweep(begins, ends, ready_ns, stop_ns, startup, rules)
+    if swept is None:  # not in order of their begins: sort them once
+        order = sorted(range(len(begins)), key=begins.__getitem__)
+        swept = _sweep(
+            [begins[i] for i in order], [ends[i] for i in order], ready_ns, stop_ns, startup, rules
+        )
+        assert swept is not None
+    busy, rounding, joined = swept
+    idle = 0
+    if rules.bills_idle:  # the whole billed life is one span
+        idle = max(0, stop_ns - ready_ns) - busy
+        life = startup + idle + busy
+        rounding = rounded_ns(life, rules) - life if life > 0 else 0
+    elif startup and not joined:  # the start-up is a billing span of its own
+        rounding += rounded_ns(startup, rules) - startup
+    return _totals(
+        {"startup": startup, "request": busy, "idle": idle, "rounding": rounding, "fee": 0},
+        gpu_count,
+        rules,
+        len(ends),
+        stop_ns,
+    )
+
+
+def _sweep(
+    begins: Sequence[int],
+    ends: Sequence[int],
+    ready_ns: int,
+    stop_ns: int,
+    startup: int,
+    rules: Rules,
+) -> tuple[int, int, bool] | None:
+    """One pass over requests in order of their begins, clipped to ``[ready, stop]``: the busy
+    time, the rounding of each busy stretch (where idle time is not billed; the first with the
+    start-up before it when it begins at ready, as the engine's union makes them one span), and
+    whether the start-up joined the first stretch. None as soon as a begin is out of order.
+
+    Conditional expressions, not min()/max() or a call per stretch: it runs once per request of
+    a replay's million."""
+    increment, minimum = rules.increment_ns, rules.minimum_ns
+    per_stretch = not rules.bills_idle and (increment > 0 or minimum > 0)
+    busy = rounding = 0
+    joined = False
+    previous = -(1 << 63)
+    low = high = -1
+    for first, last in zip(begins, ends, strict=True):
+        if first < previous:
+            return None
+        previous = first
+        begin = first if first > ready_ns else ready_ns
+        end = last if last < stop_ns else stop_ns
+        if end <= begin:
+            continue
+        if high < 0:
+            joined = startup > 0 and begin == ready_ns
+        elif begin <= high:
+            high = end if end > high else high
+            continue
+        else:
+            busy += high - low
+            if per_stretch:
+                length = high - low + (startup if joined and low == ready_ns else 0)
+                billed = -(-length // increment) * increment if increment > 0 else length
+                rounding += (billed if billed > minimum else minimum) - length
+        low, high = begin, end
+    if high >= 0:
+        busy += high - low
+        if per_stretch:
+            length = high - low + (startup if joined and low == ready_ns else 0)
+            billed = -(-length // increment) * increment if increment > 0 else length
+            rounding += (billed if billed > minimum else minimum) - length
+    return busy, rounding, joined
+
+
+def _totals(
+    wall_ns: dict[Category, int], gpu_count: int, rules: Rules, requests: int, stop_ns: int
+) -> WorkerBill:
+    """A bill of totals only, from wall nanoseconds per category."""
+    rate_per_gpu_ns = rules.per_gpu_second_usd / NS_PER_S
+    gpu_ns: dict[Category, Fraction] = {
+        category: Fraction(ns * gpu_count) for category, ns in wall_ns.items()
+    }
+    usd: dict[Category, Fraction] = {
+        category: amount * rate_per_gpu_ns for category, amount in gpu_ns.items()
+    }
+    usd["fee"] = rules.execution_fee_usd * requests if rules.execution_fee_usd else Fraction(0)
+    return WorkerBill(
+        lines=(),
+        total_usd=sum(usd.values(), Fraction(0)),
+        billed_gpu_ns=sum(gpu_ns.values(), Fraction(0)),
+        usd_by_category=usd,
+        gpu_ns_by_category=gpu_ns,
+        stop_ns=stop_ns,
     )
 
 

@@ -3,23 +3,29 @@
 Steady traffic is ``rate`` requests a day, evenly spaced, each holding ``gpu_count`` GPUs for
 ``duration_s`` seconds. Money is US dollars; a month is 730 hours (365 x 24 / 12).
 
+Every dollar comes from the billing engine, :func:`gpuledger.billing.bill`, pricing a worker's
+timeline under the platform's :class:`~gpuledger.billing.Rules`: one warm request, one cold one,
+a pre-warmed or reserved worker's day.
+
 **Serverless** (a catalogue ``Price`` of kind ``serverless_execution`` or ``per_second``): each
 request costs the execution fee + the per-GPU-second price x its billed seconds (the duration
-rounded up to ``billing_increment_s``, at least ``minimum_billed_s``) x ``gpu_count``, exactly as
-``compile_pricer`` prices it (:func:`serverless_cost_per_request`). The default model has **no cold
-starts**: traffic that arrives faster than once per idle window finds a worker still warm, and the
-one start of the day is noise. A ``prewarmed_workers`` pool is paid around the clock at the
-per-GPU-second price; a request it serves pays only the execution fee. With requests ``T`` apart
-and ``n = ceil(duration / T)`` workers busy at once, the pool takes ``min(pool, n)`` of every
-``n`` requests (evenly spaced requests reuse the worker that served ``n`` requests earlier), the
-rest are paid per request.
+rounded up to ``billing_increment_s``, at least ``minimum_billed_s``) x ``gpu_count``: the bill of
+a warm worker serving just that request (:func:`serverless_cost_per_request`). The default model
+has **no cold starts**: traffic that arrives faster than once per idle window finds a worker still
+warm, and the one start of the day is noise. A ``prewarmed_workers`` pool is paid around the
+clock at the per-GPU-second price; a request it serves pays only the execution fee. With requests
+``T`` apart and ``n = ceil(duration / T)`` workers busy at once, the pool takes ``min(pool, n)``
+of every ``n`` requests (evenly spaced requests reuse the worker that served ``n`` requests
+earlier), the rest are paid per request.
 
 The **cold-start variant** (``cold_starts=True``) also prices what happens between requests:
 each worker idles ``n x T - duration`` after a request. Longer than the platform's
 ``idle_window_s``, the worker has scaled to zero and every request not served by the pool pays a
-cold start (``cold_start_s`` of GPU time where the platform bills start-up, and the idle window
-itself where it bills idle time); shorter, the idle gap is billed where the platform bills idle
-time. An unknown idle window never scales to zero.
+cold start: the bill of a worker started for it (``cold_start_s`` of start-up, billed where the
+platform bills start-up, the request, then the idle window, billed where it bills idle time) less
+a warm request's. The start-up and the request are one billing span, rounded up once: RunPod's
+2.5 s start-up before a 15 s request is billed 18 s, not 17.5. Shorter, the idle gap is billed
+where the platform bills idle time. An unknown idle window never scales to zero.
 
 **Reserved** (the catalogue's ``reserved`` price): carrying the load needs ``N = gpu_count x
 ceil(rate x duration / 86400)`` GPUs (utilisation at most 100%), each paid ``hourly_usd x 24`` a
@@ -60,9 +66,12 @@ import dataclasses
 import itertools
 import math
 import re
+from fractions import Fraction
 from typing import Final
 
-from gpuledger._pricing import Price, compile_pricer
+from gpuledger._pricing import Price
+from gpuledger.billing import Request, Rules, WorkerTimeline, bill
+from gpuledger.whatif._workers import always_paid, reserved_rules, to_ns
 
 __all__ = [
     "DAYS_PER_MONTH",
@@ -175,20 +184,44 @@ def _check(duration_s: float, gpu_count: int) -> None:
         raise ValueError(f"gpu_count must be at least 1, got {gpu_count!r}")
 
 
+_DAY_NS: Final = 86_400 * 1_000_000_000
+
+
+def _worker_usd(
+    rules: Rules,
+    gpu_count: int,
+    duration_ns: int | None = None,
+    *,
+    cold_start_ns: int = 0,
+    idle_after_ns: int = 0,
+) -> Fraction:
+    """The engine's bill (USD, exact) of a worker that starts, is ready ``cold_start_ns``
+    later, serves one request of ``duration_ns`` (none when None) and stops ``idle_after_ns``
+    after it."""
+    requests: tuple[Request, ...] = ()
+    end = cold_start_ns
+    if duration_ns is not None:
+        end = cold_start_ns + duration_ns
+        requests = (Request("request", cold_start_ns, end),)
+    timeline = WorkerTimeline(0, cold_start_ns, end + idle_after_ns, requests, gpu_count)
+    return bill(timeline, rules, lines=False).total_usd
+
+
 def serverless_cost_per_request(price: Price, duration_s: float, gpu_count: int = 1) -> float:
     """What one warm request of ``duration_s`` on ``gpu_count`` GPUs costs at ``price`` (USD):
-    the execution fee + the billed GPU-seconds, as ``compile_pricer`` prices it."""
+    the billing engine's bill of a warm worker serving just that request, the execution fee +
+    the billed GPU-seconds."""
     _check(duration_s, gpu_count)
-    return compile_pricer(price, "")(duration_s * gpu_count, gpu_count, None).total_usd
+    return float(_worker_usd(Rules.from_price(price), gpu_count, to_ns(duration_s)))
 
 
 def reserved_cost_per_day(price: Price, gpus: int) -> float:
-    """What ``gpus`` reserved GPUs cost a day (USD): ``hourly_usd x 24`` each (for a price with no
-    hourly rate, its per-GPU-second rate x 86,400)."""
+    """What ``gpus`` reserved GPUs cost a day (USD): the engine's bill of a reserved GPU's day,
+    ``hourly_usd x 24``, each (for a price with no hourly rate, its per-GPU-second rate x
+    86,400)."""
     if gpus < 0:
         raise ValueError(f"gpus must not be negative, got {gpus!r}")
-    hourly = price.hourly_usd if price.hourly_usd is not None else price.per_gpu_second_usd * 3600
-    return gpus * hourly * 24.0
+    return float(gpus * _worker_usd(reserved_rules(price), 1, idle_after_ns=_DAY_NS))
 
 
 def _workers_needed(rate_per_day: float, duration_s: float) -> int:
@@ -230,6 +263,9 @@ class _Serverless:
         cls, price: Price, duration_s: float, gpu_count: int, *, cold_starts: bool
     ) -> _Serverless:
         _check(duration_s, gpu_count)
+        rules = Rules.from_price(price)
+        duration_ns = to_ns(duration_s)
+        warm = _worker_usd(rules, gpu_count, duration_ns)
         worker_second = price.per_gpu_second_usd * gpu_count
         window = price.idle_window_s
         cold_extra = 0.0
@@ -239,17 +275,25 @@ class _Serverless:
                     f"platform {price.platform!r} has no cold_start_s in the catalogue: the "
                     "cold-start variant needs it (add it to your pricing file)"
                 )
-            # Through the pricer, so start-up is billed exactly as a recorded cold start is.
-            cold_extra = compile_pricer(price, "")(0.0, gpu_count, price.cold_start_s).coldstart_usd
-            if price.bills_idle and window is not None:
-                cold_extra += window * worker_second
+            # A worker started for the request, stopped when its idle window runs out: the
+            # engine bills (or not) its start-up and idle time as the platform does.
+            cold = _worker_usd(
+                rules,
+                gpu_count,
+                duration_ns,
+                cold_start_ns=to_ns(price.cold_start_s),
+                idle_after_ns=0 if window is None else to_ns(window),
+            )
+            cold_extra = float(cold - warm)
+        # A pre-warmed worker's day: paid from start to stop, whatever it does.
+        pool_day = _worker_usd(always_paid(rules), gpu_count, idle_after_ns=_DAY_NS)
         return cls(
             duration_s=duration_s,
-            warm_request_usd=serverless_cost_per_request(price, duration_s, gpu_count),
+            warm_request_usd=float(warm),
             fee_usd=price.execution_fee_usd,
             worker_second_usd=worker_second,
             pool=price.prewarmed_workers,
-            pool_per_day_usd=price.prewarmed_workers * SECONDS_PER_DAY * worker_second,
+            pool_per_day_usd=float(price.prewarmed_workers * pool_day),
             cold_starts=cold_starts,
             idle_window_s=window,
             cold_extra_usd=cold_extra,

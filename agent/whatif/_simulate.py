@@ -4,20 +4,32 @@ Pure functions over a :class:`~gpuledger.whatif._traffic.Trace` and catalogue pr
 models, all first-come first-served:
 
 * **serverless** — workers start on demand: a request that finds no warm worker starts one and
-  waits its cold start (billed where the platform bills start-up). A worker serves up to its
-  ``concurrency``, stays warm for the ``idle_window_s`` after its last request, then scales to
-  zero; a ``prewarmed_workers`` pool never does, and is paid for the whole window. With
-  ``max_workers`` reached, requests queue for the first worker to free up. A request longer than
-  the platform's ``timeout_s`` is stopped there and counted as a failure (its time is billed).
+  waits its cold start. A worker serves up to its ``concurrency``, stays warm for the
+  ``idle_window_s`` after its last request, then scales to zero; a ``prewarmed_workers`` pool
+  never does, and lives the whole window. With ``max_workers`` reached, requests queue for the
+  first worker to free up. A request longer than the platform's ``timeout_s`` is stopped there
+  and counted as a failure (its time is billed).
 * **reserved** — N GPUs paid for the whole window, whatever they do; requests queue FIFO.
 * **hybrid** — N reserved GPUs take what they can; a request that would wait longer than
   ``max_wait_s`` (default: any wait at all) overflows to a serverless platform.
 
-Latency is queueing + cold start + service. Costs use the catalogue's billing rules: execution
-fee, per-GPU-second rate with billing increment and minimum, start-up and idle billing flags.
-Concurrency > 1 bills a worker's busy wall time (the union of its requests), since that is what
-the GPU is held for; each request's own service time is taken as recorded (optimistic: sharing a
-GPU usually slows each request down).
+Latency is queueing + cold start + service. Nothing here computes a dollar: each model replays
+the trace in integer nanoseconds (``round(seconds * 1e9)`` of each arrival, service time, cold
+start, idle window and timeout, so that a 15 s request lasts exactly 15 s wherever it falls),
+produces every worker's :class:`~gpuledger.billing.WorkerTimeline` (started, ready after its cold
+start, the requests it served, stopped when it scaled to zero or the window ended) and has the
+billing engine, :func:`gpuledger.billing.bill`, price it under the platform's
+:class:`~gpuledger.billing.Rules`. So the platform's rules apply as the engine applies them:
+rounding and minimum per *billing span* (a busy stretch with the start-up before it, or a whole
+worker's life where idle time is billed), not per request; overlapping requests on a shared
+worker billed once for the wall time; the execution fee per request. Pre-warmed workers and
+reserved GPUs are billed for the whole window (``start = ready = 0``, ``stop =`` the window's
+end; what they still run after it is outside the window and not billed). Costs are summed
+exactly and turned into floats once, for the :class:`SimResult`. Each request's own service time
+is taken as recorded (optimistic where a GPU is shared: sharing usually slows each one down).
+
+``workers=``, a list, receives every worker's :class:`SimulatedWorker`: its timeline, rules and
+bill, in the order they were billed.
 """
 
 from __future__ import annotations
@@ -25,10 +37,25 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import math
+import operator
 from array import array
 from collections import deque
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
+
+from gpuledger.billing import Request, Rules, WorkerTimeline, bill_intervals
+from gpuledger.whatif._workers import (
+    NEVER,
+    NS_PER_S,
+    Billing,
+    SimulatedWorker,
+    always_paid,
+    needs_requests,
+    requests_of,
+    reserved_rules,
+    seconds_to_ns,
+    to_ns,
+)
 
 if TYPE_CHECKING:
     from gpuledger._pricing import Price
@@ -36,13 +63,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SimResult",
+    "SimulatedWorker",
     "reserved_meets",
     "simulate_hybrid",
     "simulate_reserved",
     "simulate_serverless",
 ]
-
-_SLACK: Final = 1e-9
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -112,18 +138,21 @@ def quantile(ordered: Sequence[float], fraction: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
-def _billed_seconds(price: Price, seconds: float) -> float:
-    """Per-GPU seconds billed for ``seconds`` of wall time under ``price``'s rounding rules."""
-    increment = price.billing_increment_s
-    if increment > 0:
-        seconds = math.ceil(seconds / increment - _SLACK) * increment
-    return max(seconds, price.minimum_billed_s)
-
-
 class _Serverless:
-    """One serverless platform's workers, fed requests in arrival order."""
+    """One serverless platform's workers, fed requests in arrival order, in nanoseconds.
 
-    def __init__(self, price: Price, gpu_count: int) -> None:
+    Workers are numbered in the order they start, the pre-warmed pool first (0 to pool - 1).
+    The replay notes which worker served each request and when it began; :meth:`finish` builds
+    each worker's timeline from that and has the engine bill it.
+    """
+
+    def __init__(
+        self,
+        price: Price,
+        gpu_count: int,
+        billing: Billing,
+        ids: Sequence[int] | None = None,
+    ) -> None:
         if price.cold_start_s is None:
             raise ValueError(
                 f"platform {price.platform!r} has no cold_start_s in the catalogue: the "
@@ -131,135 +160,144 @@ class _Serverless:
             )
         self.price = price
         self.gpus = gpu_count
-        self.cold_start_s = price.cold_start_s
-        self.idle_window_s = math.inf if price.idle_window_s is None else price.idle_window_s
-        self.timeout_s = math.inf if price.timeout_s is None else price.timeout_s
+        self.billing = billing
+        self.ids = ids  # each replayed request's position in the trace, where not the same
+        self.rules = Rules.from_price(price)
+        self.pool_rules = always_paid(self.rules)
+        self.cold_ns = to_ns(price.cold_start_s)
+        self.window_ns = NEVER if price.idle_window_s is None else to_ns(price.idle_window_s)
+        self.timeout_ns = NEVER if price.timeout_s is None else to_ns(price.timeout_s)
         self.concurrency = max(1, price.concurrency)
         self.max_workers = price.max_workers
+        self.prewarmed = pool = price.prewarmed_workers
         self.latencies = _Latencies()
         self.cold_starts = self.failures = self.requests = 0
-        self.billed_request_seconds = 0.0  # per-GPU seconds billed for requests (rounded)
-        self.billed_startup_seconds = 0.0
-        self.billed_idle_seconds = 0.0
-        self.busy_seconds = 0.0
-        self.billed_request_seconds = 0.0
-        # Concurrency 1: heaps and stacks of plain floats (the common case, kept fast).
-        self.busy: list[float] = []  # end times of busy workers (heap)
-        self.idle: deque[float] = deque()  # free-since times of warm idle workers, ascending
-        self.prewarmed_busy: list[float] = []  # end times of busy pre-warmed workers (heap)
-        self.prewarmed = price.prewarmed_workers
+        self.busy_ns = 0  # wall time some request was running on a worker, summed over workers
+        # Per request: its run (service, cut at the timeout), the worker that served it and
+        # when it began there.
+        self.runs: array[int] = array("q")
+        self.owners: array[int] = array("q")
+        self.begins: array[int] = array("q")
+        # Per worker: its start, ready, and its stop once known (scaled to zero).
+        self.starts: list[int] = [0] * pool
+        self.readies: list[int] = [0] * pool
+        self.stops: dict[int, int] = {}
+        # Concurrency 1: heaps and deques of (instant, worker) pairs.
+        self.busy: list[tuple[int, int]] = []  # (end, worker) of busy on-demand workers
+        self.idle: deque[tuple[int, int]] = deque()  # (free since, worker), ascending
+        self.pool_busy: list[tuple[int, int]] = []  # (end, worker) of busy pre-warmed workers
+        self.pool_free: list[int] = list(range(pool))  # a heap: the lowest-numbered first
         # Concurrency > 1: per-worker state [active, busy_since, free_since].
-        self.workers_busy: list[tuple[float, int]] = []  # (end, worker index) heap
-        self.worker_state: list[list[float]] = []
+        self.workers_busy: list[tuple[int, int]] = []  # (end, worker index) heap
+        self.worker_state: list[list[int]] = []
         self.partial: set[int] = set()  # workers with a free slot and at least one request
         self.idle_workers: deque[int] = deque()
         self.live_workers = 0
-        # The pre-warmed pool under concurrency > 1: workers that never scale down, paid as a
-        # whole for the window (so neither their requests nor their idle time is billed again).
-        self.pinned = set(range(self.prewarmed)) if self.concurrency > 1 else set()
+        self.waits_ns = 0
+        # The pre-warmed pool under concurrency > 1: workers that never scale down.
+        self.pinned = set(range(pool)) if self.concurrency > 1 else set()
         # A heap: the lowest-numbered idle pool worker first, like partly used workers below,
         # so the packing never depends on the order workers were last freed in.
         self.pinned_idle: list[int] = sorted(self.pinned)
         if self.pinned:
-            self.worker_state = [[0.0, 0.0, 0.0] for _ in self.pinned]
+            self.worker_state = [[0, 0, 0] for _ in self.pinned]
             self.live_workers = len(self.pinned)
 
     # -- the replay ---------------------------------------------------------------------------
 
-    def run(self, arrivals: Sequence[float], services: Sequence[float]) -> None:
-        """Serve requests arriving at ``arrivals`` (ascending) needing ``services`` seconds."""
+    def run(self, arrivals_s: Sequence[float], services_s: Sequence[float]) -> None:
+        """Serve requests arriving at ``arrivals_s`` (ascending) needing ``services_s``
+        (called once)."""
+        arrivals = seconds_to_ns(arrivals_s)
+        services = seconds_to_ns(services_s)
+        if len(arrivals) != len(services):
+            raise ValueError("arrivals and services differ in length")
+        timeout = self.timeout_ns
+        # A request longer than the timeout is stopped there: it runs (and is billed) that long.
+        self.runs = runs = array(
+            "q", [service if service < timeout else timeout for service in services]
+        )
+        self.requests += len(arrivals)
+        self.failures += sum(service > timeout for service in services)
         if self.concurrency > 1:
-            for arrival, service in zip(arrivals, services, strict=True):
-                self._serve_shared(arrival, service)
+            serve = self._serve_shared
+            for arrival, run in zip(arrivals, runs, strict=True):
+                serve(arrival, run)
+            self.latencies.waits += self.waits_ns / NS_PER_S
             return
-        # Concurrency 1, the common case, kept to plain floats in locals: this loop is what a
-        # replay of a million requests spends its time in.
+        self.busy_ns += sum(runs)
+        self._run_single(arrivals, runs)
+
+    def _run_single(self, arrivals: Sequence[int], runs: Sequence[int]) -> None:
+        # Concurrency 1, the common case, kept to locals: this loop is what a replay of a
+        # million requests spends its time in.
         heappush, heappop = heapq.heappush, heapq.heappop
-        busy, idle, pool_busy = self.busy, self.idle, self.prewarmed_busy
-        pool = self.prewarmed
-        window, timeout, cold = self.idle_window_s, self.timeout_s, self.cold_start_s
+        busy, idle, pool_busy, pool_free = self.busy, self.idle, self.pool_busy, self.pool_free
+        starts, readies, stops = self.starts, self.readies, self.stops
+        window, cold = self.window_ns, self.cold_ns
         # max_workers counts the pre-warmed pool too.
-        on_demand = math.inf if self.max_workers is None else self.max_workers - pool
-        increment = self.price.billing_increment_s
-        minimum = self.price.minimum_billed_s
-        ceil = math.ceil
+        on_demand = math.inf if self.max_workers is None else self.max_workers - self.prewarmed
+        served_by, began = self.owners.append, self.begins.append
         record = self.latencies.values.append
-        waits = idle_s = billed_s = busy_s = 0.0
-        cold_starts = failures = 0
-        for arrival, service in zip(arrivals, services, strict=True):
-            if pool:
-                while pool_busy and pool_busy[0] <= arrival:
-                    heappop(pool_busy)
-            while busy and busy[0] <= arrival:
+        scale = 1e9
+        waits = cold_starts = 0
+        for arrival, run in zip(arrivals, runs, strict=True):
+            while pool_busy and pool_busy[0][0] <= arrival:
+                heappush(pool_free, heappop(pool_busy)[1])
+            while busy and busy[0][0] <= arrival:
                 idle.append(heappop(busy))
             if idle:
                 horizon = arrival - window
-                while idle and idle[0] < horizon:
-                    idle.popleft()
-                    idle_s += window
-            if service > timeout:
-                run = timeout
-                failures += 1
-            else:
-                run = service
-            busy_s += run
-            if pool and len(pool_busy) < pool:
-                # The pre-warmed pool is paid as a whole: nothing more to bill for this one.
-                heappush(pool_busy, arrival + run)
-                record(run)
-                continue
-            if idle:
-                idle_s += arrival - idle.pop()
-                wait = 0.0
-                heappush(busy, arrival + run)
+                while idle and idle[0][0] < horizon:
+                    free, worker = idle.popleft()
+                    stops[worker] = free + window  # scaled to zero
+            if pool_free:
+                worker = heappop(pool_free)
+                begin = arrival
+                heappush(pool_busy, (arrival + run, worker))
+            elif idle:
+                worker = idle.pop()[1]
+                begin = arrival
+                heappush(busy, (arrival + run, worker))
             elif len(busy) < on_demand:
                 cold_starts += 1
-                wait = cold
-                heappush(busy, arrival + cold + run)
-            elif busy and not (pool_busy and pool_busy[0] < busy[0]):
+                worker = len(starts)
+                begin = arrival + cold
+                starts.append(arrival)
+                readies.append(begin)
+                heappush(busy, (begin + run, worker))
+            elif busy and not (pool_busy and pool_busy[0][0] < busy[0][0]):
                 # Every worker busy and no more allowed: wait for the first to finish (warm).
-                free = heappop(busy)
-                start = free if free > arrival else arrival
-                wait = start - arrival
-                heappush(busy, start + run)
+                free, worker = heappop(busy)
+                begin = free if free > arrival else arrival
+                heappush(busy, (begin + run, worker))
             else:
-                # ... and the first to finish is a pre-warmed one (paid as a whole).
-                free = heappop(pool_busy)
-                start = free if free > arrival else arrival
-                heappush(pool_busy, start + run)
-                waits += start - arrival
-                record(start - arrival + run)
-                continue
-            waits += wait
-            record(wait + run)
-            billed = ceil(run / increment - _SLACK) * increment if increment > 0 else run
-            billed_s += billed if billed > minimum else minimum
-        self.requests += len(arrivals)
+                # ... and the first to finish is a pre-warmed one.
+                free, worker = heappop(pool_busy)
+                begin = free if free > arrival else arrival
+                heappush(pool_busy, (begin + run, worker))
+            served_by(worker)
+            began(begin)
+            waits += begin - arrival
+            record((begin - arrival + run) / scale)
         self.cold_starts += cold_starts
-        self.failures += failures
-        self.latencies.waits += waits
-        self.billed_idle_seconds += idle_s
-        self.billed_request_seconds += billed_s
-        self.billed_startup_seconds += cold_starts * cold
-        self.busy_seconds += busy_s
+        self.latencies.waits += waits / NS_PER_S
 
     # -- concurrency > 1 ----------------------------------------------------------------------
 
-    def _serve_shared(self, arrival: float, service: float) -> None:
-        self.requests += 1
+    def _serve_shared(self, arrival: int, run: int) -> None:
         state = self.worker_state
         heap = self.workers_busy
         while heap and heap[0][0] <= arrival:
             end, index = heapq.heappop(heap)
             self._release(index, end)
-        horizon = arrival - self.idle_window_s
+        horizon = arrival - self.window_ns
         idle = self.idle_workers
         while idle and state[idle[0]][2] < horizon:
-            idle.popleft()
+            index = idle.popleft()
             self.live_workers -= 1
-            self.billed_idle_seconds += self.idle_window_s
-        run = service if service <= self.timeout_s else self.timeout_s
-        wait = 0.0
+            self.stops[index] = state[index][2] + self.window_ns  # scaled to zero
+        wait = 0
         if self.partial:
             # The lowest-numbered worker with a free slot: deterministic, whatever came before.
             index = min(self.partial)
@@ -272,16 +310,16 @@ class _Serverless:
             start = arrival
         elif idle:
             index = idle.pop()
-            self.billed_idle_seconds += arrival - state[index][2]
             start = arrival
         elif self.max_workers is None or self.live_workers < self.max_workers:
             self.cold_starts += 1
             self.live_workers += 1
-            wait = self.cold_start_s
-            self.billed_startup_seconds += wait
+            wait = self.cold_ns
             start = arrival + wait
             index = len(state)
-            state.append([0.0, start, start])
+            state.append([0, start, start])
+            self.starts.append(arrival)
+            self.readies.append(start)
         else:
             end, index = heapq.heappop(heap)
             self._release(index, end)
@@ -296,62 +334,98 @@ class _Serverless:
         else:
             self.partial.discard(index)
         heapq.heappush(heap, (start + run, index))
-        if service > self.timeout_s:
-            self.failures += 1
-        self.latencies.values.append(wait + run)
-        self.latencies.waits += wait
+        self.owners.append(index)
+        self.begins.append(start)
+        self.latencies.values.append((wait + run) / NS_PER_S)
+        self.waits_ns += wait
 
-    def _release(self, index: int, end: float) -> None:
+    def _release(self, index: int, end: int) -> None:
         worker = self.worker_state[index]
         worker[0] -= 1
         if worker[0] == 0:
             worker[2] = end
             # A shared worker's GPU is busy for the union of its requests, not their sum.
-            self.busy_seconds += end - worker[1]
+            self.busy_ns += end - worker[1]
             self.partial.discard(index)
             if index in self.pinned:
                 heapq.heappush(self.pinned_idle, index)
                 return
-            # The worker's busy period ends: bill its wall time, once for all its requests.
-            self.billed_request_seconds += _billed_seconds(self.price, end - worker[1])
             self.idle_workers.append(index)
         else:
             self.partial.add(index)
 
-    # -- totals -------------------------------------------------------------------------------
+    # -- bills --------------------------------------------------------------------------------
 
-    def finish(self, window_end: float) -> None:
-        """Close the window: busy workers finish, then idle ones stay warm (billed where the
-        platform bills idle time) until they scale down or the window ends."""
+    def finish(self, window_end: int) -> None:
+        """Close the window at ``window_end`` (ns) and bill every worker, in worker order.
+
+        Busy workers finish their requests; then each on-demand worker stays warm until it
+        scales to zero or the window ends (or its last request ends, past the window); the
+        pre-warmed pool stops at the window's end (what it runs after it is not billed)."""
         heap = self.workers_busy
         while heap:
             end, index = heapq.heappop(heap)
             self._release(index, end)
         free_since = [*self.busy, *self.idle]
-        free_since += [self.worker_state[index][2] for index in self.idle_workers]
-        for free in free_since:
-            self.billed_idle_seconds += min(self.idle_window_s, max(0.0, window_end - free))
+        free_since += [(self.worker_state[index][2], index) for index in self.idle_workers]
+        stops = self.stops
+        window = self.window_ns
+        for free, worker in free_since:
+            stops[worker] = max(free, min(free + window, window_end))
+        for worker in range(self.prewarmed):
+            stops[worker] = window_end
+        served: list[array[int]] = [array("q") for _ in self.starts]
+        appends = [positions.append for positions in served]
+        for position, worker in enumerate(self.owners):
+            appends[worker](position)
+        for worker, positions in enumerate(served):
+            self._bill(worker, stops[worker], positions)
 
-    def cost(self, window_s: float) -> tuple[float, float]:
-        """(total cost, paid per-GPU seconds) of everything served."""
-        price = self.price
-        paid = self.billed_request_seconds
-        if price.bills_startup:
-            paid += self.billed_startup_seconds
-        if price.bills_idle:
-            paid += self.billed_idle_seconds
-        paid += self.prewarmed * window_s
-        # The execution fee is per execution, whichever worker ran it.
-        cost = paid * self.gpus * price.per_gpu_second_usd + self.requests * price.execution_fee_usd
-        return cost, paid * self.gpus
+    def _bill(self, worker: int, stop: int, positions: Sequence[int]) -> None:
+        """Have the engine bill ``worker``, stopped at ``stop``, which served the requests at
+        ``positions`` of the replay."""
+        pooled = worker < self.prewarmed
+        rules = self.pool_rules if pooled else self.rules
+        if not self.billing.keeps_requests:
+            # Nobody asked for the timelines: the engine's totals straight from the begins and
+            # ends (no Request objects), the same numbers as bill(timeline, lines=False).
+            begins: list[int] = []
+            ends: list[int] = []
+            if needs_requests(rules, self.billing):
+                begins = list(map(self.begins.__getitem__, positions))
+                ends = list(map(operator.add, begins, map(self.runs.__getitem__, positions)))
+                if pooled:
+                    begins = [begin if begin < stop else stop for begin in begins]
+                    ends = [end if end < stop else stop for end in ends]
+            self.billing.add_bill(
+                bill_intervals(
+                    self.starts[worker],
+                    self.readies[worker],
+                    stop,
+                    begins,
+                    ends,
+                    rules,
+                    gpu_count=self.gpus,
+                )
+            )
+            return
+        requests: tuple[Request, ...] = ()
+        if needs_requests(rules, self.billing):
+            begins = list(map(self.begins.__getitem__, positions))
+            ends = list(map(operator.add, begins, map(self.runs.__getitem__, positions)))
+            names = positions if self.ids is None else map(self.ids.__getitem__, positions)
+            requests = requests_of(names, begins, ends, stop if pooled else None)
+        timeline = WorkerTimeline(
+            self.starts[worker], self.readies[worker], stop, requests, self.gpus
+        )
+        self.billing.add("pre-warmed" if pooled else "on-demand", timeline, rules)
 
 
 def _result(
     option: str,
     kind: str,
     trace: Trace,
-    cost: float,
-    paid_gpu_seconds: float,
+    billing: Billing,
     busy_gpu_seconds: float,
     latencies: _Latencies,
     cold_starts: int,
@@ -360,6 +434,8 @@ def _result(
     overflow: int = 0,
 ) -> SimResult:
     requests = len(trace)
+    cost = float(billing.total_usd)
+    paid_gpu_seconds = float(billing.billed_gpu_ns / NS_PER_S)
     p50, p95, p99, mean_wait = latencies.summary()
     tokens = (trace.input_tokens or 0) + (trace.output_tokens or 0)
     has_tokens = trace.input_tokens is not None or trace.output_tokens is not None
@@ -384,53 +460,142 @@ def _result(
     )
 
 
-def simulate_serverless(trace: Trace, price: Price) -> SimResult:
-    """``trace`` served by ``price.platform``'s serverless workers."""
-    model = _Serverless(price, trace.gpu_count)
+def simulate_serverless(
+    trace: Trace, price: Price, *, workers: list[SimulatedWorker] | None = None
+) -> SimResult:
+    """``trace`` served by ``price.platform``'s serverless workers (each worker's timeline,
+    rules and bill appended to ``workers`` when given)."""
+    billing = Billing(workers)
+    model = _Serverless(price, trace.gpu_count, billing)
     model.run(trace.arrivals_s, trace.services_s)
-    model.finish(trace.window_s)
-    cost, paid = model.cost(trace.window_s)
+    model.finish(to_ns(trace.window_s))
     return _result(
         price.platform,
         "serverless",
         trace,
-        cost,
-        paid,
-        model.busy_seconds * trace.gpu_count,
+        billing,
+        model.busy_ns * trace.gpu_count / NS_PER_S,
         model.latencies,
         model.cold_starts,
         model.failures,
     )
 
 
-def simulate_reserved(trace: Trace, price: Price, gpus: int) -> SimResult:
+@dataclasses.dataclass(slots=True)
+class _ReservedReplay:
+    """What the reserved GPUs of a replay did, and the requests they left over."""
+
+    busy_s: float = 0.0
+    waits_s: float = 0.0
+    served: list[array[float]] | None = None
+    """Per GPU, (begin, end, position) of each request, where the bill needs them."""
+    spill_arrivals: array[float] = dataclasses.field(default_factory=lambda: array("d"))
+    spill_services: array[float] = dataclasses.field(default_factory=lambda: array("d"))
+    spill_positions: array[int] = dataclasses.field(default_factory=lambda: array("q"))
+
+
+def _replay_reserved(
+    trace: Trace, gpus: int, max_wait_s: float, latencies: _Latencies, keep: bool
+) -> _ReservedReplay:
+    """FIFO on ``gpus`` reserved workers; a request that would wait more than ``max_wait_s``
+    is left over. With ``keep``, which GPU served what is kept for the GPUs' timelines."""
+    replay = _ReservedReplay()
+    values = latencies.values
+    waits = busy = 0.0
+    spill_arrival = replay.spill_arrivals.append
+    spill_service = replay.spill_services.append
+    spill_position = replay.spill_positions.append
+    pairs = enumerate(zip(trace.arrivals_s, trace.services_s, strict=True))
+    if not keep:
+        free = [0.0] * gpus  # a heap of the time each worker is next free
+        replace = heapq.heapreplace
+        for position, (arrival, service) in pairs:
+            if gpus:
+                first = free[0]
+                start = first if first > arrival else arrival
+                if start - arrival <= max_wait_s:
+                    replace(free, start + service)
+                    waits += start - arrival
+                    values.append(start - arrival + service)
+                    busy += service
+                    continue
+            spill_arrival(arrival)
+            spill_service(service)
+            spill_position(position)
+    else:
+        # The same replay, each worker known: (free, gpu) pairs, ties to the lowest GPU.
+        heap = [(0.0, gpu) for gpu in range(gpus)]
+        served = replay.served = [array("d") for _ in range(gpus)]
+        replace_pair = heapq.heapreplace
+        for position, (arrival, service) in pairs:
+            if gpus:
+                first, gpu = heap[0]
+                start = first if first > arrival else arrival
+                if start - arrival <= max_wait_s:
+                    replace_pair(heap, (start + service, gpu))
+                    served[gpu].extend((start, start + service, position))
+                    waits += start - arrival
+                    values.append(start - arrival + service)
+                    busy += service
+                    continue
+            spill_arrival(arrival)
+            spill_service(service)
+            spill_position(position)
+    replay.busy_s = busy
+    replay.waits_s = waits
+    return replay
+
+
+def _bill_reserved(
+    billing: Billing, rules: Rules, replay: _ReservedReplay, gpus: int, trace: Trace
+) -> None:
+    """Each reserved GPU's worker, alive the whole window, billed by the engine."""
+    window_end = to_ns(trace.window_s)
+    if replay.served is None:
+        # Nothing a reserved GPU serves changes its bill (its life is one billing span and
+        # there is no fee): every GPU has the same timeline, billed once for all.
+        if gpus:
+            timeline = WorkerTimeline(0, 0, window_end, (), trace.gpu_count)
+            billing.add("reserved", timeline, rules, copies=gpus)
+        return
+    for flat in replay.served:
+        begins = seconds_to_ns(flat[0::3])
+        ends = seconds_to_ns(flat[1::3])
+        if not billing.keeps_requests:
+            clamped_begins = [begin if begin < window_end else window_end for begin in begins]
+            clamped_ends = [end if end < window_end else window_end for end in ends]
+            billing.add_bill(
+                bill_intervals(
+                    0, 0, window_end, clamped_begins, clamped_ends, rules, gpu_count=trace.gpu_count
+                )
+            )
+            continue
+        names = [int(position) for position in flat[2::3]]
+        requests = requests_of(names, begins, ends, window_end)
+        timeline = WorkerTimeline(0, 0, window_end, requests, trace.gpu_count)
+        billing.add("reserved", timeline, rules)
+
+
+def simulate_reserved(
+    trace: Trace, price: Price, gpus: int, *, workers: list[SimulatedWorker] | None = None
+) -> SimResult:
     """``trace`` served FIFO by ``gpus`` reserved workers (each ``trace.gpu_count`` GPUs),
-    paid for the whole window."""
+    paid for the whole window (each GPU's timeline, rules and bill appended to ``workers``
+    when given)."""
     if gpus < 1:
         raise ValueError(f"reserved needs at least 1 worker, got {gpus}")
-    free = [0.0] * gpus  # a heap of the time each worker is next free
+    billing = Billing(workers)
+    rules = reserved_rules(price)
     latencies = _Latencies()
-    values = latencies.values
-    waits = 0.0
-    busy = 0.0
-    replace = heapq.heapreplace
-    for arrival, service in zip(trace.arrivals_s, trace.services_s, strict=True):
-        first = free[0]
-        start = first if first > arrival else arrival
-        replace(free, start + service)
-        waits += start - arrival
-        values.append(start - arrival + service)
-        busy += service
-    latencies.waits = waits
-    paid = gpus * trace.gpu_count * trace.window_s
-    cost = paid * price.per_gpu_second_usd
+    replay = _replay_reserved(trace, gpus, math.inf, latencies, keep=needs_requests(rules, billing))
+    latencies.waits = replay.waits_s
+    _bill_reserved(billing, rules, replay, gpus, trace)
     return _result(
         f"reserved x{gpus}",
         "reserved",
         trace,
-        cost,
-        paid,
-        busy * trace.gpu_count,
+        billing,
+        replay.busy_s * trace.gpu_count,
         latencies,
         0,
         0,
@@ -445,47 +610,33 @@ def simulate_hybrid(
     overflow: Price,
     *,
     max_wait_s: float = 0.0,
+    workers: list[SimulatedWorker] | None = None,
 ) -> SimResult:
     """``gpus`` reserved workers first; a request that would wait more than ``max_wait_s`` for
-    one goes to ``overflow``'s serverless workers instead."""
+    one goes to ``overflow``'s serverless workers instead (every worker's timeline, rules and
+    bill appended to ``workers`` when given)."""
     if gpus < 0:
         raise ValueError(f"hybrid needs zero or more reserved workers, got {gpus}")
+    billing = Billing(workers)
+    rules = reserved_rules(reserved)
     # Which requests the reserved workers take depends only on the reserved workers, so the
     # overflow can be collected first and replayed on the serverless platform afterwards.
-    free = [0.0] * gpus
     latencies = _Latencies()
-    values = latencies.values
-    waits = 0.0
-    busy_reserved = 0.0
-    spill_arrivals, spill_services = array("d"), array("d")
-    replace = heapq.heapreplace
-    for arrival, service in zip(trace.arrivals_s, trace.services_s, strict=True):
-        if gpus:
-            first = free[0]
-            start = first if first > arrival else arrival
-            if start - arrival <= max_wait_s:
-                replace(free, start + service)
-                waits += start - arrival
-                values.append(start - arrival + service)
-                busy_reserved += service
-                continue
-        spill_arrivals.append(arrival)
-        spill_services.append(service)
-    spill = _Serverless(overflow, trace.gpu_count)
+    replay = _replay_reserved(
+        trace, gpus, max_wait_s, latencies, keep=needs_requests(rules, billing)
+    )
+    _bill_reserved(billing, rules, replay, gpus, trace)
+    spill = _Serverless(overflow, trace.gpu_count, billing, ids=replay.spill_positions)
     spill.latencies = latencies  # one latency distribution for the whole option
-    spill.run(spill_arrivals, spill_services)
-    latencies.waits += waits
-    spill.finish(trace.window_s)
-    spill_cost, spill_paid = spill.cost(trace.window_s)
-    paid_reserved = gpus * trace.gpu_count * trace.window_s
-    cost = paid_reserved * reserved.per_gpu_second_usd + spill_cost
+    spill.run(replay.spill_arrivals, replay.spill_services)
+    latencies.waits += replay.waits_s
+    spill.finish(to_ns(trace.window_s))
     return _result(
         f"hybrid {gpus} x reserved + {overflow.platform}",
         "hybrid",
         trace,
-        cost,
-        paid_reserved + spill_paid,
-        (busy_reserved + spill.busy_seconds) * trace.gpu_count,
+        billing,
+        (replay.busy_s + spill.busy_ns / NS_PER_S) * trace.gpu_count,
         latencies,
         spill.cold_starts,
         spill.failures,
