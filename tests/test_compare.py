@@ -357,3 +357,25 @@ def test_image_plot_without_matplotlib_says_how_to_install_it(tmp_path: Path, su
     assert "pip install 'gpuledger[plot]'" in result.output
     assert "Recommended" not in result.output
     assert not path.exists()
+
+
+def test_recorded_traffic_cold_starts_take_the_measured_init() -> None:
+    """A ledger's trace carries the median init its cold requests measured: every serverless
+    platform's cold start is that, not the catalogue's typical (issue 13), and a note says so."""
+    import dataclasses as _dataclasses
+
+    from gpuledger.whatif import compare as _compare
+    from gpuledger.whatif import synthetic as _synthetic
+
+    trace = _synthetic("steady", rate_per_hour=2.0, duration_s=1.0, days=1.0, gpu="H100", seed=1)
+    measured = _dataclasses.replace(trace, init_s=40.0)
+    typical = {
+        r.option: r for r in _compare(trace, default_catalogue(), platforms=["runpod"]).results
+    }
+    result = _compare(measured, default_catalogue(), platforms=["runpod"])
+    runpod = {r.option: r for r in result.results}["runpod"]
+    # A cold request waits the measured 40 s (then its 1 s), not RunPod's typical 2.5 s.
+    assert runpod.cold_starts > 0
+    assert runpod.p99_s is not None and runpod.p99_s >= 41.0
+    assert typical["runpod"].p99_s is not None and typical["runpod"].p99_s <= 3.5
+    assert any("measured init, 40.00 s" in note for note in result.notes)

@@ -33,6 +33,7 @@ from gpuledger.billing._engine import (
     allocate,
     bill,
     bill_intervals,
+    billed_wall_ns,
     rounded_ns,
 )
 from gpuledger.billing._running import RunningBill
@@ -56,6 +57,7 @@ __all__ = [
     "bill",
     "bill_intervals",
     "bill_workers",
+    "billed_wall_ns",
     "frozen_rules",
     "rounded_ns",
     "worker_key",

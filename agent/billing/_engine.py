@@ -49,6 +49,7 @@ __all__ = [
     "allocate",
     "bill",
     "bill_intervals",
+    "billed_wall_ns",
     "rounded_ns",
 ]
 
@@ -304,10 +305,26 @@ def bill_intervals(
     gpu_count: int = 1,
 ) -> WorkerBill:
     """The totals of :func:`bill` (no lines) for a worker whose requests are given as their
-    begins and ends, in any order: one pass over them (sorted first only when they are not),
-    no :class:`Request` objects, integer sums and one exact product per category. What the
-    simulator calls for each of its workers; ``bill(timeline, rules, lines=False)`` is this.
-    The caller vouches for the timeline (``WorkerTimeline`` checks one)."""
+    begins and ends, in any order: :func:`billed_wall_ns`, priced (one exact product per
+    category). ``bill(timeline, rules, lines=False)`` is this. The caller vouches for the
+    timeline (``WorkerTimeline`` checks one)."""
+    wall = billed_wall_ns(start_ns, ready_ns, stop_ns, begins, ends, rules)
+    return _totals(wall, gpu_count, rules, len(ends), stop_ns)
+
+
+def billed_wall_ns(
+    start_ns: int,
+    ready_ns: int,
+    stop_ns: int,
+    begins: Sequence[int],
+    ends: Sequence[int],
+    rules: Rules,
+) -> dict[Category, int]:
+    """The wall nanoseconds a worker is billed, per time category (``startup``, ``request``,
+    ``idle``, ``rounding``; ``fee`` 0), for requests given as their begins and ends in any
+    order: one pass over them (sorted first only when they are not), no :class:`Request`
+    objects, integers only. The bill is these times the GPUs held, at the rate, plus a fee per
+    request: what a simulator billing thousands of workers sums before pricing once."""
     has_startup = rules.bills_startup and ready_ns > start_ns
     startup = ready_ns - start_ns if has_startup else 0
     swept = _sweep(begins, ends, ready_ns, stop_ns, startup, rules)
@@ -325,13 +342,7 @@ def bill_intervals(
         rounding = rounded_ns(life, rules) - life if life > 0 else 0
     elif startup and not joined:  # the start-up is a billing span of its own
         rounding += rounded_ns(startup, rules) - startup
-    return _totals(
-        {"startup": startup, "request": busy, "idle": idle, "rounding": rounding, "fee": 0},
-        gpu_count,
-        rules,
-        len(ends),
-        stop_ns,
-    )
+    return {"startup": startup, "request": busy, "idle": idle, "rounding": rounding, "fee": 0}
 
 
 def _sweep(

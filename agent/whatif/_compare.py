@@ -102,6 +102,22 @@ def compare(
     say = progress or (lambda step: None)
     notes: list[str] = []
     serverless_prices, reserved_price = _prices(catalogue, model, platforms)
+    if trace.init_s is not None and serverless_prices:
+        # Recorded traffic: a cold start takes what the ledger measured (the workers' own init,
+        # process start to ready), not the catalogue's typical start of each platform.
+        typical = ", ".join(
+            f"{price.platform} {price.cold_start_s:g} s"
+            for price in serverless_prices
+            if price.cold_start_s is not None
+        )
+        serverless_prices = [
+            dataclasses.replace(price, cold_start_s=trace.init_s) for price in serverless_prices
+        ]
+        notes.append(
+            f"cold starts take the ledger's measured init, {trace.init_s:.2f} s (the median of "
+            f"its cold requests), on every serverless platform, not the catalogue's typical "
+            f"({typical})"
+        )
 
     with _Runner(trace, processes) as runner:
         say("serverless")

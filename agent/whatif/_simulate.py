@@ -43,7 +43,7 @@ from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from gpuledger.billing import Request, Rules, WorkerTimeline, bill_intervals
+from gpuledger.billing import Request, Rules, WorkerTimeline, billed_wall_ns
 from gpuledger.whatif._workers import (
     NEVER,
     NS_PER_S,
@@ -397,17 +397,10 @@ class _Serverless:
                 if pooled:
                     begins = [begin if begin < stop else stop for begin in begins]
                     ends = [end if end < stop else stop for end in ends]
-            self.billing.add_bill(
-                bill_intervals(
-                    self.starts[worker],
-                    self.readies[worker],
-                    stop,
-                    begins,
-                    ends,
-                    rules,
-                    gpu_count=self.gpus,
-                )
+            wall = billed_wall_ns(
+                self.starts[worker], self.readies[worker], stop, begins, ends, rules
             )
+            self.billing.add_wall(rules, sum(wall.values()), self.gpus, len(ends))
             return
         requests: tuple[Request, ...] = ()
         if needs_requests(rules, self.billing):
@@ -564,11 +557,8 @@ def _bill_reserved(
         if not billing.keeps_requests:
             clamped_begins = [begin if begin < window_end else window_end for begin in begins]
             clamped_ends = [end if end < window_end else window_end for end in ends]
-            billing.add_bill(
-                bill_intervals(
-                    0, 0, window_end, clamped_begins, clamped_ends, rules, gpu_count=trace.gpu_count
-                )
-            )
+            wall = billed_wall_ns(0, 0, window_end, clamped_begins, clamped_ends, rules)
+            billing.add_wall(rules, sum(wall.values()), trace.gpu_count, len(clamped_ends))
             continue
         names = [int(position) for position in flat[2::3]]
         requests = requests_of(names, begins, ends, window_end)

@@ -113,13 +113,18 @@ make_request: Final = _fast_request_maker()
 
 
 class Billing:
-    """The engine's bills of one option's workers, summed exactly."""
+    """The engine's bills of one option's workers, summed exactly: integer GPU-nanoseconds and
+    request counts per set of rules, priced once (``total_usd``), so that billing thousands of
+    workers costs integer additions, not a ``Fraction`` product each."""
 
-    __slots__ = ("billed_gpu_ns", "total_usd", "workers")
+    __slots__ = ("_fees", "_gpu_ns", "_rules", "workers")
 
     def __init__(self, workers: list[SimulatedWorker] | None) -> None:
-        self.total_usd = Fraction(0)
-        self.billed_gpu_ns = Fraction(0)
+        # Keyed by the rules' identity: a model bills all its workers under one Rules object,
+        # and hashing a dataclass of Fractions per worker would cost more than the sum.
+        self._rules: dict[int, Rules] = {}
+        self._gpu_ns: dict[int, int] = {}
+        self._fees: dict[int, int] = {}
         self.workers = workers
 
     @property
@@ -127,21 +132,45 @@ class Billing:
         """Whether every timeline must carry its requests: the caller asked for them."""
         return self.workers is not None
 
+    @property
+    def total_usd(self) -> Fraction:
+        """Every bill added, exactly."""
+        total = Fraction(0)
+        for key, gpu_ns in self._gpu_ns.items():
+            rules = self._rules[key]
+            total += rules.per_gpu_second_usd * gpu_ns / NS_PER_S
+            total += rules.execution_fee_usd * self._fees[key]
+        return total
+
+    @property
+    def billed_gpu_ns(self) -> int:
+        """GPU time billed, every worker, every category but fees."""
+        return sum(self._gpu_ns.values())
+
     def add(self, role: str, timeline: WorkerTimeline, rules: Rules, copies: int = 1) -> None:
         """Bill ``timeline`` under ``rules`` (``copies`` workers with that same life)."""
         worker_bill = bill(timeline, rules, lines=False)
-        self.add_bill(worker_bill, copies)
+        self.add_wall(
+            rules,
+            sum(worker_bill.gpu_ns_by_category.values()) // timeline.gpu_count,
+            timeline.gpu_count,
+            len(timeline.requests),
+            copies,
+        )
         if self.workers is not None:
             self.workers.extend([SimulatedWorker(role, timeline, rules, worker_bill)] * copies)
 
-    def add_bill(self, worker_bill: WorkerBill, copies: int = 1) -> None:
-        """Add a worker's bill (``copies`` times) to the option's total."""
-        if copies == 1:
-            self.total_usd += worker_bill.total_usd
-            self.billed_gpu_ns += worker_bill.billed_gpu_ns
-        else:
-            self.total_usd += worker_bill.total_usd * copies
-            self.billed_gpu_ns += worker_bill.billed_gpu_ns * copies
+    def add_wall(
+        self, rules: Rules, wall_ns: int, gpu_count: int, requests: int, copies: int = 1
+    ) -> None:
+        """Add a worker billed ``wall_ns`` (``billing.billed_wall_ns``, all categories) on
+        ``gpu_count`` GPUs, with ``requests`` requests (their fees), ``copies`` times."""
+        key = id(rules)
+        if key not in self._rules:
+            self._rules[key] = rules  # kept: its id stays its own while the Billing lives
+            self._gpu_ns[key] = self._fees[key] = 0
+        self._gpu_ns[key] += wall_ns * gpu_count * copies
+        self._fees[key] += requests * copies
 
 
 def needs_requests(rules: Rules, billing: Billing) -> bool:
