@@ -65,32 +65,102 @@ RulesFor = Callable[[InvocationRecord], "tuple[Rules | None, str | None]"]
 its first record."""
 
 
-@dataclasses.dataclass(slots=True)
+_SLOT: Final[dict[str, int]] = {"request": 0, "startup": 1, "idle": 2, "rounding": 3}
+_UNKNOWN_RATE: Final = Fraction(-1)
+"""The rate of charges taken as recorded: none known (a row holding them has no single rate)."""
+RateKey = tuple[int, int]
+"""A rate as ``(numerator, denominator)``."""
+_UNKNOWN_KEY: Final[RateKey] = (-1, 1)
+
+
+def rate_key(rate: Fraction) -> RateKey:
+    """``rate`` as a key that hashes fast."""
+    return rate.numerator, rate.denominator
+
+
 class Charges:
-    """Exact charges: GPU nanoseconds and US dollars per category, with the rate they were
-    billed at (``rates``: per GPU-second, one entry per distinct rate)."""
+    """Exact charges: GPU-nanoseconds per category at each rate they were billed at (dollars are
+    rate x time, worked out when asked), fees counted per amount, and amounts taken as recorded
+    kept apart. Adding charges up (a report sums one per invocation) is then integer arithmetic
+    wherever the time is whole nanoseconds, which it is unless concurrent requests split it."""
 
-    gpu_ns: dict[Category, Fraction] = dataclasses.field(
-        default_factory=lambda: dict.fromkeys(TIME_CATEGORIES, Fraction(0))
-    )
-    usd: dict[Category, Fraction] = dataclasses.field(
-        default_factory=lambda: dict.fromkeys((*TIME_CATEGORIES, "fee"), Fraction(0))
-    )
-    rates: set[Fraction] = dataclasses.field(default_factory=set)
-    versions: set[str] = dataclasses.field(default_factory=set)
+    __slots__ = ("_fees", "_recorded", "_time", "versions")
 
-    def add(self, category: Category, gpu_ns: Fraction, usd: Fraction) -> None:
-        if category != "fee":
-            self.gpu_ns[category] += gpu_ns
-        self.usd[category] += usd
+    def __init__(self, versions: set[str] | None = None) -> None:
+        self._time: dict[tuple[int, int], list[int | Fraction]] = {}
+        """Rate per GPU-second (numerator, denominator: a tuple hashes fast, a Fraction does
+        not) -> GPU-ns of request, startup, idle, rounding."""
+        self._fees: dict[RateKey, int] = {}
+        """A fee (numerator, denominator) -> how many were charged."""
+        self._recorded: dict[str, Fraction] = {}
+        self.versions: set[str] = versions if versions is not None else set()
+
+    def add_time(self, rate: RateKey, category: str, gpu_ns: int | Fraction) -> None:
+        """``gpu_ns`` GPU-nanoseconds of ``category`` billed at ``rate`` a GPU-second
+        (:func:`rate_key`)."""
+        slots = self._time.get(rate)
+        if slots is None:
+            slots = self._time[rate] = [0, 0, 0, 0]
+        slots[_SLOT[category]] += gpu_ns
+
+    def add_fee(self, amount: Fraction | RateKey, count: int = 1) -> None:
+        """``count`` fees of ``amount`` (or its :func:`rate_key`)."""
+        key = amount if isinstance(amount, tuple) else (amount.numerator, amount.denominator)
+        self._fees[key] = self._fees.get(key, 0) + count
+
+    def add_recorded(self, category: str, usd: Fraction) -> None:
+        """Dollars taken as a record carries them (no rate known)."""
+        self._recorded[category] = self._recorded.get(category, Fraction(0)) + usd
 
     def merge(self, other: Charges) -> None:
-        for category, amount in other.gpu_ns.items():
-            self.gpu_ns[category] += amount
-        for category, usd in other.usd.items():
-            self.usd[category] += usd
-        self.rates |= other.rates
+        for rate, theirs in other._time.items():
+            mine = self._time.get(rate)
+            if mine is None:
+                self._time[rate] = list(theirs)
+            else:
+                mine[0] += theirs[0]
+                mine[1] += theirs[1]
+                mine[2] += theirs[2]
+                mine[3] += theirs[3]
+        for key, count in other._fees.items():
+            self._fees[key] = self._fees.get(key, 0) + count
+        for category, usd in other._recorded.items():
+            self.add_recorded(category, usd)
         self.versions |= other.versions
+
+    @property
+    def rates(self) -> set[Fraction]:
+        """The rates billed (per GPU-second); -1 stands for amounts taken as recorded."""
+        rates = {Fraction(*key) for key in self._time}
+        if self._recorded:
+            rates.add(_UNKNOWN_RATE)
+        return rates
+
+    @property
+    def gpu_ns(self) -> dict[Category, Fraction]:
+        """GPU-nanoseconds per time category."""
+        totals: dict[Category, Fraction] = dict.fromkeys(TIME_CATEGORIES, Fraction(0))
+        for slots in self._time.values():
+            for category, index in _SLOT.items():
+                totals[category] += slots[index]  # type: ignore[index]
+        return totals
+
+    @property
+    def usd(self) -> dict[Category, Fraction]:
+        """US dollars per category, fees included."""
+        totals: dict[Category, Fraction] = dict.fromkeys((*TIME_CATEGORIES, "fee"), Fraction(0))
+        for key, slots in self._time.items():
+            if key == _UNKNOWN_KEY:  # time of amounts taken as recorded: priced there
+                continue
+            rate = Fraction(*key)
+            for category, index in _SLOT.items():
+                if slots[index]:
+                    totals[category] += rate * slots[index] / NS_PER_S  # type: ignore[index]
+        for key, count in self._fees.items():
+            totals["fee"] += Fraction(*key) * count
+        for category, usd in self._recorded.items():
+            totals[category] += usd  # type: ignore[index]
+        return totals
 
     @property
     def total_usd(self) -> Fraction:
@@ -224,21 +294,21 @@ def bill_workers(workers: Iterable[Worker]) -> Iterable[tuple[Worker, WorkerBill
         yield worker, bill(worker.timeline, worker.rules or _UNPRICED)
 
 
-def as_recorded(record: InvocationRecord) -> Charges | None:
+def as_recorded(record: InvocationRecord, gpu_ns: int | Fraction = 0) -> Charges | None:
     """The charges a record carries itself (its fee and the rest), for a worker there are no
     rules to bill by (written before rules were frozen, its price gone from the catalogue);
-    None when it was unpriced. Its GPU time is its own, unrounded: its rate is not known."""
+    None when it was unpriced. ``gpu_ns`` is its own GPU time (its rate is not known)."""
     if record.cost_usd is None or not math.isfinite(record.cost_usd):
         return None
     charges = Charges(versions={record.pricing_version} if record.pricing_version else set())
     fee = Fraction(record.cost_execution_usd or 0.0)
-    own_ns = Fraction(record.billed_gpu_seconds or 0.0) * NS_PER_S
     startup_usd = Fraction(record.cost_coldstart_usd or 0.0)
-    charges.add("fee", Fraction(0), fee)
-    charges.add("request", own_ns, Fraction(record.cost_usd) - fee - startup_usd)
+    if fee:
+        charges.add_fee(fee)
+    charges.add_recorded("request", Fraction(record.cost_usd) - fee - startup_usd)
     if startup_usd:
-        charges.add("startup", Fraction(0), startup_usd)
-    charges.rates.add(Fraction(-1))  # unknown: a row holding it has no single rate
+        charges.add_recorded("startup", startup_usd)
+    charges.add_time(_UNKNOWN_KEY, "request", gpu_ns)  # its time, at no known rate
     return charges
 
 
@@ -251,39 +321,40 @@ def attribute(
     if policy not in POLICIES:
         raise ValueError(f"no attribution policy {policy!r}: choose one of {', '.join(POLICIES)}")
     requests = worker.timeline.requests
-    rate = (worker.rules or _UNPRICED).per_gpu_second_usd
+    rate = rate_key((worker.rules or _UNPRICED).per_gpu_second_usd)
     versions = {worker.pricing_version} if worker.pricing_version else set()
-
-    def charges() -> Charges:
-        return Charges(rates={rate}, versions=set(versions))
-
-    per_request: dict[str, Charges] = {request.request_id: charges() for request in requests}
-    idle = charges()
+    per_request: dict[str, Charges] = {
+        request.request_id: Charges(set(versions)) for request in requests
+    }
+    idle = Charges(set(versions))
     first = min(requests, key=lambda r: (r.start_ns, r.request_id), default=None)
     shared: list[Line] = []
     busy: dict[str, Fraction] = dict.fromkeys(per_request, Fraction(0))
+    # Every fee line of a bill is the rules' fee: its key made once.
+    fee = rate_key((worker.rules or _UNPRICED).execution_fee_usd)
     for line in worker_bill.lines:
-        if line.request_id is not None and line.category != "fee":
+        if line.category == "fee":
+            owner = per_request[line.request_id] if line.request_id is not None else idle
+            owner.add_fee(fee)
+        elif line.request_id is not None:  # request, start-up done inside the request
+            per_request[line.request_id].add_time(rate, line.category, line.gpu_ns)
             busy[line.request_id] += line.gpu_ns  # its time running, start-up work included
-    for line in worker_bill.lines:
-        if line.request_id is not None:  # fee, request, start-up done inside the request
-            per_request[line.request_id].add(line.category, line.gpu_ns, line.usd)
         elif line.category == "startup" and first is not None:
-            per_request[first.request_id].add(line.category, line.gpu_ns, line.usd)
+            per_request[first.request_id].add_time(rate, line.category, line.gpu_ns)
         elif policy == "separate" or first is None:
-            idle.add(line.category, line.gpu_ns, line.usd)
+            idle.add_time(rate, line.category, line.gpu_ns)
         else:
             shared.append(line)
     if policy == "share":
-        _share(shared, per_request, requests, busy)
+        _share(shared, per_request, requests, busy, rate)
     elif policy == "cause":
         ends = sorted((request.end_ns, request.request_id) for request in requests)
         for line in shared:
             # Idle: the request whose keep-warm window it was; rounding (starting at its span's
             # end): the request that ended the span.
             index = bisect.bisect_right(ends, (line.start_ns, "\U0010ffff")) - 1
-            owner = ends[index][1] if index >= 0 else first.request_id  # type: ignore[union-attr]
-            per_request[owner].add(line.category, line.gpu_ns, line.usd)
+            owner_id = ends[index][1] if index >= 0 else first.request_id  # type: ignore[union-attr]
+            per_request[owner_id].add_time(rate, line.category, line.gpu_ns)
     return per_request, idle
 
 
@@ -292,6 +363,7 @@ def _share(
     per_request: dict[str, Charges],
     requests: Sequence[Request],
     busy: dict[str, Fraction],
+    rate: RateKey,
 ) -> None:
     """Spread ``lines`` over the requests pro rata to each one's busy time (``busy``: its GPU
     time running; equally when none ran)."""
@@ -306,6 +378,4 @@ def _share(
         for request in requests:
             part = weights[request.request_id] / total
             if part:
-                per_request[request.request_id].add(
-                    line.category, line.gpu_ns * part, line.usd * part
-                )
+                per_request[request.request_id].add_time(rate, line.category, line.gpu_ns * part)

@@ -180,14 +180,24 @@ class Rules:
 class Line:
     """One charge: a category, the wall-clock stretch it covers (none for a fee), the GPU
     nanoseconds charged (a fraction where a stretch is shared by concurrent requests), the
-    amount, and the request it belongs to (``request`` and ``fee`` lines)."""
+    price (US dollars per GPU-nanosecond; a fee's amount), and the request it belongs to
+    (``request`` and ``fee`` lines). ``usd`` is worked out when asked: a report attributing
+    a million lines never needs it."""
 
     category: Category
     start_ns: int
     end_ns: int
-    gpu_ns: Fraction
-    usd: Fraction
+    gpu_ns: int | Fraction
+    price: Fraction
+    """Per GPU-nanosecond for a time line; the amount for a fee."""
     request_id: str | None = None
+
+    @property
+    def usd(self) -> Fraction:
+        """The line's amount: its GPU time at its price, or the fee."""
+        if self.category == "fee":
+            return self.price
+        return self.gpu_ns * self.price
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -271,15 +281,17 @@ def bill(timeline: WorkerTimeline, rules: Rules, *, lines: bool = True) -> Worke
             _time_line("rounding", start, end, gpus, rate_per_gpu_ns) for start, end in rounding
         )
         lines_out.extend(
-            Line("fee", r.start_ns, r.start_ns, Fraction(0), rules.execution_fee_usd, r.request_id)
+            Line("fee", r.start_ns, r.start_ns, 0, rules.execution_fee_usd, r.request_id)
             for r in timeline.requests[:fee_count]
         )
-        # Start-up work done inside requests moves from ``request`` to ``startup``.
-        moved = sum((line.gpu_ns for line in lines_out if line.category == "startup"), Fraction(0))
-        gpu_ns["startup"] = moved
-        gpu_ns["request"] = sum(
-            (line.gpu_ns for line in lines_out if line.category == "request"), Fraction(0)
-        )
+        if any(r.startup_ns for r in timeline.requests):
+            # Start-up work done inside requests moves from ``request`` to ``startup``.
+            gpu_ns["startup"] = Fraction(
+                sum(line.gpu_ns for line in lines_out if line.category == "startup")
+            )
+            gpu_ns["request"] = Fraction(
+                sum(line.gpu_ns for line in lines_out if line.category == "request")
+            )
     usd: dict[Category, Fraction] = {
         category: amount * rate_per_gpu_ns for category, amount in gpu_ns.items()
     }
@@ -429,19 +441,21 @@ def _request_lines(
     out: list[Line] = []
     startup_left = {r.request_id: r.startup_ns for r in requests if r.startup_ns > 0}
     for start, end, running in _segments(requests, served):
-        share = Fraction((end - start) * gpus, len(running))
+        # A whole number of GPU-ns stays an int (most stretches run one request): cheap to add.
+        whole, left = divmod((end - start) * gpus, len(running))
+        share: int | Fraction = whole if not left else Fraction((end - start) * gpus, len(running))
         for request_id in running:
             left = startup_left.get(request_id, 0)
             if left <= 0:
-                out.append(Line("request", start, end, share, share * rate_per_gpu_ns, request_id))
+                out.append(Line("request", start, end, share, rate_per_gpu_ns, request_id))
                 continue
             cut = min(end, start + left)
             startup_left[request_id] = left - (cut - start)
             first = share * Fraction(cut - start, end - start)
-            out.append(Line("startup", start, cut, first, first * rate_per_gpu_ns, request_id))
+            out.append(Line("startup", start, cut, first, rate_per_gpu_ns, request_id))
             if cut < end:
                 rest = share - first
-                out.append(Line("request", cut, end, rest, rest * rate_per_gpu_ns, request_id))
+                out.append(Line("request", cut, end, rest, rate_per_gpu_ns, request_id))
     return out
 
 
@@ -456,8 +470,7 @@ def _decimal(value: float) -> Fraction:
 def _time_line(
     category: Category, start: int, end: int, gpus: int, rate_per_gpu_ns: Fraction
 ) -> Line:
-    gpu_ns = Fraction((end - start) * gpus)
-    return Line(category, start, end, gpu_ns, gpu_ns * rate_per_gpu_ns)
+    return Line(category, start, end, (end - start) * gpus, rate_per_gpu_ns)
 
 
 def rounded_ns(duration_ns: int, rules: Rules) -> int:

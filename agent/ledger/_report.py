@@ -200,9 +200,9 @@ def aggregate(
         if worker.rules is None:
             # No rules to bill it by: what its records say they cost, if anything.
             for record_id in worker.record_ids:
-                recorded = as_recorded(by_id[record_id])
+                own_ns = per_request[record_id].gpu_ns["request"]
+                recorded = as_recorded(by_id[record_id], own_ns)
                 if recorded is not None:
-                    recorded.gpu_ns["request"] = per_request[record_id].gpu_ns["request"]
                     per_request[record_id] = recorded
                     priced.add(record_id)
             charges_of.update(per_request)

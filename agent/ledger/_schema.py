@@ -398,6 +398,11 @@ def _strip_optional(hint: Any) -> Any:
 
 
 @functools.cache
+def _shared_json_indices() -> frozenset[int]:
+    return frozenset(i for i, name in enumerate(FIELD_NAMES) if name in _SHARED_JSON)
+
+
+@functools.cache
 def _indices(kind: _Kind) -> tuple[int, ...]:
     return tuple(i for i, each in enumerate(_field_kinds()) if each == kind)
 
@@ -433,11 +438,30 @@ def _encode(record: InvocationRecord) -> list[Any]:
     return row
 
 
+_SHARED_JSON: Final = frozenset({"billing_rules", "gpu_unmeasured"})
+"""JSON columns whose text repeats row after row (the same for every record of a worker):
+decoded once per distinct text while reading, the records sharing the value (records are
+values: treat them as read-only)."""
+
+_last_decoded: dict[int, tuple[str, object]] = {}
+
+
 def _decode(row: Sequence[Any]) -> InvocationRecord:
     values = list(row)
+    shared = _shared_json_indices()
     for index in _indices("json"):
-        if values[index] is not None:
-            values[index] = json.loads(values[index])
+        text = values[index]
+        if text is None:
+            continue
+        if index in shared:
+            last = _last_decoded.get(index)
+            if last is not None and last[0] == text:
+                values[index] = last[1]
+                continue
+            values[index] = decoded = json.loads(text)
+            _last_decoded[index] = (text, decoded)
+        else:
+            values[index] = json.loads(text)
     for index in _indices("bool"):
         if values[index] is not None:
             values[index] = bool(values[index])
