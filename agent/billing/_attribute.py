@@ -65,7 +65,7 @@ RulesFor = Callable[[InvocationRecord], "tuple[Rules | None, str | None]"]
 its first record."""
 
 
-_SLOT: Final[dict[str, int]] = {"request": 0, "startup": 1, "idle": 2, "rounding": 3}
+_SLOT: Final[dict[Category, int]] = {"request": 0, "startup": 1, "idle": 2, "rounding": 3}
 _UNKNOWN_RATE: Final = Fraction(-1)
 """The rate of charges taken as recorded: none known (a row holding them has no single rate)."""
 RateKey = tuple[int, int]
@@ -87,15 +87,15 @@ class Charges:
     __slots__ = ("_fees", "_recorded", "_time", "versions")
 
     def __init__(self, versions: set[str] | None = None) -> None:
-        self._time: dict[tuple[int, int], list[int | Fraction]] = {}
+        self._time: dict[RateKey, list[int | Fraction]] = {}
         """Rate per GPU-second (numerator, denominator: a tuple hashes fast, a Fraction does
         not) -> GPU-ns of request, startup, idle, rounding."""
         self._fees: dict[RateKey, int] = {}
         """A fee (numerator, denominator) -> how many were charged."""
-        self._recorded: dict[str, Fraction] = {}
+        self._recorded: dict[Category, Fraction] = {}
         self.versions: set[str] = versions if versions is not None else set()
 
-    def add_time(self, rate: RateKey, category: str, gpu_ns: int | Fraction) -> None:
+    def add_time(self, rate: RateKey, category: Category, gpu_ns: int | Fraction) -> None:
         """``gpu_ns`` GPU-nanoseconds of ``category`` billed at ``rate`` a GPU-second
         (:func:`rate_key`)."""
         slots = self._time.get(rate)
@@ -108,7 +108,7 @@ class Charges:
         key = amount if isinstance(amount, tuple) else (amount.numerator, amount.denominator)
         self._fees[key] = self._fees.get(key, 0) + count
 
-    def add_recorded(self, category: str, usd: Fraction) -> None:
+    def add_recorded(self, category: Category, usd: Fraction) -> None:
         """Dollars taken as a record carries them (no rate known)."""
         self._recorded[category] = self._recorded.get(category, Fraction(0)) + usd
 
@@ -142,7 +142,7 @@ class Charges:
         totals: dict[Category, Fraction] = dict.fromkeys(TIME_CATEGORIES, Fraction(0))
         for slots in self._time.values():
             for category, index in _SLOT.items():
-                totals[category] += slots[index]  # type: ignore[index]
+                totals[category] += slots[index]
         return totals
 
     @property
@@ -155,11 +155,11 @@ class Charges:
             rate = Fraction(*key)
             for category, index in _SLOT.items():
                 if slots[index]:
-                    totals[category] += rate * slots[index] / NS_PER_S  # type: ignore[index]
+                    totals[category] += rate * slots[index] / NS_PER_S
         for key, count in self._fees.items():
             totals["fee"] += Fraction(*key) * count
         for category, usd in self._recorded.items():
-            totals[category] += usd  # type: ignore[index]
+            totals[category] += usd
         return totals
 
     @property
