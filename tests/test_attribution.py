@@ -41,6 +41,8 @@ from gpuledger.cli import main
 from gpuledger.ledger import SCHEMA_VERSION, aggregate, open_ledger, totals
 from gpuledger.testing import make_record
 
+from .support.ledgers import union_length
+
 S = 1_000_000_000
 T0 = 1_772_323_200 * S
 OLD_LEDGER = Path(__file__).parent / "data" / "ledger-gpuledger-3606b28-schema3.sqlite"
@@ -347,12 +349,8 @@ def test_two_processes_of_one_worker_are_billed_once(tmp_path: Path) -> None:
     (worker,) = workers_of(records)
     worker_bill = bill(worker.timeline, worker.rules)  # type: ignore[arg-type]
     ready = worker.timeline.ready_ns
-    intervals = sorted((max(r.start_ns, ready), r.end_ns) for r in records if r.end_ns > ready)
-    union = 0
-    reach = intervals[0][0]
-    for start, end in intervals:
-        union += max(0, end - max(start, reach))
-        reach = max(reach, end)
+    intervals = [(max(r.start_ns, ready), r.end_ns) for r in records if r.end_ns > ready]
+    union = union_length(intervals)
     # The processes' requests overlapped, and the overlap is billed once.
     assert union < sum(end - start for start, end in intervals)
     assert worker_bill.gpu_ns_by_category["request"] == union

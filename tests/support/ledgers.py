@@ -55,15 +55,24 @@ def ledger_rows(path: Path, count: int, timeout: float = 10.0) -> list[dict[str,
 
 
 def union_length(intervals: Iterable[tuple[int, int]]) -> int:
-    """The length covered by at least one of the ``(start, end)`` intervals, in their unit."""
-    total, cursor = 0, None
-    for start, end in sorted(intervals):
-        if cursor is None or start > cursor:
-            total += end - start
-            cursor = end
-        elif end > cursor:
-            total += end - cursor
-            cursor = end
+    """The length covered by at least one of the ``(start, end)`` intervals, in their unit.
+
+    An oracle for the agent's own union (``_external.union_ns``) and the billing engine's, so it
+    is worked out another way: a sweep over +1/-1 events counting how many intervals are open.
+    """
+    events = sorted(
+        (point, step)
+        for start, end in intervals
+        if end > start
+        for point, step in ((start, 1), (end, -1))
+    )
+    total = open_count = 0
+    previous = None
+    for point, step in events:
+        if open_count > 0 and previous is not None:
+            total += point - previous
+        open_count += step
+        previous = point
     return total
 
 
