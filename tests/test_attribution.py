@@ -38,7 +38,7 @@ from gpuledger.billing import (
     workers_of,
 )
 from gpuledger.cli import main
-from gpuledger.ledger import SCHEMA_VERSION, aggregate, open_ledger, totals
+from gpuledger.ledger import SCHEMA_VERSION, aggregate, open_ledger, period_charges, totals
 from gpuledger.testing import make_record
 
 from .support.ledgers import union_length
@@ -616,3 +616,54 @@ def test_a_worker_that_may_still_run_has_a_provisional_bill() -> None:
     stopped = aggregate(records, "user", now_ns=T0 + 30 * S, stops={"w-1": T0 + 20 * S})
     assert [r.provisional for r in stopped] == [0, 0]
     assert totals(stopped).idle_gpu_s == 19.0
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("period_s", [60, 3600, 86_400])
+def test_charges_per_period_add_up_to_the_report_exactly(
+    demo_ledger: str, policy: str, period_s: int
+) -> None:
+    """Invoices and FOCUS rows are per hour or day: the report's dollars cut at those boundaries
+    (lines crossing one split pro rata) still add up to its total, to the last bit."""
+    with open_ledger(demo_ledger, create=False) as ledger:
+        records = list(ledger.read())
+        stops = ledger.read_stops()
+    rows = aggregate(records, "user", policy=policy, stops=stops)
+    cells = period_charges(records, period_ns=period_s * S, policy=policy, stops=stops)
+    total = Fraction(0)
+    for cell in cells:
+        assert cell.period_start_ns % (period_s * S) == 0
+        assert cell.period_end_ns - cell.period_start_ns == period_s * S
+        total += cell.charges.total_usd
+    assert total == sum((row._charges.total_usd for row in rows), Fraction(0))
+    # Per owner, the periods add up to what the report charged that request.
+    per_request: dict[str, Fraction] = {}
+    for cell in cells:
+        if cell.record is not None:
+            rid = cell.record.record_id
+            per_request[rid] = per_request.get(rid, Fraction(0)) + cell.charges.total_usd
+    by_invocation = aggregate(records, "invocation", policy=policy, stops=stops)
+    for row in by_invocation:
+        if row.key != IDLE_KEY:
+            rid = next(r.record_id for r in records if r.invocation_id == row.key)
+            assert per_request.get(rid, Fraction(0)) == row._charges.total_usd
+
+
+def test_a_line_across_an_hour_is_split_pro_rata() -> None:
+    rules = Rules(per_gpu_second_usd=Fraction(1, 1000), bills_idle=True, idle_window_ns=0)
+    start = T0 + 3600 * S - 30 * S  # 30 s before the hour, 90 s long: 1/3 before, 2/3 after
+    record = make_record(
+        0,
+        billing_worker="w",
+        worker_start_ns=start,
+        worker_ready_ns=start,
+        billing_rules=rules.to_json(),
+        pricing_version="test",
+        cost_usd=0.09,
+    )
+    record = dataclasses.replace(record, start_ns=start, end_ns=start + 90 * S, duration_s=90.0)
+    cells = period_charges([record], stops={"w": start + 90 * S})
+    assert [(c.period_start_ns - T0, c.charges.total_usd) for c in cells] == [
+        (0, Fraction(3, 100)),
+        (3600 * S, Fraction(6, 100)),
+    ]

@@ -19,6 +19,8 @@ from gpuledger.billing._attribute import (
     attribute,
     bill_workers,
     frozen_rules,
+    owned_lines,
+    rate_key,
     worker_key,
     workers_of,
 )
@@ -59,6 +61,8 @@ __all__ = [
     "bill_workers",
     "billed_wall_ns",
     "frozen_rules",
+    "owned_lines",
+    "rate_key",
     "rounded_ns",
     "worker_key",
     "workers_of",

@@ -25,7 +25,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from fractions import Fraction
 from typing import Final
 
@@ -50,6 +50,8 @@ __all__ = [
     "attribute",
     "bill_workers",
     "frozen_rules",
+    "owned_lines",
+    "rate_key",
     "worker_key",
     "workers_of",
 ]
@@ -318,35 +320,49 @@ def attribute(
     """``worker_bill`` split among the worker's requests under ``policy``: the charges of each
     request (by record id) and what stays the worker's own (its idle charges). Together they
     add up to the bill exactly."""
-    if policy not in POLICIES:
-        raise ValueError(f"no attribution policy {policy!r}: choose one of {', '.join(POLICIES)}")
-    requests = worker.timeline.requests
     rate = rate_key((worker.rules or _UNPRICED).per_gpu_second_usd)
     versions = {worker.pricing_version} if worker.pricing_version else set()
     per_request: dict[str, Charges] = {
-        request.request_id: Charges(set(versions)) for request in requests
+        request.request_id: Charges(set(versions)) for request in worker.timeline.requests
     }
     idle = Charges(set(versions))
-    first = min(requests, key=lambda r: (r.start_ns, r.request_id), default=None)
-    shared: list[Line] = []
-    busy: dict[str, Fraction] = dict.fromkeys(per_request, Fraction(0))
     # Every fee line of a bill is the rules' fee: its key made once.
     fee = rate_key((worker.rules or _UNPRICED).execution_fee_usd)
+    for owner_id, line, gpu_ns in owned_lines(worker, worker_bill, policy):
+        owner = idle if owner_id is None else per_request[owner_id]
+        if line.category == "fee":
+            owner.add_fee(fee)
+        else:
+            owner.add_time(rate, line.category, gpu_ns)
+    return per_request, idle
+
+
+def owned_lines(
+    worker: Worker, worker_bill: WorkerBill, policy: str = "separate"
+) -> Iterator[tuple[str | None, Line, int | Fraction]]:
+    """Each line of ``worker_bill`` (or part of one) with the request it is charged to under
+    ``policy`` (None: the worker's own) and the GPU-nanoseconds charged to it there (0 for a
+    fee). :func:`attribute` sums these; a report per period splits the lines by time first."""
+    if policy not in POLICIES:
+        raise ValueError(f"no attribution policy {policy!r}: choose one of {', '.join(POLICIES)}")
+    requests = worker.timeline.requests
+    first = min(requests, key=lambda r: (r.start_ns, r.request_id), default=None)
+    shared: list[Line] = []
+    busy: dict[str, Fraction] = {request.request_id: Fraction(0) for request in requests}
     for line in worker_bill.lines:
         if line.category == "fee":
-            owner = per_request[line.request_id] if line.request_id is not None else idle
-            owner.add_fee(fee)
+            yield line.request_id, line, 0
         elif line.request_id is not None:  # request, start-up done inside the request
-            per_request[line.request_id].add_time(rate, line.category, line.gpu_ns)
+            yield line.request_id, line, line.gpu_ns
             busy[line.request_id] += line.gpu_ns  # its time running, start-up work included
         elif line.category == "startup" and first is not None:
-            per_request[first.request_id].add_time(rate, line.category, line.gpu_ns)
+            yield first.request_id, line, line.gpu_ns
         elif policy == "separate" or first is None:
-            idle.add_time(rate, line.category, line.gpu_ns)
+            yield None, line, line.gpu_ns
         else:
             shared.append(line)
     if policy == "share":
-        _share(shared, per_request, requests, busy, rate)
+        yield from _share(shared, requests, busy)
     elif policy == "cause":
         ends = sorted((request.end_ns, request.request_id) for request in requests)
         for line in shared:
@@ -354,17 +370,12 @@ def attribute(
             # end): the request that ended the span.
             index = bisect.bisect_right(ends, (line.start_ns, "\U0010ffff")) - 1
             owner_id = ends[index][1] if index >= 0 else first.request_id  # type: ignore[union-attr]
-            per_request[owner_id].add_time(rate, line.category, line.gpu_ns)
-    return per_request, idle
+            yield owner_id, line, line.gpu_ns
 
 
 def _share(
-    lines: Sequence[Line],
-    per_request: dict[str, Charges],
-    requests: Sequence[Request],
-    busy: dict[str, Fraction],
-    rate: RateKey,
-) -> None:
+    lines: Sequence[Line], requests: Sequence[Request], busy: dict[str, Fraction]
+) -> Iterator[tuple[str, Line, Fraction]]:
     """Spread ``lines`` over the requests pro rata to each one's busy time (``busy``: its GPU
     time running; equally when none ran)."""
     if not lines:
@@ -378,4 +389,4 @@ def _share(
         for request in requests:
             part = weights[request.request_id] / total
             if part:
-                per_request[request.request_id].add_time(rate, line.category, line.gpu_ns * part)
+                yield request.request_id, line, line.gpu_ns * part

@@ -7,6 +7,7 @@ both back-ends share one schema and one row encoding, so they store and return t
 
 from __future__ import annotations
 
+from gpuledger.ledger._periods import HOUR_NS, PeriodCharge, period_charges
 from gpuledger.ledger._report import (
     GROUP_BY,
     REPORT_COLUMNS,
@@ -32,11 +33,13 @@ from gpuledger.ledger._sqlite import (
 __all__ = [
     "DEFAULT_LEDGER",
     "GROUP_BY",
+    "HOUR_NS",
     "LEDGER_ENV",
     "MIGRATIONS",
     "REPORT_COLUMNS",
     "SCHEMA_VERSION",
     "Ledger",
+    "PeriodCharge",
     "ReportRow",
     "SqliteLedger",
     "Usage",
@@ -46,5 +49,6 @@ __all__ = [
     "display_location",
     "open_ledger",
     "parse_since",
+    "period_charges",
     "totals",
 ]
