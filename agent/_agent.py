@@ -163,7 +163,11 @@ class Agent:
     # -- set-up -----------------------------------------------------------------------------
 
     def _setup_pricing(self) -> None:
-        from gpuledger._pricing import LOCAL_PLATFORMS, load_catalogue  # noqa: PLC0415
+        from gpuledger._pricing import (  # noqa: PLC0415
+            LOCAL_PLATFORMS,
+            known_platforms,
+            load_catalogue,
+        )
 
         settings = self.settings
         try:
@@ -175,6 +179,8 @@ class Agent:
         self.catalogue = catalogue
         platform = self.platform.platform
         known = catalogue.platforms()
+        if platform not in known and platform not in LOCAL_PLATFORMS:
+            known = known_platforms(catalogue)
         if platform not in known and platform not in LOCAL_PLATFORMS:
             raise ConfigError(
                 "platform",
@@ -213,7 +219,7 @@ class Agent:
         self.billing_rules = None
         self.pricing_platform = None
         self.pricing_version = None
-        self.cost_source = unpriced_reason(platform, self.gpu)
+        self.cost_source = unpriced_reason(platform, self.gpu, catalogue)
         if not warn or platform in LOCAL_PLATFORMS:
             return
         if self.gpu is None:

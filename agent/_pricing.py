@@ -49,8 +49,10 @@ the next issue (worker bills) replaces the cost model here.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import difflib
 import functools
+import hashlib
 import math
 import os
 import re
@@ -64,16 +66,26 @@ from gpuledger._errors import PricingError
 from gpuledger._settings import resolve_setting
 
 __all__ = [
+    "DEFAULT_EDITION",
     "KINDS",
+    "LEGACY_VERSIONS",
     "LOCAL_PLATFORMS",
+    "OWNERS",
     "PRICING_ENV",
+    "SEED_EDITION",
+    "STALE_AFTER_DAYS",
     "Catalogue",
     "Cost",
     "Price",
     "Problem",
+    "Reference",
     "check_file",
     "compile_pricer",
     "default_catalogue",
+    "edition_catalogue",
+    "edition_name",
+    "editions",
+    "known_platforms",
     "load_catalogue",
     "normalise_gpu",
     "shipped_path",
@@ -82,7 +94,15 @@ __all__ = [
 ]
 
 PRICING_ENV: Final = "GPULEDGER_PRICING"
-"""Environment variable naming a pricing file merged over the shipped catalogue."""
+"""Environment variable naming the edition or pricing file to price by."""
+DEFAULT_EDITION: Final = "published-2026-12"
+"""The edition used when none is named: the platforms' own published prices."""
+SEED_EDITION: Final = "seed-2026-03"
+"""The seed article's prices and rules, kept so that its worked examples reproduce."""
+LEGACY_VERSIONS: Final[Mapping[str, str]] = {"2026-03": SEED_EDITION}
+"""Catalogue versions written before editions had names -> the edition they are."""
+STALE_AFTER_DAYS: Final = 90
+"""An edition whose numbers were read longer ago than this is warned about."""
 
 KINDS: Final = ("serverless_execution", "per_second", "reserved")
 """The cost models a platform can have (see the module docstring)."""
@@ -133,6 +153,36 @@ class Price:
     bills_idle: bool = False
     prewarmed_workers: int = 0
     behaviour_citation: str = ""
+    reference: Reference | None = None
+    """Where the GPU price comes from (an edition's entries all say; a user file's may)."""
+    rules_reference: Reference | None = None
+    """Where the platform's billing rules come from."""
+    behaviour_reference: Reference | None = None
+    """Where the worker behaviour figures come from."""
+    sunset: str | None = None
+    """The date the platform stopped selling this product (ISO), with ``sunset_source``."""
+    sunset_source: str = ""
+    cpu_core_second_usd: float = 0.0
+    """Per CPU core-second a worker reserves (0: not charged apart from the GPU)."""
+    memory_gib_second_usd: float = 0.0
+    """Per GiB-second of memory a worker reserves."""
+    disk_gb_second_usd: float = 0.0
+    """Per GB-second of container disk while the worker runs."""
+    min_cpu_cores: float = 0.0
+    """The least CPU a worker is charged for (the platform's minimum reservation)."""
+    min_memory_gib: float = 0.0
+    """The least memory a worker is charged for."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Reference:
+    """Where a number comes from: ``source`` (a URL, or a document's title), the date it was
+    read there (``read_on``, ISO ``YYYY-MM-DD`` or ``YYYY-MM``), and whose word it is
+    (:data:`OWNERS`)."""
+
+    source: str
+    read_on: str
+    owner: str
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -203,10 +253,12 @@ def normalise_gpu(name: str) -> str:
 class Catalogue:
     """Immutable prices keyed by (platform, canonical GPU), with a version and sources."""
 
-    __slots__ = ("_aliases", "_by_key", "_sources", "_version")
+    __slots__ = ("_aliases", "_as_of", "_by_key", "_edition", "_sources", "_version")
 
     _aliases: Mapping[str, str]
+    _as_of: str
     _by_key: Mapping[tuple[str, str], Price]
+    _edition: str
     _sources: tuple[str, ...]
     _version: str
 
@@ -216,9 +268,15 @@ class Catalogue:
         sources: Iterable[str],
         prices: Iterable[Price],
         aliases: Mapping[str, str] | None = None,
+        *,
+        edition: str = "",
+        as_of: str = "",
     ) -> None:
-        """Build a catalogue; ``aliases`` maps normalised GPU names to canonical ones."""
+        """Build a catalogue; ``aliases`` maps normalised GPU names to canonical ones;
+        ``edition`` is the edition it is or overlays, ``as_of`` the day its numbers were read."""
         object.__setattr__(self, "_version", version)
+        object.__setattr__(self, "_edition", edition or version)
+        object.__setattr__(self, "_as_of", as_of)
         object.__setattr__(self, "_sources", tuple(sources))
         object.__setattr__(
             self, "_by_key", {(price.platform, price.gpu): price for price in prices}
@@ -233,8 +291,37 @@ class Catalogue:
 
     @property
     def version(self) -> str:
-        """The catalogue version, e.g. ``2026-03``, or ``2026-03+mine`` with a user file merged."""
+        """What prices from it are recorded as: the edition's name (``published-2026-12``), or
+        ``file:<hash>`` for a user file over an edition (its content's SHA-256, 12 digits)."""
         return self._version
+
+    @property
+    def edition(self) -> str:
+        """The edition this is, or the one a user file overlays."""
+        return self._edition
+
+    @property
+    def as_of(self) -> str:
+        """The day the edition's numbers were read (ISO; "" when not known)."""
+        return self._as_of
+
+    def age_days(self, today: dt.date) -> int | None:
+        """How old the edition's numbers are on ``today``, in days (None when not dated)."""
+        if not self._as_of:
+            return None
+        read = dt.date.fromisoformat(self._as_of if len(self._as_of) > 7 else self._as_of + "-01")
+        return (today - read).days
+
+    def stale_warning(self, today: dt.date) -> str | None:
+        """A warning when the edition is older than :data:`STALE_AFTER_DAYS` on ``today``."""
+        age = self.age_days(today)
+        if age is None or age <= STALE_AFTER_DAYS:
+            return None
+        return (
+            f"warning: pricing edition {self._edition} is {age} days old (read {self._as_of}); "
+            "platforms change their prices: see `gpuledger pricing editions`, or give a newer "
+            "one with --pricing"
+        )
 
     @property
     def sources(self) -> tuple[str, ...]:
@@ -343,97 +430,176 @@ def compile_pricer(
 # Loading
 
 
-def _shipped_resource() -> Traversable:
-    return resources.files("gpuledger") / "data" / "pricing.toml"
+def _editions_folder() -> Traversable:
+    return resources.files("gpuledger") / "data" / "editions"
 
 
-def shipped_path() -> str:
-    """Where the shipped catalogue file is (a path for messages; it may live inside a zip)."""
-    return str(_shipped_resource())
+@functools.lru_cache(maxsize=1)
+def editions() -> tuple[str, ...]:
+    """The names of the shipped price editions, sorted."""
+    return tuple(
+        sorted(
+            entry.name.removesuffix(".toml")
+            for entry in _editions_folder().iterdir()
+            if entry.name.endswith(".toml")
+        )
+    )
+
+
+def edition_name(name: str) -> str | None:
+    """The shipped edition ``name`` stands for (a legacy version, ``2026-03``, reads as the
+    edition it became, ``seed-2026-03``); None when it names none."""
+    name = LEGACY_VERSIONS.get(name, name)
+    return name if name in editions() else None
+
+
+def shipped_path(edition: str = DEFAULT_EDITION) -> str:
+    """Where a shipped edition's file is (a path for messages; it may live inside a zip)."""
+    return str(_editions_folder() / f"{edition}.toml")
 
 
 @functools.lru_cache(maxsize=1)
 def default_catalogue() -> Catalogue:
-    """The shipped catalogue, read once; raises ``PricingError`` if the shipped file is broken."""
-    return _shipped()[1]
+    """The default edition, read once; raises ``PricingError`` if its file is broken."""
+    return _edition(DEFAULT_EDITION)[1]
 
 
-@functools.lru_cache(maxsize=1)
-def _shipped() -> tuple[_Spec, Catalogue]:
-    path = shipped_path()
+def edition_catalogue(name: str) -> Catalogue:
+    """A shipped edition by name (or legacy version); ``PricingError`` naming the editions when
+    there is no such edition."""
+    found = edition_name(name)
+    if found is None:
+        raise PricingError(
+            name, [f"{name}: no such edition: the editions are {', '.join(editions())}"]
+        )
+    return _edition(found)[1]
+
+
+@functools.lru_cache(maxsize=8)
+def _edition(name: str) -> tuple[_Spec, Catalogue]:
+    path = shipped_path(name)
     problems: list[Problem] = []
-    text = _shipped_resource().read_text("utf-8")
+    text = (_editions_folder() / f"{name}.toml").read_text("utf-8")
     spec, _count = _read_layer(_parse_toml(text, path, problems), path, None, problems)
     catalogue = _build(spec, path, problems)
+    if spec.edition and spec.edition != name:
+        problems.append(Problem(path, "edition", f"{spec.edition!r} in a file named {name!r}"))
     if problems:
         raise PricingError(path, [str(problem) for problem in problems])
     return spec, catalogue
 
 
 def load_catalogue(
-    path: str | os.PathLike[str] | None = None, *, use_env: bool = True
+    pricing: str | os.PathLike[str] | None = None, *, use_env: bool = True
 ) -> Catalogue:
-    """The shipped catalogue merged with a user file: ``path``, else the ``pricing`` setting
-    (``$GPULEDGER_PRICING``, else the settings file; when ``use_env``), else none. Raises
-    ``PricingError`` listing every problem in the file (ConfigError for a bad settings file).
+    """The prices to use: ``pricing``, else the ``pricing`` setting (``$GPULEDGER_PRICING``,
+    else the settings file; when ``use_env``), else the default edition. Each names a shipped
+    edition (``published-2026-12``, ``seed-2026-03``) or a pricing file, which overlays the
+    edition its ``base`` names (default: the default edition). Raises ``PricingError`` listing
+    every problem in the file (ConfigError for a bad settings file).
     """
     source = None
-    if path is None and use_env:
-        path, source = resolve_setting("pricing")
-    if path is None:
+    if pricing is None and use_env:
+        pricing, source = resolve_setting("pricing")
+    if pricing is None:
         return default_catalogue()
-    file = os.fspath(path)
-    base, _ = _shipped()
+    file = os.fspath(pricing)
+    if edition_name(file) is not None:
+        return edition_catalogue(file)
     problems: list[Problem] = []
-    document = _read_document(file, problems)
-    catalogue = None
-    if document is not None:
-        spec, _count = _read_layer(document, file, base, problems)
-        catalogue = _build(spec, file, problems)
+    catalogue = _load_file(file, problems)
     if problems or catalogue is None:
+        if not Path(file).exists() and "/" not in file and not file.endswith(".toml"):
+            problems = [
+                Problem(
+                    file,
+                    "(file)",
+                    f"no such edition or file: the editions are {', '.join(editions())}",
+                )
+            ]
         where = f"{file} (from {source})" if source is not None else file
         raise PricingError(where, [str(problem) for problem in problems])
     return catalogue
 
 
+def _load_file(file: str, problems: list[Problem]) -> Catalogue | None:
+    raw = _read_bytes(file, problems)
+    if raw is None:
+        return None
+    document = _decode_toml(raw, file, problems)
+    if document is None:
+        return None
+    if "edition" in document and "base" not in document:
+        # An edition's own file (a copy being checked, a newer one): read as one.
+        spec, _count = _read_layer(document, file, None, problems)
+        return _build(spec, file, problems)
+    base = _base_spec(document, problems, file)
+    if base is None:
+        return None
+    digest = hashlib.sha256(raw).hexdigest()[:12]
+    spec, _count = _read_layer(document, file, base, problems, file_version=f"file:{digest}")
+    return _build(spec, file, problems)
+
+
+def _base_spec(document: Mapping[str, object], problems: list[Problem], file: str) -> _Spec | None:
+    name = document.get("base", DEFAULT_EDITION)
+    if not isinstance(name, str):
+        return _edition(DEFAULT_EDITION)[0]  # the bad value is reported by _read_layer
+    found = edition_name(name)
+    if found is None:
+        problems.append(
+            Problem(file, "base", f"no edition {name!r}: the editions are {', '.join(editions())}")
+        )
+        return None
+    return _edition(found)[0]
+
+
 def check_file(path: str | os.PathLike[str]) -> tuple[list[Problem], int]:
-    """Every problem in a pricing file read over the shipped catalogue, and how many
-    (platform, GPU) prices the file itself gives. Never raises for the file's content.
+    """Every problem in a pricing file (read over the edition its ``base`` names) or an
+    edition's own file (one naming its ``edition``: read alone, every number needing its
+    reference), and how many (platform, GPU) prices the file itself gives. Never raises for
+    the file's content.
     """
     file = os.fspath(path)
     problems: list[Problem] = []
-    document = _read_document(file, problems)
+    raw = _read_bytes(file, problems)
+    document = None if raw is None else _decode_toml(raw, file, problems)
     if document is None:
         return problems, 0
-    try:
-        base: _Spec | None = _shipped()[0]
-    except PricingError:
-        # A broken shipped catalogue must not hide what is wrong with this file: check it alone.
-        base = None
-    spec, count = _read_layer(document, file, base, problems)
+    base: _Spec | None = None
+    if not ("edition" in document and "base" not in document):
+        try:
+            # A bad base is reported; the rest of the file is still checked, over the default.
+            base = _base_spec(document, problems, file) or _edition(DEFAULT_EDITION)[0]
+        except PricingError:
+            # A broken shipped edition must not hide what is wrong with this file: check it
+            # alone.
+            base = None
+    digest = hashlib.sha256(raw or b"").hexdigest()[:12]
+    spec, count = _read_layer(document, file, base, problems, file_version=f"file:{digest}")
     _build(spec, file, problems)
     return problems, count
 
 
 def validate_file(path: str | os.PathLike[str]) -> list[Problem]:
-    """Every problem in a pricing file read over the shipped catalogue: unreadable, bad TOML, bad
-    values (in file order), then what a platform lacks for its kind. Never raises for content.
-    """
+    """Every problem in a pricing file (see :func:`check_file`): unreadable, bad TOML, bad
+    values (in file order), then what a platform lacks. Never raises for content."""
     return check_file(path)[0]
 
 
-def _read_document(file: str, problems: list[Problem]) -> dict[str, object] | None:
+def _read_bytes(file: str, problems: list[Problem]) -> bytes | None:
     try:
-        raw = Path(file).read_bytes()
+        return Path(file).read_bytes()
     except FileNotFoundError:
         problems.append(Problem(file, "(file)", "no such file"))
-        return None
     except IsADirectoryError:
         problems.append(Problem(file, "(file)", "is a directory, not a pricing file"))
-        return None
     except OSError as error:
         problems.append(Problem(file, "(file)", f"cannot read: {error.strerror or error}"))
-        return None
+    return None
+
+
+def _decode_toml(raw: bytes, file: str, problems: list[Problem]) -> dict[str, object] | None:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -492,6 +658,19 @@ _PLATFORM_FIELDS: Final[Mapping[str, str]] = {
     "bills_idle": "bool",
     "prewarmed_workers": "count",
     "behaviour_citation": "text",
+    "source": "text",
+    "read_on": "date",
+    "owner": "owner",
+    "behaviour_source": "text",
+    "behaviour_read_on": "date",
+    "behaviour_owner": "owner",
+    "sunset": "date",
+    "sunset_source": "text",
+    "cpu_core_second_usd": "price",
+    "memory_gib_second_usd": "price",
+    "disk_gb_second_usd": "price",
+    "min_cpu_cores": "seconds",
+    "min_memory_gib": "seconds",
     "gpus": "table",
 }
 # How the platform's workers behave, not what they cost: a file changing one of these leaves the
@@ -506,14 +685,31 @@ _BEHAVIOUR_FIELDS: Final = frozenset(
         "bills_idle",
         "prewarmed_workers",
         "behaviour_citation",
+        "behaviour_source",
+        "behaviour_read_on",
+        "behaviour_owner",
     }
 )
 _GPU_FIELDS: Final[Mapping[str, str]] = {
     "per_gpu_second_usd": "price",
     "hourly_usd": "price",
     "citation": "text",
+    "source": "text",
+    "read_on": "date",
+    "owner": "owner",
 }
-_TOP_LEVEL: Final = ("version", "sources", "aliases", "platforms")
+_TOP_LEVEL: Final = ("edition", "as_of", "base", "version", "sources", "aliases", "platforms")
+OWNERS: Final = ("own", "third-party", "gpuledger")
+"""Whose word a number is: the platform's own page, docs or API; a third party's (an article,
+a copy of a price page); or gpuledger's own choice where no source gives one (its citation says
+why)."""
+_DATE: Final = re.compile(r"\d{4}-(0[1-9]|1[0-2])(-(0[1-9]|[12]\d|3[01]))?")
+_EDITION_NAME: Final = re.compile(r"[a-z][a-z0-9]*(-[a-z0-9]+)*")
+# A reference is three fields: a table gives all of them or none.
+_REFERENCES: Final = {
+    "": ("source", "read_on", "owner"),
+    "behaviour_": ("behaviour_source", "behaviour_read_on", "behaviour_owner"),
+}
 _PLATFORM_NAME: Final = re.compile(r"[a-z0-9][a-z0-9_-]*")
 
 
@@ -538,6 +734,10 @@ class _Platform:
 @dataclasses.dataclass(slots=True)
 class _Spec:
     version: str
+    edition: str
+    """The edition it is or overlays."""
+    as_of: str
+    """The day the edition's numbers were read."""
     sources: list[str]
     aliases: dict[str, str]
     platforms: dict[str, _Platform]
@@ -569,6 +769,16 @@ def _check_value(check: str, value: object) -> tuple[_Value | None, str | None]:
         if isinstance(value, bool):
             return value, None
         return None, f"must be true or false, got {_describe(value)}"
+    if check == "date":
+        if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+            return value.isoformat(), None
+        if isinstance(value, str) and _DATE.fullmatch(value.strip()):
+            return value.strip(), None
+        return None, f"must be a date, YYYY-MM-DD or YYYY-MM, got {_describe(value)}"
+    if check == "owner":
+        if value in OWNERS:
+            return str(value), None
+        return None, f"must be one of {', '.join(map(repr, OWNERS))}, got {_describe(value)}"
     if check == "kind":
         if not isinstance(value, str):
             return None, f"must be a string, one of {', '.join(KINDS)}; got {_describe(value)}"
@@ -608,16 +818,53 @@ def _unknown_key(key: str, allowed: Iterable[str]) -> str:
     return f"unknown key (did you mean {close[0]!r}?)" if close else "unknown key"
 
 
+def _read_edition_name(
+    spec: _Spec, document: Mapping[str, object], add: Callable[[str, str], None]
+) -> None:
+    """An edition names itself (``edition``) and the day its numbers were read (``as_of``)."""
+    edition = document.get("edition")
+    if edition is None:
+        add("edition", "required: the edition's name, e.g. 'published-2026-12'")
+    elif not (isinstance(edition, str) and _EDITION_NAME.fullmatch(edition)):
+        add(
+            "edition",
+            "must be a name of lower-case letters, digits and '-', e.g. 'published-2026-12'; "
+            f"got {_describe(edition)}",
+        )
+    else:
+        spec.version = spec.edition = edition
+    as_of = document.get("as_of")
+    if as_of is None:
+        add("as_of", "required: the date the edition's numbers were read, YYYY-MM-DD")
+    else:
+        checked, reason = _check_value("date", as_of)
+        if reason is not None:
+            add("as_of", reason)
+        else:
+            spec.as_of = str(checked)
+    for key in ("base", "version"):
+        if key in document:
+            add(key, "an edition stands alone and is named by 'edition'")
+    spec.version = spec.version or "unknown"
+    spec.origin = f"edition:{spec.version}"
+
+
 def _read_layer(
     document: Mapping[str, object] | None,
     file: str,
     base: _Spec | None,
     problems: list[Problem],
+    *,
+    file_version: str | None = None,
 ) -> tuple[_Spec, int]:
-    """Merge one file over ``base``; returns the merged spec and how many GPU tables it gives."""
+    """Merge one file over ``base`` (none: the file is an edition); returns the merged spec and
+    how many GPU tables it gives. ``file_version`` is what a user file's prices are recorded as
+    (``file:<hash>``)."""
     layer = 0 if base is None else base.layer + 1
     spec = _Spec(
         version=base.version if base else "",
+        edition=base.edition if base else "",
+        as_of=base.as_of if base else "",
         sources=list(base.sources) if base else [],
         aliases=dict(base.aliases) if base else {},
         platforms={
@@ -637,20 +884,23 @@ def _read_layer(
         if key not in _TOP_LEVEL:
             add(key, _unknown_key(key, _TOP_LEVEL))
 
-    version = document.get("version")
-    own_version: str | None = None
-    if version is not None:
-        if isinstance(version, str) and version.strip():
-            own_version = version.strip()
-        else:
-            add("version", f"must be a non-empty string, got {_describe(version)}")
-    elif base is None:
-        add("version", "required: the catalogue version, e.g. '2026-03'")
     if base is None:
-        spec.version = own_version or "unknown"
-        spec.origin = f"catalogue:{spec.version}"
+        _read_edition_name(spec, document, add)
     else:
-        spec.version = f"{base.version}+{own_version or Path(file).stem}"
+        for key in ("edition", "as_of"):
+            if key in document:
+                add(
+                    key,
+                    "a pricing file overlays an edition and is named by its content's hash: "
+                    "give base = \"<edition>\" instead",
+                )
+        base_name = document.get("base")
+        if base_name is not None and not isinstance(base_name, str):
+            add("base", f"must be an edition's name, got {_describe(base_name)}")
+        label = document.get("version")
+        if label is not None and not (isinstance(label, str) and label.strip()):
+            add("version", f"must be a non-empty string, got {_describe(label)}")
+        spec.version = file_version or f"file:{Path(file).stem}"
         spec.origin = f"file:{file}"
 
     sources = document.get("sources")
@@ -820,6 +1070,7 @@ def _build(spec: _Spec, file: str, problems: list[Problem]) -> Catalogue:
                 )
             continue
         behaviour_citation = _check_behaviour(platform, spec, add)
+        _check_references(platform, spec, add)
         price_field = _GPU_PRICE_FIELD[kind]
         platform_layer = max(
             (layer for field, (_, layer) in fields.items() if field not in _BEHAVIOUR_FIELDS),
@@ -859,9 +1110,72 @@ def _build(spec: _Spec, file: str, problems: list[Problem]) -> Catalogue:
                     source=source,
                     citation=citation,
                     behaviour_citation=behaviour_citation,
+                    reference=_reference(gpu.fields) if source == gpu.origin else None,
                 )
             )
-    return Catalogue(spec.version, spec.sources, prices, spec.aliases)
+    return Catalogue(
+        spec.version, spec.sources, prices, spec.aliases, edition=spec.edition, as_of=spec.as_of
+    )
+
+
+_NUMBERS_NEEDING_BEHAVIOUR_SOURCE: Final = (
+    "cold_start_s",
+    "cold_start_min_s",
+    "cold_start_max_s",
+    "concurrency",
+    "max_workers",
+    "bills_idle",
+    "prewarmed_workers",
+)
+
+
+def _check_references(platform: _Platform, spec: _Spec, add: Callable[[str, str], None]) -> None:
+    """Every number an edition gives has a reference: the platform's rules (``source``,
+    ``read_on``, ``owner``), its worker behaviour where it gives any (``behaviour_*``), each GPU
+    price, and a sunset (``sunset_source``). A user file need not cite, but a reference it
+    starts must be whole."""
+    fields = platform.fields
+    edition = spec.layer == 0
+
+    def mine(name: str) -> bool:
+        entry = fields.get(name)
+        return entry is not None and entry[1] == spec.layer
+
+    for prefix, names in _REFERENCES.items():
+        given = [name for name in names if mine(name)]
+        needed = edition and (
+            prefix == "" or any(mine(name) for name in _NUMBERS_NEEDING_BEHAVIOUR_SOURCE)
+        )
+        if given or needed:
+            for name in names:
+                if name not in fields and name not in platform.rejected:
+                    what = "its worker behaviour figures" if prefix else "its billing rules"
+                    add(
+                        f"{platform.key}.{name}",
+                        f"required: every number needs a source, the date it was read and whose "
+                        f"word it is ({what})",
+                    )
+    if mine("sunset") and "sunset_source" not in fields:
+        add(f"{platform.key}.sunset_source", "required: where the sunset is announced")
+    for gpu in platform.gpus.values():
+        if gpu.layer != spec.layer:
+            continue
+        names = _REFERENCES[""]
+        if edition or any(name in gpu.fields for name in names):
+            for name in names:
+                if name not in gpu.fields and name not in gpu.rejected:
+                    add(
+                        f"{gpu.key}.{name}",
+                        "required: every price needs a source, the date it was read and whose "
+                        "word it is",
+                    )
+
+
+def _reference(values: Mapping[str, object], prefix: str = "") -> Reference | None:
+    source, read_on, owner = (values.get(name) for name in _REFERENCES[prefix])
+    if source is None or read_on is None or owner is None:
+        return None
+    return Reference(str(source), str(read_on), str(owner))
 
 
 def _check_behaviour(platform: _Platform, spec: _Spec, add: Callable[[str, str], None]) -> str:
@@ -936,6 +1250,7 @@ def _price(
     source: str,
     citation: _Value | None,
     behaviour_citation: str,
+    reference: Reference | None,
 ) -> Price:
     def number(field: str, default: float | None) -> float | None:
         entry = fields.get(field)
@@ -946,6 +1261,7 @@ def _price(
         return default if entry is None else int(entry[0])
 
     reserved = kind == "reserved"
+    plain = {field: value for field, (value, _layer) in fields.items()}
     fee = number("execution_fee_usd", 0.0) if kind == "serverless_execution" else 0.0
     return Price(
         platform=platform,
@@ -969,6 +1285,16 @@ def _price(
         bills_idle=bool(fields["bills_idle"][0]) if "bills_idle" in fields else False,
         prewarmed_workers=count("prewarmed_workers", 0) or 0,
         behaviour_citation=behaviour_citation,
+        reference=reference,
+        rules_reference=_reference(plain),
+        behaviour_reference=_reference(plain, "behaviour_"),
+        sunset=str(plain["sunset"]) if "sunset" in plain else None,
+        sunset_source=str(plain.get("sunset_source", "")),
+        cpu_core_second_usd=number("cpu_core_second_usd", 0.0) or 0.0,
+        memory_gib_second_usd=number("memory_gib_second_usd", 0.0) or 0.0,
+        disk_gb_second_usd=number("disk_gb_second_usd", 0.0) or 0.0,
+        min_cpu_cores=number("min_cpu_cores", 0.0) or 0.0,
+        min_memory_gib=number("min_memory_gib", 0.0) or 0.0,
     )
 
 
@@ -976,11 +1302,36 @@ LOCAL_PLATFORMS: Final = ("local",)
 """Platforms that are never priced: the agent's default where none is detected or set."""
 
 
-def unpriced_reason(platform: str, gpu: str | None) -> str:
+def known_platforms(catalogue: Catalogue) -> list[str]:
+    """The platforms a worker may say it runs on: those ``catalogue`` prices, and those any
+    shipped edition knows (a platform an edition dropped, Banana's sunset serverless, still
+    records: unpriced, saying why)."""
+    known = set(catalogue.platforms())
+    for name in editions():
+        try:
+            known.update(_edition(name)[1].platforms())
+        except PricingError:  # a broken edition is reported where it is used, not here
+            continue
+    return sorted(known)
+
+
+def unpriced_reason(platform: str, gpu: str | None, catalogue: Catalogue | None = None) -> str:
     """Why an invocation on ``platform`` with ``gpu`` has no price: the record's ``cost_source``,
-    the same words from the worker and the sidecar."""
+    the same words from the worker and the sidecar. With ``catalogue``, a platform it lacks
+    that another edition has says which (a sunset product, say so)."""
     if platform in LOCAL_PLATFORMS:
         return f"unpriced: platform {platform!r} (set GPULEDGER_PLATFORM)"
+    if catalogue is not None and platform not in catalogue.platforms():
+        for name in editions():
+            other = _edition(name)[1]
+            if platform not in other.platforms():
+                continue
+            sunset = next((p.sunset for p in other.prices() if p.platform == platform), None)
+            why = f" (sunset {sunset})" if sunset else ""
+            return (
+                f"unpriced: {platform}{why} has no price in {catalogue.version}; "
+                f"price it with --pricing {name} or a pricing file"
+            )
     if gpu is None:
         return "unpriced: GPU model unknown (set GPULEDGER_GPU)"
     return f"unpriced: no {platform} price for GPU {gpu!r}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from gpuledger import _config, _guard
+from gpuledger.cli import _options as cli_options
 from gpuledger.testing import Capture, FakeClock, capture_telemetry
 
 # Servers the tests start on 127.0.0.1 (PostgreSQL, Redis, S3, OTLP receivers, model servers),
@@ -45,6 +47,10 @@ def run_python(script: Path, env: dict[str, str]) -> subprocess.CompletedProcess
     return completed
 
 
+TODAY = dt.date(2026, 12, 6)
+"""The day the tests run on, as far as price editions' age goes."""
+
+
 @pytest.fixture(autouse=True)
 def clean_gpuledger(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     """Each test starts with no agent, no gpuledger/OTel environment, and its own directory."""
@@ -52,6 +58,9 @@ def clean_gpuledger(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator
         if name.startswith(("GPULEDGER_", "OTEL_", "RUNPOD_", "MODAL_", "COG_", "REPLICATE_")):
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
+    # The day price editions are judged stale on: fixed, so no warning starts appearing in a
+    # test's output by itself as the calendar moves (tests of the warning set their own).
+    monkeypatch.setattr(cli_options, "today", lambda: TODAY)
     _config.reset_for_tests()
     yield
     _config.reset_for_tests()
@@ -67,12 +76,16 @@ def clock() -> FakeClock:
 def telemetry(
     tmp_path: Path, clock: FakeClock, request: pytest.FixtureRequest
 ) -> Iterator[Telemetry]:
-    """gpuledger configured on RunPod/H100 with in-memory span and metric exporters."""
+    """gpuledger configured on RunPod/H100 with in-memory span and metric exporters, priced by
+    the default edition, or the one a ``@pytest.mark.pricing("<edition>")`` names."""
+    marker = request.node.get_closest_marker("pricing")
+    pricing = {"pricing": marker.args[0]} if marker is not None else {}
     with capture_telemetry(
         tmp_path / "ledger.db",
         clock=clock,
         platform="runpod",
         gpu="H100",
+        **pricing,
         service_name="test-service",
         # Deterministic on any machine: GPU tests replay recorded NVML (tests/test_gpu*.py).
         gpu_metering="off",

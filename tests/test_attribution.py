@@ -24,7 +24,7 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpuledger._pricing import default_catalogue
+from gpuledger._pricing import edition_catalogue
 from gpuledger._record import InvocationRecord
 from gpuledger.billing import (
     IDLE_KEY,
@@ -43,13 +43,16 @@ from gpuledger.testing import make_record
 
 from .support.ledgers import union_length
 
+SEED_CATALOGUE = edition_catalogue("seed-2026-03")
+"""The seed article's edition: these tests work its numbers."""
+
 S = 1_000_000_000
 T0 = 1_772_323_200 * S
 OLD_LEDGER = Path(__file__).parent / "data" / "ledger-gpuledger-3606b28-schema3.sqlite"
 """A ledger the gpuledger of commit 3606b28 (schema 3, before worker bills) wrote with
 ``gpuledger demo --requests 64``: 64 requests, 5 workers, old report TOTAL $16.0622."""
 
-CATALOGUE_RULES = [Rules.from_price(price) for price in default_catalogue().prices()]
+CATALOGUE_RULES = [Rules.from_price(price) for price in SEED_CATALOGUE.prices()]
 
 
 def _worker(timeline: WorkerTimeline, rules: Rules) -> Worker:
@@ -174,7 +177,7 @@ def test_a_worker_that_served_nothing_is_all_idle_row() -> None:
 def test_four_overlapping_requests_are_charged_the_worker_once() -> None:
     """Issue 13: 4 concurrent 0.5 s requests on 1 s increments were charged 4 x 1 s; the
     worker held the GPU 0.5 s and is billed 1 s, which the requests and (idle) add up to."""
-    rules = Rules.from_price(default_catalogue().lookup("runpod", "H100"))  # type: ignore[arg-type]
+    rules = Rules.from_price(SEED_CATALOGUE.lookup("runpod", "H100"))  # type: ignore[arg-type]
     records = [
         make_record(
             start_ns=T0,
@@ -254,7 +257,7 @@ def test_report_json_has_the_reconciling_columns(demo_ledger: str) -> None:
             "billed_gpu_seconds",
         ):
             assert key in row
-        assert row["pricing_version"] == "2026-03"
+        assert row["pricing_version"] == "published-2026-12"
         assert row["cost_usd"] == pytest.approx(
             row["fee_usd"] + row["rate_usd_per_gpu_s"] * row["billed_gpu_s"], rel=1e-12
         )
@@ -287,7 +290,7 @@ def test_a_ledger_an_older_gpuledger_wrote_is_migrated_and_billed(tmp_path: Path
 
 
 def _catalogue(record: InvocationRecord) -> tuple[Rules | None, str | None]:
-    price = default_catalogue().lookup(record.pricing_platform or record.platform, record.gpu_model)
+    price = SEED_CATALOGUE.lookup(record.pricing_platform or record.platform, record.gpu_model)
     return (None, None) if price is None else (Rules.from_price(price), "2026-03")
 
 
@@ -441,7 +444,7 @@ def test_report_pricing_re_prices_the_same_traffic(demo_ledger: str, tmp_path: P
     doubled, so every GPU-second costs twice, fees unchanged."""
     pricing = tmp_path / "double.toml"
     pricing.write_text(
-        'version = "doubled"\n[platforms.runpod.gpus.H100]\nper_gpu_second_usd = 0.00048\n'
+        'version = "doubled"\n[platforms.runpod.gpus.H100]\nper_gpu_second_usd = 0.00232\n'
     )
     recorded = json.loads(
         CliRunner().invoke(main, ["report", "--ledger", demo_ledger, "--format", "json"]).output
@@ -453,7 +456,8 @@ def test_report_pricing_re_prices_the_same_traffic(demo_ledger: str, tmp_path: P
     doubled = {row["key"]: row for row in json.loads(result.output)}
     for row in recorded:
         other = doubled[row["key"]]
-        assert other["pricing_version"] == "2026-03+doubled"  # the file over the catalogue
+        # Recorded as the file (its content's hash) over the default edition.
+        assert other["pricing_version"].startswith("file:")
         assert other["billed_gpu_s"] == pytest.approx(row["billed_gpu_s"])
         assert other["cost_usd"] - other["fee_usd"] == pytest.approx(
             2 * (row["cost_usd"] - row["fee_usd"]), rel=1e-9
@@ -469,7 +473,7 @@ def test_compare_as_recorded_is_the_report_total_exactly(demo_ledger: str) -> No
     assert compared.exit_code == 0, compared.output
     recorded = json.loads(compared.output)["as_recorded"]
     with open_ledger(demo_ledger, create=False) as ledger:
-        total = totals(aggregate(list(ledger.read()), "user"))
+        total = totals(aggregate(list(ledger.read()), "user", stops=ledger.read_stops()))
     assert recorded["cost_usd"] == total.cost_usd  # the same bill, to the last bit
     assert recorded["cost_usd"] == pytest.approx(sum(row["cost_usd"] for row in rows), rel=1e-12)
     assert recorded["requests"] == 300
@@ -504,7 +508,7 @@ def test_the_readme_worked_worker_is_billed_as_it_says() -> None:
     }
     readme = README.read_text()
     for platform, (startup, request, idle, rounding, billed, fees, total) in by_hand.items():
-        rules = Rules.from_price(default_catalogue().lookup(platform, "H100"))  # type: ignore[arg-type]
+        rules = Rules.from_price(SEED_CATALOGUE.lookup(platform, "H100"))  # type: ignore[arg-type]
         result = bill(timeline, rules)
         seconds = result.gpu_ns_by_category
         assert seconds["startup"] == Fraction(startup) * S, platform
@@ -520,7 +524,7 @@ def test_the_readme_worked_worker_is_billed_as_it_says() -> None:
             f"${shown} |"
         )
         assert line in readme, line
-    rules = Rules.from_price(default_catalogue().lookup("runpod", "H100"))  # type: ignore[arg-type]
+    rules = Rules.from_price(SEED_CATALOGUE.lookup("runpod", "H100"))  # type: ignore[arg-type]
     per_request, own = attribute(
         Worker("w", timeline, rules, "2026-03", False, ("A", "B", "C")),
         bill(timeline, rules),

@@ -31,7 +31,7 @@ from gpuledger.ledger import open_ledger
 
 from .conftest import FakeClock
 
-RUNPOD_H100_PER_GPU_SECOND = 0.00024
+RUNPOD_H100_PER_GPU_SECOND = 0.00116  # published-2026-12, the default edition
 
 
 # --- a local HTTP server with a controllable delay ----------------------------------------------

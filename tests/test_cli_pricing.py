@@ -1,14 +1,17 @@
-"""``gpuledger pricing show`` and ``gpuledger pricing validate``, through click's CliRunner."""
+"""``gpuledger pricing show`` and ``gpuledger pricing validate`` on the seed edition, through
+click's CliRunner (the published edition, ``editions`` and ``diff``: tests/test_editions.py)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
 
-from gpuledger._pricing import PRICING_ENV, shipped_path
+from gpuledger._pricing import PRICING_ENV, SEED_EDITION, shipped_path
+from gpuledger.cli import _options
 from gpuledger.cli._pricing import pricing
 
 RUNPOD_OVERRIDE = "[platforms.runpod]\nexecution_fee_usd = 0.30\n"
@@ -19,9 +22,11 @@ BROKEN = (
 
 
 @pytest.fixture(autouse=True)
-def no_pricing_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No test sees a GPULEDGER_PRICING from the environment it runs in."""
-    monkeypatch.delenv(PRICING_ENV, raising=False)
+def seed_pricing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test prices by the seed edition (whatever GPULEDGER_PRICING the machine has), on a
+    day it was fresh, so no staleness warning joins the output."""
+    monkeypatch.setenv(PRICING_ENV, SEED_EDITION)
+    monkeypatch.setattr(_options, "today", lambda: dt.date(2026, 3, 15))
 
 
 def invoke(*args: str, env: dict[str, str] | None = None) -> Result:
@@ -30,9 +35,9 @@ def invoke(*args: str, env: dict[str, str] | None = None) -> Result:
 
 
 def write(directory: Path, text: str, name: str = "mine.toml") -> Path:
-    """Write a pricing file and return its path."""
+    """Write a pricing file over the seed edition and return its path."""
     path = directory / name
-    path.write_text(text, encoding="utf-8")
+    path.write_text(f'base = "{SEED_EDITION}"\n' + text, encoding="utf-8")
     return path
 
 
@@ -43,8 +48,9 @@ def table_rows(output: str, table: int = 0) -> dict[str, list[str]]:
     rows: dict[str, list[str]] = {}
     for line in blocks[1 + table].splitlines():
         cells = [cell for cell in line.split("  ") if cell.strip()]
-        if cells and cells[0].strip() in {"runpod", "replicate", "modal", "banana", "reserved"}:
-            rows[cells[0].strip()] = [cell.strip() for cell in cells]
+        name = cells[0].split()[0] if cells else ""  # "banana (sunset 2024-02-01)"
+        if name in {"runpod", "replicate", "modal", "banana", "reserved"}:
+            rows[name] = [cell.strip() for cell in cells]
     return rows
 
 
@@ -52,18 +58,21 @@ def test_show_table_lists_every_price() -> None:
     """show prints the version, the sources, a header and one row per platform and GPU."""
     result = invoke("show")
     assert result.exit_code == 0, result.output
-    assert result.output.startswith("catalogue 2026-03\nsources:\n")
+    assert result.output.startswith("pricing seed-2026-03, read 2026-03\nsources:\n")
     assert "Serverless GPU Computing" in result.output
     assert "per-GPU" not in result.output  # the header uses the short column names
     assert "$/GPU-s" in result.output
     rows = table_rows(result.output)
     assert sorted(rows) == ["banana", "modal", "replicate", "reserved", "runpod"]
+    assert rows["banana"][0] == "banana (sunset 2024-02-01)"  # flagged wherever it appears
+    assert "withdrawn products (kept for comparison):\n  banana: sunset 2024-02-01" in result.output
     assert rows["runpod"][:11] == [
         "runpod", "H100", "serverless_execution", "0.25", "0.00024", "-", "1", "0", "900",
         "900", "yes",
     ]  # fmt: skip
     assert rows["reserved"][3:6] == ["0", "0.0007472222", "2.69"]
-    assert rows["runpod"][11].startswith("catalogue:2026-03 (article:")
+    assert rows["runpod"][11:13] == ["2026-03", "third-party"]
+    assert rows["runpod"][13].startswith("Serverless GPU Computing")
 
 
 def test_show_table_lists_worker_behaviour() -> None:
@@ -84,13 +93,15 @@ def test_show_json_is_machine_readable() -> None:
     result = invoke("show", "--format", "json")
     assert result.exit_code == 0, result.output
     document = json.loads(result.output)
-    assert document["version"] == "2026-03"
+    assert document["version"] == "seed-2026-03"
     assert len(document["sources"]) >= 1
     by_platform = {price["platform"]: price for price in document["prices"]}
     assert sorted(by_platform) == ["banana", "modal", "replicate", "reserved", "runpod"]
     assert by_platform["reserved"]["per_gpu_second_usd"] == 2.69 / 3600
     assert by_platform["banana"]["timeout_s"] is None
-    assert by_platform["runpod"]["source"] == "catalogue:2026-03"
+    assert by_platform["runpod"]["source"] == "edition:seed-2026-03"
+    assert by_platform["runpod"]["reference"]["owner"] == "third-party"
+    assert by_platform["banana"]["sunset"] == "2024-02-01"
     banana = by_platform["banana"]
     assert (banana["cold_start_s"], banana["cold_start_min_s"], banana["cold_start_max_s"]) == (
         0.5,
@@ -112,7 +123,7 @@ def test_show_merges_pricing_file(tmp_path: Path) -> None:
     result = invoke("show", "--pricing", str(path), "--format", "json")
     assert result.exit_code == 0, result.output
     document = json.loads(result.output)
-    assert document["version"] == "2026-03+mine"
+    assert document["version"].startswith("file:")
     runpod = next(price for price in document["prices"] if price["platform"] == "runpod")
     assert (runpod["execution_fee_usd"], runpod["source"]) == (0.30, f"file:{path}")
 
@@ -142,7 +153,8 @@ def test_show_uses_env_file(tmp_path: Path) -> None:
     path = write(tmp_path, RUNPOD_OVERRIDE, "env.toml")
     result = invoke("show", env={PRICING_ENV: str(path)})
     assert result.exit_code == 0, result.output
-    assert result.output.startswith("catalogue 2026-03+env\n")
+    assert result.output.startswith("pricing file:")
+    assert "(a file over edition seed-2026-03)" in result.output.splitlines()[0]
     assert table_rows(result.output)["runpod"][3] == "0.3"
 
 
@@ -185,9 +197,9 @@ def test_validate_good_file(tmp_path: Path) -> None:
 
 def test_validate_shipped_catalogue() -> None:
     """The shipped catalogue validates with its five prices."""
-    result = invoke("validate", shipped_path())
+    result = invoke("validate", shipped_path(SEED_EDITION))
     assert result.exit_code == 0, result.output
-    assert result.output == f"{shipped_path()}: ok (5 prices)\n"
+    assert result.output == f"{shipped_path(SEED_EDITION)}: ok (5 prices)\n"
 
 
 def test_validate_prints_each_problem(tmp_path: Path) -> None:
@@ -217,7 +229,7 @@ def test_validate_bad_syntax(tmp_path: Path) -> None:
     path = write(tmp_path, 'version = "x"\nkind = \n')
     result = invoke("validate", str(path))
     assert result.exit_code == 1
-    assert result.output.startswith(f"{path}: line 2: bad TOML syntax:")
+    assert result.output.startswith(f"{path}: line 3: bad TOML syntax:")  # after the base line
 
 
 def test_pricing_is_wired_into_main() -> None:

@@ -250,8 +250,8 @@ def test_nested_phases_inside_a_request_are_not_counted_twice(telemetry: Telemet
         {"model_load": 1.5, "model_load/weights": 0.5}
     )
     assert row["init_duration_s"] == pytest.approx(1.5)
-    assert row["cost_coldstart_usd"] == pytest.approx(1.5 * 0.00024)
+    assert row["cost_coldstart_usd"] == pytest.approx(1.5 * 0.00116)
     # Inside the request's own 1.5 s: charged once, as start-up (issue 13: it was 2 x 1.5 s).
     assert row["request_startup_s"] == pytest.approx(1.5)
     assert row["cost_gpu_usd"] == pytest.approx(0.0)
-    assert row["cost_usd"] == pytest.approx(row["cost_execution_usd"] + 1.5 * 0.00024)
+    assert row["cost_usd"] == pytest.approx(row["cost_execution_usd"] + 1.5 * 0.00116)

@@ -36,9 +36,19 @@ ALLOWED: dict[str, set[str]] = {
     "ledger": {CORE, "billing"},
     "instrumentation": {CORE},
     "whatif": {CORE, "billing", "ledger"},
+    "reconcile": {CORE, "billing", "ledger"},
     "sidecar": {CORE, "billing", "ledger", "exporters"},
     "testing": {CORE, "ledger", "exporters"},
-    "cli": {CORE, "billing", "ledger", "exporters", "sidecar", "whatif", "instrumentation"},
+    "cli": {
+        CORE,
+        "billing",
+        "ledger",
+        "exporters",
+        "sidecar",
+        "whatif",
+        "instrumentation",
+        "reconcile",
+    },
 }
 """Room -> the rooms it may import. The core imports ``ledger`` (the ledger sink), ``exporters``
 (set-up of the providers), ``sidecar`` (the client) and ``instrumentation`` (``instrument()``)

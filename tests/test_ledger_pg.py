@@ -537,8 +537,11 @@ def test_traced_handler_to_report_and_compare(
     runner = CliRunner()
     result = runner.invoke(main, ["report", "--ledger", postgres_db, "--format", "json"])
     assert result.exit_code == 0, result.output
-    (row,) = json.loads(result.stdout)
+    # Its requests, and the idle time RunPod bills after each (the 5 s idle timeout): (idle).
+    rows = {row["key"]: row for row in json.loads(result.stdout)}
+    row, idle = rows["(none)"], rows["(idle)"]
     assert row["invocations"] == 5
+    assert idle["idle_gpu_s"] > 0
     table = runner.invoke(main, ["report", "--by", "platform"])  # from GPULEDGER_LEDGER
     assert table.exit_code == 0, table.output
     assert "runpod" in table.output

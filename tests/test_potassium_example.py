@@ -156,7 +156,14 @@ def test_example_requests_are_recorded(served_example: tuple[str, Path]) -> None
     assert cold["user_id"] == "alice"
     assert cold["output_tokens"] == 16
     assert json.loads(cold["init_phases"])["init"] >= 0.5
-    assert cold["cost_usd"] is not None and cold["cost_usd"] > 0
+    # Banana's serverless GPUs were sunset: the default edition has no Banana price, and the
+    # row says so (its time is still recorded; --pricing seed-2026-03 prices it as the seed did).
+    assert cold["cost_usd"] is None
+    assert cold["cost_source"] == (
+        "unpriced: banana (sunset 2024-02-01) has no price in published-2026-12; "
+        "price it with --pricing seed-2026-03 or a pricing file"
+    )
+    assert cold["billed_gpu_seconds"] > 0
 
     assert warm["cold"] == 0
     assert warm["init_duration_s"] is None

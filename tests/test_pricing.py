@@ -1,8 +1,10 @@
-"""The pricing catalogue, user pricing files, their validation and the cost models."""
+"""The seed edition (``seed-2026-03``), user pricing files over it, their validation and the cost
+models. The published edition and what is new with editions: tests/test_editions.py."""
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import subprocess
 import sys
 import textwrap
@@ -19,7 +21,9 @@ from gpuledger._pricing import (
     Problem,
     check_file,
     compile_pricer,
+    SEED_EDITION,
     default_catalogue,
+    edition_catalogue,
     load_catalogue,
     normalise_gpu,
     shipped_path,
@@ -27,6 +31,8 @@ from gpuledger._pricing import (
 )
 
 H100_RESERVED_PER_SECOND = 2.69 / 3600
+SEED = edition_catalogue(SEED_EDITION)
+"""The seed article's edition, whose numbers these tests work."""
 
 
 @pytest.fixture(autouse=True)
@@ -41,9 +47,13 @@ def exact(expected_usd: float) -> object:
 
 
 def write(directory: Path, text: str, name: str = "mine.toml") -> Path:
-    """Write a pricing file (dedented) and return its path."""
+    """Write a pricing file (dedented; over the seed edition unless it names its own base or is
+    an edition) and return its path."""
     path = directory / name
-    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    text = textwrap.dedent(text)
+    if "base =" not in text and "edition =" not in text:
+        text = f'base = "{SEED_EDITION}"\n' + text
+    path.write_text(text, encoding="utf-8")
     return path
 
 
@@ -88,7 +98,7 @@ def test_import_does_not_read_the_catalogue() -> None:
         """
         import gpuledger, gpuledger._pricing as pricing
         before = (pricing.default_catalogue.cache_info().currsize,
-                  pricing._shipped.cache_info().currsize)
+                  pricing._edition.cache_info().currsize)
         pricing.default_catalogue()
         after = pricing.default_catalogue.cache_info().currsize
         print(before, after)
@@ -102,20 +112,20 @@ def test_import_does_not_read_the_catalogue() -> None:
 
 def test_shipped_catalogue_validates_clean() -> None:
     """The shipped TOML has no problems and gives five prices."""
-    assert validate_file(shipped_path()) == []
-    assert check_file(shipped_path()) == ([], 5)
+    assert validate_file(shipped_path(SEED_EDITION)) == []
+    assert check_file(shipped_path(SEED_EDITION)) == ([], 5)
 
 
 def test_shipped_catalogue_version_and_sources() -> None:
     """The shipped catalogue is version 2026-03 and names the article it comes from."""
-    catalogue = default_catalogue()
-    assert catalogue.version == "2026-03"
+    catalogue = SEED
+    assert catalogue.version == "seed-2026-03"
     assert any("Serverless GPU Computing" in source for source in catalogue.sources)
 
 
 def test_shipped_platforms_and_kinds() -> None:
     """The five platforms of the seed, each with the kind of its cost model."""
-    catalogue = default_catalogue()
+    catalogue = SEED
     assert catalogue.platforms() == ["banana", "modal", "replicate", "reserved", "runpod"]
     kinds = {price.platform: price.kind for price in catalogue.prices()}
     assert kinds == {
@@ -129,20 +139,20 @@ def test_shipped_platforms_and_kinds() -> None:
 
 def test_shipped_prices_only_h100() -> None:
     """The seed prices only the H100, so no other GPU is in the catalogue."""
-    assert {price.gpu for price in default_catalogue().prices()} == {"H100"}
-    assert default_catalogue().lookup("runpod", "A100") is None
+    assert {price.gpu for price in SEED.prices()} == {"H100"}
+    assert SEED.lookup("runpod", "A100") is None
 
 
 def test_every_shipped_price_cites_its_source() -> None:
     """Each shipped price says it is from catalogue 2026-03 and quotes where."""
-    for price in default_catalogue().prices():
-        assert price.source == "catalogue:2026-03"
+    for price in SEED.prices():
+        assert price.source == "edition:seed-2026-03"
         assert price.citation.startswith("article:"), price
 
 
 def test_shipped_platform_rules_from_the_seed() -> None:
     """Fees, per-second rates, windows and timeouts are the seed's numbers; unknowns are None."""
-    catalogue = default_catalogue()
+    catalogue = SEED
     runpod = catalogue.lookup("runpod", "H100")
     replicate = catalogue.lookup("replicate", "H100")
     modal = catalogue.lookup("modal", "H100")
@@ -185,7 +195,7 @@ def test_shipped_worker_behaviour(
     prewarmed: int,
 ) -> None:
     """Cold starts (typical, min, max), concurrency, idle billing and pool are the chosen values."""
-    price = default_catalogue().lookup(platform, "H100")
+    price = SEED.lookup(platform, "H100")
     assert price is not None
     assert (price.cold_start_s, price.cold_start_min_s, price.cold_start_max_s) == cold_start
     assert (price.concurrency, price.bills_idle, price.prewarmed_workers) == (
@@ -200,7 +210,7 @@ def test_shipped_worker_behaviour(
 
 def test_every_shipped_platform_cites_its_behaviour() -> None:
     """Each serverless platform's behaviour quotes the article; reserved says it needs none."""
-    for price in default_catalogue().prices():
+    for price in SEED.prices():
         if price.kind == "reserved":
             assert price.behaviour_citation.startswith("by definition"), price
         else:
@@ -227,6 +237,16 @@ def test_price_behaviour_defaults() -> None:
         "bills_idle",
         "prewarmed_workers",
         "behaviour_citation",
+        "reference",
+        "rules_reference",
+        "behaviour_reference",
+        "sunset",
+        "sunset_source",
+        "cpu_core_second_usd",
+        "memory_gib_second_usd",
+        "disk_gb_second_usd",
+        "min_cpu_cores",
+        "min_memory_gib",
     ]
 
 
@@ -238,7 +258,7 @@ def test_default_catalogue_is_cached() -> None:
 
 def test_catalogue_is_immutable() -> None:
     """Neither a catalogue nor a price can be changed after it is made."""
-    catalogue = default_catalogue()
+    catalogue = SEED
     with pytest.raises(AttributeError):
         catalogue.version = "hacked"  # type: ignore[misc]
     price = catalogue.lookup("runpod", "H100")
@@ -252,7 +272,7 @@ def test_catalogue_is_immutable() -> None:
 
 def test_seed_twenty_seconds_on_h100() -> None:
     """20 s on H100: $0.2548 on RunPod serverless, $0.020 on Replicate, $0.0149 reserved."""
-    catalogue = default_catalogue()
+    catalogue = SEED
     runpod = catalogue.price("runpod", "H100", billed_gpu_seconds=20)
     replicate = catalogue.price("replicate", "H100", billed_gpu_seconds=20)
     reserved = catalogue.price("reserved", "H100", billed_gpu_seconds=20)
@@ -273,14 +293,14 @@ def test_seed_fifteen_seconds_on_h100(platform: str, expected_usd: float) -> Non
     """15 s on H100 per platform (the seed's table rounds RunPod's $0.2536 to $0.254 and its
     reserved "$91/day" follows from no rate it gives, so the arithmetic is tested, not the typos).
     """
-    cost = default_catalogue().price(platform, "H100", billed_gpu_seconds=15)
+    cost = SEED.price(platform, "H100", billed_gpu_seconds=15)
     assert cost is not None
     assert cost.total_usd == exact(expected_usd)
 
 
 def test_seed_hundred_second_inference() -> None:
     """The seed's 100-second RunPod inference runs $0.25 + 100 x $0.00024 = $0.274."""
-    cost = default_catalogue().price("runpod", "NVIDIA H100 80GB HBM3", billed_gpu_seconds=100)
+    cost = SEED.price("runpod", "NVIDIA H100 80GB HBM3", billed_gpu_seconds=100)
     assert cost is not None
     assert cost.total_usd == exact(0.274)
     assert cost.execution_usd == 0.25
@@ -290,10 +310,10 @@ def test_seed_hundred_second_inference() -> None:
 
 def test_cost_names_its_price() -> None:
     """A cost carries the platform, canonical GPU, catalogue version and source of its price."""
-    cost = default_catalogue().price("RunPod", "h100 sxm", billed_gpu_seconds=1)
+    cost = SEED.price("RunPod", "h100 sxm", billed_gpu_seconds=1)
     assert cost is not None
     assert (cost.platform, cost.gpu) == ("runpod", "H100")
-    assert (cost.catalogue_version, cost.source) == ("2026-03", "catalogue:2026-03")
+    assert (cost.catalogue_version, cost.source) == ("seed-2026-03", "edition:seed-2026-03")
 
 
 # --------------------------------------------------------------------------------------------
@@ -326,9 +346,9 @@ def test_normalise_gpu(name: str, canonical: str) -> None:
 )
 def test_lookup_accepts_gpu_aliases(gpu: str) -> None:
     """Every spelling of the H100, including the data alias gpu-h100, finds the same price."""
-    price = default_catalogue().lookup("runpod", gpu)
+    price = SEED.lookup("runpod", gpu)
     assert price is not None
-    assert price == default_catalogue().lookup("runpod", "H100")
+    assert price == SEED.lookup("runpod", "H100")
 
 
 @pytest.mark.parametrize(
@@ -343,14 +363,14 @@ def test_lookup_accepts_gpu_aliases(gpu: str) -> None:
 )
 def test_lookup_unknown_is_none(platform: str, gpu: str | None) -> None:
     """An unknown platform or GPU, or no GPU, has no price and no cost."""
-    catalogue = default_catalogue()
+    catalogue = SEED
     assert catalogue.lookup(platform, gpu) is None
     assert catalogue.price(platform, gpu, billed_gpu_seconds=10) is None
 
 
 def test_lookup_platform_case_insensitive() -> None:
     """Platform names are matched without regard to case or surrounding spaces."""
-    assert default_catalogue().lookup(" RunPod ", "H100") is not None
+    assert SEED.lookup(" RunPod ", "H100") is not None
 
 
 # --------------------------------------------------------------------------------------------
@@ -421,7 +441,7 @@ def test_pricer_guards_bad_counts() -> None:
 
 def test_compiled_pricer_matches_catalogue_price() -> None:
     """compile_pricer gives the same Cost as Catalogue.price, and that Cost is still frozen."""
-    catalogue = default_catalogue()
+    catalogue = SEED
     price = catalogue.lookup("runpod", "H100")
     assert price is not None
     cost = compile_pricer(price, catalogue.version)(12.5, 2, 4.0)
@@ -454,13 +474,16 @@ def test_user_file_overrides_a_platform_field(tmp_path: Path) -> None:
     assert replicate is not None
     assert (runpod.execution_fee_usd, runpod.per_gpu_second_usd) == (0.30, 0.00024)
     assert runpod.source == f"file:{path}"
-    assert replicate.source == "catalogue:2026-03"
-    assert catalogue.version == "2026-03+mine"
+    assert replicate.source == "edition:seed-2026-03"
+    # Recorded as the file's content hash, so that old rows stay traceable to the file.
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    assert catalogue.version == f"file:{digest}"
+    assert catalogue.edition == SEED_EDITION
     assert catalogue.sources[-1] == f"file:{path}"
     cost = catalogue.price("runpod", "H100", billed_gpu_seconds=20)
     assert cost is not None
     assert cost.total_usd == exact(0.30 + 20 * 0.00024)
-    assert (cost.catalogue_version, cost.source) == ("2026-03+mine", f"file:{path}")
+    assert (cost.catalogue_version, cost.source) == (f"file:{digest}", f"file:{path}")
 
 
 def test_user_file_adds_gpu_and_platform(tmp_path: Path) -> None:
@@ -484,7 +507,7 @@ def test_user_file_adds_gpu_and_platform(tmp_path: Path) -> None:
         """,
     )
     catalogue = load_catalogue(path)
-    assert catalogue.version == "2026-03+acme-7"
+    assert catalogue.version.startswith("file:")  # its "version" is a label, not what is recorded
     assert "our quote, April 2026" in catalogue.sources
     a100 = catalogue.lookup("runpod", "NVIDIA A100-SXM4-80GB")
     assert a100 is not None
@@ -552,7 +575,7 @@ def test_user_file_overrides_behaviour(tmp_path: Path) -> None:
     assert isinstance(modal.prewarmed_workers, int)
     assert (modal.cold_start_s, modal.cold_start_min_s, modal.cold_start_max_s) == (5, 4, 6)
     assert modal.behaviour_citation == f"file:{path}"
-    assert modal.source == "catalogue:2026-03"
+    assert modal.source == "edition:seed-2026-03"
     assert modal.citation.startswith("article:")
     assert modal.per_gpu_second_usd == 0.0005
 
@@ -839,7 +862,7 @@ def test_bad_toml_syntax_gives_line(tmp_path: Path) -> None:
     assert validate_file(path) == [
         Problem(
             str(path),
-            "line 2",
+            "line 3",  # after the base line write() puts first
             "bad TOML syntax: Expected ']' at the end of a table declaration (column 18)",
         )
     ]

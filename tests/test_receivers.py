@@ -278,7 +278,7 @@ def _check_gpuledger_telemetry(ddagent: DDAgent, service: str) -> None:
     assert first.attributes["faas.coldstart"] is True
     assert first.attributes["enduser.id"] == "carol"
     assert first.attributes["gpuledger.gpu.billed"] > 0
-    assert first.attributes["gpuledger.cost.total"] > 0.25  # RunPod's execution fee and GPU time
+    assert first.attributes["gpuledger.cost.total"] > 0.0  # RunPod's GPU time
     resource = first.resource
     assert resource["cloud.platform"] == "runpod_serverless"
     assert resource["gpuledger.platform"] == "runpod"
@@ -296,7 +296,7 @@ def _check_gpuledger_telemetry(ddagent: DDAgent, service: str) -> None:
     assert total("faas.coldstarts") == 1
     assert total("faas.invoke_duration", "count") == 2
     assert total("gpuledger.gpu.billed") > 0
-    assert total("gpuledger.cost") > 0.5  # two executions at $0.25 each, plus GPU time
+    assert total("gpuledger.cost") > 0.0  # the GPU time of the two requests
     (invocations, *_) = ddagent.metric_exports("faas.invocations")
     assert invocations.points[0].attributes["gpuledger.handler"] == "handler"
     assert invocations.unit == "{invocation}"

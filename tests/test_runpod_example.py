@@ -31,8 +31,8 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "runpod" / "handler
 ASYNC_EXAMPLE = EXAMPLE.with_name("async_handler.py")
 MODEL_LOAD_S = 0.3
 """What the tests ask the example's model load to take (EXAMPLE_MODEL_LOAD_S), in seconds."""
-RUNPOD_EXECUTION_FEE_USD = 0.25
-RUNPOD_H100_USD_PER_GPU_SECOND = 0.00024
+RUNPOD_EXECUTION_FEE_USD = 0.0  # published-2026-12: RunPod lists no per-request fee
+RUNPOD_H100_USD_PER_GPU_SECOND = 0.00116
 RUN_TIMEOUT_S = 60
 READY_TIMEOUT_S = 30
 STOP_TIMEOUT_S = 15

@@ -23,7 +23,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from gpuledger._pricing import Price, default_catalogue
+from gpuledger._pricing import Price, edition_catalogue
 from gpuledger.billing import Request, Rules, WorkerTimeline, bill
 from gpuledger.whatif._simulate import (
     SimResult,
@@ -34,7 +34,10 @@ from gpuledger.whatif._simulate import (
 )
 from gpuledger.whatif._traffic import Trace
 
-CATALOGUE = default_catalogue()
+SEED_CATALOGUE = edition_catalogue("seed-2026-03")
+"""The seed article's edition: these tests work its numbers."""
+
+CATALOGUE = SEED_CATALOGUE
 SERVERLESS = ("runpod", "replicate", "modal", "banana")
 RUNPOD_FEE = 0.25
 RUNPOD_RATE = 0.00024

@@ -161,7 +161,7 @@ def _full_record() -> InvocationRecord:
         cost_execution_usd=0.25,
         cost_gpu_usd=0.009,
         cost_coldstart_usd=0.001,
-        pricing_version="2026-03",
+        pricing_version="seed-2026-03",
     )
 
 

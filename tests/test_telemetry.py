@@ -39,25 +39,38 @@ def _serve(clock: Any, seconds: float = 20.0) -> Any:
 
 
 def test_span_carries_cost_and_its_parts(telemetry: Telemetry) -> None:
-    """A warm 20 s request on RunPod H100 is priced $0.25 + 20 x $0.00024 = $0.2548 on its span."""
+    """A warm 20 s request on RunPod H100 is priced at RunPod's published rate, 20 x $0.00116 =
+    $0.0232, no per-request fee (published-2026-12, the default edition)."""
     serve = _serve(telemetry.clock)
     serve({"id": "cold", "input": {}})
     serve({"id": "warm", "input": {"user": "bob"}})
     cold, warm = telemetry.spans("generate")
     assert warm.attributes["faas.invocation_id"] == "warm"
-    assert warm.attributes["gpuledger.cost.total"] == pytest.approx(0.2548)
-    assert warm.attributes["gpuledger.cost.execution"] == pytest.approx(0.25)
-    assert warm.attributes["gpuledger.cost.gpu"] == pytest.approx(0.0048)
+    assert warm.attributes["gpuledger.cost.total"] == pytest.approx(0.0232)
+    assert warm.attributes["gpuledger.cost.execution"] == pytest.approx(0.0)
+    assert warm.attributes["gpuledger.cost.gpu"] == pytest.approx(0.0232)
     assert warm.attributes["gpuledger.gpu.billed"] == pytest.approx(20.0)
     assert warm.attributes["faas.trigger"] == "pubsub"
     # The cold one also pays the 5 s process init, which RunPod bills.
-    assert cold.attributes["gpuledger.cost.coldstart"] == pytest.approx(5 * 0.00024)
+    assert cold.attributes["gpuledger.cost.coldstart"] == pytest.approx(5 * 0.00116)
     assert cold.attributes["gpuledger.init.duration"] == pytest.approx(5.0)
     assert cold.attributes["gpuledger.idle_gap"] == pytest.approx(0.0)
     rows = telemetry.rows()
-    assert rows[1]["cost_usd"] == pytest.approx(0.2548)
-    assert rows[0]["cost_usd"] == pytest.approx(0.2548 + 5 * 0.00024)
-    assert rows[0]["pricing_version"] == "2026-03"
+    assert rows[1]["cost_usd"] == pytest.approx(0.0232)
+    assert rows[0]["cost_usd"] == pytest.approx(0.0232 + 5 * 0.00116)
+    assert rows[0]["pricing_version"] == "published-2026-12"
+
+
+@pytest.mark.pricing("seed-2026-03")
+def test_the_seed_edition_prices_the_seed_s_way(telemetry: Telemetry) -> None:
+    """Under the seed's edition the same request is the article's $0.25 + 20 x $0.00024."""
+    serve = _serve(telemetry.clock)
+    serve({"id": "cold", "input": {}})
+    serve({"id": "warm", "input": {"user": "bob"}})
+    _cold, warm = telemetry.spans("generate")
+    assert warm.attributes["gpuledger.cost.total"] == pytest.approx(0.2548)
+    assert warm.attributes["gpuledger.cost.execution"] == pytest.approx(0.25)
+    assert telemetry.rows()[1]["pricing_version"] == "seed-2026-03"
 
 
 def test_gpu_count_multiplies_billed_seconds(telemetry: Telemetry) -> None:
@@ -107,7 +120,7 @@ def test_metrics_are_recorded_without_user_ids_by_default(telemetry: Telemetry) 
         point.attributes["gpuledger.cost.category"]: point.value
         for point in telemetry.metric_points("gpuledger.cost")
     }
-    assert costs == pytest.approx({"fee": 0.5, "request": 40 * 0.00024, "startup": 5 * 0.00024})
+    assert costs == pytest.approx({"request": 40 * 0.00116, "startup": 5 * 0.00116})
     (duration,) = telemetry.metric_points("faas.invoke_duration")
     assert duration.count == 2 and duration.sum == pytest.approx(40.0)
     (init,) = telemetry.metric_points("faas.init_duration")
@@ -600,6 +613,7 @@ def test_an_otlp_protocol_no_exporter_speaks_is_a_config_error(
             resolve_otlp(None, None, dict(os.environ))
 
 
+@pytest.mark.pricing("seed-2026-03")  # rounding per busy span: the seed's idle is not billed
 def test_the_cost_counter_adds_up_to_the_worker_bill(telemetry: Telemetry) -> None:
     """The cost counter grows by category as each charge becomes known: fees, request time and
     the start-up with each request, the rounding of a billing span when the next request starts

@@ -17,7 +17,7 @@ import click
 
 from gpuledger._errors import PricingError
 from gpuledger._pricing import Catalogue, Price, load_catalogue
-from gpuledger.cli._options import format_option, pricing_option
+from gpuledger.cli._options import format_option, pricings_option
 from gpuledger.whatif import (
     HOURS_PER_MONTH,
     Breakeven,
@@ -116,7 +116,7 @@ class _Row:
     is_flag=True,
     help="Price cold starts (and billed idle time) of traffic sparser than the idle window.",
 )
-@pricing_option
+@pricings_option
 @format_option("numbers")
 def breakeven(
     platforms: tuple[str, ...],
@@ -125,14 +125,48 @@ def breakeven(
     rate: float | None,
     reserved_platform: str,
     cold_starts: bool,
-    pricing_file: str | None,
+    pricing_files: tuple[str, ...],
     output_format: str,
 ) -> None:
-    """Where serverless and reserved GPUs cost the same, per platform and request duration."""
+    """Where serverless and reserved GPUs cost the same, per platform and request duration.
+
+    Give --pricing twice (e.g. published-2026-12 and seed-2026-03) to see both side by side."""
     try:
-        catalogue = load_catalogue(pricing_file)
+        catalogues = [load_catalogue(name) for name in pricing_files or (None,)]
     except PricingError as error:
         raise click.ClickException(str(error)) from error
+    outputs = [
+        _breakeven(
+            catalogue,
+            platforms,
+            gpu,
+            durations,
+            rate,
+            reserved_platform,
+            cold_starts=cold_starts,
+            output_format=output_format,
+        )
+        for catalogue in catalogues
+    ]
+    if output_format == "json":
+        document = outputs[0] if len(outputs) == 1 else {"editions": outputs}
+        click.echo(json.dumps(document, indent=2))
+    else:
+        click.echo("\n\n".join(str(output) for output in outputs))
+
+
+def _breakeven(
+    catalogue: Catalogue,
+    platforms: tuple[str, ...],
+    gpu: str,
+    durations: tuple[float, ...],
+    rate: float | None,
+    reserved_platform: str,
+    *,
+    cold_starts: bool,
+    output_format: str,
+) -> object:
+    """One edition's break-even: its JSON document, or its table."""
     reserved = _reserved_price(catalogue, reserved_platform, gpu)
     serverless = _serverless_prices(catalogue, platforms, gpu)
     rate_per_day = None if rate is None else rate * 86_400.0
@@ -152,9 +186,8 @@ def breakeven(
                 raise click.ClickException(str(error)) from error
             rows.append(_Row(found, at_rate, _notes(price, found)))
     if output_format == "json":
-        click.echo(json.dumps(_as_json(catalogue, reserved, rows), indent=2))
-    else:
-        click.echo(_as_table(catalogue, reserved, rows, cold_starts=cold_starts))
+        return _as_json(catalogue, reserved, rows)
+    return _as_table(catalogue, reserved, rows, cold_starts=cold_starts)
 
 
 def _reserved_price(catalogue: Catalogue, platform: str, gpu: str) -> Price:
@@ -215,6 +248,11 @@ def _gpus(catalogue: Catalogue, platform: str) -> str:
 
 def _notes(price: Price, found: Breakeven) -> tuple[str, ...]:
     notes: list[str] = []
+    if price.sunset is not None:
+        notes.append(
+            f"{price.platform}: sunset {price.sunset}, no longer sold; its price is kept for "
+            "comparison only"
+        )
     if price.timeout_s is not None and found.duration_s > price.timeout_s:
         notes.append(
             f"{price.platform}: {_duration(found.duration_s)} is longer than its "
@@ -284,7 +322,7 @@ def _as_table(catalogue: Catalogue, reserved: Price, rows: list[_Row], *, cold_s
     hourly = reserved.hourly_usd if reserved.hourly_usd is not None else 0.0
     lines = [
         f"break-even vs {reserved.platform} {reserved.gpu}: ${_usd(hourly)}/GPU-hour = "
-        f"${_usd(hourly * 24)}/GPU-day (catalogue {catalogue.version})",
+        f"${_usd(hourly * 24)}/GPU-day (pricing {catalogue.version})",
         "steady traffic, one request per GPU at a time, "
         + ("cold starts priced" if cold_starts else "no cold starts")
         + f"; a month is {HOURS_PER_MONTH:g} hours (365 x 24 / 12)",

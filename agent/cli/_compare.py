@@ -151,9 +151,11 @@ def _check_since(ctx: click.Context, param: click.Parameter, value: str | None) 
 )
 @click.option(
     "--pricing",
-    default=None,
-    metavar="FILE",
-    help="Pricing file over the shipped catalogue.  [default: $GPULEDGER_PRICING]",
+    "pricings",
+    multiple=True,
+    metavar="EDITION|FILE",
+    help="A price edition (`gpuledger pricing editions`) or a pricing file over one; give it "
+    "twice to compare under both  [default: $GPULEDGER_PRICING, else the default edition]",
 )
 @click.option(
     "--format",
@@ -183,7 +185,7 @@ def compare_command(
     platforms: str | None,
     slo_s: float | None,
     overflow: str | None,
-    pricing: str | None,
+    pricings: tuple[str, ...],
     output_format: str,
     plot: str | None,
 ) -> None:
@@ -217,9 +219,10 @@ def compare_command(
         raise click.UsageError("--profile needs --rate (e.g. --rate 100/h)")
     recorded: dict[str, Any] | None = None
     try:
-        catalogue = load_catalogue(pricing)
+        catalogues = [load_catalogue(pricing) for pricing in pricings or (None,)]
         names = [name.strip() for name in platforms.split(",")] if platforms else None
-        _check_platforms(catalogue, names, overflow)
+        for catalogue in catalogues:
+            _check_platforms(catalogue, names, overflow)
         if profile is not None:
             assert rate_per_hour is not None  # checked above
             trace = _synthetic(
@@ -238,33 +241,58 @@ def compare_command(
 
             trace = trace_from_ledger(location or default_ledger_location(), since=since)
             recorded = _as_recorded(location or default_ledger_location(), since)
-        started = time.perf_counter()
-        with _progress(len(trace)) as step:
-            result = compare(
-                trace,
-                catalogue,
-                gpu=gpu,
-                platforms=names,
-                slo_p95_s=slo_s,
-                overflow=overflow,
-                progress=step,
-                processes=min(4, os.cpu_count() or 1),
-            )
-        elapsed = time.perf_counter() - started
+        runs = []
+        for catalogue in catalogues:
+            started = time.perf_counter()
+            with _progress(len(trace)) as step:
+                result = compare(
+                    trace,
+                    catalogue,
+                    gpu=gpu,
+                    platforms=names,
+                    slo_p95_s=slo_s,
+                    overflow=overflow,
+                    progress=step,
+                    processes=min(4, os.cpu_count() or 1),
+                )
+            runs.append((catalogue, result, time.perf_counter() - started))
     except (ValueError, GpuledgerError) as error:
         raise click.ClickException(str(error)) from None
 
-    if output_format == "json":
-        document = _as_json(result, elapsed)
-        document["as_recorded"] = recorded
-        click.echo(json.dumps(document, indent=2))
-    else:
+    documents = []
+    for index, (catalogue, result, elapsed) in enumerate(runs):
+        if output_format == "json":
+            document = _as_json(result, elapsed)
+            document["pricing"] = catalogue.version
+            document["as_recorded"] = recorded
+            documents.append(document)
+            continue
+        if len(runs) > 1:
+            click.echo(f"{'' if index == 0 else chr(10)}pricing {catalogue.version}:")
         click.echo(_table(result, elapsed))
+        for note in _sunset_notes(catalogue, result):
+            click.echo(note)
         if recorded is not None:
             click.echo(_recorded_line(recorded))
+    if output_format == "json":
+        output = documents[0] if len(documents) == 1 else {"editions": documents}
+        click.echo(json.dumps(output, indent=2))
     if plot is not None:
-        _plot(result, Path(plot))
+        _plot(runs[0][1], Path(plot))
         click.echo(f"plot written to {plot}", err=output_format == "json")
+
+
+def _sunset_notes(catalogue: Catalogue, result: Comparison) -> list[str]:
+    """A line for each option on a withdrawn product: kept for comparison, flagged."""
+    notes = []
+    for option in result.results:
+        price = catalogue.lookup(option.option, result.gpu)
+        if price is not None and price.sunset:
+            notes.append(
+                f"note: {option.option} was sunset {price.sunset} and is no longer sold; its "
+                "price is kept for comparison only"
+            )
+    return notes
 
 
 def _check_platforms(catalogue: Catalogue, names: list[str] | None, overflow: str | None) -> None:

@@ -131,6 +131,7 @@ def run_demo(
             idle = worker_free_ns is None or arrival_ns - worker_free_ns > idle_window_s * 1e9
             if idle:
                 # Scaled to zero (or never up): a new worker process starts for this request.
+                _stop_worker(clock, worker_free_ns, idle_window_s)
                 workers += 1
                 clock.jump_to(arrival_ns)
                 _start_worker(clock, workers, ledger, platform, gpu, rng)
@@ -158,7 +159,7 @@ def run_demo(
                 errors += 1
             worker_free_ns = clock.wall_ns
     finally:
-        gpuledger.shutdown()
+        _stop_worker(clock, worker_free_ns, idle_window_s)
     return DemoResult(
         requests=requests,
         workers=workers,
@@ -166,6 +167,14 @@ def run_demo(
         simulated_seconds=(clock.wall_ns - start_ns) / 1e9,
         wall_seconds=time.perf_counter() - wall_started,
     )
+
+
+def _stop_worker(clock: SimulatedClock, free_ns: int | None, idle_window_s: float) -> None:
+    """The platform scales the worker to zero when its idle window ends after its last request:
+    its process stops then (the agent stores the stop; the worker's bill ends there)."""
+    if free_ns is not None:
+        clock.jump_to(max(clock.wall_ns, free_ns + int(idle_window_s * 1e9)))
+    gpuledger.shutdown()
 
 
 def _start_worker(

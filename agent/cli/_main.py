@@ -24,6 +24,7 @@ from gpuledger.cli._demo import demo
 from gpuledger.cli._options import SettingsGroup, help_when_bare
 from gpuledger.cli._pricing import pricing
 from gpuledger.cli._proxy import proxy
+from gpuledger.cli._reconcile import reconcile_command
 from gpuledger.cli._report import report
 from gpuledger.cli._sidecar import sidecar_command
 
@@ -43,6 +44,7 @@ def main(ctx: click.Context) -> None:
 
 
 main.add_command(report)
+main.add_command(reconcile_command)
 main.add_command(pricing)
 main.add_command(demo)
 main.add_command(compare_command)

@@ -9,6 +9,7 @@ command-line convention wants (``gpuledger.cli._main``).
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -25,7 +26,9 @@ __all__ = [
     "given_settings",
     "help_when_bare",
     "pricing_option",
+    "pricings_option",
     "setting_error",
+    "today",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -105,16 +108,37 @@ class SettingsGroup(click.Group):
             raise click.ClickException(str(error)) from None
 
 
+def today() -> dt.date:
+    """Today, UTC: how old a price edition is. Tests replace it (``monkeypatch.setattr``), so a
+    staleness warning never starts appearing in them by itself."""
+    return dt.datetime.now(dt.UTC).date()
+
+
 def pricing_option(function: F) -> F:
-    """``--pricing FILE`` (as ``pricing_file``): a pricing file over the shipped catalogue."""
+    """``--pricing EDITION|FILE`` (as ``pricing_file``): a shipped price edition by name, or a
+    pricing file over the edition its ``base`` names."""
     row = settings_row("pricing")
     return click.option(
         "--pricing",
         "pricing_file",
-        metavar="FILE",
+        metavar="EDITION|FILE",
         default=None,
-        help="A pricing file merged over the shipped catalogue  [default: the pricing setting: "
-        f"{', '.join(row.env)}, else the settings file, if set]",
+        help="A price edition (`gpuledger pricing editions`: published-2026-12, seed-2026-03) or "
+        "a pricing file over one  [default: the pricing setting: "
+        f"{', '.join(row.env)}, else the settings file, else the default edition]",
+    )(function)
+
+
+def pricings_option(function: F) -> F:
+    """``--pricing EDITION|FILE``, repeatable (as ``pricing_files``): each one's result in turn,
+    to compare editions side by side (none given: the pricing setting, else the default)."""
+    return click.option(
+        "--pricing",
+        "pricing_files",
+        metavar="EDITION|FILE",
+        multiple=True,
+        help="A price edition (`gpuledger pricing editions`) or a pricing file over one; give it "
+        "twice to see two side by side  [default: the pricing setting, else the default edition]",
     )(function)
 
 

@@ -14,24 +14,32 @@ from typing import Any, Final
 import click
 
 from gpuledger._errors import GpuledgerError, LedgerError
+from gpuledger._record import InvocationRecord
 from gpuledger._settings import resolve_setting
 from gpuledger.billing import POLICIES
-from gpuledger.cli._billing import billing_options
+from gpuledger.cli import _options
+from gpuledger.cli._billing import billing_options, stale_warnings
+from gpuledger.cli._reconcile import _load, true_up_report
 from gpuledger.ledger import (
     GROUP_BY,
+    HOUR_NS,
     LEDGER_ENV,
     REPORT_COLUMNS,
     ReportRow,
     aggregate,
     default_ledger_location,
+    focus_rows,
     open_ledger,
     parse_since,
+    period_charges,
     totals,
+    write_focus_csv,
 )
+from gpuledger.reconcile import TrueUp, true_up, true_up_focus_rows
 
 __all__ = ["TABLE_COLUMNS", "TableColumn", "report"]
 
-FORMATS = ("table", "json", "csv")
+FORMATS = ("table", "json", "csv", "focus")
 _UNKNOWN = "-"
 
 
@@ -136,7 +144,9 @@ A new column is one entry here."""
     type=click.Choice(FORMATS),
     default="table",
     show_default=True,
-    help="table for people (with a TOTAL row); json or csv for tools (groups only, every column).",
+    help="table for people (with a TOTAL row); json or csv for tools (groups only, every column); "
+    "focus: a FinOps FOCUS 1.0 CSV of the charges per UTC hour, worker, endpoint, user, tenant "
+    "and category (--by does not apply).",
 )
 @click.option(
     "--wide",
@@ -156,12 +166,36 @@ A new column is one entry here."""
     "separate]",
 )
 @click.option(
+    "--true-up",
+    "true_up_file",
+    metavar="FILE",
+    default=None,
+    help="Split the platform's own bill (a usage export, as `gpuledger reconcile --usage` "
+    "reads) over the groups by their measured shares in each period: rows in whole cents that "
+    "add up to the invoice, with what no ledger row explains as (residual). With --format "
+    "focus: the FOCUS CSV, its BilledCost from FILE.",
+)
+@click.option(
+    "--platform",
+    "true_up_platform",
+    type=click.Choice(("runpod", "modal")),
+    default=None,
+    help="--true-up: whose export FILE is.  [default: detected from its content]",
+)
+@click.option(
     "--pricing",
     "pricing_file",
     metavar="FILE",
     default=None,
     help="Re-price the recorded workers under this pricing file (merged over the shipped "
     "catalogue): same traffic, other prices.  [default: the rules frozen on the records]",
+)
+@click.option(
+    "--billing-account",
+    metavar="ID",
+    default=None,
+    help="--format focus: your account at the platform, FOCUS's BillingAccountId (gpuledger "
+    "cannot see it).  [default: the platform's name]",
 )
 def report(
     location: str | None,
@@ -170,7 +204,10 @@ def report(
     output_format: str,
     wide: bool,
     policy: str | None,
+    true_up_file: str | None,
+    true_up_platform: str | None,
     pricing_file: str | None,
+    billing_account: str | None,
 ) -> None:
     """Cost, GPU seconds, cold starts and external wait per user, tenant, endpoint, platform,
     day, invocation or outgoing-call target.
@@ -194,6 +231,30 @@ def report(
             raise click.BadParameter(str(exc), param_hint="'--since'") from None
     if policy is None:
         policy = str(resolve_setting("attribution")[0] or "separate")
+    if true_up_file is None and true_up_platform is not None:
+        raise click.BadParameter("goes with --true-up", param_hint="'--platform'")
+    trued_up = None
+    if true_up_file is not None:
+        if since is not None:
+            raise click.BadParameter(
+                "--true-up covers the invoice's periods", param_hint="'--since'"
+            )
+        if output_format == "focus":  # the report's FOCUS rows, below, billed by the invoice
+            reconciliation = _load(
+                true_up_file, true_up_platform, None, location, policy, pricing_file
+            )
+            trued_up = true_up(reconciliation)
+        else:
+            true_up_report(
+                usage_file=true_up_file,
+                platform=true_up_platform,
+                location=location,
+                by=by,
+                output_format=output_format,
+                policy=policy,
+                pricing_file=pricing_file,
+            )
+            return
     try:
         billing = billing_options(pricing_file, policy)
     except GpuledgerError as exc:
@@ -207,12 +268,16 @@ def report(
             billing["now_ns"] = time.time_ns()
             if by == "target":  # rows overlap (one invocation, several targets): total apart
                 total = totals(aggregate(records, "platform", **billing)) if records else None
-            rows = aggregate(records, by, **billing)
+            rows = aggregate(records, by, **billing) if output_format != "focus" else []
             path = ledger.path
     except LedgerError as exc:
         raise click.ClickException(str(exc)) from None
+    for warning in stale_warnings(records, pricing_file, _options.today()):
+        click.echo(warning, err=True)
 
-    if output_format == "json":
+    if output_format == "focus":
+        click.echo(_focus(records, billing, billing_account, trued_up), nl=False)
+    elif output_format == "json":
         click.echo(json.dumps([_plain(row) for row in rows], indent=2))
     elif output_format == "csv":
         click.echo(_csv(rows), nl=False)
@@ -222,6 +287,31 @@ def report(
     else:
         columns = TABLE_COLUMNS if wide else [column for column in TABLE_COLUMNS if column.default]
         click.echo(_table(rows, by, columns, total))
+
+
+def _focus(
+    records: list[InvocationRecord],
+    billing: dict[str, Any],
+    billing_account: str | None,
+    trued_up: TrueUp | None = None,
+) -> str:
+    """The FOCUS CSV of ``records``' charges per hour, billed as the report bills them; with
+    ``trued_up``, BilledCost is the invoice's, and what no row carries has rows of its own."""
+    buffer = io.StringIO()
+    if trued_up is None:
+        charges = period_charges(records, **billing)
+        rows = focus_rows(charges, billing_account_id=billing_account)
+    else:
+        # Cut at the invoice's periods too: the hours are, for any bucket of an hour or more.
+        period_ns = math.gcd(HOUR_NS, trued_up.reconciliation.period_ns)
+        charges = period_charges(records, period_ns=period_ns, **billing)
+        rows = true_up_focus_rows(
+            trued_up,
+            focus_rows(charges, billing_account_id=billing_account),
+            billing_account_id=billing_account,
+        )
+    write_focus_csv(rows, buffer)
+    return buffer.getvalue()
 
 
 def _plain(row: ReportRow) -> dict[str, object]:

@@ -7,6 +7,15 @@ both back-ends share one schema and one row encoding, so they store and return t
 
 from __future__ import annotations
 
+from gpuledger.ledger._focus import (
+    FOCUS_COLUMNS,
+    FOCUS_CUSTOM_COLUMNS,
+    FOCUS_VERSION,
+    FocusKey,
+    FocusRow,
+    focus_rows,
+    write_focus_csv,
+)
 from gpuledger.ledger._periods import HOUR_NS, PeriodCharge, period_charges
 from gpuledger.ledger._report import (
     GROUP_BY,
@@ -32,12 +41,17 @@ from gpuledger.ledger._sqlite import (
 
 __all__ = [
     "DEFAULT_LEDGER",
+    "FOCUS_COLUMNS",
+    "FOCUS_CUSTOM_COLUMNS",
+    "FOCUS_VERSION",
     "GROUP_BY",
     "HOUR_NS",
     "LEDGER_ENV",
     "MIGRATIONS",
     "REPORT_COLUMNS",
     "SCHEMA_VERSION",
+    "FocusKey",
+    "FocusRow",
     "Ledger",
     "PeriodCharge",
     "ReportRow",
@@ -47,8 +61,10 @@ __all__ = [
     "aggregate",
     "default_ledger_location",
     "display_location",
+    "focus_rows",
     "open_ledger",
     "parse_since",
     "period_charges",
     "totals",
+    "write_focus_csv",
 ]

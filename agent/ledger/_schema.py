@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar, Final, Literal, NamedTuple
 
 from gpuledger._errors import LedgerError
+from gpuledger._pricing import LEGACY_VERSIONS
 from gpuledger._record import FIELD_NAMES, InvocationRecord
 
 _READ_PAGE = 1000
@@ -444,6 +445,7 @@ decoded once per distinct text while reading, the records sharing the value (rec
 values: treat them as read-only)."""
 
 _last_decoded: dict[int, tuple[str, object]] = {}
+_PRICING_VERSION: Final = FIELD_NAMES.index("pricing_version")
 
 
 def _decode(row: Sequence[Any]) -> InvocationRecord:
@@ -468,6 +470,10 @@ def _decode(row: Sequence[Any]) -> InvocationRecord:
     for index in _indices("nan"):
         if values[index] is None:
             values[index] = math.nan
+    version = values[_PRICING_VERSION]
+    if version in LEGACY_VERSIONS:
+        # Written before editions had names: "2026-03" reads as the edition it became.
+        values[_PRICING_VERSION] = LEGACY_VERSIONS[version]
     return InvocationRecord(**dict(zip(FIELD_NAMES, values, strict=True)))
 
 

@@ -818,7 +818,7 @@ class Sidecar:
         pricer = self._pricers[key]
         if pricer is not None:
             return pricer, ""
-        return None, unpriced_reason(platform, gpu)
+        return None, unpriced_reason(platform, gpu, self._catalogue)
 
 
 def _positive(name: str, value: float, *, allow_zero: bool = False) -> None:

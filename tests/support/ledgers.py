@@ -145,6 +145,6 @@ def full_record() -> InvocationRecord:
         cost_gpu_usd=0.000_8,
         cost_coldstart_usd=0.000_087_654_321,
         pricing_platform="runpod-serverless",
-        pricing_version="2026-03",
-        cost_source="catalogue:2026-03",
+        pricing_version="seed-2026-03",
+        cost_source="edition:seed-2026-03",
     )
