@@ -892,7 +892,7 @@ def _read_layer(
                 add(
                     key,
                     "a pricing file overlays an edition and is named by its content's hash: "
-                    "give base = \"<edition>\" instead",
+                    'give base = "<edition>" instead',
                 )
         base_name = document.get("base")
         if base_name is not None and not isinstance(base_name, str):

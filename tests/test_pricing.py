@@ -16,12 +16,12 @@ import pytest
 from gpuledger._errors import PricingError
 from gpuledger._pricing import (
     PRICING_ENV,
+    SEED_EDITION,
     Catalogue,
     Price,
     Problem,
     check_file,
     compile_pricer,
-    SEED_EDITION,
     default_catalogue,
     edition_catalogue,
     load_catalogue,
