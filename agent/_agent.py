@@ -204,12 +204,16 @@ class Agent:
             from gpuledger.billing import Rules  # noqa: PLC0415
 
             # The request's own charge, as known at its end: rounding is the worker's billing
-            # span's, known later (gpuledger.billing bills the worker).
+            # span's, known later (gpuledger.billing bills the worker). The CPU and memory the
+            # worker reserves are priced with its GPUs, where the platform charges them.
+            cpu, memory_gib = self.settings.cpu, self.settings.memory_gib
             self.pricer: Callable[..., Any] | None = compile_pricer(
-                price, catalogue.version, rounds=False
+                price, catalogue.version, rounds=False, cpu=cpu, memory_gib=memory_gib
             )
             self.cost_source: str = price.source
-            self.billing_rules: dict[str, Any] | None = Rules.from_price(price).to_json()
+            self.billing_rules: dict[str, Any] | None = Rules.from_price(
+                price, cpu=cpu, memory_gib=memory_gib
+            ).to_json()
             self.pricing_platform: str | None = price.platform
             self.pricing_version: str | None = catalogue.version
             return

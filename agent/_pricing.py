@@ -190,7 +190,12 @@ class Cost:
     """What one invocation cost, in US dollars, unrounded: ``total_usd`` is the sum of the parts.
 
     ``execution_usd`` is the per-invocation fee, ``gpu_usd`` the billed GPU time of the request,
-    ``coldstart_usd`` the init time billed to a cold request. ``source`` is the price's source.
+    ``coldstart_usd`` the init time billed to a cold request (GPU time), ``resources_usd`` the
+    CPU and memory the worker reserves over the request's own wall time (its share, where
+    requests overlap) and the init it was billed, where the platform charges them (Modal).
+    ``source`` is the price's source. A record carries no field of its own for
+    ``resources_usd``: its ``cost_usd`` is ``cost_execution_usd + cost_gpu_usd +
+    cost_coldstart_usd`` plus the worker's CPU and memory for the request's time.
     """
 
     total_usd: float
@@ -201,6 +206,7 @@ class Cost:
     gpu: str
     catalogue_version: str
     source: str
+    resources_usd: float = 0.0
 
 
 # A frozen dataclass's __init__ sets each field through object.__setattr__; the slots' own
@@ -364,7 +370,12 @@ class Catalogue:
 
 
 def compile_pricer(
-    price: Price, catalogue_version: str, *, rounds: bool = True
+    price: Price,
+    catalogue_version: str,
+    *,
+    rounds: bool = True,
+    cpu: float | None = None,
+    memory_gib: float | None = None,
 ) -> Callable[[float, int, float | None], Cost]:
     """A function pricing one invocation at ``price``, its rates worked out once, for the hot path.
 
@@ -373,6 +384,12 @@ def compile_pricer(
     With ``rounds``, the billing increment and minimum apply to the invocation as if it were a
     worker's whole billing span; without, it is the invocation's own charge as known at its end
     (the worker's rounding comes later, from ``gpuledger.billing``).
+
+    Where the platform charges the worker's CPU and memory, ``cpu`` (physical cores) and
+    ``memory_gib`` are what it reserves (None: the platform's minimum; the higher of the two
+    is charged, as ``gpuledger.billing.Rules.from_price`` charges it): priced per second of the
+    request's wall time (billed GPU-seconds over GPUs) and of the init it is billed, in
+    ``Cost.resources_usd`` and so in ``total_usd``.
     """
     if price.kind == "reserved" and price.hourly_usd is not None:
         rate = price.hourly_usd / _SECONDS_PER_HOUR
@@ -380,6 +397,10 @@ def compile_pricer(
         rate = price.per_gpu_second_usd
     execution_usd = price.execution_fee_usd
     startup_rate = rate if price.bills_startup else 0.0
+    resource_rate = _reserved_usd_per_second(
+        price.cpu_core_second_usd, cpu, price.min_cpu_cores
+    ) + _reserved_usd_per_second(price.memory_gib_second_usd, memory_gib, price.min_memory_gib)
+    startup_resource_rate = resource_rate if price.bills_startup else 0.0
     increment = price.billing_increment_s
     minimum = price.minimum_billed_s
     adjusts = rounds and (increment > 0.0 or minimum > 0.0)
@@ -396,6 +417,7 @@ def compile_pricer(
         set_gpu,
         set_version,
         set_source,
+        set_resources,
     ) = _COST_SETTERS
 
     def pricer(
@@ -412,8 +434,13 @@ def compile_pricer(
             billed = per_gpu * gpus
         gpu_usd = billed * rate
         coldstart_usd = init_seconds * gpus * startup_rate if init_seconds is not None else 0.0
+        resources_usd = 0.0
+        if resource_rate:  # the worker's CPU and memory over the same time
+            resources_usd = billed / gpus * resource_rate
+            if init_seconds is not None:
+                resources_usd += init_seconds * startup_resource_rate
         cost: Cost = new(Cost)
-        set_total(cost, execution_usd + gpu_usd + coldstart_usd)
+        set_total(cost, execution_usd + gpu_usd + coldstart_usd + resources_usd)
         set_execution(cost, execution_usd)
         set_gpu_usd(cost, gpu_usd)
         set_coldstart(cost, coldstart_usd)
@@ -421,9 +448,20 @@ def compile_pricer(
         set_gpu(cost, gpu)
         set_version(cost, catalogue_version)
         set_source(cost, source)
+        set_resources(cost, resources_usd)
         return cost
 
     return pricer
+
+
+def _reserved_usd_per_second(unit_usd: float, reserved: float | None, minimum: float) -> float:
+    """A worker's price per second for a resource charged per unit-second (0: not charged):
+    the reservation or the platform's minimum, whichever is higher (None: the minimum)."""
+    if not unit_usd:
+        return 0.0
+    if reserved is not None and not reserved > 0:
+        raise ValueError(f"a reservation must be above 0, got {reserved!r}")
+    return (minimum if reserved is None else max(reserved, minimum)) * unit_usd
 
 
 # --------------------------------------------------------------------------------------------

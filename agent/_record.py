@@ -122,8 +122,10 @@ class InvocationRecord:
     # cost
     cost_usd: float | None = None
     """The request's own charge as known at its end: its fee, its share of the GPU time it ran,
-    and the worker's start-up if it waited for it (where billed). Rounding and idle time are the
-    worker's, known later: ``gpuledger report`` bills the worker and attributes them."""
+    and the worker's start-up if it waited for it (where billed), plus, where the platform charges
+    them (Modal), the worker's CPU and memory over that same time (so it can exceed the sum of
+    the three parts below). Rounding and idle time are the worker's, known later: ``gpuledger
+    report`` bills the worker and attributes them."""
     cost_execution_usd: float | None = None
     """The per-execution fee part (RunPod serverless)."""
     cost_gpu_usd: float | None = None

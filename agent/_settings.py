@@ -202,6 +202,25 @@ def _listen_address(value: object) -> str:
     return text
 
 
+def _optional_positive_number(value: object) -> float | None:
+    """A positive amount (CPU cores, GiB), or None (unset)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise _Invalid("expected a number, got a bool")
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise _Invalid("expected a number, e.g. 4 or 0.5") from None
+    if not isinstance(value, int | float):
+        raise _Invalid(f"expected a number, got {type(value).__name__}")
+    number = float(value)
+    if not math.isfinite(number) or number <= 0:
+        raise _Invalid("must be a finite number above 0")
+    return number
+
+
 def _positive_seconds(value: object) -> float:
     number = _seconds(value)
     if number == 0:
@@ -310,6 +329,25 @@ SETTINGS: Final[tuple[Setting, ...]] = (
         _const(1),
         "GPUs each worker holds; billed GPU seconds are wall time x this.",
         "the GPUs NVML shows this process (honouring `CUDA_VISIBLE_DEVICES`), else `1`",
+    ),
+    Setting(
+        "cpu",
+        ("GPULEDGER_CPU",),
+        _optional_positive_number,
+        _const(None),
+        "Physical CPU cores each worker reserves (Modal's `cpu=`), e.g. `4`; where the platform "
+        "charges CPU, the worker is billed for this or the platform's minimum, whichever is "
+        "higher, over the same time as its GPUs.",
+        "unset: the platform's minimum (Modal: 0.125 cores)",
+    ),
+    Setting(
+        "memory_gib",
+        ("GPULEDGER_MEMORY_GIB",),
+        _optional_positive_number,
+        _const(None),
+        "Memory each worker reserves, in GiB (Modal's `memory=` is MiB: 16384 MiB is `16`); "
+        "billed as `cpu` is, where the platform charges memory.",
+        "unset: the platform's minimum (Modal: 0.125 GiB)",
     ),
     Setting(
         "gpu_metering",
@@ -463,7 +501,8 @@ SETTINGS: Final[tuple[Setting, ...]] = (
         ("GPULEDGER_PRICING",),
         _optional_location,
         _const(None),
-        "A TOML pricing file that overrides or extends the shipped catalogue.",
+        "A price edition (`published-2026-12`, the default; `seed-2026-03`) or a TOML pricing "
+        'file over one (`base = "<edition>"`).',
         "unset",
     ),
     Setting(
@@ -855,6 +894,8 @@ class Settings:
     platform: str | None
     gpu: str | None
     gpu_count: int
+    cpu: float | None
+    memory_gib: float | None
     gpu_metering: str
     gpu_sample_hz: float
     gpu_settle_s: float

@@ -2,9 +2,10 @@
 
 The invariant over random timelines, every catalogue platform's rules and every policy: the
 requests' charges plus the worker's own (``(idle)``) are the worker's bill, exactly. Then the
-report: every row reads ``cost = fees + rate x billed GPU-seconds`` with billed the sum of its
-parts, on the demo's ledger, on a real ledger written by an older gpuledger (migrated), and on
-records of two processes of one container, billed once.
+report: every row reads ``cost = fees + GPU + CPU + memory`` and ``GPU = rate x billed
+GPU-seconds`` with billed the sum of its parts (CPU and memory: the workers' own, where the
+platform charges them, over the same time), on the demo's ledger, on a real ledger written by
+an older gpuledger (migrated), and on records of two processes of one container, billed once.
 """
 
 from __future__ import annotations
@@ -52,7 +53,14 @@ OLD_LEDGER = Path(__file__).parent / "data" / "ledger-gpuledger-3606b28-schema3.
 """A ledger the gpuledger of commit 3606b28 (schema 3, before worker bills) wrote with
 ``gpuledger demo --requests 64``: 64 requests, 5 workers, old report TOTAL $16.0622."""
 
-CATALOGUE_RULES = [Rules.from_price(price) for price in SEED_CATALOGUE.prices()]
+_MODAL_H100 = edition_catalogue("published-2026-12").lookup("modal", "H100")
+assert _MODAL_H100 is not None
+CATALOGUE_RULES = [
+    *(Rules.from_price(price) for price in SEED_CATALOGUE.prices()),
+    # Modal charges the worker's CPU and memory too: its minimum, and 4 cores and 16 GiB.
+    Rules.from_price(_MODAL_H100),
+    Rules.from_price(_MODAL_H100, cpu=4, memory_gib=16),
+]
 
 
 def _worker(timeline: WorkerTimeline, rules: Rules) -> Worker:
@@ -96,10 +104,19 @@ def test_attributed_charges_add_up_to_the_bill_exactly(
     if policy != "separate" and timeline.requests:
         # Only requests pay: nothing stays the worker's own.
         assert own.total_usd == 0
+    for resource in ("gpu", "cpu", "memory"):
+        spread = sum(
+            (c.usd_by_resource[resource] for c in per_request.values()),
+            own.usd_by_resource[resource],
+        )
+        assert spread == worker_bill.usd_by_resource[resource]
     for charges in per_request.values():
-        # On its face: fee + rate x billed GPU time.
-        assert charges.total_usd == charges.usd["fee"] + rules.per_gpu_second_usd * (
-            charges.billed_gpu_ns / S
+        # On its face: fee + GPU + CPU + memory, the GPU rate x billed GPU time.
+        by_resource = charges.usd_by_resource
+        assert charges.total_usd == charges.usd["fee"] + sum(by_resource.values(), Fraction(0))
+        assert by_resource["gpu"] == rules.per_gpu_second_usd * charges.billed_gpu_ns / S
+        assert by_resource["cpu"] == (
+            rules.cpu_usd_per_second * charges.billed_gpu_ns / timeline.gpu_count / S
         )
 
 
@@ -209,9 +226,13 @@ def _assert_reconciles(rows: list) -> None:  # type: ignore[type-arg]
         parts = row.request_gpu_s + row.startup_gpu_s + row.idle_gpu_s + row.rounding_gpu_s
         assert row.billed_gpu_s == pytest.approx(parts, rel=1e-12, abs=1e-9), row.key
         assert row.billed_gpu_seconds == row.billed_gpu_s
+        if row.cost_usd is not None:
+            # cost = fee + GPU + CPU + memory, whatever the row holds.
+            parts = row.fee_usd + row.gpu_usd + row.cpu_usd + row.memory_usd
+            assert row.cost_usd == pytest.approx(parts, rel=1e-12, abs=1e-12), row.key
         if row.rate_usd_per_gpu_s is not None and row.unpriced == 0:
-            assert row.cost_usd == pytest.approx(
-                row.fee_usd + row.rate_usd_per_gpu_s * row.billed_gpu_s, rel=1e-12, abs=1e-12
+            assert row.gpu_usd == pytest.approx(
+                row.rate_usd_per_gpu_s * row.billed_gpu_s, rel=1e-12, abs=1e-12
             ), row.key
 
 
@@ -247,6 +268,9 @@ def test_report_json_has_the_reconciling_columns(demo_ledger: str) -> None:
     for row in rows:
         for key in (
             "fee_usd",
+            "gpu_usd",
+            "cpu_usd",
+            "memory_usd",
             "request_gpu_s",
             "startup_gpu_s",
             "idle_gpu_s",
@@ -258,8 +282,10 @@ def test_report_json_has_the_reconciling_columns(demo_ledger: str) -> None:
         ):
             assert key in row
         assert row["pricing_version"] == "published-2026-12"
-        assert row["cost_usd"] == pytest.approx(
-            row["fee_usd"] + row["rate_usd_per_gpu_s"] * row["billed_gpu_s"], rel=1e-12
+        parts = row["fee_usd"] + row["gpu_usd"] + row["cpu_usd"] + row["memory_usd"]
+        assert row["cost_usd"] == pytest.approx(parts, rel=1e-12)
+        assert row["gpu_usd"] == pytest.approx(
+            row["rate_usd_per_gpu_s"] * row["billed_gpu_s"], rel=1e-12
         )
     assert IDLE_KEY not in {row["user"] if "user" in row else row["key"] for row in rows}
 
@@ -522,6 +548,32 @@ def test_the_readme_worked_worker_is_billed_as_it_says() -> None:
         line = (
             f"| {platform} | {startup} | {request} | {idle} | {rounding} | {billed} | ${fees} | "
             f"${shown} |"
+        )
+        assert line in readme, line
+    # The same worker under the published edition: idle billed (one 60 s span) on RunPod, Modal
+    # and Replicate's private models; Replicate's public ones bill the requests alone; Modal adds
+    # its least CPU (0.125 core) and memory (0.125 GiB) over the same 60 s.
+    modal_second = Fraction("0.001097") + Fraction("0.125") * (
+        Fraction("0.0000131") + Fraction("0.00000222")
+    )
+    published = {
+        "runpod": (20, "6.5", "33.5", 0, 60, "0", 60 * Fraction("0.00116")),
+        "replicate": (0, "6.5", 0, 0, "6.5", "0", Fraction("6.5") * Fraction("0.001525")),
+        "replicate-private": (20, "6.5", "33.5", 0, 60, "0", 60 * Fraction("0.001525")),
+        "modal": (20, "6.5", "33.5", 0, 60, "0", 60 * modal_second),
+        "reserved": (20, "6.5", "33.5", 0, 60, "0", 60 * Fraction("3.49") / 3600),
+    }
+    edition = edition_catalogue("published-2026-12")
+    for platform, (startup, request, idle, rounding, billed, fees, total) in published.items():
+        result = bill(timeline, Rules.from_price(edition.lookup(platform, "H100")))  # type: ignore[arg-type]
+        seconds = result.gpu_ns_by_category
+        assert seconds["startup"] == Fraction(startup) * S, platform
+        assert seconds["idle"] == Fraction(idle) * S, platform
+        assert result.billed_gpu_ns == Fraction(billed) * S, platform
+        assert result.total_usd == total, platform
+        line = (
+            f"| {platform} | {startup} | {request} | {idle} | {rounding} | {billed} | ${fees} | "
+            f"${float(total):.7g} |"
         )
         assert line in readme, line
     rules = Rules.from_price(SEED_CATALOGUE.lookup("runpod", "H100"))  # type: ignore[arg-type]

@@ -150,6 +150,12 @@ rules_strategy = st.builds(
     minimum_ns=st.sampled_from([0, S, 30 * S]),
     bills_startup=st.booleans(),
     bills_idle=st.booleans(),
+    # The worker's CPU and memory per second, where the platform charges them (Modal's 4 cores
+    # and 16 GiB; an odd fraction, so a share per GPU is not a whole number of anything).
+    cpu_usd_per_second=st.sampled_from(
+        [Fraction(0), Fraction("0.0000524"), Fraction(1, 7 * 10**5)]
+    ),
+    memory_usd_per_second=st.sampled_from([Fraction(0), Fraction("0.00003552"), Fraction(1, 3)]),
 )
 
 
@@ -161,7 +167,14 @@ def test_the_lines_add_up_to_the_bill_exactly(timeline: WorkerTimeline, rules: R
     assert sum(result.by_category().values(), Fraction(0)) == result.total_usd
     fees = rules.execution_fee_usd * len(timeline.requests)
     rate = rules.per_gpu_second_usd
-    assert result.total_usd == fees + rate * result.billed_gpu_ns / S  # on its face
+    # On its face: fees + every resource over the same billed time (wall = GPU time / GPUs).
+    wall_s = result.billed_gpu_ns / timeline.gpu_count / S
+    assert result.usd_by_resource == {
+        "gpu": rate * result.billed_gpu_ns / S,
+        "cpu": rules.cpu_usd_per_second * wall_s,
+        "memory": rules.memory_usd_per_second * wall_s,
+    }
+    assert result.total_usd == fees + sum(result.usd_by_resource.values(), Fraction(0))
     nano = result.nano_usd()
     assert sum(nano) == round(result.total_usd * 10**9)
     assert all(abs(n - line.usd * 10**9) < 1 for n, line in zip(nano, result.lines, strict=True))
@@ -205,6 +218,7 @@ def test_totals_without_lines_are_the_totals_with_them(
     assert quick.lines == ()
     assert quick.usd_by_category == full.usd_by_category
     assert quick.gpu_ns_by_category == full.gpu_ns_by_category
+    assert quick.usd_by_resource == full.usd_by_resource
     assert (quick.total_usd, quick.billed_gpu_ns) == (full.total_usd, full.billed_gpu_ns)
 
 

@@ -59,6 +59,9 @@ USAGE_ERRORS = [
     (["compare", *PROFILE, "--format", "yaml"], "--format"),
     (["breakeven", "--format", "yaml"], "--format"),
     (["demo", "--requests", "0"], "--requests"),
+    (["pricing", "diff", "seed-2026-03", "published-2026-12", "--format", "yaml"], "--format"),
+    (["pricing", "editions", "--format", "yaml"], "--format"),
+    (["reconcile", "--usage", "usage.json", "--format", "yaml"], "--format"),
     # Options that conflict.
     (["compare", *PROFILE, "--overflow", "modal", "--platforms", "runpod"], "--overflow"),
     (["proxy", "--upstream", "127.0.0.1:5000", "--listen", "192.0.2.1:8080"], "--listen"),
@@ -109,6 +112,10 @@ FAILED_RUNS = [
     (["breakeven", "--gpu", "Z100"], "no reserved price for GPU 'Z100'"),
     (["compare", *PROFILE, "--gpu", "Z100"], "prices no platform for GPU 'Z100'"),
     (["demo", "--ledger", "production.db"], "1 row(s) not written by the demo"),
+    (["pricing", "show", "--pricing", "published-2099-01"], "no such edition or file"),
+    (["pricing", "diff", "seed-2026-03", "nope"], "no such edition or file"),
+    (["report", "--ledger", "production.db", "--pricing", "nope"], "no such edition or file"),
+    (["reconcile", "--usage", "missing.json"], "missing.json"),
 ]
 
 

@@ -3,9 +3,11 @@
 :func:`bill` is the one billing engine: a pure function from a :class:`WorkerTimeline` and a
 platform's :class:`Rules` to a :class:`WorkerBill`, exact. :func:`workers_of` rebuilds worker
 timelines from recorded invocations; :func:`attribute` splits a worker's bill among its requests
-under a policy (:data:`POLICIES`). The recorder freezes each worker's rules on its records, the
-report and ``compare``'s "as recorded" bill workers with them, the simulator bills the timelines
-it simulates, and the sidecar prices a killed worker's request with its own frozen rules.
+under a policy (:data:`POLICIES`). Where a platform charges a worker's CPU and memory too
+(:data:`RESOURCES`), they are billed over the same time as its GPUs, in the same bill. The
+recorder freezes each worker's rules on its records, the report and ``compare``'s "as recorded"
+bill workers with them, the simulator bills the timelines it simulates, and the sidecar prices
+a killed worker's request with its own frozen rules.
 """
 
 from __future__ import annotations
@@ -26,9 +28,11 @@ from gpuledger.billing._attribute import (
 )
 from gpuledger.billing._engine import (
     CATEGORIES,
+    RESOURCES,
     Category,
     Line,
     Request,
+    Resource,
     Rules,
     WorkerBill,
     WorkerTimeline,
@@ -44,10 +48,12 @@ __all__ = [
     "CATEGORIES",
     "IDLE_KEY",
     "POLICIES",
+    "RESOURCES",
     "Category",
     "Charges",
     "Line",
     "Request",
+    "Resource",
     "Rules",
     "RunningBill",
     "Worker",

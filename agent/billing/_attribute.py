@@ -17,7 +17,9 @@ time, and what no request takes goes to the worker's idle charges:
   each billing span's rounding to the request that ended the span.
 
 Every split is exact (:class:`~fractions.Fraction`), so the charges of a worker's requests and
-its idle charges add up to its bill exactly, whatever the policy.
+its idle charges add up to its bill exactly, whatever the policy. A charge's time carries the
+worker's rates per GPU-second for each resource it pays for (GPU, and the worker's CPU and memory
+where the platform charges them: :func:`rate_key`), so its dollars are known per resource too.
 """
 
 from __future__ import annotations
@@ -32,9 +34,11 @@ from typing import Final
 from gpuledger._record import InvocationRecord
 from gpuledger.billing._engine import (
     NS_PER_S,
+    RESOURCES,
     Category,
     Line,
     Request,
+    Resource,
     Rules,
     WorkerBill,
     WorkerTimeline,
@@ -70,28 +74,50 @@ its first record."""
 _SLOT: Final[dict[Category, int]] = {"request": 0, "startup": 1, "idle": 2, "rounding": 3}
 _UNKNOWN_RATE: Final = Fraction(-1)
 """The rate of charges taken as recorded: none known (a row holding them has no single rate)."""
-RateKey = tuple[int, int]
-"""A rate as ``(numerator, denominator)``."""
+RateKey = tuple[int, ...]
+"""A GPU rate as ``(numerator, denominator)``; where the worker's CPU and memory are charged
+too, ``(gpu numerator, gpu denominator, cpu numerator, cpu denominator, memory numerator,
+memory denominator)``. Each rate is US dollars per GPU-second (for CPU and memory: the worker's
+price per second over the GPUs it holds)."""
 _UNKNOWN_KEY: Final[RateKey] = (-1, 1)
+_ZERO: Final = Fraction(0)
 
 
-def rate_key(rate: Fraction) -> RateKey:
-    """``rate`` as a key that hashes fast."""
-    return rate.numerator, rate.denominator
+def rate_key(rate: Fraction, cpu: Fraction = _ZERO, memory: Fraction = _ZERO) -> RateKey:
+    """The rates of a GPU-second (GPU, and the worker's CPU and memory per GPU-second) as a
+    key that hashes fast: two integers where the GPU alone is charged, six otherwise."""
+    if not cpu and not memory:
+        return rate.numerator, rate.denominator
+    return (
+        rate.numerator,
+        rate.denominator,
+        cpu.numerator,
+        cpu.denominator,
+        memory.numerator,
+        memory.denominator,
+    )
+
+
+def _key_rates(key: RateKey) -> tuple[Fraction, Fraction, Fraction]:
+    """The GPU, CPU and memory rates per GPU-second of a :func:`rate_key`."""
+    if len(key) == 2:  # the GPU alone
+        return Fraction(key[0], key[1]), _ZERO, _ZERO
+    return Fraction(key[0], key[1]), Fraction(key[2], key[3]), Fraction(key[4], key[5])
 
 
 class Charges:
     """Exact charges: GPU-nanoseconds per category at each rate they were billed at (dollars are
-    rate x time, worked out when asked), fees counted per amount, and amounts taken as recorded
-    kept apart. Adding charges up (a report sums one per invocation) is then integer arithmetic
-    wherever the time is whole nanoseconds, which it is unless concurrent requests split it."""
+    rate x time, worked out when asked, per resource: GPU, CPU, memory), fees counted per
+    amount, and amounts taken as recorded kept apart. Adding charges up (a report sums one per
+    invocation) is then integer arithmetic wherever the time is whole nanoseconds, which it is
+    unless concurrent requests split it."""
 
     __slots__ = ("_fees", "_recorded", "_time", "versions")
 
     def __init__(self, versions: set[str] | None = None) -> None:
         self._time: dict[RateKey, list[int | Fraction]] = {}
-        """Rate per GPU-second (numerator, denominator: a tuple hashes fast, a Fraction does
-        not) -> GPU-ns of request, startup, idle, rounding."""
+        """Rates per GPU-second (:func:`rate_key`: a tuple hashes fast, a Fraction does not)
+        -> GPU-ns of request, startup, idle, rounding."""
         self._fees: dict[RateKey, int] = {}
         """A fee (numerator, denominator) -> how many were charged."""
         self._recorded: dict[Category, Fraction] = {}
@@ -99,7 +125,7 @@ class Charges:
 
     def add_time(self, rate: RateKey, category: Category, gpu_ns: int | Fraction) -> None:
         """``gpu_ns`` GPU-nanoseconds of ``category`` billed at ``rate`` a GPU-second
-        (:func:`rate_key`)."""
+        (:func:`rate_key`: the GPU's, and the worker's CPU and memory)."""
         slots = self._time.get(rate)
         if slots is None:
             slots = self._time[rate] = [0, 0, 0, 0]
@@ -132,8 +158,9 @@ class Charges:
 
     @property
     def rates(self) -> set[Fraction]:
-        """The rates billed (per GPU-second); -1 stands for amounts taken as recorded."""
-        rates = {Fraction(*key) for key in self._time}
+        """The GPU rates billed (per GPU-second; the CPU and memory a worker may also pay for
+        are not in them); -1 stands for amounts taken as recorded."""
+        rates = {Fraction(key[0], key[1]) for key in self._time}
         if self._recorded:
             rates.add(_UNKNOWN_RATE)
         return rates
@@ -149,12 +176,12 @@ class Charges:
 
     @property
     def usd(self) -> dict[Category, Fraction]:
-        """US dollars per category, fees included."""
+        """US dollars per category, fees included (every resource: GPU, CPU, memory)."""
         totals: dict[Category, Fraction] = dict.fromkeys((*TIME_CATEGORIES, "fee"), Fraction(0))
         for key, slots in self._time.items():
             if key == _UNKNOWN_KEY:  # time of amounts taken as recorded: priced there
                 continue
-            rate = Fraction(*key)
+            rate = sum(_key_rates(key), _ZERO)
             for category, index in _SLOT.items():
                 if slots[index]:
                     totals[category] += rate * slots[index] / NS_PER_S
@@ -162,6 +189,26 @@ class Charges:
             totals["fee"] += Fraction(*key) * count
         for category, usd in self._recorded.items():
             totals[category] += usd
+        return totals
+
+    @property
+    def usd_by_resource(self) -> dict[Resource, Fraction]:
+        """US dollars of billed time per resource (``gpu``, ``cpu``, ``memory``), fees apart:
+        with ``usd["fee"]`` they add up to :attr:`total_usd`. Amounts taken as recorded (no
+        rate known: records priced before CPU and memory were) count as GPU."""
+        totals: dict[Resource, Fraction] = dict.fromkeys(RESOURCES, _ZERO)
+        for key, slots in self._time.items():
+            if key == _UNKNOWN_KEY:
+                continue
+            gpu_ns = slots[0] + slots[1] + slots[2] + slots[3]
+            if not gpu_ns:
+                continue
+            for resource, rate in zip(RESOURCES, _key_rates(key), strict=True):
+                if rate:
+                    totals[resource] += rate * gpu_ns / NS_PER_S
+        for category, usd in self._recorded.items():
+            if category != "fee":
+                totals["gpu"] += usd
         return totals
 
     @property
@@ -320,7 +367,8 @@ def attribute(
     """``worker_bill`` split among the worker's requests under ``policy``: the charges of each
     request (by record id) and what stays the worker's own (its idle charges). Together they
     add up to the bill exactly."""
-    rate = rate_key((worker.rules or _UNPRICED).per_gpu_second_usd)
+    rates = (worker.rules or _UNPRICED).per_gpu_second_by_resource(worker.timeline.gpu_count)
+    rate = rate_key(rates["gpu"], rates["cpu"], rates["memory"])
     versions = {worker.pricing_version} if worker.pricing_version else set()
     per_request: dict[str, Charges] = {
         request.request_id: Charges(set(versions)) for request in worker.timeline.requests

@@ -16,6 +16,12 @@ platform applies them. :func:`bill` is a pure function from a :class:`WorkerTime
 - ``fee``: the platform's per-request fee (per request: the seed's edition charges RunPod's
   execution fee on every request).
 
+Where a platform also charges for the CPU cores and memory a worker reserves (Modal), they are
+billed over exactly the same wall time as its GPUs, every time category included: a time line's
+price is per GPU-nanosecond and includes the worker's CPU and memory, shared equally among the
+GPUs it holds, so one bill (and each of its lines) carries every resource, and
+``WorkerBill.usd_by_resource`` says how much of it each resource is.
+
 Each instant of the worker's life is in at most one category (a request waiting for the worker
 to be ready is in ``startup``, never also in ``request``), so no second is charged twice.
 Arithmetic is exact: times are integer nanoseconds, rates and amounts :class:`~fractions.Fraction`
@@ -40,9 +46,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CATEGORIES",
+    "RESOURCES",
     "Category",
     "Line",
     "Request",
+    "Resource",
     "Rules",
     "WorkerBill",
     "WorkerTimeline",
@@ -55,6 +63,9 @@ __all__ = [
 
 Category = Literal["startup", "request", "idle", "rounding", "fee"]
 CATEGORIES: Final[tuple[Category, ...]] = ("startup", "request", "idle", "rounding", "fee")
+Resource = Literal["gpu", "cpu", "memory"]
+RESOURCES: Final[tuple[Resource, ...]] = ("gpu", "cpu", "memory")
+"""What a worker's billed time pays for (fees are per request, not a resource)."""
 NS_PER_S: Final = 1_000_000_000
 NANO_USD_PER_USD: Final = 1_000_000_000
 
@@ -105,7 +116,8 @@ class WorkerTimeline:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Rules:
-    """How a platform bills a worker: the price of a GPU-second and the rules around it."""
+    """How a platform bills a worker: the price of a GPU-second and the rules around it, and
+    what the worker's CPU and memory cost per second of the same billed time."""
 
     per_gpu_second_usd: Fraction
     execution_fee_usd: Fraction = Fraction(0)
@@ -120,11 +132,22 @@ class Rules:
     """How long a warm worker waits for work before the platform stops it (None: unknown)."""
     reserved: bool = False
     """A reserved GPU: paid from its start to its stop, whatever it does."""
+    cpu_usd_per_second: Fraction = Fraction(0)
+    """The worker's CPU per wall-second it is billed (all the cores it reserves, not per GPU);
+    0 where the platform charges the GPU alone."""
+    memory_usd_per_second: Fraction = Fraction(0)
+    """The worker's memory per wall-second it is billed (all of it)."""
 
     @classmethod
-    def from_price(cls, price: Price) -> Rules:
+    def from_price(
+        cls, price: Price, *, cpu: float | None = None, memory_gib: float | None = None
+    ) -> Rules:
         """The rules of a catalogue price. Its float dollars are read as the decimals they were
-        written as (``0.00076`` is 76/100000, not the nearest binary fraction)."""
+        written as (``0.00076`` is 76/100000, not the nearest binary fraction).
+
+        ``cpu`` (physical cores) and ``memory_gib`` are what the worker reserves; where the
+        platform charges them, the worker pays for the reservation or the platform's minimum,
+        whichever is higher (None: the minimum)."""
         rate = price.per_gpu_second_usd
         if price.kind == "reserved" and price.hourly_usd is not None:
             rate_exact = _decimal(price.hourly_usd) / 3600
@@ -141,12 +164,36 @@ class Rules:
                 None if price.idle_window_s is None else round(price.idle_window_s * NS_PER_S)
             ),
             reserved=price.kind == "reserved",
+            cpu_usd_per_second=_reservation(price.cpu_core_second_usd, cpu, price.min_cpu_cores),
+            memory_usd_per_second=_reservation(
+                price.memory_gib_second_usd, memory_gib, price.min_memory_gib
+            ),
         )
+
+    def usd_per_gpu_ns(self, gpu_count: int = 1) -> Fraction:
+        """The price of one GPU-nanosecond of a worker holding ``gpu_count`` GPUs: the GPU's,
+        plus the worker's CPU and memory shared equally among its GPUs."""
+        extra = self.cpu_usd_per_second + self.memory_usd_per_second
+        if not extra:
+            return self.per_gpu_second_usd / NS_PER_S
+        return (self.per_gpu_second_usd + extra / gpu_count) / NS_PER_S
+
+    def per_gpu_second_by_resource(self, gpu_count: int = 1) -> dict[Resource, Fraction]:
+        """US dollars per GPU-second of a worker holding ``gpu_count`` GPUs, per resource (the
+        worker's CPU and memory shared equally among its GPUs); they add up to
+        :meth:`usd_per_gpu_ns` x 10^9."""
+        return {
+            "gpu": self.per_gpu_second_usd,
+            "cpu": self.cpu_usd_per_second / gpu_count,
+            "memory": self.memory_usd_per_second / gpu_count,
+        }
 
     def to_json(self) -> dict[str, object]:
         """The rules as JSON values, exact (amounts as decimal or fraction strings): what a
-        worker's records carry, so that a later catalogue never changes an old bill."""
-        return {
+        worker's records carry, so that a later catalogue never changes an old bill. The CPU
+        and memory prices appear only where they are not 0, so rules without them read (and
+        are written) as before."""
+        values: dict[str, object] = {
             "per_gpu_second_usd": str(self.per_gpu_second_usd),
             "execution_fee_usd": str(self.execution_fee_usd),
             "increment_ns": self.increment_ns,
@@ -156,13 +203,19 @@ class Rules:
             "idle_window_ns": self.idle_window_ns,
             "reserved": self.reserved,
         }
+        if self.cpu_usd_per_second:
+            values["cpu_usd_per_second"] = str(self.cpu_usd_per_second)
+        if self.memory_usd_per_second:
+            values["memory_usd_per_second"] = str(self.memory_usd_per_second)
+        return values
 
     @classmethod
     def from_json(cls, values: Mapping[str, Any]) -> Rules:
-        """The rules :meth:`to_json` wrote; ValueError naming the field that is wrong."""
+        """The rules :meth:`to_json` wrote; ValueError naming the field that is wrong. Rules
+        frozen before CPU and memory were priced have neither: 0."""
         try:
             window = values.get("idle_window_ns")
-            return cls(
+            rules = cls(
                 per_gpu_second_usd=Fraction(str(values["per_gpu_second_usd"])),
                 execution_fee_usd=Fraction(str(values.get("execution_fee_usd", "0"))),
                 increment_ns=int(values.get("increment_ns", 0)),
@@ -171,30 +224,36 @@ class Rules:
                 bills_idle=bool(values.get("bills_idle", False)),
                 idle_window_ns=None if window is None else int(window),
                 reserved=bool(values.get("reserved", False)),
+                cpu_usd_per_second=Fraction(str(values.get("cpu_usd_per_second", "0"))),
+                memory_usd_per_second=Fraction(str(values.get("memory_usd_per_second", "0"))),
             )
         except (KeyError, TypeError, ValueError, ZeroDivisionError) as error:
             raise ValueError(f"bad billing rules {dict(values)!r}: {error}") from None
+        if rules.cpu_usd_per_second < 0 or rules.memory_usd_per_second < 0:
+            raise ValueError(f"bad billing rules {dict(values)!r}: a negative CPU or memory price")
+        return rules
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Line:
     """One charge: a category, the wall-clock stretch it covers (none for a fee), the GPU
     nanoseconds charged (a fraction where a stretch is shared by concurrent requests), the
-    price (US dollars per GPU-nanosecond; a fee's amount), and the request it belongs to
-    (``request`` and ``fee`` lines). ``usd`` is worked out when asked: a report attributing
-    a million lines never needs it."""
+    price (US dollars per GPU-nanosecond, the worker's CPU and memory included:
+    :meth:`Rules.usd_per_gpu_ns`; a fee's amount), and the request it belongs to (``request``
+    and ``fee`` lines). ``usd`` is worked out when asked: a report attributing a million lines
+    never needs it."""
 
     category: Category
     start_ns: int
     end_ns: int
     gpu_ns: int | Fraction
     price: Fraction
-    """Per GPU-nanosecond for a time line; the amount for a fee."""
+    """Per GPU-nanosecond for a time line (every resource); the amount for a fee."""
     request_id: str | None = None
 
     @property
     def usd(self) -> Fraction:
-        """The line's amount: its GPU time at its price, or the fee."""
+        """The line's amount: its GPU time at its price (every resource), or the fee."""
         if self.category == "fee":
             return self.price
         return self.gpu_ns * self.price
@@ -203,7 +262,8 @@ class Line:
 @dataclasses.dataclass(frozen=True, slots=True)
 class WorkerBill:
     """A worker's charges, exact. ``total_usd`` is the sum of the lines' ``usd`` (and of
-    ``usd_by_category``); ``lines`` is empty when the bill was asked for without them."""
+    ``usd_by_category``; and of the fees and ``usd_by_resource``); ``lines`` is empty when the
+    bill was asked for without them."""
 
     lines: tuple[Line, ...]
     total_usd: Fraction
@@ -213,6 +273,9 @@ class WorkerBill:
     gpu_ns_by_category: dict[Category, Fraction]
     stop_ns: int
     """The worker's stop as billed (its timeline's)."""
+    usd_by_resource: dict[Resource, Fraction]
+    """US dollars of billed time per resource (GPU, CPU, memory), every time category; fees
+    apart."""
 
     def by_category(self) -> dict[Category, Fraction]:
         """US dollars per category (every category present, 0 when none)."""
@@ -241,7 +304,7 @@ def bill(timeline: WorkerTimeline, rules: Rules, *, lines: bool = True) -> Worke
             gpu_count=timeline.gpu_count,
         )
     gpus = timeline.gpu_count
-    rate_per_gpu_ns = rules.per_gpu_second_usd / NS_PER_S
+    rate_per_gpu_ns = rules.usd_per_gpu_ns(gpus)
     busy = _union((r.start_ns, r.end_ns) for r in timeline.requests)
     # The request category starts when the worker is ready: before it, a request waits on the
     # start-up, which is its own category (billed or not), never both.
@@ -296,13 +359,15 @@ def bill(timeline: WorkerTimeline, rules: Rules, *, lines: bool = True) -> Worke
         category: amount * rate_per_gpu_ns for category, amount in gpu_ns.items()
     }
     usd["fee"] = rules.execution_fee_usd * fee_count
+    billed = sum(gpu_ns.values(), Fraction(0))
     return WorkerBill(
         lines=tuple(lines_out) if lines else (),
         total_usd=sum(usd.values(), Fraction(0)),
-        billed_gpu_ns=sum(gpu_ns.values(), Fraction(0)),
+        billed_gpu_ns=billed,
         usd_by_category=usd,
         gpu_ns_by_category=gpu_ns,
         stop_ns=timeline.stop_ns,
+        usd_by_resource=_by_resource(rules, gpus, billed),
     )
 
 
@@ -411,7 +476,7 @@ def _totals(
     wall_ns: dict[Category, int], gpu_count: int, rules: Rules, requests: int, stop_ns: int
 ) -> WorkerBill:
     """A bill of totals only, from wall nanoseconds per category."""
-    rate_per_gpu_ns = rules.per_gpu_second_usd / NS_PER_S
+    rate_per_gpu_ns = rules.usd_per_gpu_ns(gpu_count)
     gpu_ns: dict[Category, Fraction] = {
         category: Fraction(ns * gpu_count) for category, ns in wall_ns.items()
     }
@@ -419,14 +484,24 @@ def _totals(
         category: amount * rate_per_gpu_ns for category, amount in gpu_ns.items()
     }
     usd["fee"] = rules.execution_fee_usd * requests if rules.execution_fee_usd else Fraction(0)
+    billed = sum(gpu_ns.values(), Fraction(0))
     return WorkerBill(
         lines=(),
         total_usd=sum(usd.values(), Fraction(0)),
-        billed_gpu_ns=sum(gpu_ns.values(), Fraction(0)),
+        billed_gpu_ns=billed,
         usd_by_category=usd,
         gpu_ns_by_category=gpu_ns,
         stop_ns=stop_ns,
+        usd_by_resource=_by_resource(rules, gpu_count, billed),
     )
+
+
+def _by_resource(rules: Rules, gpu_count: int, billed_gpu_ns: Fraction) -> dict[Resource, Fraction]:
+    """The dollars of ``billed_gpu_ns`` per resource."""
+    return {
+        resource: rate * billed_gpu_ns / NS_PER_S
+        for resource, rate in rules.per_gpu_second_by_resource(gpu_count).items()
+    }
 
 
 def _request_lines(
@@ -465,6 +540,17 @@ def _request_lines(
 def _decimal(value: float) -> Fraction:
     """``value`` as the shortest decimal that reads back as it (``repr``), exactly."""
     return Fraction(repr(float(value)))
+
+
+def _reservation(unit_usd: float, reserved: float | None, minimum: float) -> Fraction:
+    """A worker's price per second for a resource charged per unit-second (0: not charged):
+    the reservation or the platform's minimum, whichever is higher (None: the minimum)."""
+    if not unit_usd:
+        return Fraction(0)
+    if reserved is not None and not reserved > 0:
+        raise ValueError(f"a reservation must be above 0, got {reserved!r}")
+    units = _decimal(minimum) if reserved is None else max(_decimal(reserved), _decimal(minimum))
+    return units * _decimal(unit_usd)
 
 
 def _time_line(

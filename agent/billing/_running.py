@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 
-from gpuledger.billing._engine import NS_PER_S, Rules, rounded_ns
+from gpuledger.billing._engine import Rules, rounded_ns
 
 __all__ = ["RunningBill"]
 
@@ -36,8 +36,9 @@ class RunningBill:
         self._rules = rules
         self._start = start_ns
         self._gpus = max(1, gpu_count)
-        self.usd_per_ns: Fraction = rules.per_gpu_second_usd * self._gpus / NS_PER_S
-        """US dollars per wall nanosecond of this worker (its GPUs held)."""
+        self.usd_per_ns: Fraction = rules.usd_per_gpu_ns(self._gpus) * self._gpus
+        """US dollars per wall nanosecond of this worker: its GPUs held, and the CPU and memory
+        it reserves where the platform charges them."""
         self._ready: int | None = None
         self._span: list[int] | None = None
         """The open billing span, ``[start, end]``."""

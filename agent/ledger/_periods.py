@@ -129,7 +129,8 @@ def _worker_periods(
                 charge.charges.merge(recorded)
                 out.append(charge)
         return out
-    rate = rate_key(worker.rules.per_gpu_second_usd)
+    rates = worker.rules.per_gpu_second_by_resource(worker.timeline.gpu_count)
+    rate = rate_key(rates["gpu"], rates["cpu"], rates["memory"])
     fee = worker.rules.execution_fee_usd
     cells: dict[tuple[str | None, int], PeriodCharge] = {}
     for owner_id, line, gpu_ns in owned_lines(worker, worker_bill, policy):

@@ -5,8 +5,10 @@ Dollars are the workers' bills (``gpuledger.billing``): each billing worker's ti
 under its platform's rules (frozen on its records, or other rules to re-price), and the bill is
 attributed to its requests under a policy; what no request is charged (idle time, rounding,
 under ``separate``) is a row of its own, ``(idle)``. So the rows add up to the bills, and each
-row reads on its face: ``cost_usd = fee_usd + rate_usd_per_gpu_s x billed_gpu_s``, with
-``billed_gpu_s`` the sum of its parts (request, startup, idle, rounding).
+row reads on its face: ``cost_usd = fee_usd + gpu_usd + cpu_usd + memory_usd`` and ``gpu_usd =
+rate_usd_per_gpu_s x billed_gpu_s``, with ``billed_gpu_s`` the sum of its parts (request,
+startup, idle, rounding); ``cpu_usd`` and ``memory_usd`` are the workers' CPU and memory over
+the same billed time, where the platform charges them (Modal), else 0.
 
 Unknown stays unknown: a group in which no record has a busy-GPU measurement, a price or a token
 count reports ``None`` for it, never zero, and ``unpriced`` says how many records a cost total
@@ -88,10 +90,19 @@ class ReportRow:
     """GPU time charged: the four above."""
     fee_usd: float | None
     """Per-request fees."""
+    gpu_usd: float | None
+    """The GPU time: ``rate_usd_per_gpu_s x billed_gpu_s`` (amounts taken as a record carries
+    them, with no rate known, count here)."""
+    cpu_usd: float | None
+    """The workers' CPU over the same billed time, where the platform charges it (the
+    reservation or the platform's minimum); 0 where it does not."""
+    memory_usd: float | None
+    """The workers' memory over the same billed time, as ``cpu_usd``."""
     rate_usd_per_gpu_s: float | None
-    """The rate the GPU time was charged at; None when the row mixes rates (or is unpriced)."""
+    """The rate the GPU time was charged at (the GPU's alone); None when the row mixes rates
+    (or is unpriced)."""
     cost_usd: float | None
-    """``fee_usd + rate_usd_per_gpu_s x billed_gpu_s``, over the priced records (and, for
+    """``fee_usd + gpu_usd + cpu_usd + memory_usd``, over the priced records (and, for
     ``(idle)``, the workers' own charges); None when none was priced."""
     pricing_version: str | None
     """The price edition the row was billed under; ``mixed`` when it mixes editions."""
@@ -295,6 +306,7 @@ def _money(charges: Charges, *, priced: int) -> dict[str, Any]:
     rates = {rate for rate in charges.rates if rate} if priced else set()
     # A negative rate marks charges taken as recorded (no rate known): no single rate then.
     versions = charges.versions
+    by_resource = charges.usd_by_resource
     return {
         "request_gpu_s": seconds["request"],
         "startup_gpu_s": seconds["startup"],
@@ -302,6 +314,9 @@ def _money(charges: Charges, *, priced: int) -> dict[str, Any]:
         "rounding_gpu_s": seconds["rounding"],
         "billed_gpu_s": billed,
         "fee_usd": float(charges.usd["fee"]) if priced else None,
+        "gpu_usd": float(by_resource["gpu"]) if priced else None,
+        "cpu_usd": float(by_resource["cpu"]) if priced else None,
+        "memory_usd": float(by_resource["memory"]) if priced else None,
         "rate_usd_per_gpu_s": (
             float(rate) if len(rates) == 1 and (rate := next(iter(rates))) > 0 else None
         ),

@@ -266,7 +266,8 @@ class _Serverless:
         rules = Rules.from_price(price)
         duration_ns = to_ns(duration_s)
         warm = _worker_usd(rules, gpu_count, duration_ns)
-        worker_second = price.per_gpu_second_usd * gpu_count
+        # A worker's second: its GPUs, and its CPU and memory where the platform charges them.
+        worker_second = float(rules.usd_per_gpu_ns(gpu_count) * gpu_count * 1_000_000_000)
         window = price.idle_window_s
         cold_extra = 0.0
         if cold_starts:

@@ -117,13 +117,15 @@ class Billing:
     request counts per set of rules, priced once (``total_usd``), so that billing thousands of
     workers costs integer additions, not a ``Fraction`` product each."""
 
-    __slots__ = ("_fees", "_gpu_ns", "_rules", "workers")
+    __slots__ = ("_fees", "_gpu_ns", "_rules", "_wall_ns", "workers")
 
     def __init__(self, workers: list[SimulatedWorker] | None) -> None:
         # Keyed by the rules' identity: a model bills all its workers under one Rules object,
         # and hashing a dataclass of Fractions per worker would cost more than the sum.
         self._rules: dict[int, Rules] = {}
         self._gpu_ns: dict[int, int] = {}
+        self._wall_ns: dict[int, int] = {}
+        """Worker wall time billed: what the worker's CPU and memory are charged over."""
         self._fees: dict[int, int] = {}
         self.workers = workers
 
@@ -139,6 +141,9 @@ class Billing:
         for key, gpu_ns in self._gpu_ns.items():
             rules = self._rules[key]
             total += rules.per_gpu_second_usd * gpu_ns / NS_PER_S
+            extra = rules.cpu_usd_per_second + rules.memory_usd_per_second
+            if extra:
+                total += extra * self._wall_ns[key] / NS_PER_S
             total += rules.execution_fee_usd * self._fees[key]
         return total
 
@@ -168,8 +173,9 @@ class Billing:
         key = id(rules)
         if key not in self._rules:
             self._rules[key] = rules  # kept: its id stays its own while the Billing lives
-            self._gpu_ns[key] = self._fees[key] = 0
+            self._gpu_ns[key] = self._wall_ns[key] = self._fees[key] = 0
         self._gpu_ns[key] += wall_ns * gpu_count * copies
+        self._wall_ns[key] += wall_ns * copies
         self._fees[key] += requests * copies
 
 
