@@ -166,8 +166,6 @@ class Price:
     """Per CPU core-second a worker reserves (0: not charged apart from the GPU)."""
     memory_gib_second_usd: float = 0.0
     """Per GiB-second of memory a worker reserves."""
-    disk_gb_second_usd: float = 0.0
-    """Per GB-second of container disk while the worker runs."""
     min_cpu_cores: float = 0.0
     """The least CPU a worker is charged for (the platform's minimum reservation)."""
     min_memory_gib: float = 0.0
@@ -706,7 +704,6 @@ _PLATFORM_FIELDS: Final[Mapping[str, str]] = {
     "sunset_source": "text",
     "cpu_core_second_usd": "price",
     "memory_gib_second_usd": "price",
-    "disk_gb_second_usd": "price",
     "min_cpu_cores": "seconds",
     "min_memory_gib": "seconds",
     "gpus": "table",
@@ -1156,15 +1153,11 @@ def _build(spec: _Spec, file: str, problems: list[Problem]) -> Catalogue:
     )
 
 
-_NUMBERS_NEEDING_BEHAVIOUR_SOURCE: Final = (
-    "cold_start_s",
-    "cold_start_min_s",
-    "cold_start_max_s",
-    "concurrency",
-    "max_workers",
-    "bills_idle",
-    "prewarmed_workers",
-)
+_NUMBERS_NEEDING_BEHAVIOUR_SOURCE: Final = _BEHAVIOUR_FIELDS - {
+    "behaviour_citation",
+    *_REFERENCES["behaviour_"],
+}
+"""The behaviour fields that are numbers (or flags), not their citation."""
 
 
 def _check_references(platform: _Platform, spec: _Spec, add: Callable[[str, str], None]) -> None:
@@ -1330,7 +1323,6 @@ def _price(
         sunset_source=str(plain.get("sunset_source", "")),
         cpu_core_second_usd=number("cpu_core_second_usd", 0.0) or 0.0,
         memory_gib_second_usd=number("memory_gib_second_usd", 0.0) or 0.0,
-        disk_gb_second_usd=number("disk_gb_second_usd", 0.0) or 0.0,
         min_cpu_cores=number("min_cpu_cores", 0.0) or 0.0,
         min_memory_gib=number("min_memory_gib", 0.0) or 0.0,
     )

@@ -244,7 +244,6 @@ def test_price_behaviour_defaults() -> None:
         "sunset_source",
         "cpu_core_second_usd",
         "memory_gib_second_usd",
-        "disk_gb_second_usd",
         "min_cpu_cores",
         "min_memory_gib",
     ]
