@@ -406,4 +406,12 @@ def test_the_readme_demo_totals_under_both_editions(tmp_path: Path) -> None:
     assert f"{totals[None]:.4f}" == "2.7770"
     assert f"{totals[SEED_EDITION]:.4f}" == "50.3962"
     assert "TOTAL           200   138    69.0" in readme
-    assert "$50.3962, against $2.7770" in readme
+    assert "TOTAL $50.3962,\nagainst $2.7770" in readme
+    seed_demo = CliRunner().invoke(
+        main, ["demo", "--ledger", str(tmp_path / "seed.db"), "--pricing", SEED_EDITION]
+    )
+    assert seed_demo.exit_code == 0, seed_demo.output
+    assert "TOTAL           200     5     2.5   7.987       5       687.000       -   50.1649" in (
+        seed_demo.output
+    )
+    assert "5 worker starts, TOTAL $50.1649" in readme

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from gpuledger.cli._demo_run import DEMO_SERVICE_NAME
+from gpuledger.cli._options import pricing_option
 
 __all__ = ["DEMO_SERVICE_NAME", "demo"]
 
@@ -53,6 +54,7 @@ with any other are someone's real traffic."""
     is_flag=True,
     help="Write the synthetic rows even into a ledger that holds other rows.",
 )
+@pricing_option
 @click.pass_context
 def demo(
     ctx: click.Context,
@@ -62,6 +64,7 @@ def demo(
     gpu: str,
     location: str | None,
     force: bool,
+    pricing_file: str | None,
 ) -> None:
     """Serve a synthetic workload through @traced_handler and print the per-user cost report.
 
@@ -74,7 +77,7 @@ def demo(
     from gpuledger.cli._demo_run import run_demo  # noqa: PLC0415
     from gpuledger.cli._report import report  # noqa: PLC0415
 
-    _check_platform(platform)
+    _check_platform(platform, pricing_file)
     if location is None:
         ledger = str(Path(tempfile.mkdtemp(prefix="gpuledger-demo-")) / "ledger.db")
     else:
@@ -84,7 +87,14 @@ def demo(
         f"gpuledger demo: {requests} requests from 4 users, {platform} {gpu}, ledger {ledger}"
     )
     try:
-        result = run_demo(ledger=ledger, requests=requests, seed=seed, platform=platform, gpu=gpu)
+        result = run_demo(
+            ledger=ledger,
+            requests=requests,
+            seed=seed,
+            platform=platform,
+            gpu=gpu,
+            pricing=pricing_file,
+        )
     except GpuledgerError as error:
         raise click.ClickException(str(error)) from None
     click.echo(
@@ -99,13 +109,13 @@ def demo(
         click.echo(f"  gpuledger report --ledger {quoted} {options}")
 
 
-def _check_platform(platform: str) -> None:
+def _check_platform(platform: str, pricing: str | None) -> None:
     """A usage error, before anything is written, for a platform the catalogue does not know."""
     from gpuledger._errors import PricingError  # noqa: PLC0415
     from gpuledger._pricing import load_catalogue  # noqa: PLC0415
 
     try:
-        known = load_catalogue(use_env=True).platforms()
+        known = load_catalogue(pricing, use_env=True).platforms()
     except PricingError as error:
         raise click.ClickException(str(error)) from None
     if platform not in known:

@@ -98,8 +98,11 @@ def run_demo(
     gpu: str = "H100",
     hours: float = 6.0,
     on_worker: Callable[[int, float], None] | None = None,
+    pricing: str | None = None,
 ) -> DemoResult:
-    """Serve ``requests`` synthetic requests over ``hours`` simulated hours into ``ledger``."""
+    """Serve ``requests`` synthetic requests over ``hours`` simulated hours into ``ledger``,
+    priced by ``pricing`` (an edition or file; default: the pricing setting, else the default
+    edition)."""
     wall_started = time.perf_counter()
     rng = random.Random(seed)  # noqa: S311  (a reproducible workload, not cryptography)
     span_s = hours * 3600
@@ -108,7 +111,7 @@ def run_demo(
 
     from gpuledger._pricing import load_catalogue  # noqa: PLC0415
 
-    price = load_catalogue(use_env=True).lookup(platform, gpu)
+    price = load_catalogue(pricing, use_env=True).lookup(platform, gpu)
     idle_window_s = price.idle_window_s if price and price.idle_window_s else 900.0
 
     @gpuledger.traced_handler(name="generate")
@@ -134,7 +137,7 @@ def run_demo(
                 _stop_worker(clock, worker_free_ns, idle_window_s)
                 workers += 1
                 clock.jump_to(arrival_ns)
-                _start_worker(clock, workers, ledger, platform, gpu, rng)
+                _start_worker(clock, workers, ledger, platform, gpu, rng, pricing)
                 if on_worker is not None:
                     on_worker(workers, (clock.wall_ns - start_ns) / 1e9)
             else:
@@ -177,8 +180,19 @@ def _stop_worker(clock: SimulatedClock, free_ns: int | None, idle_window_s: floa
     gpuledger.shutdown()
 
 
+def _pricing_setting(pricing: str | None) -> dict[str, Any]:
+    """The ``pricing`` setting to configure with: none given leaves the setting's own sources."""
+    return {} if pricing is None else {"pricing": pricing}
+
+
 def _start_worker(
-    clock: SimulatedClock, number: int, ledger: str, platform: str, gpu: str, rng: random.Random
+    clock: SimulatedClock,
+    number: int,
+    ledger: str,
+    platform: str,
+    gpu: str,
+    rng: random.Random,
+    pricing: str | None,
 ) -> None:
     gpuledger.shutdown()
     _config.forget_worker_state()
@@ -192,6 +206,7 @@ def _start_worker(
         endpoint="demo-endpoint",
         worker_id=f"demo-worker-{number}",
         exporters="none",
+        **_pricing_setting(pricing),
         prewarm_threshold_s=10.0,
         # Simulated traffic on a simulated clock: this machine's GPU (if any) did not serve it.
         gpu_metering="off",
