@@ -17,13 +17,16 @@ import pytest
 from click.testing import CliRunner
 
 from gpuledger import InvocationRecord
+from gpuledger._pricing import edition_catalogue
 from gpuledger.billing import Rules
 from gpuledger.cli._main import main
-from gpuledger.ledger import aggregate, open_ledger, totals
+from gpuledger.ledger import aggregate, open_ledger, period_charges, totals
 from gpuledger.reconcile import (
     ACCOUNT_KEY,
+    CAUSES,
     UNKNOWN_PODS,
     Invoice,
+    ReconcileRow,
     Reconciliation,
     UsageFileError,
     parse_usage,
@@ -349,8 +352,10 @@ def test_modal_planted_differences_are_found_and_explained(
     path: Path, records: list[InvocationRecord]
 ) -> None:
     """The 60 s scale-down window billed (llm-serve), the seed catalogue's price against
-    Modal's (sd-turbo), an App with no ledger rows (batch-embed), a Volume (not metered), and
-    CPU and memory (not modelled): each found at its planted amount."""
+    Modal's and 2 cores reserved against the ledger's default 0.125 (sd-turbo), an App with no
+    ledger rows (batch-embed), a Volume (not metered): each found at its planted amount. The
+    GPU's causes are GPU dollars alone; the CPU and memory are compared part by part, so
+    llm-serve's are its idle time's and sd-turbo's memory, the same, is no cause."""
     result = reconcile(read_usage(path), records)
     found = _causes(result)
     for key, amount in fleet.planted().items():
@@ -365,12 +370,125 @@ def test_modal_planted_differences_are_found_and_explained(
         (fleet.LLM_ID, "memory"),
         (fleet.SD_ID, "price"),
         (fleet.SD_ID, "cpu"),
-        (fleet.SD_ID, "memory"),
         (fleet.BATCH_ID, "no_ledger_rows"),
         (fleet.VOLUME_ID, "not_metered"),
     }
     for row in result.rows:
         assert abs(row.unexplained_usd) <= ROUNDING, row
+        assert row.explained_usd + row.unexplained_usd == row.difference_usd
+        details = {cause.kind: cause.detail for cause in row.causes}
+        if row.endpoint == fleet.SD_ID:
+            assert "the invoice's is 16 x gpuledger's" in details["cpu"]
+            assert "set the cpu setting to what your functions reserve" in details["cpu"]
+        elif row.endpoint == fleet.LLM_ID:
+            for resource in ("cpu", "memory"):
+                assert "with the idle time billed as the platform bills it" in details[resource]
+                assert "(the reservation matches)" in details[resource]
+
+
+def test_the_modal_ledger_charges_cpu_and_memory_at_the_published_minimum() -> None:
+    """The fleet's Modal records carry the rules a recorder with the published edition and no
+    cpu or memory_gib setting freezes: Modal's minimum reservation, 0.125 core and 0.125 GiB."""
+    price = edition_catalogue("published-2026-12").lookup("modal", "H100")
+    assert price is not None
+    published = Rules.from_price(price, cpu=0.125, memory_gib=0.125)
+    rules = {
+        Rules.from_json(record.billing_rules or {})
+        for record in fleet.records()
+        if record.platform == "modal"
+    }
+    assert {(r.cpu_usd_per_second, r.memory_usd_per_second) for r in rules} == {
+        (published.cpu_usd_per_second, published.memory_usd_per_second)
+    }
+    assert published.cpu_usd_per_second == fleet.CORES * fleet.CPU_CORE_S
+
+
+@pytest.mark.parametrize("path", [MODAL_CSV, MODAL_ITEMS], ids=["csv", "items"])
+def test_modal_parts_are_held_against_the_ledger_s_own_resources(
+    path: Path, records: list[InvocationRecord]
+) -> None:
+    """Each row's GPU part against the ledger's GPU dollars, its CPU and memory parts against
+    the ledger's CPU and memory dollars (usd_by_resource), billed with the rules as they are."""
+    result = reconcile(read_usage(path), records)
+    for row in result.rows:
+        if not row.charges or not row.lines:
+            continue
+        base = _ledger_by_resource(row)
+        causes = {cause.kind: cause.usd for cause in row.causes}
+        for resource in ("cpu", "memory"):
+            invoiced = sum(((line.parts or {}).get(resource, 0) for line in row.lines), Fraction(0))
+            gap = invoiced - base[resource]
+            assert abs(causes.get(resource, Fraction(0)) - gap) <= ROUNDING, (row, resource)
+        invoiced_gpu = sum(((line.parts or {}).get("gpu", 0) for line in row.lines), Fraction(0))
+        gpu_causes = sum(
+            (usd for kind, usd in causes.items() if kind in ("idle", "startup", "price")),
+            Fraction(0),
+        )
+        assert abs(invoiced_gpu - base["gpu"] - gpu_causes) <= ROUNDING, row
+
+
+def _ledger_by_resource(row: ReconcileRow) -> dict[str, Fraction]:
+    """The ledger's dollars per resource in ``row`` under the rules as they are (no flips)."""
+    base = {"gpu": Fraction(0), "cpu": Fraction(0), "memory": Fraction(0)}
+    start, end = row.period_start_ns, row.period_end_ns
+    workers = {charge.worker for charge in row.charges}
+    mine = [record for record in fleet.records() if record.billing_worker in workers]
+    for charge in period_charges(mine, period_ns=end - start):
+        if charge.period_start_ns == start:
+            for resource, usd in charge.charges.usd_by_resource.items():
+                base[resource] += usd
+    return base
+
+
+def test_without_parts_modal_s_cpu_and_memory_are_in_the_whole_amount(
+    records: list[InvocationRecord],
+) -> None:
+    """`--json` has no cost by resource: the whole amount against the ledger's every resource,
+    so llm-serve's idle cause is its idle time's GPU, CPU and memory, and sd-turbo's price the
+    GPU's and the CPU's together; nothing is left over."""
+    result = reconcile(read_usage(MODAL_JSON), records)
+    found = _causes(result)
+    planted = fleet.planted()
+    for (endpoint, hour, kind), amount in planted.items():
+        if endpoint == fleet.LLM_ID and kind == "idle":
+            whole = amount + planted[(endpoint, hour, "cpu")] + planted[(endpoint, hour, "memory")]
+            assert abs(found[(endpoint, hour, "idle")] - whole) <= ROUNDING
+        if endpoint == fleet.SD_ID and kind == "price":
+            whole = amount + planted[(endpoint, hour, "cpu")]
+            assert abs(found[(endpoint, hour, "price")] - whole) <= ROUNDING
+    assert not {kind for _, _, kind in found} & {"cpu", "memory"}
+    for row in result.rows:
+        assert abs(row.unexplained_usd) <= ROUNDING, row
+
+
+def test_runpod_cpu_amount_is_its_cpu_workers_which_the_rules_do_not_charge() -> None:
+    """RunPod's cpuAmount (its CPU workers): the whole amount is the cause, said so, and the
+    GPU part is still held against the GPU dollars alone."""
+    rules = Rules(per_gpu_second_usd=Fraction("0.001"), increment_ns=1_000_000_000)
+    record = make_record(10, 5, endpoint="ep", billing_rules=rules.to_json())
+    text = json.dumps(
+        {
+            "records": [
+                {
+                    "startTime": "2026-03-01T00:00:00Z",
+                    "endTime": "2026-03-01T01:00:00Z",
+                    "serverlessId": "ep",
+                    "totalAmount": 0.025,
+                    "gpuAmount": 0.005,
+                    "cpuAmount": 0.02,
+                    "diskAmount": 0,
+                    "feeAmount": 0,
+                }
+            ],
+            "metadata": {"query": {"bucketSize": "hour"}},
+        }
+    )
+    (row,) = reconcile(parse_usage(text), [record]).rows
+    (cause,) = row.causes
+    assert (cause.kind, cause.usd) == ("cpu", Fraction("0.02"))
+    assert cause.detail == "the invoice's cpu amount; gpuledger's rules charge no CPU here"
+    assert row.unexplained_usd == 0
+    assert "does not model" not in CAUSES["cpu"] + CAUSES["memory"]
 
 
 def test_a_modal_app_matches_by_name_or_by_id(records: list[InvocationRecord]) -> None:
@@ -590,14 +708,17 @@ def test_the_readmes_sample_is_what_the_command_prints(fleet_ledger: Path) -> No
     section = readme.split("### Reconcile with your invoice", 1)[1].split("\n## ", 1)[0]
     samples = re.findall(r"^```(\w*)\n(.*?)^```$", section, re.MULTILINE | re.DOTALL)
     samples = [body for language, body in samples if not language]
-    assert len(samples) == 2
+    assert len(samples) == 3
     reconciled = CliRunner().invoke(
         main, ["reconcile", "--usage", str(V2), "--ledger", str(fleet_ledger)]
+    )
+    modal = CliRunner().invoke(
+        main, ["reconcile", "--usage", str(MODAL_CSV), "--ledger", str(fleet_ledger)]
     )
     trued = CliRunner().invoke(
         main, ["report", "--true-up", str(V2), "--ledger", str(fleet_ledger), "--by", "tenant"]
     )
-    for sample, result in zip(samples, (reconciled, trued), strict=True):
+    for sample, result in zip(samples, (reconciled, modal, trued), strict=True):
         printed = set(result.output.splitlines())
         for line in sample.strip().splitlines():
             assert line in printed, line

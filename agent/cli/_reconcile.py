@@ -157,8 +157,10 @@ def reconcile_command(
     name or id) and period of the export: what was invoiced, what gpuledger attributed (the
     `report`'s charges in that period), the difference, and what explains it: idle time or
     start-up the platform billed and the rules do not (or the reverse), a different price per
-    GPU-second, workers or periods with no ledger rows, and the amounts gpuledger does not
-    model (RunPod's platform fee and disk, Modal's CPU and memory).
+    GPU-second, workers or periods with no ledger rows, the CPU and memory invoiced against
+    what gpuledger's rules charge for them (Modal: the worker's reservation, the cpu and
+    memory_gib settings), the platform fee against the rules' fees, and the amounts gpuledger
+    does not model (RunPod's disk and CPU workers).
 
     Exits 1 when a difference is over --tolerance.
     """

@@ -12,10 +12,17 @@ A row's difference (invoiced - attributed) is explained, in this order, by:
   (``no_ledger_rows``); pods the invoice names that the ledger never saw (``unseen_workers``,
   RunPod v1 grouped by ``podId``); Modal objects that are not Apps (``not_metered``: volumes,
   ...); and the converse, ledger charges the invoice does not bill (``not_invoiced``);
-- **amounts gpuledger does not model**, where the export itemises them: CPU, memory, disk and
-  other parts; the platform fee (RunPod's ``feeAmount``) less the fees gpuledger's rules charge
-  (``fee``; where the export has no fee part, gpuledger's fees are taken as not billed);
-- **how the GPU time was billed**, GPU amount against the ledger's GPU charges:
+- **the parts other than GPU time**, where the export itemises them: the CPU and memory
+  amounts less gpuledger's CPU and memory charges (``cpu``, ``memory``: Modal bills a worker's
+  reservation over its billed time, and so do gpuledger's rules, at the reservation the ``cpu``
+  and ``memory_gib`` settings say; RunPod's ``cpuAmount`` is its CPU workers, which gpuledger
+  charges nothing for); disk and other parts, which gpuledger does not model; the platform fee
+  (RunPod's ``feeAmount``) less the fees gpuledger's rules charge (``fee``; where the export has
+  no fee part, gpuledger's fees are taken as not billed);
+- **how the GPU time was billed**, the invoice's GPU amount against the ledger's GPU dollars
+  alone (``Charges.usd_by_resource["gpu"]``; where the export has no parts, its whole amount
+  against the ledger's time charges, every resource, so the causes below are then of all of
+  them):
   ``idle`` (idle time the platform billed and the rules do not, or the reverse) and ``startup``
   (the same for the workers' start-up), each the engine's bill with that rule flipped less the
   rules' own; ``price`` (a different price per GPU-second); and, where the export gives billed
@@ -29,6 +36,10 @@ A row's difference (invoiced - attributed) is explained, in this order, by:
 
 What none of these explains is the row's ``unexplained_usd``. A match is to within a tenth of a
 cent or 0.1 % of the amount, whichever is more: exports round their amounts.
+
+Why one module of this size: the rows, their causes and the endpoint's fit all read the same
+tallies of the same flipped bills (``_Tally``, ``_Draft``), and the causes must add up to the
+difference together; apart, each would need the others' internals.
 """
 
 from __future__ import annotations
@@ -74,8 +85,8 @@ CAUSES: Final = {
     "price": "price per GPU-second",
     "billed_time": "billed time the ledger does not account for",
     "fee": "platform fee",
-    "cpu": "CPU (gpuledger does not model it)",
-    "memory": "memory (gpuledger does not model it)",
+    "cpu": "CPU (invoiced less gpuledger's CPU charges)",
+    "memory": "memory (invoiced less gpuledger's memory charges)",
     "disk": "disk (gpuledger does not model it)",
     "other": "other amounts (gpuledger does not model them)",
 }
@@ -94,7 +105,12 @@ ACCOUNT_KEY: Final = "(all endpoints)"
 _NS: Final = 1_000_000_000
 _MIN_PERIOD_NS: Final = 60 * _NS
 _TIME: Final = ("request", "startup", "idle", "rounding")
-_UNMODELLED: Final = ("cpu", "memory", "disk", "other")
+_RESOURCES: Final = ("cpu", "memory")
+"""Parts gpuledger charges too, where the platform does (Modal), at the worker's reservation."""
+_UNMODELLED: Final = ("disk", "other")
+_SETTING: Final = {"cpu": "cpu", "memory": "memory_gib"}
+"""The setting that says a resource's reservation."""
+_FLIP_WORDS: Final = {"idle": "idle time", "startup": "start-up"}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -392,10 +408,22 @@ class _Keys:
 class _Tally:
     """The ledger's charges in one row under one billing."""
 
-    __slots__ = ("charges", "fee_usd", "gpu_ns", "gpus", "provisional", "rates", "time_usd")
+    __slots__ = (
+        "charges",
+        "fee_usd",
+        "gpu_ns",
+        "gpus",
+        "provisional",
+        "rates",
+        "resource_usd",
+        "time_usd",
+    )
 
     def __init__(self) -> None:
         self.time_usd = Fraction(0)
+        """Billed time, every resource (GPU, CPU, memory)."""
+        self.resource_usd: dict[str, Fraction] = dict.fromkeys(("gpu", *_RESOURCES), Fraction(0))
+        """Billed time per resource: they add up to :attr:`time_usd`."""
         self.fee_usd = Fraction(0)
         self.gpu_ns: dict[str, Fraction] = dict.fromkeys(_TIME, Fraction(0))
         self.rates: set[Fraction] = set()
@@ -407,6 +435,8 @@ class _Tally:
         usd = charge.charges.usd
         self.fee_usd += usd["fee"]
         self.time_usd += sum((usd[category] for category in _TIME), Fraction(0))
+        for resource, amount in charge.charges.usd_by_resource.items():
+            self.resource_usd[resource] += amount
         for category, ns in charge.charges.gpu_ns.items():
             self.gpu_ns[category] += ns
         self.rates |= {rate for rate in charge.charges.rates if rate > 0}
@@ -417,6 +447,10 @@ class _Tally:
     @property
     def total_gpu_ns(self) -> Fraction:
         return sum(self.gpu_ns.values(), Fraction(0))
+
+    @property
+    def gpu_usd(self) -> Fraction:
+        return self.resource_usd["gpu"]
 
     @property
     def usd(self) -> Fraction:
@@ -492,10 +526,18 @@ class _Draft:
 
     @property
     def compute_usd(self) -> Fraction:
-        """The invoice's amount to hold against the ledger's GPU charges."""
+        """The invoice's amount to hold against :meth:`charged`: its GPU part where the export
+        itemises it, else its whole amount."""
         if self.itemised:
             return self.part("gpu")
         return sum((line.amount_usd for line in self.ledger_lines), Fraction(0))
+
+    def charged(self, adjustment: tuple[str, ...]) -> Fraction:
+        """The ledger's charges to hold against :attr:`compute_usd`, billed with
+        ``adjustment``: its GPU dollars alone where the export itemises its parts (the CPU and
+        memory are compared part by part), else its billed time's, every resource."""
+        tally = self.tallies[adjustment]
+        return tally.gpu_usd if self.itemised else tally.time_usd
 
     @property
     def fits_by_amount(self) -> bool:
@@ -553,7 +595,22 @@ class _Draft:
     def _explain(self, causes: list[Cause], fit: _Fit) -> tuple[str, ...]:
         """The causes of a row the ledger and the invoice both have; the flips taken."""
         base = self.base
+        billed_ns = self.billed_ns
+        compute = self.compute_usd
+        if billed_ns is not None:
+            adjustment = min(
+                ADJUSTMENTS,
+                key=lambda each: (
+                    abs(billed_ns - self.tallies[each].total_gpu_ns),
+                    ADJUSTMENTS.index(each),
+                ),
+            )
+        else:
+            adjustment = fit.adjustment
+        chosen = self.tallies[adjustment]
         if self.itemised:
+            for resource in _RESOURCES:
+                self._resource(causes, resource, adjustment)
             for part in _UNMODELLED:
                 amount = self.part(part)
                 if amount:
@@ -577,21 +634,11 @@ class _Draft:
                     "invoice has no fee part (taken as not billed)",
                 )
             )
-        billed_ns = self.billed_ns
-        compute = self.compute_usd
-        if billed_ns is not None:
-            adjustment = min(
-                ADJUSTMENTS,
-                key=lambda each: (
-                    abs(billed_ns - self.tallies[each].total_gpu_ns),
-                    ADJUSTMENTS.index(each),
-                ),
-            )
-        else:
-            adjustment = fit.adjustment
-        chosen = self.tallies[adjustment]
         self._flips(causes, adjustment)
-        rate = chosen.time_usd / chosen.total_gpu_ns * _NS if chosen.total_gpu_ns else None
+        charged = self.charged(adjustment)
+        rate = charged / chosen.total_gpu_ns * _NS if chosen.total_gpu_ns else None
+        # Without parts, the rates are of the worker's every resource, not the GPU's alone.
+        every = " (CPU and memory included)" if charged != chosen.gpu_usd else ""
         if billed_ns is not None and rate is not None:
             missing_ns = billed_ns - chosen.total_gpu_ns
             if abs(missing_ns * rate / _NS) > _tolerance(compute):
@@ -610,31 +657,69 @@ class _Draft:
                         "price",
                         compute - at_rules,
                         f"billed at {_rate(compute * _NS / billed_ns)}/GPU s "
-                        f"(amount / billed time); gpuledger's rules {_rate(rate)}/GPU s",
+                        f"(amount / billed time); gpuledger's rules {_rate(rate)}/GPU s{every}",
                     )
                 )
         elif fit.price_factor != 1 and rate is not None:
             causes.append(
                 Cause(
                     "price",
-                    (fit.price_factor - 1) * chosen.time_usd,
+                    (fit.price_factor - 1) * charged,
                     f"the endpoint's rows match {_rate(rate * fit.price_factor)}/GPU s; "
-                    f"gpuledger's rules {_rate(rate)}/GPU s"
+                    f"gpuledger's rules {_rate(rate)}/GPU s{every}"
                     + (" (one period only: or GPU time billed otherwise)" if fit.single else ""),
                 )
             )
         return adjustment
 
+    def _resource(self, causes: list[Cause], resource: str, adjustment: tuple[str, ...]) -> None:
+        """The ``cpu`` or ``memory`` cause: the invoice's part less gpuledger's charges for it
+        (the rules as they are), and what the difference is likely to be."""
+        invoiced = self.part(resource)
+        ledger = self.base.resource_usd[resource]
+        if not invoiced and not ledger:
+            return
+        name = "CPU" if resource == "cpu" else "memory"
+        if not ledger:
+            # RunPod's CPU workers, or a platform whose CPU gpuledger's rules do not charge.
+            causes.append(
+                Cause(
+                    resource,
+                    invoiced,
+                    f"the invoice's {resource} amount; gpuledger's rules charge no {name} here",
+                )
+            )
+            return
+        # Amounts this small are told apart to the export's rounding: a micro-dollar a line.
+        close = max(Fraction(len(self.ledger_lines), 1_000_000), abs(invoiced) / 1000)
+        if abs(invoiced - ledger) <= close:
+            return  # the same: what the rounding leaves is unexplained, as for the GPU
+        detail = f"invoiced {_usd(invoiced)} of {name}; gpuledger's rules charge {_usd(ledger)}"
+        flipped = self.tallies[adjustment].resource_usd[resource]
+        if adjustment and abs(invoiced - flipped) <= close:
+            words = " and ".join(_FLIP_WORDS[flip] for flip in adjustment)
+            detail += (
+                f", {_usd(flipped)} with the {words} billed as the platform bills it "
+                "(the reservation matches)"
+            )
+        else:
+            detail += " (the worker's reservation"
+            if flipped:
+                detail += f": the invoice's is {float(invoiced / flipped):.3g} x gpuledger's"
+            detail += f"; set the {_SETTING[resource]} setting to what your functions reserve)"
+        causes.append(Cause(resource, invoiced - ledger, detail))
+
     def _flips(self, causes: list[Cause], adjustment: tuple[str, ...]) -> None:
-        """The idle and start-up causes of ``adjustment`` (each flip's change to the bill)."""
+        """The idle and start-up causes of ``adjustment`` (each flip's change to the bill:
+        the GPU part where the export itemises its parts, see :meth:`charged`)."""
         before: tuple[str, ...] = ()
         for flip in adjustment:
             after = (*before, flip)
             old, new = self.tallies[before], self.tallies[after]
-            usd = new.time_usd - old.time_usd
+            usd = self.charged(after) - self.charged(before)
             category = "idle" if flip == "idle" else "startup"
             seconds = abs(new.gpu_ns[category] - old.gpu_ns[category])
-            word = "idle time" if flip == "idle" else "start-up"
+            word = _FLIP_WORDS[flip]
             if usd >= 0:
                 detail = f"the platform billed {_seconds(seconds)} GPU s of {word}, "
                 detail += "which gpuledger's rules do not bill"
@@ -652,7 +737,7 @@ def _fit(drafts: Sequence[_Draft]) -> _Fit:
     amounts = [draft.compute_usd for draft in drafts]
 
     def ledger(adjustment: tuple[str, ...]) -> list[Fraction]:
-        return [draft.tallies[adjustment].time_usd for draft in drafts]
+        return [draft.charged(adjustment) for draft in drafts]
 
     def matches(adjustment: tuple[str, ...], factor: Fraction) -> bool:
         return all(

@@ -8,10 +8,12 @@ The fleet: six hours (2026-03-01 00:00 to 06:00 UTC) of RunPod and Modal traffic
 endpoints, workers, users and tenants, every request and worker edge on a whole second. Each
 record carries the billing rules gpuledger froze for its worker (the *ledger's* rules). The
 platform's bill is the same workers billed by the same engine under the *platform's* rules,
-which differ from the ledger's in one planted way per endpoint; the exports then add what
-gpuledger does not model (RunPod's platform fee and disk, Modal's CPU and memory), and bill
-workers the ledger never saw. :func:`planted` works out what each planted difference must come
-to by hand arithmetic over the fleet's design (seconds x prices), not through the engine.
+which differ from the ledger's in one planted way per endpoint (sd-turbo: two, its price and its
+CPU reservation); the exports then add what gpuledger does not model (RunPod's platform fee and
+disk), itemise Modal's CPU and memory (which the ledger's rules charge too, at the reservation
+they were given), and bill workers the ledger never saw. :func:`planted` works out what each
+planted difference must come to by hand arithmetic over the fleet's design (seconds x prices),
+not through the engine.
 
 Amounts are written to six decimals, as exports round them.
 """
@@ -32,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from gpuledger import InvocationRecord
+from gpuledger._pricing import edition_catalogue
 from gpuledger.billing import Rules
 from gpuledger.ledger import period_charges
 from gpuledger.testing import RECORDS_START_NS, make_record
@@ -72,23 +75,33 @@ DISK_PER_GB_5MIN = Fraction("0.000011574")  # RunPod's container disk rate (docs
 
 # --- Modal -----------------------------------------------------------------------------------
 # The ledger's rules: Modal's H100 price per second ($0.001097, 3P transcriptions of
-# modal.com/pricing), start-up billed, idle not, a 60 s scale-down window (Modal's default).
+# modal.com/pricing), start-up billed, idle not, a 60 s scale-down window (Modal's default); the
+# worker's CPU and memory at Modal's prices and minimum reservation (the cpu and memory_gib
+# settings unset): the published edition's rules, so as a recorder configured so freezes them.
 MODAL_H100 = Fraction("0.001097")
 SEED_H100 = Fraction("0.0005")  # the seed catalogue's Modal H100 price: the planted mismatch
-MODAL_LEDGER = Rules(
+CPU_CORE_S = Fraction("0.0000131")  # per physical core-second
+MEMORY_GIB_S = Fraction("0.00000222")
+CORES, GIB = Fraction(1, 8), Fraction(1, 8)  # Modal's minimum (and default) reservation
+SD_CORES = Fraction(2)
+"""Planted: sd-turbo's functions reserve 2 cores, which Modal bills; the ledger's rules have the
+default (its workers ran without the cpu setting)."""
+_PUBLISHED_H100 = edition_catalogue("published-2026-12").lookup("modal", "H100")
+assert _PUBLISHED_H100 is not None
+MODAL_LEDGER = dataclasses.replace(
+    Rules.from_price(_PUBLISHED_H100),
     per_gpu_second_usd=MODAL_H100,
     increment_ns=NS,
     bills_startup=True,
     bills_idle=False,
     idle_window_ns=60 * NS,
 )
+assert MODAL_LEDGER.cpu_usd_per_second == CORES * CPU_CORE_S
+assert MODAL_LEDGER.memory_usd_per_second == GIB * MEMORY_GIB_S
 LLM_NAME, LLM_ID = "llm-serve", "ap-5fQ2mZ8kLr1XwT9cVb3HnA"
 SD_NAME, SD_ID = "sd-turbo", "ap-Jx7pR2wQ9sLm4KdT6yUe1B"
 BATCH_NAME, BATCH_ID = "batch-embed", "ap-Q3vN8cR1tY6uI0oP2aS4dF"
 VOLUME_NAME, VOLUME_ID = "model-weights", "vo-K9mB2nV5cX8zL1aS3dF6gH"
-CPU_CORE_S = Fraction("0.0000131")  # per physical core-second
-MEMORY_GIB_S = Fraction("0.00000222")
-CORES, GIB = Fraction(1, 8), Fraction(1, 8)  # Modal's default reservation
 TEAMS = {LLM_ID: "genai", SD_ID: "creative", BATCH_ID: "search"}
 BATCH_GPU = {2: Fraction("0.551232"), 3: Fraction("0.187500")}
 """batch-embed's GPU cost per hour: an App the ledger has no rows for."""
@@ -205,7 +218,8 @@ def workers() -> list[Worker]:
         modal(LLM_NAME, "ta-01LLM2", 75, 9, 40, durations=(6, 4, 9), gaps=(30, 5, 50)),
         modal(LLM_NAME, "ta-01LLM3", 190, 7, 25, durations=(8, 11), gaps=(15, 40)),
         modal(LLM_NAME, "ta-01LLM4", 310, 8, 20, durations=(5, 9, 4), gaps=(25,)),
-        # sd-turbo (records name the App by id): billed at Modal's price, not the seed's.
+        # sd-turbo (records name the App by id): billed at Modal's price, not the seed's, and
+        # for 2 cores, not the default 0.125.
         modal(SD_ID, "ta-02SD1", 65, 12, 30, durations=(4, 6), gaps=(10, 30)),
         modal(SD_ID, "ta-02SD2", 150, 11, 35, durations=(5, 3, 7), gaps=(20,)),
         modal(SD_ID, "ta-02SD3", 255, 13, 28, durations=(6,), gaps=(15, 35)),
@@ -233,7 +247,11 @@ def platform_rules(record: InvocationRecord) -> tuple[Rules | None, str | None]:
     elif record.endpoint == LLM_NAME:
         rules = dataclasses.replace(rules, bills_idle=True)
     elif record.endpoint == SD_ID:
-        rules = dataclasses.replace(rules, per_gpu_second_usd=MODAL_H100)
+        rules = dataclasses.replace(
+            rules,
+            per_gpu_second_usd=MODAL_H100,
+            cpu_usd_per_second=SD_CORES * CPU_CORE_S,
+        )
     return rules, "platform"
 
 
@@ -340,9 +358,14 @@ def planted() -> dict[tuple[str, int, str], Fraction]:
         out[(STAGE, hour, "not_invoiced")] = -seconds * A100
     for hour, seconds in _sum(idle(w) for w in _of(LLM_NAME)).items():
         out[(LLM_ID, hour, "idle")] = seconds * MODAL_H100
+        # The CPU and memory of the idle time Modal billed: the ledger's reservation, its time.
+        out[(LLM_ID, hour, "cpu")] = seconds * CORES * CPU_CORE_S
+        out[(LLM_ID, hour, "memory")] = seconds * GIB * MEMORY_GIB_S
     sd = _sum([*(busy(w) for w in _of(SD_ID)), *(startup(w) for w in _of(SD_ID))])
     for hour, seconds in sd.items():
         out[(SD_ID, hour, "price")] = seconds * (MODAL_H100 - SEED_H100)
+        # The same time, the CPU reservation Modal billed (2 cores) less the ledger's (0.125).
+        out[(SD_ID, hour, "cpu")] = seconds * (SD_CORES - CORES) * CPU_CORE_S
     for hour, amount in BATCH_GPU.items():
         out[(BATCH_ID, hour, "no_ledger_rows")] = amount
     for hour in range(HOURS):
@@ -378,11 +401,14 @@ class Billed:
 
     gpu_usd: Fraction = Fraction(0)
     gpu_ns: Fraction = Fraction(0)
+    cpu_usd: Fraction = Fraction(0)
+    memory_usd: Fraction = Fraction(0)
 
 
 def truth() -> dict[str, dict[tuple[str, int], Billed]]:
-    """Per platform, per (billing worker, hour): what the platform billed for GPU time (the
-    fleet billed by the engine under the platform's rules)."""
+    """Per platform, per (billing worker, hour): what the platform billed for GPU time, and for
+    the workers' CPU and memory over it (the fleet billed by the engine under the platform's
+    rules)."""
     fleet = records()
     endpoint_of = {record.billing_worker: record.endpoint for record in fleet}
     out: dict[str, dict[tuple[str, int], Billed]] = {"runpod": {}, "modal": {}}
@@ -391,7 +417,10 @@ def truth() -> dict[str, dict[tuple[str, int], Billed]]:
             continue  # another account's bill
         hour = (charge.period_start_ns - START_NS) // (HOUR_S * NS)
         billed = out[charge.platform].setdefault((charge.worker, hour), Billed())
-        billed.gpu_usd += charge.charges.total_usd
+        by_resource = charge.charges.usd_by_resource
+        billed.gpu_usd += by_resource["gpu"]
+        billed.cpu_usd += by_resource["cpu"]
+        billed.memory_usd += by_resource["memory"]
         billed.gpu_ns += charge.charges.billed_gpu_ns
     return out
 
@@ -497,11 +526,10 @@ def modal_items(billed: dict[tuple[str, int], Billed]) -> list[ModalItem]:
     for (key, hour), bill in sorted(billed.items()):
         object_id, name = names[fleet[key].endpoint]
         item = items.setdefault((object_id, hour), ModalItem(object_id, name, hour, {}))
-        container_s = bill.gpu_ns / NS  # one GPU per container: its billed life
         for resource, amount in (
             ("H100", bill.gpu_usd),
-            ("CPU", container_s * CORES * CPU_CORE_S),
-            ("Memory", container_s * GIB * MEMORY_GIB_S),
+            ("CPU", bill.cpu_usd),
+            ("Memory", bill.memory_usd),
         ):
             item.resources[resource] = item.resources.get(resource, Fraction(0)) + amount
     for hour, amount in BATCH_GPU.items():
