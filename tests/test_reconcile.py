@@ -185,6 +185,8 @@ def test_runpod_v1_reads_the_spec_example() -> None:
 def test_modal_items_from_the_installed_client_are_read() -> None:
     """modal.types.BillingReportItem, written out as JSON, reads back exactly."""
     types = pytest.importorskip("modal.types")
+    if not hasattr(types, "BillingReportItem"):
+        pytest.skip("this modal client predates Workspace.billing.report() (modal 1.3)")
     item = types.BillingReportItem(
         object_id="ap-123",
         description="app1",
@@ -208,6 +210,8 @@ def test_modal_items_from_the_installed_client_are_read() -> None:
 def test_modal_cli_json_keys_are_the_clients_own() -> None:
     """The CLI's JSON keys are its column names through its own snake-casing."""
     utils = pytest.importorskip("modal.cli.utils")
+    if not hasattr(utils, "_col_name_to_json_key"):
+        pytest.skip("this modal client predates `modal billing report --json` (modal 1.3)")
     columns = ["Object ID", "Description", "Environment", "Interval Start", "Resource", "Cost"]
     keys = [utils._col_name_to_json_key(column) for column in columns]
     rows = json.loads(MODAL_JSON.read_text())
