@@ -36,6 +36,8 @@ from gpuledger.cli import _options, main
 from gpuledger.ledger import open_ledger
 from gpuledger.testing import make_record
 
+from .support.cli import separate_runner
+
 PUBLISHED = edition_catalogue("published-2026-12")
 SEED = edition_catalogue(SEED_EDITION)
 S = 1_000_000_000
@@ -276,10 +278,10 @@ def test_a_platform_an_edition_dropped_is_unpriced_saying_why() -> None:
 def test_show_warns_when_the_edition_is_older_than_90_days(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    fresh = CliRunner().invoke(main, ["pricing", "show"])
+    fresh = separate_runner().invoke(main, ["pricing", "show"])
     assert fresh.exit_code == 0 and "warning" not in fresh.stderr  # 2026-12-06: 0 days old
     monkeypatch.setattr(_options, "today", lambda: dt.date(2027, 3, 7))  # 91 days
-    stale = CliRunner().invoke(main, ["pricing", "show"])
+    stale = separate_runner().invoke(main, ["pricing", "show"])
     assert stale.exit_code == 0
     assert stale.stderr == (
         "warning: pricing edition published-2026-12 is 91 days old (read 2026-12-06); platforms "
@@ -287,17 +289,20 @@ def test_show_warns_when_the_edition_is_older_than_90_days(
         "--pricing\n"
     )
     monkeypatch.setattr(_options, "today", lambda: dt.date(2027, 3, 6))  # 90 days: not yet
-    assert CliRunner().invoke(main, ["pricing", "show"]).stderr == ""
+    assert separate_runner().invoke(main, ["pricing", "show"]).stderr == ""
 
 
 def test_report_warns_once_for_a_stale_edition(tmp_path: Path) -> None:
     location = str(tmp_path / "demo.db")
     assert (
-        CliRunner().invoke(main, ["demo", "--ledger", location, "--requests", "20"]).exit_code == 0
+        separate_runner().invoke(main, ["demo", "--ledger", location, "--requests", "20"]).exit_code
+        == 0
     )
-    fresh = CliRunner().invoke(main, ["report", "--ledger", location])
+    fresh = separate_runner().invoke(main, ["report", "--ledger", location])
     assert fresh.exit_code == 0 and fresh.stderr == ""
-    seed = CliRunner().invoke(main, ["report", "--ledger", location, "--pricing", SEED_EDITION])
+    seed = separate_runner().invoke(
+        main, ["report", "--ledger", location, "--pricing", SEED_EDITION]
+    )
     assert seed.exit_code == 0, seed.output
     assert seed.stderr.count("warning: pricing edition seed-2026-03 is 280 days old") == 1
 
@@ -395,19 +400,19 @@ def test_the_readme_demo_totals_under_both_editions(tmp_path: Path) -> None:
     """The quick start's demo (seed 0, 200 requests): its TOTAL, and re-priced by the seed."""
     readme = README.read_text(encoding="utf-8")
     location = str(tmp_path / "demo.db")
-    made = CliRunner().invoke(main, ["demo", "--ledger", location])
+    made = separate_runner().invoke(main, ["demo", "--ledger", location])
     assert made.exit_code == 0, made.output
     totals = {}
     for pricing in (None, SEED_EDITION):
         args = ["report", "--ledger", location, "--format", "json", "--by", "platform"]
-        result = CliRunner().invoke(main, args + (["--pricing", pricing] if pricing else []))
+        result = separate_runner().invoke(main, args + (["--pricing", pricing] if pricing else []))
         assert result.exit_code == 0, result.output
         totals[pricing] = sum(row["cost_usd"] for row in json.loads(result.stdout))
     assert f"{totals[None]:.4f}" == "2.7770"
     assert f"{totals[SEED_EDITION]:.4f}" == "50.3962"
     assert "TOTAL           200   138    69.0" in readme
     assert "TOTAL $50.3962,\nagainst $2.7770" in readme
-    seed_demo = CliRunner().invoke(
+    seed_demo = separate_runner().invoke(
         main, ["demo", "--ledger", str(tmp_path / "seed.db"), "--pricing", SEED_EDITION]
     )
     assert seed_demo.exit_code == 0, seed_demo.output

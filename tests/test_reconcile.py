@@ -37,6 +37,7 @@ from gpuledger.reconcile import (
 from gpuledger.testing import RECORDS_START_NS, make_record
 
 from .data.usage import fleet
+from .support.cli import separate_runner
 
 DATA = Path(__file__).parent / "data" / "usage"
 V2, V1 = DATA / "runpod-v2-serverless.json", DATA / "runpod-v1-endpoints-by-pod.json"
@@ -654,7 +655,7 @@ def test_reconcile_exits_0_within_the_tolerance(
 
 def test_reconcile_json_carries_every_row_and_cause(fleet_ledger: Path) -> None:
     """--format json: the rows with their causes; the sums hold."""
-    result = CliRunner().invoke(
+    result = separate_runner().invoke(
         main,
         ["reconcile", "--usage", str(MODAL_CSV), "--ledger", str(fleet_ledger), "--format", "json"],
     )
