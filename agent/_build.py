@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from gpuledger._record import InvocationRecord
+from gpuledger._record import MAX_TIMEOUT_S, InvocationRecord
 
 if TYPE_CHECKING:
     from gpuledger._invocation import Invocation
@@ -321,6 +321,10 @@ def start_notice(
     if invocation.user_id is not None:
         user = worker.user_key(invocation.user_id)[0]
     billing = worker.billing
+    if timeout_s is not None and not 0 < timeout_s <= MAX_TIMEOUT_S:
+        # The sidecar refuses a notice with a timeout outside the record's range (a whole
+        # batch); without one it still records the invocation as killed should the pid die.
+        timeout_s = None
     return {
         "record_id": invocation.record_id,
         "invocation_id": invocation.invocation_id,

@@ -11,10 +11,58 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Final, Literal
 
-__all__ = ["OUTCOMES", "InvocationRecord", "Outcome"]
+__all__ = [
+    "MAX_COST_USD",
+    "MAX_DURATION_S",
+    "MAX_ENERGY_J",
+    "MAX_FUTURE_NS",
+    "MAX_GPU_COUNT",
+    "MAX_GPU_SECONDS",
+    "MAX_IDLE_GAP_S",
+    "MAX_MEMORY_BYTES",
+    "MAX_TIMEOUT_S",
+    "MAX_TOKENS",
+    "MIN_TIME_NS",
+    "OUTCOMES",
+    "RECORD_FORMAT",
+    "InvocationRecord",
+    "Outcome",
+]
 
 Outcome = Literal["ok", "error", "timeout", "killed", "cancelled"]
 OUTCOMES: Final = ("ok", "error", "timeout", "killed", "cancelled")
+
+RECORD_FORMAT: Final = 1
+"""The version of the record's format on the wire (``to_dict``'s keys and values, and a start
+notice's): a worker sends it with each batch (``{"format": 1, "records": [...]}``, absent means
+1). Bump it when a field or an outcome is added, so that an older sidecar knows the values it
+does not understand come from a newer worker, and keeps the record (``sidecar._validation``)."""
+
+# The ranges a record's values lie in: a value outside them is a bug or a broken clock, and
+# could not be exported (OTLP's times are unsigned) or billed. The sidecar refuses such a record
+# at the door (``sidecar._validation``); the worker builds none (``_build``).
+MIN_TIME_NS: Final = 946_684_800 * 10**9
+"""The earliest wall-clock instant a record may have: 2000-01-01T00:00:00Z, in Unix ns."""
+MAX_FUTURE_NS: Final = 86_400 * 10**9
+"""How far ahead of the receiver's clock an instant may be: a day (clocks drift; not that far)."""
+MAX_DURATION_S: Final = 7 * 86_400.0
+"""The longest invocation, in seconds: 7 days, RunPod's longest execution timeout."""
+MAX_TIMEOUT_S: Final = MAX_DURATION_S
+"""The longest timeout a start notice may carry, in seconds."""
+MAX_IDLE_GAP_S: Final = 366 * 86_400.0
+"""The longest idle gap before a request, in seconds: a year (a worker may sit idle for days)."""
+MAX_GPU_COUNT: Final = 1024
+"""The most GPUs (or MIG instances) one record may hold."""
+MAX_GPU_SECONDS: Final = MAX_DURATION_S * MAX_GPU_COUNT
+"""The most GPU seconds, or summed seconds of concurrent calls, one record may have."""
+MAX_ENERGY_J: Final = MAX_GPU_SECONDS * 2_000.0
+"""The most energy one record may have, in joules: 2 kW a GPU, above any GPU's board power."""
+MAX_MEMORY_BYTES: Final = 2**50
+"""The most GPU memory one record may report, in bytes (1 PiB)."""
+MAX_COST_USD: Final = 1e6
+"""The most any money field of one record may be, in US dollars."""
+MAX_TOKENS: Final = 10**12
+"""The most input or output tokens one record may count."""
 
 
 @dataclasses.dataclass(slots=True, kw_only=True)

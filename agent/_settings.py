@@ -691,6 +691,23 @@ SIDECAR_SETTINGS: Final[tuple[Setting, ...]] = (
         "`10`",
     ),
     Setting(
+        "sidecar_unhealthy_after_s",
+        ("GPULEDGER_SIDECAR_UNHEALTHY_AFTER",),
+        _seconds,
+        _const(60.0),
+        "How long a sidecar consumer (ledger, OTLP) may fail every attempt before `/healthz` "
+        "answers 503 with the reason (`/livez` stays 200).",
+        "`60`",
+    ),
+    Setting(
+        "sidecar_max_backlog",
+        ("GPULEDGER_SIDECAR_MAX_BACKLOG",),
+        _positive_int,
+        _const(1_000_000),
+        "How many records may wait for a sidecar consumer before `/healthz` answers 503.",
+        "`1000000`",
+    ),
+    Setting(
         "sidecar_grace_s",
         ("GPULEDGER_SIDECAR_GRACE",),
         _seconds,

@@ -29,8 +29,9 @@ WORKDIR /var/lib/gpuledger
 VOLUME ["/var/lib/gpuledger"]
 EXPOSE 4319
 
-# /healthz answers without the token. python:slim has no curl.
+# /livez (liveness: the process serves) answers without the token; /healthz (503 while delivery
+# fails) is for readiness and alerts, not for restarting. python:slim has no curl.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:4319/healthz', timeout=2)"]
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:4319/livez', timeout=2)"]
 
 ENTRYPOINT ["gpuledger", "sidecar", "--listen", "0.0.0.0:4319"]

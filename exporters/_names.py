@@ -144,6 +144,9 @@ GPULEDGER_FLUSH_WAIT_METRIC: Final = "gpuledger.flush.wait"
 """Histogram, ``s``: how long an invocation's end waited for its record to leave."""
 GPULEDGER_TELEMETRY_ERRORS_METRIC: Final = "gpuledger.telemetry.errors"
 """Observable counter, ``{error}``: gpuledger's own contained failures, by kind."""
+GPULEDGER_SIDECAR_DEAD_LETTERS_METRIC: Final = "gpuledger.sidecar.dead_letters"
+"""Counter, ``{record}``: records a sidecar consumer could not deliver and set aside (exposed by
+the sidecar's Prometheus ``/metrics`` as ``gpuledger_sidecar_dead_letters_total``)."""
 GPULEDGER_LEDGER_PENDING_METRIC: Final = "gpuledger.ledger.pending"
 """Observable up-down counter, ``{invocation}``: invocations waiting for the writer."""
 

@@ -114,13 +114,13 @@ def test_images_do_not_run_as_root(dockerfile: Path) -> None:
 
 
 def test_sidecar_image() -> None:
-    """The sidecar listens beyond loopback on 4319, checks /healthz and keeps its spool on a
-    volume."""
+    """The sidecar listens beyond loopback on 4319, checks /livez (liveness: /healthz is 503 while
+    delivery fails, which a restart does not mend) and keeps its spool on a volume."""
     text = (DOCKER / "sidecar.Dockerfile").read_text()
     assert 'ENTRYPOINT ["gpuledger", "sidecar", "--listen", "0.0.0.0:4319"]' in text
     assert "EXPOSE 4319" in text
     assert "HEALTHCHECK" in text
-    assert "/healthz" in text
+    assert "4319/livez" in text
     assert 'VOLUME ["/var/lib/gpuledger"]' in text
 
 

@@ -5,6 +5,11 @@
 [--max-body BYTES] [--max-spool BYTES] [--synchronous normal|full] [--gpu-sample-hz HZ]
 [--log-format console|json]``
 
+``gpuledger sidecar dead-letters [--spool PATH] [--format table|json] [--redrive [--id N ...]]``
+lists the records a consumer could not deliver and set aside (``--redrive``: puts them back for
+delivery, all or those ``--id`` names, e.g. once the collector's limit is raised; a running
+sidecar picks them up within a second). Exit 0; 1 when the spool is missing or unreadable.
+
 Each option is a row of the settings table (``SIDECAR_SETTINGS``): argument > environment >
 settings file > default, and ``--help`` shows the row's variables, file key and default.
 
@@ -51,7 +56,7 @@ def _container_gpu(sample_hz: float) -> Any:
     return SidecarGpu(meter)
 
 
-@click.command("sidecar")
+@click.group("sidecar", invoke_without_command=True)
 @click.option("--listen", cls=SettingOption, setting="sidecar_listen", metavar="HOST:PORT")
 @click.option("--token", cls=SettingOption, setting="sidecar_token")
 @click.option("--spool", cls=SettingOption, setting="sidecar_spool", metavar="PATH")
@@ -62,6 +67,13 @@ def _container_gpu(sample_hz: float) -> Any:
     "--drain-timeout", cls=SettingOption, setting="sidecar_drain_timeout_s", metavar="SECONDS"
 )
 @click.option("--grace", cls=SettingOption, setting="sidecar_grace_s", metavar="SECONDS")
+@click.option(
+    "--unhealthy-after",
+    cls=SettingOption,
+    setting="sidecar_unhealthy_after_s",
+    metavar="SECONDS",
+)
+@click.option("--max-backlog", cls=SettingOption, setting="sidecar_max_backlog", metavar="N")
 @click.option("--max-body", cls=SettingOption, setting="sidecar_max_body", metavar="BYTES")
 @click.option("--max-spool", cls=SettingOption, setting="sidecar_max_spool_bytes", metavar="BYTES")
 @click.option("--synchronous", cls=SettingOption, setting="sidecar_synchronous")
@@ -75,6 +87,8 @@ def sidecar_command(ctx: click.Context, /, **_typed: object) -> None:
     Each option may also come from its environment variable or a settings file (GPULEDGER_CONFIG,
     ./gpuledger.toml or [tool.gpuledger] in ./pyproject.toml), in that order after the option.
     """
+    if ctx.invoked_subcommand is not None:
+        return
     sources: dict[str, str] = {}
     try:
         resolved = resolve_command(SIDECAR_SETTINGS, given_settings(ctx))
@@ -93,6 +107,8 @@ def sidecar_command(ctx: click.Context, /, **_typed: object) -> None:
             max_body=settings["sidecar_max_body"],
             synchronous=settings["sidecar_synchronous"],
             max_spool_bytes=settings["sidecar_max_spool_bytes"],
+            unhealthy_after_s=settings["sidecar_unhealthy_after_s"],
+            max_backlog=settings["sidecar_max_backlog"],
             environ=environment(),
         )
         sidecar.start()
@@ -130,3 +146,80 @@ def _serve(sidecar: Sidecar, drain_timeout_s: float) -> None:
         sidecar.stop(drain_timeout_s)
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+_SPOOL_ROW = tuple(row for row in SIDECAR_SETTINGS if row.name == "sidecar_spool")
+
+
+@sidecar_command.command("dead-letters")
+@click.option("--spool", cls=SettingOption, setting="sidecar_spool", metavar="PATH")
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="A table for people, or JSON (one object per dead letter).",
+)
+@click.option("--redrive", is_flag=True, help="Put them back in the spool for delivery.")
+@click.option(
+    "--id",
+    "ids",
+    type=click.IntRange(min=1),
+    multiple=True,
+    metavar="N",
+    help="With --redrive: only these dead letters (repeatable); default all.",
+)
+@click.pass_context
+def dead_letters_command(
+    ctx: click.Context, /, output_format: str, redrive: bool, ids: tuple[int, ...], **_typed: object
+) -> None:
+    """List the records the sidecar's consumers could not deliver (a row that is not a record,
+    a record OTLP cannot encode, one the collector refuses), or re-drive them."""
+    import json  # noqa: PLC0415
+    from datetime import UTC, datetime  # noqa: PLC0415
+
+    from gpuledger.sidecar import list_dead_letters, redrive_dead_letters  # noqa: PLC0415
+
+    if ids and not redrive:
+        raise click.UsageError("--id is for --redrive", ctx)
+    try:
+        spool = str(resolve_command(_SPOOL_ROW, given_settings(ctx)).values["sidecar_spool"])
+    except ConfigError as error:
+        raise setting_error(ctx, error, {}, prefix="sidecar_") from None
+    try:
+        letters = redrive_dead_letters(spool, ids or None) if redrive else list_dead_letters(spool)
+    except SidecarError as error:
+        raise click.ClickException(str(error)) from None
+    if redrive:
+        missing = sorted(set(ids) - {letter.id for letter in letters})
+        click.echo(f"re-driven {len(letters)} dead letter(s) in {spool}")
+        if missing:
+            click.echo(f"no dead letter with id {', '.join(map(str, missing))}", err=True)
+        return
+    if output_format == "json":
+        for letter in letters:
+            click.echo(
+                json.dumps(
+                    {
+                        "id": letter.id,
+                        "seq": letter.seq,
+                        "record_id": letter.record_id,
+                        "consumer": letter.consumer,
+                        "reason": letter.reason,
+                        "dead_ns": letter.dead_ns,
+                        "body": letter.body,
+                    }
+                )
+            )
+        return
+    if not letters:
+        click.echo(f"no dead letters in {spool}")
+        return
+    click.echo(f"{'id':>5}  {'consumer':<8}  {'when (UTC)':<19}  {'record_id':<36}  reason")
+    for letter in letters:
+        when = datetime.fromtimestamp(letter.dead_ns / 1e9, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        click.echo(
+            f"{letter.id:>5}  {letter.consumer:<8}  {when:<19}  {letter.record_id:<36}  "
+            f"{letter.reason}"
+        )

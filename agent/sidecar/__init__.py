@@ -25,6 +25,7 @@ if TYPE_CHECKING:
         TOKEN_ENV,
         Sidecar,
     )
+    from gpuledger.sidecar._spool import DeadLetter, list_dead_letters, redrive_dead_letters
 
 _LAZY = {
     "DEFAULT_LISTEN": "_receiver",
@@ -36,6 +37,9 @@ _LAZY = {
     "TOKEN_ENV": "_server",
     "Sidecar": "_server",
     "SidecarGpu": "_gpu",
+    "DeadLetter": "_spool",
+    "list_dead_letters": "_spool",
+    "redrive_dead_letters": "_spool",
 }
 
 __all__ = [
@@ -45,12 +49,15 @@ __all__ = [
     "DEFAULT_MAX_BODY",
     "DEFAULT_SPOOL",
     "TOKEN_ENV",
+    "DeadLetter",
     "Sidecar",
     "SidecarClient",
     "SidecarGpu",
+    "list_dead_letters",
     "parse_listen",
     "parse_sidecar_url",
     "proxy",
+    "redrive_dead_letters",
 ]
 
 

@@ -7,6 +7,11 @@ acknowledged record survives this process being killed or frozen. Each invocatio
 sent as soon as the writer wakes (``/v1/starts``), so an invocation whose process dies mid-way
 is still recorded, by the sidecar, as ``killed``.
 
+Each body says the record format it is in (``{"format": RECORD_FORMAT, "records": [...]}``,
+``gpuledger._record``): a sidecar older than this worker then keeps a record with an outcome it
+does not know, rather than refusing the batch (``sidecar._validation``), and one newer reads it
+as the version it was.
+
 The client is ``http.client`` on one kept-alive connection: no dependency, and a loopback POST of
 a batch costs well under a millisecond. Any failure (refused, timeout, a 5xx, a 4xx) raises
 :class:`SidecarError`; the agent then falls back to its own ledger and says so once.
@@ -21,6 +26,7 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 from gpuledger._errors import SidecarError
+from gpuledger._record import RECORD_FORMAT
 
 __all__ = ["SidecarClient", "SidecarError", "parse_sidecar_url"]
 
@@ -55,11 +61,11 @@ class SidecarClient:
 
     def send_records(self, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         """Hand finished records to the sidecar; returns its answer once they are spooled."""
-        return self._post("/v1/records", {"records": list(records)})
+        return self._post("/v1/records", {"format": RECORD_FORMAT, "records": list(records)})
 
     def send_starts(self, starts: Sequence[dict[str, Any]]) -> dict[str, Any]:
         """Tell the sidecar these invocations started."""
-        return self._post("/v1/starts", {"starts": list(starts)})
+        return self._post("/v1/starts", {"format": RECORD_FORMAT, "starts": list(starts)})
 
     def _post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
         try:

@@ -1,11 +1,19 @@
 """The consumers: each delivers the spool's records to one sink, in ``seq`` order, from its own
-cursor, advancing it only after the sink took the batch; a failed batch is retried, the same
-batch, after a jittered backoff (``_sinks.Backoff``). The OTLP sink lives here too.
+cursor, advancing it only after the sink took the batch; a failed batch is retried after a
+jittered backoff (``_sinks.Backoff``). The OTLP sink lives here too.
+
+Per-record quarantine: a row that is not a record is a dead letter at once; a batch the sink
+refuses for good (``Delivery.rejected``: a record OTLP cannot encode, an HTTP 4xx) is split in
+halves until the refused records are found, each is retried on its own, then set aside as a dead
+letter (``Spool.dead_letter``) where it is the record's fault: it cannot be encoded, or the sink
+took other records meanwhile. A sink that is down (``Delivery.retry``: no connection, 5xx) or
+refuses every record sets nothing aside: the records wait, as before.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import threading
 import time
@@ -28,8 +36,39 @@ export of a hundred records costs little more than one of a single record (the S
 span processor waits 5 s)."""
 
 
+_SUSPECT_ATTEMPTS: Final = 3
+"""How often a record a sink refused is retried on its own before it becomes a dead letter."""
+_MOST_UNPROVEN: Final = 4
+"""Records refused while the sink took none: past this many, the sink is refusing everything
+(a wrong path, a bad token), and no record is set aside for it."""
+
+
 class _Undelivered(Exception):
     """The OTLP receiver did not take a batch (it is retried)."""
+
+
+class _Rejected(_Undelivered):
+    """The OTLP receiver refused the batch for good (an HTTP 4xx other than 408 and 429: OTLP
+    says not to retry it): one of its records, or the receiver's settings (a size limit)."""
+
+
+class _Unencodable(Exception):
+    """A record in the batch cannot be made into OTLP (the record's fault, for certain)."""
+
+
+@dataclasses.dataclass(slots=True)
+class _Suspect:
+    """A record a sink refused, being retried on its own."""
+
+    record: InvocationRecord
+    baseline: int
+    """Records the consumer had delivered before the pass that found it."""
+    partial: bool
+    """The sink took the rest of the batch while refusing this one."""
+    definite: bool
+    """It cannot be encoded: its fault whatever the destination does."""
+    error: BaseException
+    attempts: int = 0
 
 
 class ResponseCheck:
@@ -94,6 +133,8 @@ class OtlpSink:
     def deliver(self, records: Sequence[InvocationRecord]) -> Delivery:
         try:
             self._export(records)
+        except (_Rejected, _Unencodable) as error:
+            return Delivery(0, rejected=tuple(records), error=error)
         except Exception as error:
             return Delivery(0, retry=tuple(records), error=error)
         return Delivery(len(records))
@@ -103,11 +144,23 @@ class OtlpSink:
 
         from gpuledger.exporters import record_resource, record_to_span  # noqa: PLC0415
 
-        spans = [record_to_span(record, record_resource(record)) for record in records]
+        try:
+            spans = [record_to_span(record, record_resource(record)) for record in records]
+        except Exception as error:
+            raise _Unencodable(f"a record cannot be made into a span: {error}") from error
         if self._check is not None:
             self._check.reset()
-        result = self._exporter.export(spans)
+        try:
+            result = self._exporter.export(spans)
+        except Exception:
+            _check_encoding(spans)
+            raise
         if result is not SpanExportResult.SUCCESS:
+            status = None if self._check is None else self._check.status
+            if status is not None and 400 <= status < 500 and status not in (408, 429):
+                raise _Rejected(f"the OTLP endpoint refused the batch with {status}")
+            if status is None:
+                _check_encoding(spans)  # the exporter says no more than "failure"
             raise _Undelivered("the OTLP receiver did not take the batch")
         if self._check is not None:
             status = self._check.status
@@ -196,6 +249,18 @@ class OtlpSink:
         self._metrics.clear()
 
 
+def _check_encoding(spans: Sequence[Any]) -> None:
+    """Raise ``_Unencodable`` if ``spans`` cannot be encoded as an OTLP request."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import (  # noqa: PLC0415
+        encode_spans,
+    )
+
+    try:
+        encode_spans(spans).SerializePartialToString()
+    except Exception as error:
+        raise _Unencodable(f"the spans cannot be encoded as OTLP: {error}") from error
+
+
 class Counters:
     """The sidecar's own counters (reset at each start, as Prometheus counters may be)."""
 
@@ -224,6 +289,7 @@ class Consumer:
         on_advance: Callable[[], None],
         linger_s: float = DEFAULT_LINGER_S,
         batch_size: int = _BATCH_RECORDS,
+        clock: Callable[[], int] = time.time_ns,
     ) -> None:
         self.sink = sink
         self._linger_s = linger_s
@@ -234,7 +300,14 @@ class Consumer:
         self._on_advance = on_advance
         self._batch_size = batch_size
         self.cursor = spool.cursor(self.name)
+        self._clock = clock
         self._unsaved: int | None = None
+        self._done: set[int] = set()  # delivered or set aside, beyond the cursor
+        self._suspects: dict[int, _Suspect] = {}
+        self._taken = 0
+        self._logged: set[tuple[str, str]] = set()
+        self._failing_since_ns: int | None = None
+        self._last_error = ""
         self.wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(
@@ -254,38 +327,47 @@ class Consumer:
         self._thread.join(max(timeout_s, 0.0))
         return not self._thread.is_alive()
 
+    @property
+    def failing_since_ns(self) -> int | None:
+        """When the current run of failed attempts began (the clock's Unix ns), None while the
+        last attempt delivered (or there was nothing to deliver)."""
+        return self._failing_since_ns
+
+    @property
+    def last_error(self) -> str:
+        """The last failure, ``Type: message`` ("" when none)."""
+        return self._last_error
+
     def _run(self) -> None:
-        batch: list[tuple[int, InvocationRecord]] | None = None
         failures = 0
         while not self._stop.is_set():
             if self._unsaved is not None:
                 self._save(self._unsaved)
             try:
-                if batch is None:
-                    self.wake.clear()  # before reading: a wake during the read is not lost
-                    rows = self._spool.read(self.cursor, self._batch_size)
-                    if not rows:
-                        if self.wake.wait(_IDLE_WAIT_S) and self._linger_s:
-                            self._stop.wait(self._linger_s)
-                        continue
-                    batch = [
-                        (seq, InvocationRecord.from_dict(json.loads(body))) for seq, body in rows
-                    ]
-                delivery = self.sink.deliver([record for _, record in batch])
-                if not delivery.ok:
-                    # Refused records stay too: the same batch is retried until it is taken.
-                    raise delivery.error or _Undelivered(f"the {self.name} did not take the batch")
+                self.wake.clear()  # before reading: a wake during the read is not lost
+                rows = self._spool.read(self.cursor, self._batch_size + len(self._done))
+                if not rows:
+                    self._healthy()
+                    if self.wake.wait(_IDLE_WAIT_S) and self._linger_s:
+                        self._stop.wait(self._linger_s)
+                    continue
+                error = self._pass(rows)
+                if error is not None:
+                    raise error
             except Exception as error:
                 if self._stop.is_set():
                     return  # stopping: the spool or the exporter was closed under us
                 failures += 1
                 self._counters.add(f"{self.name}_failures")
+                self._last_error = f"{type(error).__name__}: {error}"
+                if self._failing_since_ns is None:
+                    self._failing_since_ns = self._clock()
                 if failures == 1:
                     get_logger().error(
                         f"gpuledger sidecar: {self.name} delivery failing; the records stay in "
-                        "the spool and the same batch is retried with backoff",
+                        "the spool and are retried with backoff",
                         consumer=self.name,
-                        error=f"{type(error).__name__}: {error}",
+                        error=self._last_error,
                     )
                 self._stop.wait(self._backoff.next_delay())
                 continue
@@ -296,11 +378,137 @@ class Consumer:
                     failed_attempts=failures,
                 )
                 failures = 0
+            self._healthy()
             self._backoff.reset()
-            self._counters.add(f"{self.name}_delivered", len(batch))
-            self.cursor = batch[-1][0]
-            batch = None
-            self._save(self.cursor)
+
+    def _healthy(self) -> None:
+        self._failing_since_ns = None
+        self._last_error = ""
+
+    def _pass(self, rows: Sequence[tuple[int, str, str | None]]) -> BaseException | None:
+        """Deliver what can be delivered of ``rows``, set aside what cannot, move the cursor
+        over the longest run of rows done; the error that stopped the pass, if one did."""
+        pending: list[tuple[int, InvocationRecord]] = []
+        for seq, body, only_for in rows:
+            if seq in self._done:
+                continue
+            if only_for is not None and f",{self.name}," not in only_for:
+                self._done.add(seq)  # re-driven for another consumer
+                continue
+            try:
+                record = InvocationRecord.from_dict(json.loads(body))
+            except Exception as unreadable:  # a row no record can be read from: at once
+                self._dead_letter(seq, "decode", unreadable)
+                continue
+            pending.append((seq, record))
+        try:
+            failure = self._isolate(pending, self._taken)
+            if failure is None:
+                failure = self._settle()
+        finally:
+            self._advance(rows)
+        return failure
+
+    def _isolate(
+        self, items: Sequence[tuple[int, InvocationRecord]], baseline: int
+    ) -> BaseException | None:
+        """Deliver ``items``; a batch refused for good is split in halves until the records it
+        cannot take are found (they become suspects, see :meth:`_settle`). Returns the error of
+        a failure that is not the records' (the destination is down): retried later."""
+        if not items:
+            return None
+        delivery = self.sink.deliver([record for _, record in items])
+        rejected = {id(record) for record in delivery.rejected}
+        retry = {id(record) for record in delivery.retry}
+        taken = [seq for seq, record in items if id(record) not in rejected | retry]
+        self._took(taken)
+        if delivery.ok:
+            return None
+        if retry:
+            return delivery.error or _Undelivered(f"the {self.name} did not take the batch")
+        bad = [(seq, record) for seq, record in items if id(record) in rejected]
+        error = delivery.error or _Undelivered(f"the {self.name} refused the records")
+        if taken or len(bad) == 1:
+            # The sink found them itself (it took the others), or this is one record.
+            for seq, record in bad:
+                self._suspects.setdefault(
+                    seq,
+                    _Suspect(record, baseline, bool(taken), isinstance(error, _Unencodable), error),
+                )
+            unproven = [s for s in self._suspects.values() if not s.definite]
+            if len(unproven) >= _MOST_UNPROVEN and self._taken == baseline:
+                return _Undelivered(
+                    f"the {self.name} refuses every record tried ({error}): taken to be its "
+                    "fault, not the records'"
+                )
+            return None
+        middle = len(bad) // 2
+        return self._isolate(bad[:middle], baseline) or self._isolate(bad[middle:], baseline)
+
+    def _settle(self) -> BaseException | None:
+        """Retry each suspect on its own (``_SUSPECT_ATTEMPTS`` times, with backoff); one still
+        refused becomes a dead letter where that is the record's fault: it could not be encoded,
+        or the sink took other records meanwhile. Otherwise the sink may be refusing everything:
+        the suspect waits (for records that can show which it is)."""
+        for seq in sorted(self._suspects):
+            suspect = self._suspects[seq]
+            while suspect.attempts < _SUSPECT_ATTEMPTS:
+                if self._stop.wait(self._backoff.next_delay()):
+                    return suspect.error
+                suspect.attempts += 1
+                delivery = self.sink.deliver([suspect.record])
+                if delivery.ok:
+                    self._took([seq])
+                    break
+                if delivery.retry and not suspect.partial:
+                    # Down rather than refusing: not the record's fault (yet).
+                    return delivery.error or _Undelivered(f"the {self.name} did not take it")
+                suspect.error = delivery.error or suspect.error
+            else:
+                if not (suspect.definite or suspect.partial or self._taken > suspect.baseline):
+                    return suspect.error
+                del self._suspects[seq]
+                self._dead_letter(seq, "undeliverable", suspect.error)
+        return None
+
+    def _took(self, seqs: Sequence[int]) -> None:
+        for seq in seqs:
+            self._done.add(seq)
+            self._suspects.pop(seq, None)
+        self._taken += len(seqs)
+        if seqs:
+            self._counters.add(f"{self.name}_delivered", len(seqs))
+
+    def _dead_letter(self, seq: int, kind: str, error: BaseException) -> None:
+        """Set row ``seq`` aside (counted, logged once per reason) and count it as done."""
+        reason = f"{kind}: {type(error).__name__}: {error}"
+        self._spool.dead_letter(self.name, [(seq, reason)], self._clock())
+        self._done.add(seq)
+        self._counters.add("dead_letters")
+        self._counters.add(f"{self.name}_dead_letters")
+        key = (kind, type(error).__name__)
+        if key not in self._logged:
+            self._logged.add(key)
+            get_logger().error(
+                f"gpuledger sidecar: the {self.name} cannot take a record; it is set aside as a "
+                "dead letter (gpuledger sidecar dead-letters lists them, --redrive puts them "
+                "back); further ones for this reason are counted",
+                consumer=self.name,
+                seq=seq,
+                reason=reason,
+            )
+
+    def _advance(self, rows: Sequence[tuple[int, str, str | None]]) -> None:
+        """Move the cursor over the leading rows that are done."""
+        cursor = self.cursor
+        for seq, _, _ in rows:
+            if seq not in self._done:
+                break
+            self._done.discard(seq)
+            cursor = seq
+        if cursor != self.cursor:
+            self.cursor = cursor
+            self._save(cursor)
 
     def _save(self, seq: int) -> None:
         """Commit the cursor, then prune the spool. A cursor the spool cannot take now is kept

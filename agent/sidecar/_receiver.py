@@ -61,8 +61,12 @@ _ROUTES: Final = {
     "/v1/records": "POST",
     "/v1/starts": "POST",
     "/healthz": "GET",
+    "/livez": "GET",
     "/metrics": "GET",
 }
+
+_OPEN_PATHS: Final = frozenset({"/healthz", "/livez"})
+"""Paths that need no token (a container's health checks)."""
 
 
 class Server(ThreadingHTTPServer):
@@ -133,7 +137,7 @@ class Handler(BaseHTTPRequestHandler):
         if method != allowed:
             self._error(405, f"{path} takes {allowed}", close=True, headers={"Allow": allowed})
             return
-        if path != "/healthz" and not sidecar._authorised(self.headers.get("Authorization")):
+        if path not in _OPEN_PATHS and not sidecar._authorised(self.headers.get("Authorization")):
             self._error(
                 401,
                 "missing or wrong token (Authorization: Bearer <token>)",
@@ -147,6 +151,9 @@ class Handler(BaseHTTPRequestHandler):
         try:
             if path == "/healthz":
                 status, answer = sidecar.health()
+                self._json(status, answer)
+            elif path == "/livez":
+                status, answer = sidecar.live()
                 self._json(status, answer)
             elif path == "/metrics":
                 self._send(

@@ -22,11 +22,15 @@ saying what is wrong and where, e.g. ``records[3].start_ns: expected an integer,
   "service_name", "platform", and optionally "endpoint", "worker_id", "region", "gpu_model",
   "gpu_count", "timeout_s", "user_id", "user_id_pseudonymised", "tenant"}, ...]}`` -> the same.
 - ``GET /healthz`` -> 200 ``{"status": "ok", "spooled", "pending_export", "pending_ledger",
-  "open_invocations"}``, or 503 with a ``reason`` while the spool cannot be written. No token.
+  "open_invocations"}`` (and, when there are any, ``dead_letters`` and ``failing``: each
+  consumer failing now, for how long and why), or 503 with a ``reason`` while the spool cannot
+  be written, a consumer has failed every attempt for over ``unhealthy_after_s`` (60 s), or over
+  ``max_backlog`` records wait. No token.
+- ``GET /livez`` -> 200 ``{"status": "live"}`` while the process serves (liveness). No token.
 - ``GET /metrics`` -> the Prometheus text format (``gpuledger_sidecar_*``).
 
-With a token, every path but ``/healthz`` needs ``Authorization: Bearer <token>`` (compared in
-constant time); without one the sidecar refuses to listen beyond loopback.
+With a token, every path but ``/healthz`` and ``/livez`` needs ``Authorization: Bearer <token>``
+(compared in constant time); without one the sidecar refuses to listen beyond loopback.
 
 **The spool** (:class:`Spool`) is one SQLite file in WAL mode: ``records`` (``seq`` AUTOINCREMENT,
 so a deleted row's number is never reused and no cursor can skip a row), ``starts`` (invocations
@@ -41,7 +45,9 @@ sidecars); surviving the machine losing power needs ``synchronous="full"``, an f
 after their sink took the batch: the ledger writer (``open_ledger(location).write``, which skips
 records it has) and, when an OTLP endpoint is configured, the exporter (:func:`record_to_span`
 spans, ids derived from ``record_id``, then the invocation metrics). A failed batch is retried,
-the same batch, after a jittered backoff from ``backoff_s[0]`` doubling to ``backoff_s[1]``. Rows
+after a jittered backoff from ``backoff_s[0]`` doubling to ``backoff_s[1]``; a record the sink
+refuses for good is found (the batch split in halves), retried alone, then set aside in
+``dead_letters`` (see ``_consumers``), so it never holds the records behind it. Rows
 every active consumer has passed are deleted. So the ledger gets every record once; the OTLP
 receiver gets every span at least once, with the same ids each time (a crash between an export and
 its cursor's commit sends the batch again).
@@ -83,6 +89,7 @@ from gpuledger._build import closing_record
 from gpuledger._errors import ConfigError, SidecarError
 from gpuledger._logging import get_logger
 from gpuledger._process import process_alive, process_start
+from gpuledger._record import MAX_TIMEOUT_S
 from gpuledger._settings import environment
 from gpuledger._sinks import Backoff, LedgerSink
 from gpuledger.sidecar._consumers import (
@@ -104,6 +111,7 @@ from gpuledger.sidecar._spool import (
     DEFAULT_DEDUPE_WINDOW_S,
     MIN_SPOOL_BYTES,
     SYNCHRONOUS_MODES,
+    OpenStart,
     Spool,
 )
 from gpuledger.sidecar._validation import Invalid, dumps, parse_json, parse_records, parse_starts
@@ -112,8 +120,10 @@ __all__ = [
     "DEFAULT_DRAIN_TIMEOUT_S",
     "DEFAULT_GRACE_S",
     "DEFAULT_LISTEN",
+    "DEFAULT_MAX_BACKLOG",
     "DEFAULT_MAX_BODY",
     "DEFAULT_SPOOL",
+    "DEFAULT_UNHEALTHY_AFTER_S",
     "TOKEN_ENV",
     "Invalid",
     "OtlpTarget",
@@ -132,6 +142,10 @@ DEFAULT_SPOOL: Final = "gpuledger-spool.db"
 DEFAULT_GRACE_S: Final = 2.0
 """How long after its pid is gone a start waits for its record (the agent flushes at exit)."""
 DEFAULT_DRAIN_TIMEOUT_S: Final = 10.0
+DEFAULT_UNHEALTHY_AFTER_S: Final = 60.0
+"""``/healthz`` answers 503 once a consumer has failed every attempt for longer than this."""
+DEFAULT_MAX_BACKLOG: Final = 1_000_000
+"""``/healthz`` answers 503 while more records than this wait for a consumer."""
 TOKEN_ENV: Final = "GPULEDGER_SIDECAR_TOKEN"  # noqa: S105 - a variable name, not a secret
 
 
@@ -202,6 +216,12 @@ _COUNTERS: Final = (
     ("ledger_written_total", "Records written to the ledger.", "ledger_delivered"),
     ("ledger_failures_total", "Failed ledger writes (retried).", "ledger_failures"),
     (
+        # gpuledger.sidecar.dead_letters (exporters/_names.py)
+        "dead_letters_total",
+        "Records a consumer could not deliver, set aside in the spool's dead letters.",
+        "dead_letters",
+    ),
+    (
         "spool_write_failures_total",
         "Requests refused because the spool could not be written.",
         "spool_write_failures",
@@ -214,8 +234,11 @@ _GAUGES: Final = (
     ("pending_ledger", "Records not yet in the ledger."),
     ("open_invocations", "Invocations started and not yet recorded."),
     ("spool_writable", "1 while the spool can be written."),
+    ("dead_letters", "Dead letters in the spool (until re-driven)."),
 )
 _WATCHED: Final = ("killed", "timeout")
+_UNUSABLE: Final = (Invalid, KeyError, TypeError, ValueError, OverflowError, AttributeError)
+"""What reading a start notice raises when its values are not what a notice holds."""
 
 
 class _SystemClock:
@@ -275,6 +298,8 @@ class Sidecar:
         backoff_s: tuple[float, float] = (0.5, 30.0),
         linger_s: float = DEFAULT_LINGER_S,
         export_timeout_s: float = 10.0,
+        unhealthy_after_s: float = DEFAULT_UNHEALTHY_AFTER_S,
+        max_backlog: int | None = DEFAULT_MAX_BACKLOG,
         clock: Clock | None = None,
         pid_alive: Callable[[int, int | None], bool] = process_alive,
         environ: Mapping[str, str] | None = None,
@@ -291,6 +316,9 @@ class Sidecar:
         _positive("dedupe_window_s", dedupe_window_s, allow_zero=True)
         _positive("export_timeout_s", export_timeout_s)
         _positive("linger_s", linger_s, allow_zero=True)
+        _positive("unhealthy_after_s", unhealthy_after_s, allow_zero=True)
+        if max_backlog is not None and max_backlog < 0:
+            raise ConfigError("max_backlog", max_backlog, "must be 0 or more records")
         if watch_interval_s is not None:
             _positive("watch_interval_s", watch_interval_s)
         if max_body < 1:
@@ -315,6 +343,8 @@ class Sidecar:
         self._backoff_s = backoff_s
         self._linger_s = linger_s
         self._export_timeout_s = export_timeout_s
+        self._unhealthy_after_s = unhealthy_after_s
+        self._max_backlog = max_backlog
         self._clock: Clock = clock or _SystemClock()
         self._pid_alive = pid_alive
         self._gpu = gpu
@@ -330,6 +360,7 @@ class Sidecar:
         self._connections: set[socket.socket] = set()
         self._spool_error: str | None = None
         self._pricers: dict[tuple[str, str | None], Any] = {}
+        self._unusable_notices: set[str] = set()  # start notices the watcher said it cannot use
         self._catalogue: Any = None
         self._prune_lock = threading.Lock()
         self._started = False
@@ -393,7 +424,15 @@ class Sidecar:
             )
         first, most = self._backoff_s
         self._consumers = [
-            Consumer(sink, spool, self._counters, Backoff(first, most), self._prune, self._linger_s)
+            Consumer(
+                sink,
+                spool,
+                self._counters,
+                Backoff(first, most),
+                self._prune,
+                self._linger_s,
+                clock=self._clock.time_ns,
+            )
             for sink in sinks
         ]
         for consumer in self._consumers:
@@ -597,11 +636,12 @@ class Sidecar:
             return 400, {"error": str(error)}
         try:
             if kind == "records":
-                parsed = [values for _, values in parse_records(payload)]
+                now_ns = self._clock.time_ns()
+                parsed = [values for _, values in parse_records(payload, now_ns=now_ns)]
                 self._fill_gpu(parsed)
                 rows = [(typing.cast(str, values["record_id"]), dumps(values)) for values in parsed]
             else:
-                notices = parse_starts(payload)
+                notices = parse_starts(payload, now_ns=self._clock.time_ns())
                 starts = [
                     (
                         typing.cast(str, values["record_id"]),
@@ -679,7 +719,9 @@ class Sidecar:
 
     def health(self) -> tuple[int, dict[str, object]]:
         """``(status, answer)`` of ``GET /healthz``: 503 with a reason when the spool cannot be
-        written (or read)."""
+        written (or read), a consumer has failed every attempt for longer than
+        ``unhealthy_after_s``, or more than ``max_backlog`` records wait for a consumer; 200 with
+        the backlog otherwise."""
         counts = self._counts()
         answer: dict[str, object] = {
             "status": "ok",
@@ -688,12 +730,42 @@ class Sidecar:
             "pending_ledger": counts.get("pending_ledger", 0),
             "open_invocations": counts.get("open_invocations", 0),
         }
-        problem = self._spool_error or (None if counts else "the spool cannot be read")
-        if problem is not None:
+        if counts.get("dead_letters"):
+            answer["dead_letters"] = counts["dead_letters"]
+        problems: list[str] = []
+        if self._spool_error or not counts:
+            problems.append(self._spool_error or "the spool cannot be read")
+        now_ns = self._clock.time_ns()
+        failing: dict[str, object] = {}
+        for consumer in self._consumers:
+            since_ns = consumer.failing_since_ns
+            if since_ns is None:
+                continue
+            failing_s = max(now_ns - since_ns, 0) / 1e9
+            failing[consumer.name] = {"for_s": round(failing_s, 3), "error": consumer.last_error}
+            if failing_s > self._unhealthy_after_s:
+                problems.append(
+                    f"the {consumer.name} consumer has failed every attempt for "
+                    f"{failing_s:.0f} s (over {self._unhealthy_after_s:g} s): "
+                    f"{consumer.last_error}"
+                )
+        if failing:
+            answer["failing"] = failing
+        backlog = max(
+            (value for key, value in counts.items() if key.startswith("pending_")), default=0
+        )
+        if self._max_backlog is not None and backlog > self._max_backlog:
+            problems.append(f"{backlog} records wait for delivery (over {self._max_backlog})")
+        if problems:
             answer["status"] = "unavailable"
-            answer["reason"] = problem
+            answer["reason"] = "; ".join(problems)
             return 503, answer
         return 200, answer
+
+    def live(self) -> tuple[int, dict[str, object]]:
+        """``GET /livez``: 200 while the process serves requests (the container's liveness;
+        ``/healthz`` says whether delivery is healthy)."""
+        return 200, {"status": "live"}
 
     def metrics_text(self) -> str:
         """The Prometheus text exposition of the sidecar's counters and gauges."""
@@ -721,6 +793,7 @@ class Sidecar:
             "pending_ledger": counts.get("pending_ledger", 0),
             "open_invocations": counts.get("open_invocations", 0),
             "spool_writable": 0 if self._spool_error else 1,
+            "dead_letters": counts.get("dead_letters", 0),
         }
         for name, description in _GAUGES:
             text.add(name, "gauge", description, gauges[name])
@@ -757,38 +830,77 @@ class Sidecar:
         grace_ns = int(self.grace_s * 1e9)
         recorded = 0
         for start in spool.open_starts():
-            values = start.values
-            start_ns = int(values["start_ns"])
-            timeout_s = values.get("timeout_s")
-            timeout_end = None if timeout_s is None else start_ns + int(timeout_s * 1e9)
-            gone_ns = start.gone_ns
-            if gone_ns is None and not self._pid_alive(int(values["pid"]), start.pid_start):
-                gone_ns = now_ns
-                spool.mark_gone(start.record_id, now_ns)
-            if gone_ns is not None and (timeout_end is None or gone_ns < timeout_end):
-                if now_ns - gone_ns < grace_ns:
-                    continue
-                outcome, end_ns = "killed", max(gone_ns, start_ns)
-            elif timeout_end is not None and now_ns >= timeout_end + grace_ns:
-                outcome, end_ns = "timeout", timeout_end
-            else:
+            try:
+                outcome = self._close_if_due(spool, start, now_ns, grace_ns)
+            except _UNUSABLE as error:
+                # One notice that cannot be read (an older sidecar spooled it, before the checks
+                # at the door) must not stop the watcher for every other.
+                self._notice_unusable(start.record_id, f"{type(error).__name__}: {error}")
                 continue
-            pricer, unpriced = self._pricer(str(values["platform"]), values.get("gpu_model"))
-            record = closing_record(values, outcome, end_ns, pricer, unpriced).to_dict()
-            self._fill_gpu([record])
-            if spool.close_start(start.record_id, dumps(record), now_ns):
+            if outcome is not None:
                 recorded += 1
                 self._counters.add(f"watch_{outcome}")
                 get_logger().info(
                     f"gpuledger sidecar: an invocation recorded as {outcome}",
                     outcome=outcome,
                     record_id=start.record_id,
-                    pid=values["pid"],
+                    pid=start.values["pid"],
                 )
         if recorded:
             for consumer in self._consumers:
                 consumer.wake.set()
         return recorded
+
+    def _close_if_due(
+        self, spool: Spool, start: OpenStart, now_ns: int, grace_ns: int
+    ) -> str | None:
+        """Record ``start`` as killed or timed out if its time has
+        come; the outcome, or None. Raises ``_UNUSABLE`` errors for a notice that cannot be
+        read; a timeout that cannot be used is ignored (said once), the pid still watched."""
+        values = start.values
+        start_ns = int(values["start_ns"])
+        timeout_s = values.get("timeout_s")
+        timeout_end = None
+        if timeout_s is not None:
+            if type(timeout_s) in (int, float) and 0 < timeout_s <= MAX_TIMEOUT_S:
+                timeout_end = start_ns + int(timeout_s * 1e9)
+            else:
+                self._notice_unusable(
+                    start.record_id,
+                    f"timeout_s {timeout_s!r} is not more than 0 and at most {MAX_TIMEOUT_S} "
+                    "seconds: ignored, the pid is still watched",
+                )
+        gone_ns = start.gone_ns
+        if gone_ns is None and not self._pid_alive(int(values["pid"]), start.pid_start):
+            gone_ns = now_ns
+            spool.mark_gone(start.record_id, now_ns)
+        if gone_ns is not None and (timeout_end is None or gone_ns < timeout_end):
+            if now_ns - gone_ns < grace_ns:
+                return None
+            outcome, end_ns = "killed", max(gone_ns, start_ns)
+        elif timeout_end is not None and now_ns >= timeout_end + grace_ns:
+            outcome, end_ns = "timeout", timeout_end
+        else:
+            return None
+        pricer, unpriced = self._pricer(str(values["platform"]), values.get("gpu_model"))
+        record = closing_record(values, outcome, end_ns, pricer, unpriced).to_dict()
+        # What the door checks, so that nothing spooled from an old notice stalls an exporter.
+        parse_records({"records": [record]}, now_ns=now_ns)
+        self._fill_gpu([record])
+        return outcome if spool.close_start(start.record_id, dumps(record), now_ns) else None
+
+    def _notice_unusable(self, record_id: str, reason: str) -> None:
+        """Count and log, once per notice, a start notice the watcher cannot (fully) use."""
+        if record_id in self._unusable_notices:
+            return
+        self._unusable_notices.add(record_id)
+        self._counters.add("watch_unusable_notices")
+        get_logger().error(
+            "gpuledger sidecar: a start notice in the spool cannot be used by the watcher "
+            "(it goes on with the others)",
+            record_id=record_id,
+            reason=reason,
+        )
 
     def _pricer(self, platform: str, gpu: str | None) -> tuple[Any, str]:
         """The compiled price of ``gpu`` on ``platform`` (None and why, when there is none)."""

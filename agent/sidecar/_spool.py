@@ -41,8 +41,23 @@ _SCHEMA: Final = (
     """CREATE TABLE IF NOT EXISTS delivered (
         record_id TEXT NOT NULL PRIMARY KEY,
         delivered_ns INTEGER NOT NULL)""",
+    # Records a consumer could not deliver (its raw row, why, when): set aside so that they do
+    # not hold the records behind them; ``gpuledger sidecar dead-letters`` lists and re-drives.
+    """CREATE TABLE IF NOT EXISTS dead_letters (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        seq INTEGER NOT NULL,
+        record_id TEXT NOT NULL,
+        consumer TEXT NOT NULL,
+        body TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        dead_ns INTEGER NOT NULL)""",
 )
-_TABLES: Final = frozenset({"records", "starts", "cursors", "delivered", "sqlite_sequence"})
+_TABLES: Final = frozenset(
+    {"records", "starts", "cursors", "delivered", "dead_letters", "sqlite_sequence"}
+)
+_ONLY_FOR: Final = "ALTER TABLE records ADD COLUMN only_for TEXT"
+"""A re-driven record goes to the consumers that had not delivered it: ``,ledger,otlp,`` (NULL:
+all of them). Added to a spool made before dead letters existed."""
 
 _INSERT_RECORD: Final = (
     "INSERT INTO records (record_id, body, received_ns) SELECT ?, ?, ? "
@@ -55,6 +70,26 @@ _INSERT_START: Final = (
     "AND NOT EXISTS (SELECT 1 FROM delivered WHERE record_id = ?) "
     "ON CONFLICT (record_id) DO NOTHING"
 )
+
+
+def _add_only_for(connection: sqlite3.Connection) -> None:
+    columns = {row[1] for row in connection.execute("PRAGMA table_info(records)")}
+    if "only_for" not in columns:
+        connection.execute(_ONLY_FOR)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A record a consumer set aside: its spool row (``seq``, ``record_id``, ``body`` as stored),
+    the consumer, why, and when (Unix ns)."""
+
+    id: int
+    seq: int
+    record_id: str
+    consumer: str
+    body: str
+    reason: str
+    dead_ns: int
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -129,6 +164,7 @@ class Spool:
             connection.execute("BEGIN IMMEDIATE")
             for statement in _SCHEMA:
                 connection.execute(statement)
+            _add_only_for(connection)
             connection.execute("COMMIT")
             if max_bytes is not None:
                 page_size = connection.execute("PRAGMA page_size").fetchone()[0]
@@ -231,10 +267,23 @@ class Spool:
         rows = self._query("SELECT seq FROM cursors WHERE consumer = ?", (consumer,))
         return int(rows[0][0]) if rows else 0
 
-    def read(self, after_seq: int, limit: int) -> list[tuple[int, str]]:
-        """Up to ``limit`` ``(seq, body)`` rows after ``after_seq``, in ``seq`` order."""
+    def read(self, after_seq: int, limit: int) -> list[tuple[int, str, str | None]]:
+        """Up to ``limit`` ``(seq, body, only_for)`` rows after ``after_seq``, in ``seq`` order
+        (``only_for``: see ``_ONLY_FOR``)."""
         return self._query(
-            "SELECT seq, body FROM records WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)
+            "SELECT seq, body, only_for FROM records WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after_seq, limit),
+        )
+
+    def dead_letter(self, consumer: str, rows: Sequence[tuple[int, str]], dead_ns: int) -> None:
+        """Set the rows ``(seq, reason)`` aside as ``consumer``'s dead letters (the consumer then
+        moves its cursor past them)."""
+        self._transaction(
+            lambda connection: connection.executemany(
+                "INSERT INTO dead_letters (seq, record_id, consumer, body, reason, dead_ns) "
+                "SELECT seq, record_id, ?, body, ?, ? FROM records WHERE seq = ?",
+                [(consumer, reason, dead_ns, seq) for seq, reason in rows],
+            )
         )
 
     def advance(self, consumer: str, seq: int) -> None:
@@ -322,6 +371,9 @@ class Spool:
             result = {
                 "spooled": connection.execute("SELECT COUNT(*) FROM records").fetchone()[0],
                 "open_invocations": connection.execute("SELECT COUNT(*) FROM starts").fetchone()[0],
+                "dead_letters": connection.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[
+                    0
+                ],
             }
             for consumer, seq in cursors.items():
                 result[f"pending_{consumer}"] = connection.execute(
@@ -346,3 +398,96 @@ class Spool:
         if self._lock_file is not None:
             os.close(self._lock_file)  # releases the flock
             self._lock_file = None
+
+
+# --- dead letters, from the command line (beside a running sidecar: a connection of its own,
+# no lock; SQLite's WAL serialises the writes) ----------------------------------------------
+
+
+def _open_existing(path: str) -> sqlite3.Connection:
+    if not os.path.exists(path):
+        raise SidecarError(f"no spool at {path}")
+    try:
+        connection = sqlite3.connect(path, timeout=10.0, isolation_level=None)
+        tables = {
+            name
+            for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }
+    except sqlite3.Error as error:
+        raise SidecarError(f"cannot read the spool at {path}: {error}") from error
+    if "records" not in tables or tables - _TABLES:
+        connection.close()
+        raise SidecarError(f"{path} is not a gpuledger spool")
+    if "dead_letters" not in tables:
+        connection.close()
+        raise SidecarError(f"the spool at {path} has no dead letters (made by an older sidecar)")
+    return connection
+
+
+def list_dead_letters(path: str) -> list[DeadLetter]:
+    """The dead letters of the spool at ``path``, oldest first."""
+    connection = _open_existing(path)
+    try:
+        rows = connection.execute(
+            "SELECT id, seq, record_id, consumer, body, reason, dead_ns FROM dead_letters "
+            "ORDER BY id"
+        ).fetchall()
+    except sqlite3.Error as error:
+        raise SidecarError(f"cannot read the spool at {path}: {error}") from error
+    finally:
+        connection.close()
+    return [DeadLetter(*row) for row in rows]
+
+
+def redrive_dead_letters(path: str, ids: Sequence[int] | None = None) -> list[DeadLetter]:
+    """Put dead letters (``ids``, or all) back in the spool for the consumers that set them
+    aside (and any that had not reached the row yet), as new rows at the end; returns those
+    re-driven. A running sidecar picks them up within a second."""
+    connection = _open_existing(path)
+
+    def work() -> list[DeadLetter]:
+        _add_only_for(connection)
+        letters = [
+            DeadLetter(*row)
+            for row in connection.execute(
+                "SELECT id, seq, record_id, consumer, body, reason, dead_ns FROM dead_letters "
+                "ORDER BY id"
+            )
+            if ids is None or row[0] in ids
+        ]
+        cursors = dict(connection.execute("SELECT consumer, seq FROM cursors").fetchall())
+        by_row: dict[int, list[DeadLetter]] = {}
+        for letter in letters:
+            by_row.setdefault(letter.seq, []).append(letter)
+        for seq, group in by_row.items():
+            consumers = {letter.consumer for letter in group}
+            if connection.execute("SELECT 1 FROM records WHERE seq = ?", (seq,)).fetchone():
+                # Still spooled: the consumers that have not reached it get it from the new row.
+                consumers |= {name for name, at in cursors.items() if at < seq}
+                connection.execute("DELETE FROM records WHERE seq = ?", (seq,))
+            first = group[0]
+            connection.execute("DELETE FROM delivered WHERE record_id = ?", (first.record_id,))
+            connection.execute(
+                "INSERT INTO records (record_id, body, received_ns, only_for) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (record_id) DO NOTHING",
+                (first.record_id, first.body, first.dead_ns, f",{','.join(sorted(consumers))},"),
+            )
+        connection.executemany(
+            "DELETE FROM dead_letters WHERE id = ?", [(letter.id,) for letter in letters]
+        )
+        return letters
+
+    try:
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            done = work()
+            connection.execute("COMMIT")
+        except BaseException:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            raise
+    except sqlite3.Error as error:
+        raise SidecarError(f"cannot re-drive the dead letters in {path}: {error}") from error
+    finally:
+        connection.close()
+    return done
