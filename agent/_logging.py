@@ -11,19 +11,27 @@ raise), so the line goes through :class:`GuardedStderr`: it looks ``sys.stderr``
 falls back to the interpreter's original stream and then to file descriptor 2, and if all of them
 fail it drops the line and counts it (``log.write`` in ``gpuledger.telemetry.errors``). Rendering
 errors (a processor that raises on an odd value) are dropped and counted the same way.
+
+No secret reaches a line: the sources mask what they say (``gpuledger._location.mask_secrets``),
+and :func:`mask_event`, the processor before the renderer, masks again whatever got through: the
+whole value of a field named like a secret (``token``, ``password``, ``headers``...) and any
+password, token or authentication header in any other text, the traceback's included.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import threading
+from collections.abc import MutableMapping
 from typing import Any
 
 from gpuledger._counters import count
+from gpuledger._location import MASK, mask_secrets
 
-__all__ = ["GuardedStderr", "configure_logging", "get_logger"]
+__all__ = ["GuardedStderr", "configure_logging", "get_logger", "mask_event"]
 
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 _logger: Any = None
@@ -58,6 +66,7 @@ def get_logger() -> Any:
                 structlog.processors.add_log_level,
                 structlog.processors.TimeStamper(fmt="iso", utc=True),
                 structlog.processors.format_exc_info,
+                mask_event,
                 renderer,
             ],
             wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[_level]),
@@ -65,6 +74,50 @@ def get_logger() -> Any:
         ).bind(logger="gpuledger")
         _logger = _SafeLogger(bound)
     return _logger
+
+
+_SECRET_FIELD = re.compile(
+    r"(?i)(?:^|_)(?:pass(?:word|wd)?|pwd|token|secret|api_?key|authorization|credentials?"
+    r"|pseudonym_key)$"
+)
+"""A field whose whole value is a secret (``token``, ``sidecar_token``, ``password``...); not
+``input_tokens``, a count."""
+_HEADERS_FIELD = re.compile(r"(?i)headers$")
+_PLAIN = (int, float, bool, type(None))
+
+
+def mask_event(logger: Any, method: str, event: MutableMapping[str, Any]) -> dict[str, Any]:
+    """structlog processor: ``event`` with every secret masked (see the module docstring)."""
+    return {key: _masked(key, value, 0) for key, value in event.items()}
+
+
+def _masked(key: str, value: Any, depth: int) -> Any:
+    if isinstance(value, _PLAIN):
+        return value
+    if _SECRET_FIELD.search(key):
+        return MASK
+    if _HEADERS_FIELD.search(key):
+        return _masked_headers(value)
+    if isinstance(value, str):
+        return mask_secrets(value)
+    if depth < 3 and isinstance(value, dict):
+        return {name: _masked(str(name), item, depth + 1) for name, item in value.items()}
+    if depth < 3 and isinstance(value, list | tuple):
+        return type(value)(_masked("", item, depth + 1) for item in value)
+    shown = repr(value)  # what the renderer would write: mask it, if there is a secret in it
+    masked = mask_secrets(shown)
+    return value if masked == shown else masked
+
+
+def _masked_headers(value: Any) -> Any:
+    """Headers, every value masked: a mapping, or ``key=value,...`` (OTLP's setting)."""
+    if isinstance(value, dict):
+        return dict.fromkeys(value, MASK)
+    if isinstance(value, str):
+        return ",".join(
+            f"{pair.partition('=')[0]}={MASK}" if "=" in pair else pair for pair in value.split(",")
+        )
+    return MASK
 
 
 class GuardedStderr:

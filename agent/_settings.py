@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from gpuledger._errors import ConfigError
+from gpuledger._location import MASK, mask_secrets
 from gpuledger._settings_file import CONFIG_ENV, SettingsFile, read_settings_file
 
 __all__ = [
@@ -404,7 +405,18 @@ SETTINGS: Final[tuple[Setting, ...]] = (
         _const(None),
         "The sidecar's shared token: `gpuledger sidecar` requires `Authorization: Bearer "
         "TOKEN` on all but `/healthz` (it must have one to listen beyond loopback), and the "
-        "worker sends it. A secret: set it in the environment, not in a settings file.",
+        "worker sends it. A secret: set it in the environment or a file (`sidecar_token_file`), "
+        "not in a settings file; on a command line (`--token`) every local user sees it in `ps`.",
+        "unset",
+    ),
+    Setting(
+        "sidecar_token_file",
+        ("GPULEDGER_SIDECAR_TOKEN_FILE",),
+        _optional_location,
+        _const(None),
+        "A file holding `sidecar_token` (whitespace around it stripped), e.g. a mounted "
+        "Kubernetes or Docker secret; read by the sidecar and the worker alike. Give the token "
+        "or its file, not both.",
         "unset",
     ),
     Setting(
@@ -651,6 +663,7 @@ SIDECAR_SETTINGS: Final[tuple[Setting, ...]] = (
         "`127.0.0.1:4319`",
     ),
     _LIBRARY["sidecar_token"],
+    _LIBRARY["sidecar_token_file"],
     Setting(
         "sidecar_spool",
         ("GPULEDGER_SIDECAR_SPOOL",),
@@ -761,8 +774,8 @@ SIDECAR_SETTINGS: Final[tuple[Setting, ...]] = (
         "`console`",
     ),
 )
-"""What ``gpuledger sidecar`` resolves: its own rows, and the library's ``ledger`` and
-``sidecar_token`` (the worker and the sidecar share them)."""
+"""What ``gpuledger sidecar`` resolves: its own rows, and the library's ``ledger``,
+``sidecar_token`` and ``sidecar_token_file`` (the worker and the sidecar share them)."""
 
 PROXY_SETTINGS: Final[tuple[Setting, ...]] = (
     Setting(
@@ -919,6 +932,7 @@ class Settings:
     ledger: str
     sidecar: str | None
     sidecar_token: str | None
+    sidecar_token_file: str | None
     flush_policy: str
     flush_wait_s: float
     exporters: tuple[str, ...] | None
@@ -1059,17 +1073,18 @@ def _settings_file(environ: Mapping[str, str]) -> SettingsFile | None:
             row = _BY_NAME.get(key)
             if row is None:
                 known = [name for name, row in _BY_NAME.items() if row.in_file]
-                raise ConfigError(key, value, _unknown(key, known), file.source)
+                raise ConfigError(key, _shown(key, value), _unknown(key, known), file.source)
             if not row.in_file:
                 reason = "an object, which only an argument to configure() can give"
-                raise ConfigError(key, value, reason, file.source)
+                raise ConfigError(key, _shown(key, value), reason, file.source)
     return file
 
 
 def _check_keywords(arguments: Mapping[str, object], known: Mapping[str, Setting]) -> None:
     unknown = sorted(set(arguments) - set(known))
     if unknown:
-        raise ConfigError(unknown[0], arguments[unknown[0]], _unknown(unknown[0], list(known)))
+        name = unknown[0]
+        raise ConfigError(name, _shown(name, arguments[name]), _unknown(name, list(known)))
 
 
 def _unknown(name: str, known: list[str]) -> str:
@@ -1109,9 +1124,55 @@ def _resolve(
         try:
             values[row.name] = row.parse(raw)
         except _Invalid as invalid:
-            raise ConfigError(row.name, raw, str(invalid), source) from None
+            reason = mask_secrets(str(invalid))
+            raise ConfigError(row.name, _shown(row.name, raw), reason, source) from None
         sources[row.name] = source
+    if "sidecar_token_file" in values and "sidecar_token" in values:
+        _read_token_file(values, sources)
     return values, sources
+
+
+_SECRET_SETTINGS: Final = frozenset({"sidecar_token", "pseudonym_key"})
+
+
+def _shown(name: str, value: object) -> object:
+    """``value`` as a ConfigError may show it: a secret setting's masked whole, any password or
+    token in text masked (a ledger's DSN, an OTLP endpoint's user part)."""
+    secret_like = any(word in name.lower() for word in ("tok", "pass", "secret", "key"))
+    if name in _SECRET_SETTINGS or (name not in _BY_NAME and secret_like):
+        return MASK  # a setting's own, or what a misspelt one (``sidecar_tokn``) would hold
+    return mask_secrets(value) if isinstance(value, str) else value
+
+
+def _read_token_file(values: dict[str, object], sources: dict[str, str]) -> None:
+    """``sidecar_token`` from the file ``sidecar_token_file`` names, if it names one.
+
+    The token is the file's text, whitespace around it stripped. A file that cannot be read or is
+    empty, or a token given as well, raises ConfigError naming the file.
+    """
+    path = values["sidecar_token_file"]
+    if path is None:
+        return
+    source = sources["sidecar_token_file"]
+    if values["sidecar_token"] is not None:
+        raise ConfigError(
+            "sidecar_token_file",
+            path,
+            "give the token or a file holding it, not both (sidecar_token is set too, from "
+            f"{sources['sidecar_token']})",
+            source,
+        )
+    try:
+        with open(str(path), encoding="utf-8") as file:
+            token = file.read().strip()
+    except (OSError, UnicodeDecodeError) as error:
+        why = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        raise ConfigError(
+            "sidecar_token_file", path, f"cannot read the token file {path}: {why}", source
+        ) from None
+    if not token:
+        raise ConfigError("sidecar_token_file", path, f"the token file {path} is empty", source)
+    values["sidecar_token"], sources["sidecar_token"] = token, source
 
 
 def settings_table() -> str:

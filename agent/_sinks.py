@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from gpuledger import _guard
+from gpuledger._location import mask_secrets
 from gpuledger._logging import get_logger
 from gpuledger._record import InvocationRecord
 
@@ -219,7 +220,7 @@ class FallbackSink:
             get_logger().warning(
                 self._warning
                 or f"gpuledger: {self.primary.name} failing; records go to {self.fallback.name}",
-                error=f"{type(error).__name__}: {error}" if error is not None else None,
+                error=mask_secrets(f"{type(error).__name__}: {error}") if error else None,
             )
 
     def deliver(self, records: Sequence[InvocationRecord]) -> Delivery:

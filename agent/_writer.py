@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from gpuledger import _guard
 from gpuledger._build import build_record, start_notice
 from gpuledger._external import calls_measured
+from gpuledger._location import mask_secrets
 from gpuledger._logging import get_logger
 from gpuledger._platform import default_worker_id
 from gpuledger._record import InvocationRecord
@@ -521,7 +522,7 @@ class Writer:
             get_logger().error(
                 "gpuledger shut down with invocations not written to the ledger",
                 unwritten=unwritten,
-                ledger=self.agent.settings.ledger,
+                ledger=mask_secrets(self.agent.settings.ledger),
             )
         for sink in self.sinks:
             try:

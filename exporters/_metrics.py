@@ -9,7 +9,11 @@ counts the invocations that succeeded, ``faas.errors`` those that failed (``erro
 in exactly one of the three, and ``faas.invoke_duration`` records every one.
 
 User and tenant ids are left off metric attributes unless the user opts in: each distinct id
-would be a new time series.
+would be a new time series. Whatever is on them, each attribute (handler, user, tenant, external
+target) keeps at most ``ATTRIBUTE_VALUE_LIMIT`` distinct values per meter: a value first seen
+past that is recorded as ``OVERFLOW_VALUE`` (said once per attribute in the log), so a flood of
+names costs one series, not one each; the invocations are all still counted. The SDK has no
+cardinality limit of its own in the versions supported (1.45).
 """
 
 from __future__ import annotations
@@ -31,10 +35,16 @@ from opentelemetry.semconv._incubating.metrics.faas_metrics import (
     FAAS_TIMEOUTS,
 )
 
+from gpuledger._logging import get_logger
 from gpuledger._record import InvocationRecord
 from gpuledger.exporters import _names as ours
 
-__all__ = ["DURATION_BUCKETS_S", "InvocationMetrics"]
+__all__ = ["ATTRIBUTE_VALUE_LIMIT", "DURATION_BUCKETS_S", "OVERFLOW_VALUE", "InvocationMetrics"]
+
+ATTRIBUTE_VALUE_LIMIT: Final = 1000
+"""Most distinct values one metric attribute keeps (per meter); later new ones overflow."""
+OVERFLOW_VALUE: Final = "(other)"
+"""The value recorded in place of one first seen past ``ATTRIBUTE_VALUE_LIMIT``."""
 
 # Serverless GPU requests run from milliseconds (warm, small models) to the 15-120 minute
 # platform timeouts; init from under a second to minutes.
@@ -62,6 +72,36 @@ DURATION_BUCKETS_S: Final = (
 )
 
 
+class _ValueLimit:
+    """The distinct values kept per attribute key, at most ``limit`` each: a new value past
+    that is ``OVERFLOW_VALUE``. Called from the writer's thread only."""
+
+    __slots__ = ("_limit", "_seen")
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._seen: dict[str, set[str]] = {}
+
+    def __call__(self, key: str, value: str) -> str:
+        seen = self._seen.get(key)
+        if seen is None:
+            seen = self._seen[key] = set()
+        if value in seen:
+            return value
+        if len(seen) < self._limit:
+            seen.add(value)
+            return value
+        if OVERFLOW_VALUE not in seen:  # the first overflow of this key: said once
+            seen.add(OVERFLOW_VALUE)
+            get_logger().warning(
+                "metric attribute past its cardinality limit: its new values are recorded as "
+                f"{OVERFLOW_VALUE!r}",
+                attribute=key,
+                limit=self._limit,
+            )
+        return OVERFLOW_VALUE
+
+
 class InvocationMetrics:
     """The instruments, created once per meter, and ``record`` for a batch of records."""
 
@@ -82,6 +122,7 @@ class InvocationMetrics:
         meter = gpuledger_meter(meter_provider)
         self._trigger = trigger
         self._user_attributes = user_attributes
+        self._limit = _ValueLimit(ATTRIBUTE_VALUE_LIMIT)
         self._invocations = meter.create_counter(
             FAAS_INVOCATIONS,
             unit="{invocation}",
@@ -215,23 +256,25 @@ class InvocationMetrics:
         sums: dict[tuple[tuple[str, str], ...], list[float]] = {}
         costs: dict[tuple[tuple[str, str], ...], list[float]] = {}
         external: dict[tuple[tuple[str, str], ...], list[float]] = {}
+        limit = self._limit
         for record in records:
             attributes: dict[str, str] = {
                 FAAS_TRIGGER: self._trigger,
-                ours.GPULEDGER_HANDLER: record.handler,
+                ours.GPULEDGER_HANDLER: limit(ours.GPULEDGER_HANDLER, record.handler),
             }
             if self._user_attributes:
                 if record.user_id is not None:
                     key = ENDUSER_PSEUDO_ID if record.user_id_pseudonymised else ENDUSER_ID
-                    attributes[key] = record.user_id
+                    attributes[key] = limit(key, record.user_id)
                 if record.tenant is not None:
-                    attributes[ours.GPULEDGER_TENANT] = record.tenant
+                    attributes[ours.GPULEDGER_TENANT] = limit(ours.GPULEDGER_TENANT, record.tenant)
             self._duration.record(record.duration_s, attributes)
             if record.init_duration_s is not None:
                 self._init_duration.record(record.init_duration_s, attributes)
             group = tuple(attributes.items())
             for target, entry in (record.external_targets or {}).items():
-                by_target = (*group, (ours.GPULEDGER_EXTERNAL_TARGET, target))
+                target_value = limit(ours.GPULEDGER_EXTERNAL_TARGET, target)
+                by_target = (*group, (ours.GPULEDGER_EXTERNAL_TARGET, target_value))
                 pair = external.get(by_target)
                 if pair is None:
                     pair = external[by_target] = [0.0, 0.0]

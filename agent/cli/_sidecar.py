@@ -1,9 +1,9 @@
 """``gpuledger sidecar``: run the sidecar beside serverless workers until SIGTERM.
 
-``gpuledger sidecar [--listen HOST:PORT] [--token TOKEN] [--spool PATH] [--ledger LOCATION]
-[--otlp-endpoint URL] [--otlp-protocol http/protobuf|grpc] [--drain-timeout S] [--grace S]
-[--max-body BYTES] [--max-spool BYTES] [--synchronous normal|full] [--gpu-sample-hz HZ]
-[--log-format console|json]``
+``gpuledger sidecar [--listen HOST:PORT] [--token-file PATH] [--spool PATH]
+[--ledger LOCATION] [--otlp-endpoint URL] [--otlp-protocol http/protobuf|grpc]
+[--drain-timeout S] [--grace S] [--max-body BYTES] [--max-spool BYTES]
+[--synchronous normal|full] [--gpu-sample-hz HZ] [--log-format console|json]``
 
 ``gpuledger sidecar dead-letters [--spool PATH] [--format table|json] [--redrive [--id N ...]]``
 lists the records a consumer could not deliver and set aside (``--redrive``: puts them back for
@@ -12,6 +12,12 @@ sidecar picks them up within a second). Exit 0; 1 when the spool is missing or u
 
 Each option is a row of the settings table (``SIDECAR_SETTINGS``): argument > environment >
 settings file > default, and ``--help`` shows the row's variables, file key and default.
+
+``--token TOKEN`` exists too, but every local user sees a command line in ``ps``: the token
+belongs in ``GPULEDGER_SIDECAR_TOKEN`` or a file (``--token-file``,
+``GPULEDGER_SIDECAR_TOKEN_FILE``).
+What the sidecar prints and logs never shows a password, token or authentication header
+(``gpuledger._location.mask_secrets``).
 
 It prints one line when it is ready to take requests, then runs until SIGTERM or SIGINT: it stops
 accepting, gives its consumers ``--drain-timeout`` seconds to empty the spool, logs how many
@@ -29,6 +35,7 @@ from typing import Any
 import click
 
 from gpuledger._errors import ConfigError, SidecarError
+from gpuledger._location import mask_secrets
 from gpuledger._logging import configure_logging
 from gpuledger._settings import SIDECAR_SETTINGS, environment, resolve_command
 from gpuledger.cli._options import SettingOption, given_settings, setting_error
@@ -59,6 +66,7 @@ def _container_gpu(sample_hz: float) -> Any:
 @click.group("sidecar", invoke_without_command=True)
 @click.option("--listen", cls=SettingOption, setting="sidecar_listen", metavar="HOST:PORT")
 @click.option("--token", cls=SettingOption, setting="sidecar_token")
+@click.option("--token-file", cls=SettingOption, setting="sidecar_token_file", metavar="PATH")
 @click.option("--spool", cls=SettingOption, setting="sidecar_spool", metavar="PATH")
 @click.option("--ledger", cls=SettingOption, setting="ledger", metavar="LOCATION")
 @click.option("--otlp-endpoint", cls=SettingOption, setting="sidecar_otlp_endpoint", metavar="URL")
@@ -113,10 +121,16 @@ def sidecar_command(ctx: click.Context, /, **_typed: object) -> None:
         )
         sidecar.start()
     except ConfigError as error:
-        raise setting_error(ctx, error, sources, prefix="sidecar_") from None
+        raise _masked(setting_error(ctx, error, sources, prefix="sidecar_")) from None
     except SidecarError as error:
-        raise click.ClickException(str(error)) from None
+        raise click.ClickException(mask_secrets(str(error))) from None
     _serve(sidecar, settings["sidecar_drain_timeout_s"])
+
+
+def _masked(error: click.ClickException) -> click.ClickException:
+    """``error`` with any password or token in its message masked (a ledger's DSN, say)."""
+    error.message = mask_secrets(error.message)  # type: ignore[misc]  # final in the stubs only
+    return error
 
 
 def _serve(sidecar: Sidecar, drain_timeout_s: float) -> None:
@@ -131,13 +145,13 @@ def _serve(sidecar: Sidecar, drain_timeout_s: float) -> None:
     }
     try:
         exporting = (
-            f"exporting to {sidecar.otlp.description}"
+            f"exporting to {mask_secrets(sidecar.otlp.description)}"
             if sidecar.otlp is not None
             else "OTLP export off (no --otlp-endpoint or OTEL_EXPORTER_OTLP_ENDPOINT)"
         )
         click.echo(
             f"gpuledger sidecar listening on {sidecar.url}, spool {sidecar.spool_path}, "
-            f"ledger {sidecar.ledger_location}, {exporting}"
+            f"ledger {mask_secrets(sidecar.ledger_location)}, {exporting}"
         )
         sys.stdout.flush()
         while not stop.wait(0.5):

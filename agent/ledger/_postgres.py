@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from gpuledger._errors import LedgerError
+from gpuledger._location import mask_secrets
 from gpuledger._record import InvocationRecord
 from gpuledger.ledger._schema import (
     SCHEMA_MIGRATIONS_TABLE,
@@ -104,25 +105,9 @@ def to_postgres(statement: str) -> str:
 
 
 def mask_dsn(location: str) -> str:
-    """``location`` with its password (in the user part or a ``password=`` parameter) masked.
-
-    Parsed by hand, not by ``urllib``: it must work without psycopg and on malformed URLs (which
-    errors name too), and mask too much rather than too little. The user part ends at the last
-    ``@`` before the query, so a password with a raw ``/`` or ``@`` in it is still masked whole.
-    """
-    text = location.strip()
-    scheme, sep, rest = text.partition("://")
-    before_query, question, query = rest.partition("?")
-    userinfo, at, hosts = before_query.rpartition("@")
-    if at and ":" in userinfo:
-        before_query = f"{userinfo.partition(':')[0]}:{_MASK}@{hosts}"
-    if question:
-        keys = [pair.partition("=")[0] for pair in query.split("&")]
-        query = "&".join(
-            f"{key}={_MASK}" if _is_password_key(key) else pair
-            for key, pair in zip(keys, query.split("&"), strict=True)
-        )
-    return f"{scheme}{sep}{before_query}{question}{query}"
+    """``location`` with its password (in the user part or a ``password=`` parameter) masked:
+    :func:`gpuledger._location.mask_secrets`, the one masking function, on one location."""
+    return mask_secrets(location.strip())
 
 
 def _is_password_key(key: str) -> bool:

@@ -34,6 +34,7 @@ from gpuledger._errors import LedgerError
 from gpuledger._location import MEMORY as _MEMORY
 from gpuledger._location import is_postgres as _is_postgres
 from gpuledger._location import parse_location as _parse_location
+from gpuledger._location import private_file
 from gpuledger._record import InvocationRecord
 from gpuledger._settings import resolve_setting
 from gpuledger.ledger._schema import (
@@ -84,7 +85,12 @@ def default_ledger_location() -> str:
     return location
 
 
-def open_ledger(location: str, *, create: bool = True) -> Ledger:
+def open_ledger(
+    location: str,
+    *,
+    create: bool = True,
+    on_damaged: Callable[[str, str], None] | None = None,
+) -> Ledger:
     """Open the ledger at ``location``, bringing its schema up to date.
 
     ``location`` is a file path or a URL: ``sqlite:///relative/path.db`` or
@@ -97,11 +103,18 @@ def open_ledger(location: str, *, create: bool = True) -> Ledger:
     version is migrated forward either way. Raises :class:`LedgerError` when the file is not a
     SQLite database, the server cannot be reached or refuses the login, the database holds
     something other than the gpuledger schema, or it was written by a newer gpuledger.
+
+    ``on_damaged`` (the sidecar's): a SQLite file that fails ``PRAGMA quick_check`` (read-only,
+    it reads every page: about 0.1 s per 100 MB) or is not a database is moved aside to
+    ``<path>.corrupt-<UTC timestamp>`` (with its -wal and -shm), ``on_damaged(moved_to, reason)``
+    is called, and a fresh ledger is started. Without it, nothing is checked or moved.
     """
     if _is_postgres(location):
         from gpuledger.ledger._postgres import open_postgres  # noqa: PLC0415 - psycopg only if asked
 
         return open_postgres(location, create=create, migrations=MIGRATIONS)
+    if on_damaged is not None and create:
+        _set_aside_if_damaged(_parse_location(location), on_damaged)
     return _open(location, create=create, migrations=MIGRATIONS)
 
 
@@ -223,6 +236,7 @@ def _open(location: str, *, create: bool, migrations: Sequence[Migration]) -> Sq
         else:
             parent = os.path.dirname(os.path.abspath(path))
             try:
+                private_file(path)  # 0600 (and new folders 0700) before SQLite creates it
                 os.makedirs(parent, exist_ok=True)
             except OSError as exc:
                 raise LedgerError(f"cannot create the ledger's folder {parent}: {exc}") from exc
@@ -242,6 +256,47 @@ def _open(location: str, *, create: bool, migrations: Sequence[Migration]) -> Sq
         connection.close()
         raise
     return SqliteLedger(connection, location=location, path=path, schema_version=version)
+
+
+def _set_aside_if_damaged(path: str, on_damaged: Callable[[str, str], None]) -> None:
+    """Move ``path`` aside if it is damaged (see :func:`open_ledger`'s ``on_damaged``)."""
+    if path == _MEMORY or not os.path.isfile(path) or os.path.getsize(path) == 0:
+        return
+    reason = None
+    try:
+        connection = sqlite3.connect(
+            pathlib.Path(path).resolve().as_uri() + "?mode=ro", uri=True, timeout=_BUSY_TIMEOUT_S
+        )
+        try:
+            rows = connection.execute("PRAGMA quick_check(3)").fetchall()
+        finally:
+            connection.close()
+        if rows != [("ok",)]:
+            reason = "; ".join(str(row[0]) for row in rows)
+    except sqlite3.DatabaseError as exc:
+        code = getattr(exc, "sqlite_errorcode", None)
+        if (
+            isinstance(code, int) and code & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+        ) or ("malformed" in str(exc) or "not a database" in str(exc)):
+            reason = str(exc)
+    if reason is None:
+        return  # sound, or a problem that is not damage (locked, unreadable): open says
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = f"{path}.corrupt-{stamp}"
+    number = 1
+    while os.path.exists(target):
+        number += 1
+        target = f"{path}.corrupt-{stamp}-{number}"
+    try:
+        os.rename(path, target)
+        for suffix in ("-wal", "-shm"):
+            if os.path.exists(path + suffix):
+                os.rename(path + suffix, target + suffix)
+    except OSError as exc:
+        raise LedgerError(
+            f"the ledger at {path} is damaged ({reason}) and cannot be moved aside: {exc}"
+        ) from exc
+    on_damaged(target, reason)
 
 
 def _writable(path: str) -> bool:

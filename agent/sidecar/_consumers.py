@@ -24,7 +24,7 @@ from gpuledger import _guard
 from gpuledger._logging import get_logger
 from gpuledger._record import InvocationRecord
 from gpuledger._sinks import Backoff, Delivery, Sink
-from gpuledger.sidecar._spool import Spool
+from gpuledger.sidecar._spool import Spool, is_damage
 
 _BATCH_RECORDS: Final = 512
 """Records per delivery: the SDK's batch span processor exports 512 spans at a time too."""
@@ -308,6 +308,7 @@ class Consumer:
         self._logged: set[tuple[str, str]] = set()
         self._failing_since_ns: int | None = None
         self._last_error = ""
+        self._damaged = ""
         self.wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(
@@ -338,6 +339,13 @@ class Consumer:
         """The last failure, ``Type: message`` ("" when none)."""
         return self._last_error
 
+    @property
+    def damaged(self) -> str:
+        """Why the sink's file is damaged, when the last attempt failed for that ("" if not):
+        retrying cannot help, so ``/healthz`` says so at once; the ledger sink's next open
+        moves a damaged SQLite ledger aside (see ``Sidecar._open_ledger``)."""
+        return self._damaged
+
     def _run(self) -> None:
         failures = 0
         while not self._stop.is_set():
@@ -360,6 +368,16 @@ class Consumer:
                 failures += 1
                 self._counters.add(f"{self.name}_failures")
                 self._last_error = f"{type(error).__name__}: {error}"
+                if is_damage(error):
+                    if not self._damaged:
+                        get_logger().error(
+                            f"gpuledger sidecar: the {self.name} is damaged; /healthz answers "
+                            "503 until it can be written (a damaged SQLite ledger is moved "
+                            "aside at the next attempt)",
+                            consumer=self.name,
+                            error=self._last_error,
+                        )
+                    self._damaged = self._last_error
                 if self._failing_since_ns is None:
                     self._failing_since_ns = self._clock()
                 if failures == 1:
@@ -384,6 +402,7 @@ class Consumer:
     def _healthy(self) -> None:
         self._failing_since_ns = None
         self._last_error = ""
+        self._damaged = ""
 
     def _pass(self, rows: Sequence[tuple[int, str, str | None]]) -> BaseException | None:
         """Deliver what can be delivered of ``rows``, set aside what cannot, move the cursor

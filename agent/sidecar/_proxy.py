@@ -35,7 +35,11 @@ Ids, users and tags
     present, else generated; either way it is sent upstream in that header, so the model
     server's logs carry the same id. User and tenant come from ``user_header`` and
     ``tenant_header`` (off unless configured). Tags: ``http_method``, ``http_path`` (never the
-    query string, which may carry payload) and ``http_status``.
+    query string, which may carry payload) and ``http_status``. Header values and paths
+    holding bytes that are not UTF-8 (HTTP allows any byte from 0x80 in a field value) are
+    recorded with each such byte escaped as ``\\xNN``, the text being valid Unicode a sidecar
+    accepts; the headers themselves are forwarded byte for byte (the client's id header as it
+    sent it).
 
 Headers
     Hop-by-hop headers (``Connection`` and those it names, ``Keep-Alive``, ``TE``, ``Trailer``,
@@ -45,7 +49,10 @@ Headers
     (model servers on loopback expect their own); the client's goes in ``X-Forwarded-Host``,
     with ``X-Forwarded-For`` and ``X-Forwarded-Proto``. ``Expect: 100-continue`` is answered by
     the proxy. Redirects are passed to the client, never followed; cookies are never stored.
-    Upstream connections are kept alive in a pool (no limit on their number).
+    Upstream connections are kept alive in a pool (no limit on their number). An absolute-form
+    request target (``GET http://host/path``, RFC 9112 section 3.2.2: a server must accept it)
+    is forwarded in origin form (``/path?query``), its authority (not the ``Host`` header, which
+    the RFC has ignored then) going in ``X-Forwarded-Host``.
 
 Cold start
     The worker's start is the upstream process's start when ``upstream_pid`` is given (read from
@@ -86,6 +93,7 @@ import contextlib
 import dataclasses
 import ipaddress
 import json
+import re
 import signal
 import time
 from collections.abc import Callable, Iterable
@@ -143,6 +151,8 @@ _PROBE_BODY_LIMIT: Final = 65536
 # request is never sent on a connection the server is closing.
 _KEEPALIVE_S: Final = 4.0
 _CONNECT_TIMEOUT: Final[Any] = getattr(aiohttp, "ConnectionTimeoutError", ())
+# What aiohttp's own header writer refuses (header injection); see _OpaqueValue.
+_FORBIDDEN_IN_HEADERS: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -368,7 +378,81 @@ class _Result:
 def _clip(value: str | None) -> str | None:
     if not value:
         return None
-    return value[:_MAX_ID_LENGTH]
+    return _printable(value)[:_MAX_ID_LENGTH]
+
+
+def _printable(text: str) -> str:
+    """``text`` as received (aiohttp decodes bytes that are not UTF-8 to lone surrogates,
+    ``surrogateescape``) with each such byte written ``\\xNN``: valid Unicode, which a
+    record must be."""
+    if text.isascii():
+        return text
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate no decoder made: escape it as it is
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+class _OpaqueValue(str):
+    """A header value holding bytes that are not UTF-8 (``surrogateescape``-decoded), to be
+    written back as those bytes.
+
+    aiohttp's header writers cannot: the Python one raises on the surrogates, the C one drops
+    them. :func:`_install_opaque_writer` wraps aiohttp's serializer so that a header block with
+    such a value is encoded with ``surrogateescape``; every other block goes to aiohttp's own.
+    """
+
+    __slots__ = ()
+
+
+def _opaque(value: str) -> str:
+    """``value``, marked to be written byte for byte when it holds bytes that are not UTF-8."""
+    if value.isascii():
+        return value
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return _OpaqueValue(value)
+    return value
+
+
+def _install_opaque_writer() -> None:
+    """Wrap ``aiohttp.http_writer._serialize_headers`` (once) so :class:`_OpaqueValue` headers
+    are written as the bytes they were received as. Blocks without one (everything outside the
+    proxy) are serialized by aiohttp's own writer, unchanged."""
+    from aiohttp import http_writer  # noqa: PLC0415
+
+    original = http_writer._serialize_headers
+    if getattr(original, "gpuledger_opaque", False):
+        return
+
+    def serialize(status_line: str, headers: Any) -> bytes:
+        if not any(type(value) is _OpaqueValue for value in headers.values()):
+            return original(status_line, headers)
+        lines = [status_line, *(f"{name}: {value}" for name, value in headers.items())]
+        if any(_FORBIDDEN_IN_HEADERS.search(line) for line in lines):
+            raise ValueError(
+                "Forbidden control character detected in headers. "
+                "Potential header injection attack."
+            )
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape")
+
+    serialize.gpuledger_opaque = True  # type: ignore[attr-defined]
+    http_writer._serialize_headers = serialize
+
+
+def _origin_form(target: str) -> tuple[str, str | None]:
+    """The request target in origin form (``/path?query``) and, when it came in absolute form
+    (``http://host:port/path?query``), its authority (``host:port``)."""
+    scheme, sep, rest = target.partition("://")
+    if not sep or "/" in scheme or not scheme:
+        return target, None
+    ends = [index for index in (rest.find("/"), rest.find("?")) if index >= 0]
+    end = min(ends, default=len(rest))
+    authority, remainder = rest[:end], rest[end:]
+    origin = remainder if remainder.startswith("/") else "/" + remainder
+    return origin, authority.rpartition("@")[2] or None
 
 
 class MeteringProxy:
@@ -419,6 +503,7 @@ class MeteringProxy:
                     worker.process_start_source = "upstream_proc"
         self.start_ns = worker.process_start_ns
         self.start_source = worker.process_start_source
+        _install_opaque_writer()
         session = self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=_KEEPALIVE_S),
             timeout=aiohttp.ClientTimeout(
@@ -548,9 +633,9 @@ class MeteringProxy:
         invocation = None if agent is None else agent.enter(self._spec, (), {}, activate=False)
         if agent is None or invocation is None:
             return await self._forward(request, _Result(), None)
-        request_id = self._describe(invocation, request)
         result = _Result()
         try:
+            request_id = self._describe(invocation, request)
             return await self._forward(request, result, request_id)
         except asyncio.CancelledError:
             # The client disconnected (aiohttp cancels its handler), or the proxy is closing.
@@ -563,7 +648,8 @@ class MeteringProxy:
             self._finish(agent, invocation, result)
 
     def _describe(self, invocation: Invocation, request: web.BaseRequest) -> str | None:
-        """Set the invocation's id, user, tenant and tags from the request; the id to send."""
+        """Set the invocation's id, user, tenant and tags from the request; the id to send
+        (None when the client sent one: its header is forwarded as it came)."""
         headers = request.headers
         config = self.config
         request_id = None
@@ -571,12 +657,16 @@ class MeteringProxy:
             given = _clip(headers.get(self._id_header))
             if given is not None:
                 invocation._invocation_id = given
-            request_id = invocation.invocation_id
+            else:
+                request_id = invocation.invocation_id
         if config.user_header is not None:
             invocation.user_id = _clip(headers.get(config.user_header))
         if config.tenant_header is not None:
             invocation.tenant = _clip(headers.get(config.tenant_header))
-        invocation.tags = {"http_method": request.method, "http_path": request.path}
+        invocation.tags = {
+            "http_method": _printable(request.method),
+            "http_path": _printable(request.path),
+        }
         return request_id
 
     @staticmethod
@@ -618,14 +708,15 @@ class MeteringProxy:
         headers: CIMultiDict[str] = CIMultiDict()
         for name, value in incoming.items():
             if name.lower() not in dropped:
-                headers.add(name, value)
+                headers.add(name, _opaque(value))
         remote = request.remote
         if remote:
             forwarded_for = incoming.get("X-Forwarded-For")
             headers["X-Forwarded-For"] = f"{forwarded_for}, {remote}" if forwarded_for else remote
-        host = incoming.get("Host")
+        # RFC 9112 section 3.2.2: an absolute-form target's authority wins over Host.
+        host = _origin_form(request.raw_path)[1] or incoming.get("Host")
         if host and "X-Forwarded-Host" not in headers:
-            headers["X-Forwarded-Host"] = host
+            headers["X-Forwarded-Host"] = _opaque(host)
         if "X-Forwarded-Proto" not in headers:
             headers["X-Forwarded-Proto"] = request.scheme
         if request_id is not None and self._id_header is not None:
@@ -641,7 +732,7 @@ class MeteringProxy:
         if request.headers.get("Expect", "").lower() == "100-continue":
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         body = request.content if request.body_exists else None
-        url = URL(self._base + request.raw_path, encoded=True)
+        url = URL(self._base + _origin_form(request.raw_path)[0], encoded=True)
         try:
             async with session.request(
                 request.method, url, headers=headers, data=body, allow_redirects=False
@@ -714,7 +805,7 @@ def _response_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     headers: CIMultiDict[str] = CIMultiDict()
     for name, value in upstream.items():
         if name.lower() not in dropped:
-            headers.add(name, value)
+            headers.add(name, _opaque(value))
     return headers
 
 

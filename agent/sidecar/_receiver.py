@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 DEFAULT_LISTEN: Final = "127.0.0.1:4319"
 DEFAULT_MAX_BODY: Final = 16 * 1024 * 1024
 """Largest request body accepted, in bytes (16 MiB: some 12,000 records)."""
+RETRY_AFTER_S: Final = 2
+"""``Retry-After`` of a 503 (the spool full or unwritable, or stopping): the request may succeed
+again by itself (a full disk has room again once the spool is drained)."""
 _REQUEST_TIMEOUT_S: Final = 30.0
 """A connection that sends nothing for this long is closed (slow or idle clients)."""
 
@@ -146,7 +149,12 @@ class Handler(BaseHTTPRequestHandler):
             )
             return
         if not sidecar._request_begins():
-            self._error(503, "the sidecar is shutting down", close=True)
+            self._error(
+                503,
+                "the sidecar is shutting down",
+                close=True,
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            )
             return
         try:
             if path == "/healthz":
@@ -209,7 +217,8 @@ class Handler(BaseHTTPRequestHandler):
             return
         kind = "records" if path == "/v1/records" else "starts"
         status, answer = sidecar._take(kind, body)
-        self._json(status, answer)
+        retry = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
+        self._json(status, answer, headers=retry)
 
     def _error(
         self, status: int, message: str, close: bool, headers: Mapping[str, str] | None = None

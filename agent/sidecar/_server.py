@@ -109,6 +109,7 @@ from gpuledger.sidecar._receiver import (
 )
 from gpuledger.sidecar._spool import (
     DEFAULT_DEDUPE_WINDOW_S,
+    DEFAULT_RESERVE_BYTES,
     MIN_SPOOL_BYTES,
     SYNCHRONOUS_MODES,
     OpenStart,
@@ -226,6 +227,11 @@ _COUNTERS: Final = (
         "Requests refused because the spool could not be written.",
         "spool_write_failures",
     ),
+    (
+        "corrupt_files_total",
+        "Damaged spool or ledger files moved aside at open (a fresh one started).",
+        "corrupt_files",
+    ),
 )
 _GAUGES: Final = (
     ("spool_records", "Records in the spool."),
@@ -293,6 +299,7 @@ class Sidecar:
         max_body: int = DEFAULT_MAX_BODY,
         synchronous: str = "normal",
         max_spool_bytes: int | None = None,
+        reserve_bytes: int = DEFAULT_RESERVE_BYTES,
         dedupe_window_s: float = DEFAULT_DEDUPE_WINDOW_S,
         watch_interval_s: float | None = 1.0,
         backoff_s: tuple[float, float] = (0.5, 30.0),
@@ -338,6 +345,7 @@ class Sidecar:
         self.max_body = max_body
         self._synchronous = synchronous
         self._max_spool_bytes = max_spool_bytes
+        self._reserve_bytes = reserve_bytes
         self._dedupe_window_ns = int(dedupe_window_s * 1e9)
         self._watch_interval_s = watch_interval_s
         self._backoff_s = backoff_s
@@ -363,6 +371,7 @@ class Sidecar:
         self._unusable_notices: set[str] = set()  # start notices the watcher said it cannot use
         self._catalogue: Any = None
         self._prune_lock = threading.Lock()
+        self._ledger_checked = False
         self._started = False
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -395,8 +404,15 @@ class Sidecar:
                 raise ConfigError(setting, location, reason)
         span_exporter, check, meter_factory = self._otlp_parts()
         spool = Spool(
-            self.spool_path, synchronous=self._synchronous, max_bytes=self._max_spool_bytes
+            self.spool_path,
+            synchronous=self._synchronous,
+            max_bytes=self._max_spool_bytes,
+            reserve_bytes=self._reserve_bytes,
         )
+        if spool.set_aside is not None:
+            self._damaged_file_set_aside(
+                "spool", self.spool_path, spool.set_aside.moved_to, spool.set_aside.reason
+            )
         family, address = addresses[0]
         try:
             server = Server(address, family, self)
@@ -406,7 +422,9 @@ class Sidecar:
         self._started = True
         self._spool = spool
         self._server = server
-        sinks: list[LedgerSink | OtlpSink] = [LedgerSink(self.ledger_location)]
+        sinks: list[LedgerSink | OtlpSink] = [
+            LedgerSink(self.ledger_location, opener=self._open_ledger)
+        ]
         if span_exporter is not None:
             sinks.append(
                 OtlpSink(
@@ -452,6 +470,34 @@ class Sidecar:
             watch.start()
             self._threads.append(watch)
         return self
+
+    def _open_ledger(self, location: str) -> Any:
+        """The ledger consumer's opener: checked (``PRAGMA quick_check``) at the first open and
+        after a failure that said it is damaged; a damaged SQLite ledger is moved aside."""
+        from gpuledger.ledger import open_ledger  # noqa: PLC0415  (sqlite3, on first use)
+
+        check = not self._ledger_checked or any(
+            consumer.damaged for consumer in self._consumers if consumer.name == "ledger"
+        )
+        self._ledger_checked = True
+        if not check:
+            return open_ledger(location)
+        return open_ledger(
+            location,
+            on_damaged=lambda moved_to, reason: self._damaged_file_set_aside(
+                "ledger", location, moved_to, reason
+            ),
+        )
+
+    def _damaged_file_set_aside(self, kind: str, path: str, moved_to: str, reason: str) -> None:
+        self._counters.add("corrupt_files")
+        get_logger().error(
+            f"gpuledger sidecar: THE {kind.upper()} WAS DAMAGED; it was moved aside and a fresh "
+            f"{kind} started (what the damaged file holds may be read with sqlite3's .recover)",
+            path=path,
+            moved_to=moved_to,
+            reason=reason,
+        )
 
     def _otlp_parts(self) -> tuple[Any, ResponseCheck | None, Callable[[Any], Any] | None]:
         target = self.otlp
@@ -743,7 +789,9 @@ class Sidecar:
                 continue
             failing_s = max(now_ns - since_ns, 0) / 1e9
             failing[consumer.name] = {"for_s": round(failing_s, 3), "error": consumer.last_error}
-            if failing_s > self._unhealthy_after_s:
+            if consumer.damaged:
+                problems.append(f"the {consumer.name} is damaged: {consumer.damaged}")
+            elif failing_s > self._unhealthy_after_s:
                 problems.append(
                     f"the {consumer.name} consumer has failed every attempt for "
                     f"{failing_s:.0f} s (over {self._unhealthy_after_s:g} s): "

@@ -1,24 +1,66 @@
 """The spool: one SQLite file (WAL) that holds what the sidecar acknowledged until every
 consumer delivered it (see ``gpuledger.sidecar`` for its tables and guarantees).
+
+Faults it survives:
+
+- **Damage.** At open, ``PRAGMA quick_check`` (on a read-only connection, which never writes
+  the file) reads every page; a file that fails it, or is not a database, is moved aside to
+  ``<name>.corrupt-<UTC timestamp>`` (with its ``-wal`` and ``-shm``) and a fresh spool started
+  (:attr:`Spool.set_aside` says what was moved and why).
+- **A full disk.** ``<name>.reserve`` is a file of ``reserve_bytes`` real (not sparse) bytes
+  next to the spool. The first write that fails for lack of room (``SQLITE_FULL``, ENOSPC)
+  deletes it, so that what frees space needs (cursors, pruning, checkpoints: each grows the WAL)
+  always has room, and the spool is *full*: new records are refused (:class:`SpoolFull`) without
+  being tried, so they cannot take that room, until the filesystem has twice the reserve free
+  again; then the reserve is made again and writes resume. A cap from ``max_bytes`` (the database
+  at its page count, the disk not full) is not that state: pruning makes room inside the file.
+- **Growth.** ``max_bytes`` covers the database *and* its WAL: a quarter of it (at most 16 MiB)
+  is the WAL's (``journal_size_limit``, checkpoints that often), the rest the page cap. A new
+  spool uses ``auto_vacuum = INCREMENTAL``; after the consumers drain it, freed pages go back to
+  the filesystem (``incremental_vacuum``) and the WAL is truncated (``wal_checkpoint(TRUNCATE)``).
+  A spool made before this is converted by one ``VACUUM`` the first time it is empty.
+
+Why one module of this size: the spool is one file and one connection; its fault handling (the
+integrity check, the reserve, shrinking) acts on the same connection under the same lock as the
+transactions it protects, and the dead-letter commands read the same tables.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import os
+import pathlib
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 from gpuledger._errors import SidecarError
+from gpuledger._location import private_file
 
 MIN_SPOOL_BYTES: Final = 64 * 1024
 SYNCHRONOUS_MODES: Final = ("normal", "full")
 DEFAULT_DEDUPE_WINDOW_S: Final = 3600.0
 """How long the id of a delivered (and deleted) record is remembered to catch late duplicates."""
+DEFAULT_RESERVE_BYTES: Final = 8 * 1024 * 1024
+"""The room kept back for cursors, pruning and checkpoints on a full disk: a prune of a batch of
+512 records rewrites up to ~1,000 pages (rows, their ``record_id`` index, ``delivered``)."""
+_WAL_LIMIT_BYTES: Final = 16 * 1024 * 1024
+"""The WAL is truncated back to this after a checkpoint (a quarter of ``max_bytes`` if less)."""
+_SHRINK_EVERY_S: Final = 1.0
+"""The most often freed pages are given back to the filesystem (while the spool is not empty)."""
+_SHRINK_FREE_PAGES: Final = 256
+"""Free pages (1 MiB of 4 KiB pages) worth giving back while records are still spooled."""
+_PRUNE_ROWS: Final = 64
+"""Rows deleted per transaction when pruning."""
+_VACUUM_STEP: Final = 64
+"""Pages given back per step (each step's WAL is checkpointed before the next)."""
+_SMALL_WAL_BYTES: Final = 256 * 1024
+"""A WAL this small is left alone when the spool is empty (truncating it costs an fsync)."""
 
 
 _SCHEMA: Final = (
@@ -72,6 +114,18 @@ _INSERT_START: Final = (
 )
 
 
+def _run(connection: sqlite3.Connection, work: Callable[[sqlite3.Connection], Any]) -> Any:
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        result = work(connection)
+        connection.execute("COMMIT")
+    except BaseException:
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+        raise
+    return result
+
+
 def _add_only_for(connection: sqlite3.Connection) -> None:
     columns = {row[1] for row in connection.execute("PRAGMA table_info(records)")}
     if "only_for" not in columns:
@@ -90,6 +144,91 @@ class DeadLetter:
     body: str
     reason: str
     dead_ns: int
+
+
+class SpoolFull(sqlite3.OperationalError):
+    """The disk under the spool is full: records are refused until it has room again."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SetAside:
+    """A damaged spool moved aside at open: where to (``moved_to``, its -wal/-shm beside it),
+    why (what SQLite said), and how long the check took (seconds)."""
+
+    moved_to: str
+    reason: str
+    check_s: float
+
+
+def is_damage(error: BaseException) -> bool:
+    """Whether ``error`` (or one it was raised from) says a SQLite file is damaged or is not a
+    database (``SQLITE_CORRUPT``, ``SQLITE_NOTADB``), as opposed to locked, read-only or full."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, sqlite3.DatabaseError):
+            code = getattr(current, "sqlite_errorcode", None)
+            if isinstance(code, int) and code & 0xFF in (
+                sqlite3.SQLITE_CORRUPT,
+                sqlite3.SQLITE_NOTADB,
+            ):
+                return True
+            text = str(current)
+            if "malformed" in text or "not a database" in text:
+                return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def is_full(error: BaseException) -> bool:
+    """Whether ``error`` says there is no room (``SQLITE_FULL``, ENOSPC)."""
+    if isinstance(error, OSError):
+        return error.errno == errno.ENOSPC
+    code = getattr(error, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF == sqlite3.SQLITE_FULL
+    return "disk is full" in str(error)
+
+
+def quick_check(path: str) -> str | None:
+    """Why the SQLite file at ``path`` is damaged (``PRAGMA quick_check``'s first findings, or
+    SQLite's error), None when it is sound or absent. Read-only: the file is never written."""
+    if not os.path.exists(path) or os.path.getsize(path) == 0:
+        return None
+    try:
+        connection = sqlite3.connect(
+            pathlib.Path(path).resolve().as_uri() + "?mode=ro", uri=True, timeout=5.0
+        )
+    except sqlite3.DatabaseError as error:
+        return str(error) if is_damage(error) else None
+    try:
+        rows = connection.execute("PRAGMA quick_check(3)").fetchall()
+    except sqlite3.DatabaseError as error:
+        if is_damage(error):
+            return str(error)
+        raise
+    finally:
+        connection.close()
+    if rows == [("ok",)]:
+        return None
+    return "; ".join(str(row[0]) for row in rows)
+
+
+def move_aside(path: str) -> str:
+    """Rename ``path`` and its -wal and -shm to ``<path>.corrupt-<UTC timestamp>`` (kept for
+    ``sqlite3 .recover``); returns the new name."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = f"{path}.corrupt-{stamp}"
+    number = 1
+    while os.path.exists(target):
+        number += 1
+        target = f"{path}.corrupt-{stamp}-{number}"
+    os.rename(path, target)
+    for suffix in ("-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(path + suffix, target + suffix)
+    return target
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -134,42 +273,45 @@ class Spool:
     and the consumers get their turn under a steady load."""
 
     def __init__(
-        self, path: str, *, synchronous: str = "normal", max_bytes: int | None = None
+        self,
+        path: str,
+        *,
+        synchronous: str = "normal",
+        max_bytes: int | None = None,
+        reserve_bytes: int = DEFAULT_RESERVE_BYTES,
     ) -> None:
         self.path = path
         self._lock = _FairLock()
         self._lock_file: int | None = None
         self._connection: sqlite3.Connection | None = None
+        self.set_aside: SetAside | None = None
+        """The damaged spool this open moved aside, if it did."""
+        self.check_s = 0.0
+        """How long the integrity check at open took (seconds)."""
+        self._reserve_path = f"{path}.reserve"
+        if max_bytes is not None:  # a small spool keeps back proportionately
+            reserve_bytes = min(reserve_bytes, max(max_bytes // 4, MIN_SPOOL_BYTES))
+        self._reserve_bytes = reserve_bytes
+        self._full = False
+        self._last_shrink = 0.0
         lock_existed = os.path.exists(f"{path}.lock")
         try:
             self._take_lock()
-            self._connection = connection = sqlite3.connect(
-                path, timeout=5.0, isolation_level=None, check_same_thread=False
-            )
-            tables = {
-                name
-                for (name,) in connection.execute(
-                    "SELECT name FROM sqlite_master WHERE type = 'table'"
-                )
-            }
-            if tables - _TABLES:
-                raise SidecarError(
-                    f"{path} is not a gpuledger spool (it has the table(s) "
-                    f"{', '.join(sorted(tables - _TABLES))}): give --spool a file of its own"
-                )
-            mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise SidecarError(f"the spool at {path} cannot use WAL mode (got {mode})")
-            connection.execute(f"PRAGMA synchronous = {synchronous.upper()}")
-            connection.execute("BEGIN IMMEDIATE")
-            for statement in _SCHEMA:
-                connection.execute(statement)
-            _add_only_for(connection)
-            connection.execute("COMMIT")
-            if max_bytes is not None:
-                page_size = connection.execute("PRAGMA page_size").fetchone()[0]
-                pages = max(max_bytes // page_size, 1)
-                connection.execute(f"PRAGMA max_page_count = {pages}")
+            started = time.perf_counter()
+            reason = quick_check(path)
+            self.check_s = time.perf_counter() - started
+            if reason is not None:
+                self.set_aside = SetAside(move_aside(path), reason, self.check_s)
+            try:
+                self._connection = self._connect(synchronous, max_bytes)
+            except sqlite3.OperationalError as error:
+                # Opening writes (the -shm, the schema of a new file): on a full disk, use the
+                # reserve a previous run left.
+                if not is_full(error) or not self._release_reserve():
+                    raise
+                self.close_connection()
+                self._connection = self._connect(synchronous, max_bytes)
+            self._make_reserve()
         except BaseException as error:
             self.close()
             if not lock_existed:
@@ -177,6 +319,128 @@ class Spool:
                     os.unlink(f"{path}.lock")
             if isinstance(error, sqlite3.Error):
                 raise SidecarError(f"cannot open the spool at {path}: {error}") from error
+            raise
+
+    def _connect(self, synchronous: str, max_bytes: int | None) -> sqlite3.Connection:
+        path = self.path
+        private_file(path)  # 0600 before SQLite creates it (its -wal and -shm follow)
+        self._connection = connection = sqlite3.connect(
+            path, timeout=5.0, isolation_level=None, check_same_thread=False
+        )
+        tables = {
+            name
+            for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }
+        if tables - _TABLES:
+            raise SidecarError(
+                f"{path} is not a gpuledger spool (it has the table(s) "
+                f"{', '.join(sorted(tables - _TABLES))}): give --spool a file of its own"
+            )
+        if not tables:
+            # Before the first table, or it has no effect: freed pages can be given back.
+            connection.execute("PRAGMA auto_vacuum = INCREMENTAL")
+        mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise SidecarError(f"the spool at {path} cannot use WAL mode (got {mode})")
+        connection.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+        page_size = connection.execute("PRAGMA page_size").fetchone()[0]
+        wal_limit = _WAL_LIMIT_BYTES if max_bytes is None else min(max_bytes // 4, _WAL_LIMIT_BYTES)
+        connection.execute(f"PRAGMA journal_size_limit = {wal_limit}")
+        # A checkpoint copies the WAL into the database, which may grow by as much: the WAL is
+        # checkpointed before it holds more than half the reserve, so that on a full disk the
+        # reserve is room enough for the checkpoint that lets everything else move.
+        checkpoint_pages = min(wal_limit, self._reserve_bytes or wal_limit) // page_size // 2
+        connection.execute(f"PRAGMA wal_autocheckpoint = {min(max(checkpoint_pages, 1), 1000)}")
+        connection.execute("BEGIN IMMEDIATE")
+        for statement in _SCHEMA:
+            connection.execute(statement)
+        _add_only_for(connection)
+        connection.execute("COMMIT")
+        if max_bytes is not None:
+            pages = max((max_bytes - wal_limit) // page_size, 1)
+            connection.execute(f"PRAGMA max_page_count = {pages}")
+        return connection
+
+    def close_connection(self) -> None:
+        with self._lock:
+            if self._connection is not None:
+                self._connection.close()
+                self._connection = None
+
+    # -- the reserve (see the module docstring) ---------------------------------------------
+
+    @property
+    def full(self) -> bool:
+        """True while the disk is full: records are refused until it has room again."""
+        return self._full
+
+    def _disk_free(self) -> int:
+        stats = os.statvfs(os.path.dirname(os.path.abspath(self.path)))
+        return stats.f_bavail * stats.f_frsize
+
+    def _make_reserve(self) -> bool:
+        """Write the reserve if it is missing; False if there is no room for it."""
+        if self._reserve_bytes <= 0:
+            return True
+        with contextlib.suppress(OSError):
+            if os.path.getsize(self._reserve_path) >= self._reserve_bytes:
+                return True
+        try:
+            fd = os.open(self._reserve_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                # Written, not fallocated: every filesystem (tmpfs, overlay) counts these bytes.
+                block = b"\0" * (1 << 16)
+                left = self._reserve_bytes
+                while left > 0:
+                    left -= os.write(fd, block[: min(left, len(block))])
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(self._reserve_path)
+            return False
+        return True
+
+    def _release_reserve(self) -> bool:
+        """Delete the reserve; False if there was none."""
+        try:
+            os.unlink(self._reserve_path)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def _on_full(self) -> None:
+        """A write found no room. On a full disk (not the page cap), enter the full state and
+        free the reserve for the consumers."""
+        if self._disk_free() >= 2 * max(self._reserve_bytes, MIN_SPOOL_BYTES):
+            return  # the disk has room: the page cap, which pruning lifts
+        self._full = True
+        self._release_reserve()
+
+    def _has_room(self) -> bool:
+        """While full: whether the disk has room again (then the reserve is made again)."""
+        if not self._full:
+            return True
+        if self._disk_free() < 2 * max(self._reserve_bytes, MIN_SPOOL_BYTES):
+            return False
+        if not self._make_reserve():
+            return False
+        self._full = False
+        return True
+
+    def _write(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
+        """A transaction for new records or starts: refused while the disk is full."""
+        if not self._has_room():
+            raise SpoolFull(
+                "database or disk is full: the disk under the spool has no room; the room kept "
+                "back is for delivering what is spooled"
+            )
+        try:
+            return self._transaction(work, make_room=False)
+        except sqlite3.OperationalError as error:
+            if is_full(error):
+                self._on_full()
             raise
 
     def _take_lock(self) -> None:
@@ -206,18 +470,23 @@ class Spool:
             raise sqlite3.ProgrammingError("the spool is closed")
         return self._connection
 
-    def _transaction(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
+    def _transaction(
+        self, work: Callable[[sqlite3.Connection], Any], *, make_room: bool = True
+    ) -> Any:
+        """Run ``work`` in one transaction. With ``make_room`` (what delivers and frees space:
+        cursors, pruning, the watcher), a write that finds no room frees the reserve, truncates
+        the WAL and is tried once more."""
         with self._lock:
             connection = self._require()
-            connection.execute("BEGIN IMMEDIATE")
             try:
-                result = work(connection)
-                connection.execute("COMMIT")
-            except BaseException:
-                if connection.in_transaction:
-                    connection.execute("ROLLBACK")
-                raise
-            return result
+                return _run(connection, work)
+            except sqlite3.OperationalError as error:
+                if not (make_room and is_full(error)):
+                    raise
+                self._on_full()
+                with contextlib.suppress(sqlite3.Error):
+                    connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            return _run(connection, work)
 
     def _query(self, sql: str, parameters: Sequence[object] = ()) -> list[Any]:
         with self._lock:
@@ -239,7 +508,7 @@ class Spool:
             )
             return accepted
 
-        accepted: int = self._transaction(work)
+        accepted: int = self._write(work)
         return accepted, len(rows) - accepted
 
     def add_starts(
@@ -259,7 +528,7 @@ class Spool:
             )
             return connection.total_changes - before
 
-        accepted: int = self._transaction(work)
+        accepted: int = self._write(work)
         return accepted, len(rows) - accepted
 
     def cursor(self, consumer: str) -> int:
@@ -308,7 +577,15 @@ class Spool:
             ).fetchone()
             if found[0] < len(consumers):
                 return 0  # a consumer that never delivered holds everything
-            low = int(found[1])
+            # In chunks: a delete rewrites every page it touches into the WAL, which on a full
+            # disk must fit in the reserve.
+            low = connection.execute(
+                "SELECT MAX(seq) FROM (SELECT seq FROM records WHERE seq <= ? ORDER BY seq "
+                "LIMIT ?)",
+                (int(found[1]), _PRUNE_ROWS),
+            ).fetchone()[0]
+            if low is None:
+                return 0
             if remember:
                 connection.execute(
                     "INSERT INTO delivered (record_id, delivered_ns) "
@@ -318,13 +595,60 @@ class Spool:
                 )
             return connection.execute("DELETE FROM records WHERE seq <= ?", (low,)).rowcount
 
-        try:
-            deleted: int = self._transaction(lambda connection: work(connection, True))
-        except sqlite3.OperationalError:
-            # A full spool has no room for the ids: delete the rows anyway (space is what it
-            # needs), forgetting those ids; a late duplicate of them would be spooled again.
-            deleted = self._transaction(lambda connection: work(connection, False))
+        deleted = 0
+        while True:
+            try:
+                chunk: int = self._transaction(lambda connection: work(connection, True))
+            except sqlite3.OperationalError:
+                # A full spool has no room for the ids: delete the rows anyway (space is what
+                # it needs), forgetting those ids; a late duplicate of them would be spooled
+                # again.
+                chunk = self._transaction(lambda connection: work(connection, False))
+            deleted += chunk
+            if chunk < _PRUNE_ROWS:
+                break
+        if deleted:
+            self.shrink()
         return deleted
+
+    def shrink(self, *, force: bool = False) -> None:
+        """Give freed pages back to the filesystem and truncate the WAL: when the spool is
+        empty, while the disk is full, or (at most once a second) when many pages are free.
+        In steps of ``_VACUUM_STEP`` pages, each checkpointed, so that it needs little room
+        (on a full disk, the reserve). A failure is left for the next time."""
+        now = time.monotonic()
+        with self._lock:
+            connection = self._require()
+            try:
+                empty = connection.execute("SELECT NOT EXISTS (SELECT 1 FROM records)").fetchone()[
+                    0
+                ]
+                free = connection.execute("PRAGMA freelist_count").fetchone()[0]
+                wal = 0
+                with contextlib.suppress(OSError):
+                    wal = os.path.getsize(f"{self.path}-wal")
+                urgent = force or self._full or (empty and (free or wal > _SMALL_WAL_BYTES))
+                often = free >= _SHRINK_FREE_PAGES and now - self._last_shrink >= _SHRINK_EVERY_S
+                if not (urgent or often):
+                    return
+                self._last_shrink = now
+                connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+                if connection.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:  # INCREMENTAL
+                    while free:
+                        connection.execute(f"PRAGMA incremental_vacuum({_VACUUM_STEP})").fetchall()
+                        connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                        left = connection.execute("PRAGMA freelist_count").fetchone()[0]
+                        if left >= free:
+                            break
+                        free = left
+                elif empty:
+                    # A spool made before auto_vacuum: converted once, while it holds little.
+                    connection.execute("PRAGMA auto_vacuum = INCREMENTAL")
+                    connection.execute("VACUUM")
+                connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            except sqlite3.Error:
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
 
     def forget_delivered(self, before_ns: int) -> None:
         """Forget delivered ids older than ``before_ns``."""
@@ -391,10 +715,7 @@ class Spool:
 
     def close(self) -> None:
         """Close the database and release the lock; calling it again does nothing."""
-        with self._lock:
-            if self._connection is not None:
-                self._connection.close()
-                self._connection = None
+        self.close_connection()
         if self._lock_file is not None:
             os.close(self._lock_file)  # releases the flock
             self._lock_file = None
