@@ -33,7 +33,7 @@ from gpuledger._platform import (
 )
 from gpuledger._record import InvocationRecord
 from gpuledger._settings import Settings, environment
-from gpuledger._sinks import Backoff, FallbackSink, LedgerSink, SidecarSink, Sink
+from gpuledger._sinks import Backoff, FallbackSink, JournalSink, LedgerSink, SidecarSink, Sink
 from gpuledger._worker import InitInfo, Phase, WorkerState, shares
 from gpuledger._writer import StartNotice, Writer
 
@@ -42,9 +42,9 @@ __all__ = ["Agent", "HandlerSpec"]
 _DENSE_COUNT = 10
 """Adaptive flushing: more than this many invocations in ``_DENSE_WINDOW_NS`` is dense."""
 _DENSE_WINDOW_NS = 60 * 10**9
-_SIDECAR_BACKOFF_S = (5.0, 60.0)
-"""After the sidecar failed, the local ledger takes records for 5 s (doubling to 60 s while it
-keeps failing) before the sidecar is tried again."""
+_SIDECAR_BACKOFF_S = (2.0, 30.0)
+"""After the sidecar failed, the journal takes records for 2 s (doubling to 30 s while it keeps
+failing) before the sidecar is tried again."""
 
 
 class HandlerSpec:
@@ -286,21 +286,22 @@ class Agent:
             check_ledger_location(location, self.settings.sources.get("ledger", "argument"))
 
     def _default_sinks(self) -> list[Sink]:
-        """The ledger; with a sidecar, the sidecar, and the ledger while it fails."""
+        """The ledger; with a sidecar, the sidecar, and the journal while it fails (replayed to
+        the sidecar once it answers: ``_writer``)."""
         settings = self.settings
-        ledger = LedgerSink(settings.ledger)
         if settings.sidecar is None:
-            return [ledger]
+            return [LedgerSink(settings.ledger)]
+        from gpuledger._journal import Journal  # noqa: PLC0415
         from gpuledger.sidecar import SidecarClient  # noqa: PLC0415  (http.client, when used)
 
         client = SidecarClient(settings.sidecar, token=settings.sidecar_token)
         return [
             FallbackSink(
                 SidecarSink(client),
-                ledger,
+                JournalSink(Journal(settings.journal)),
                 backoff=Backoff(*_SIDECAR_BACKOFF_S),
-                warning="gpuledger sidecar unreachable: writing invocations to the local ledger "
-                "instead (and retrying the sidecar every few seconds); counted as "
+                warning="gpuledger sidecar unreachable: keeping invocations in the journal "
+                "until it answers again (and retrying it every few seconds); counted as "
                 "gpuledger.telemetry.errors kind=sidecar.fallback",
             )
         ]

@@ -395,7 +395,8 @@ SETTINGS: Final[tuple[Setting, ...]] = (
         _const(None),
         "Send finished invocations (and start notices) to a `gpuledger sidecar` at this URL, "
         "e.g. `http://127.0.0.1:4319`, instead of writing the ledger here; if it cannot be "
-        "reached, the local ledger takes them and a log line says so once.",
+        "reached, the journal (`journal`) keeps them until it answers, and a log line says so "
+        "once.",
         "unset: the ledger is written in-process",
     ),
     Setting(
@@ -418,6 +419,16 @@ SETTINGS: Final[tuple[Setting, ...]] = (
         "Kubernetes or Docker secret; read by the sidecar and the worker alike. Give the token "
         "or its file, not both.",
         "unset",
+    ),
+    Setting(
+        "journal",
+        ("GPULEDGER_JOURNAL",),
+        _location,
+        _const("gpuledger-journal"),
+        "With `sidecar` set: the folder where a worker keeps what the sidecar did not take (an "
+        "append-only, checksummed, fsync'd file per process, 0600), replayed to the sidecar "
+        "once it answers again, also by the next worker started with the same folder.",
+        "`gpuledger-journal` in the working directory",
     ),
     Setting(
         "flush_policy",
@@ -933,6 +944,7 @@ class Settings:
     sidecar: str | None
     sidecar_token: str | None
     sidecar_token_file: str | None
+    journal: str
     flush_policy: str
     flush_wait_s: float
     exporters: tuple[str, ...] | None

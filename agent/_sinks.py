@@ -12,8 +12,10 @@ patching its insides.
   store does not hold the others back.
 - :class:`SidecarSink`: the sidecar on loopback (``gpuledger.sidecar``), which answers once the
   records are in its spool on disk.
+- :class:`JournalSink`: the worker's journal (``_journal``), where records wait on disk for a
+  sidecar that did not answer; the writer replays them to it.
 - :class:`FallbackSink`: a primary sink and the one that takes a batch while the primary fails
-  (the sidecar, then the local ledger), trying the primary again after a backoff.
+  (the sidecar, then the journal), trying the primary again after a backoff.
 """
 
 from __future__ import annotations
@@ -29,7 +31,15 @@ from gpuledger._location import mask_secrets
 from gpuledger._logging import get_logger
 from gpuledger._record import InvocationRecord
 
-__all__ = ["Backoff", "Delivery", "FallbackSink", "LedgerSink", "SidecarSink", "Sink"]
+__all__ = [
+    "Backoff",
+    "Delivery",
+    "FallbackSink",
+    "JournalSink",
+    "LedgerSink",
+    "SidecarSink",
+    "Sink",
+]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -181,6 +191,31 @@ class SidecarSink:
 
     def close(self, timeout_s: float = 0.0) -> None:
         self.client.close()
+
+
+class JournalSink:
+    """Appends batches to the worker's journal (``gpuledger._journal.Journal``): taken means
+    written and fsync'd there, to be replayed to the sidecar by the writer."""
+
+    name = "journal"
+
+    def __init__(self, journal: Any) -> None:
+        self.journal = journal
+        self.location = journal.folder
+
+    def deliver(self, records: Sequence[InvocationRecord]) -> Delivery:
+        if not records:
+            return Delivery(0)
+        from gpuledger._journal import RECORD  # noqa: PLC0415
+
+        try:
+            self.journal.append(RECORD, [record.to_dict() for record in records])
+        except (OSError, ValueError) as error:  # a full disk; NaN in a record
+            return Delivery(0, retry=tuple(records), error=error)
+        return Delivery(len(records))
+
+    def close(self, timeout_s: float = 0.0) -> None:
+        self.journal.close()
 
 
 class FallbackSink:

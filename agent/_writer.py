@@ -22,7 +22,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from gpuledger import _guard
 from gpuledger._build import build_record, start_notice
@@ -31,7 +31,7 @@ from gpuledger._location import mask_secrets
 from gpuledger._logging import get_logger
 from gpuledger._platform import default_worker_id
 from gpuledger._record import InvocationRecord
-from gpuledger._sinks import Delivery, FallbackSink, LedgerSink, SidecarSink, Sink
+from gpuledger._sinks import Delivery, FallbackSink, JournalSink, LedgerSink, SidecarSink, Sink
 
 if TYPE_CHECKING:
     from gpuledger._agent import Agent
@@ -41,6 +41,8 @@ __all__ = ["Pipeline", "StartNotice", "Writer"]
 
 _LOUD_EVERY_S = 60.0
 """While a sink keeps failing, its error is said again this often."""
+REPLAY_BATCH: Final = 1000
+"""Journalled records (or starts) per POST when replaying the journal to the sidecar."""
 
 
 class StartNotice:
@@ -224,14 +226,25 @@ class Writer:
         self._held = [_Held(sink) for sink in self.sinks]
         self._max_pending = max_pending
         self._starts: tuple[FallbackSink, SidecarSink] | None = None
+        self.journal: Any = None
+        """The journal (``_journal.Journal``) the sidecar's records wait in while it fails."""
         for sink in self.sinks:
             if isinstance(sink, FallbackSink) and isinstance(sink.primary, SidecarSink):
                 self._starts = (sink, sink.primary)
+                if isinstance(sink.fallback, JournalSink):
+                    self.journal = sink.fallback.journal
+        self._orphans: list[tuple[str, int]] | None = None
+        """Journal files of processes that are gone, adopted (locked) at the first round."""
+        self._closing = False
+        self.replayed = 0
+        """Journalled records the sidecar acknowledged on replay."""
+        self.replay_duplicates = 0
+        """Of those, how many it said it had already (a POST given up on but committed)."""
         self._gpu_waiting: list[Invocation] = []
         self._running: Any = None
         """The worker's running bill (``billing.RunningBill``), from its first priced record."""
         self._running_rules: dict[str, Any] | None = None
-        self.pipeline = Pipeline(self.process, max_pending=max_pending, on_idle=self.gpu_tick)
+        self.pipeline = Pipeline(self.process, max_pending=max_pending, on_idle=self._on_idle)
 
     @property
     def tells_starts(self) -> bool:
@@ -276,9 +289,102 @@ class Writer:
                 starts.append(start_notice(agent, item.invocation, pid=pid, timeout_s=timeout_s))
         if starts and fallback.primary_up:
             error = sidecar.send_starts(starts)
-            if error is not None:
-                fallback.failed(error)
+            if error is None:
+                return finished
+            fallback.failed(error)
+        if starts and self.journal is not None:
+            from gpuledger._journal import START  # noqa: PLC0415
+
+            try:
+                self.journal.append(START, starts)
+            except (OSError, ValueError) as error:
+                _guard.record_failure("journal.write", error)
         return finished
+
+    def _on_idle(self, force: bool) -> None:
+        """After each round: measure what NVML now covers, and replay the journal."""
+        self.gpu_tick(force)
+        if self.journal is not None:
+            self.replay(force=self._closing)
+
+    def replay(self, *, force: bool = False) -> bool:
+        """Send what the journal holds (this process's, and what processes that are gone left)
+        to the sidecar, when it is not backing off (``force``: try it anyway); empty the
+        journal of what it acknowledged. True when nothing is left."""
+        journal = self.journal
+        assert self._starts is not None
+        fallback, sidecar = self._starts
+        if self._orphans is None:
+            self._orphans = journal.orphans()
+        if not journal.entries and not self._orphans:
+            return True
+        if not (force or fallback.primary_up):
+            return False
+        while self._orphans:
+            path, fd = self._orphans[0]
+            try:
+                left = self._replay_entries(journal.read(path), sidecar)
+            except OSError as error:
+                _guard.record_failure("journal.read", error)
+                left = []
+            if left is None:
+                return False
+            self._orphans.pop(0)
+            journal.done_with(path, fd, remove=True)
+        if journal.entries:
+            try:
+                corrupt = journal.corrupt
+                entries = journal.read_own()
+                left = self._replay_entries(entries, sidecar)
+                if left is not None:
+                    journal.rewrite_own(left)
+                elif journal.corrupt != corrupt:  # keep what is left, not the torn lines again
+                    journal.rewrite_own(entries)
+            except OSError as error:
+                _guard.record_failure("journal.write", error)
+                return False
+            if left is None:
+                return False
+        return True
+
+    def _replay_entries(
+        self, entries: list[dict[str, Any]], sidecar: SidecarSink
+    ) -> list[dict[str, Any]] | None:
+        """Send ``entries`` (records first, then the starts of invocations whose record is not
+        among them) in bounded batches; None when the sidecar failed (the caller keeps them
+        all: what it took is a duplicate the next time)."""
+        from gpuledger._journal import RECORD  # noqa: PLC0415
+
+        records = [entry["v"] for entry in entries if entry["k"] == RECORD]
+        finished = {record.get("record_id") for record in records}
+        starts = [
+            entry["v"]
+            for entry in entries
+            if entry["k"] != RECORD and entry["v"].get("record_id") not in finished
+        ]
+        assert self._starts is not None
+        fallback = self._starts[0]
+        sent = duplicates = 0
+        try:
+            for first in range(0, len(records), REPLAY_BATCH):
+                answer = sidecar.client.send_records(records[first : first + REPLAY_BATCH])
+                sent += min(REPLAY_BATCH, len(records) - first)
+                duplicates += int(answer.get("duplicates", 0) or 0)
+            for first in range(0, len(starts), REPLAY_BATCH):
+                sidecar.client.send_starts(starts[first : first + REPLAY_BATCH])
+        except Exception as error:  # SidecarError: down again, or refusing
+            fallback.failed(error)
+            return None
+        self.replayed += sent
+        self.replay_duplicates += duplicates
+        if sent or starts:
+            get_logger().info(
+                "gpuledger journal replayed to the sidecar",
+                records=sent,
+                duplicates=duplicates,
+                starts=len(starts),
+            )
+        return []
 
     def gpu_tick(self, force: bool) -> None:
         """Measure the invocations waiting for NVML's samples to cover them (all if ``force``),
@@ -514,9 +620,18 @@ class Writer:
 
     def close(self, timeout_s: float) -> bool:
         """Flush and stop the thread, then close the sinks; False if the flush timed out."""
+        self._closing = True  # the last round tries the sidecar with the journal, backoff or not
         done = self.pipeline.close(timeout_s)
         self._bill_stop()
         self._record_stop()
+        journalled = self.journal.entries if self.journal is not None else 0
+        if journalled:
+            get_logger().error(
+                "gpuledger shut down with invocations not written to the ledger: they wait in "
+                "the journal, replayed to the sidecar by the next worker started with it",
+                journalled=journalled,
+                journal=self.journal.path,
+            )
         unwritten = self.held + self.pipeline.pending
         if unwritten:
             get_logger().error(
