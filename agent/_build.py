@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from gpuledger._record import MAX_TIMEOUT_S, InvocationRecord
+from gpuledger._record import MAX_TIMEOUT_S, RECORDED_BY_SIDECAR, InvocationRecord
 
 if TYPE_CHECKING:
     from gpuledger._invocation import Invocation
@@ -353,7 +353,10 @@ def closing_record(
     unpriced: str,
 ) -> InvocationRecord:
     """The record of an invocation that never reported, from its start notice: the worker's
-    identity, time from start to ``end_ns``, billed GPU time priced by ``pricer``."""
+    identity, time from start to ``end_ns``, billed GPU time priced by ``pricer``.
+
+    ``recorded_by`` says it is the sidecar's stand-in, which the real record replaces should
+    it arrive after all (the spool and the ledger look for exactly this mark)."""
     identity = WorkerIdentity.from_fields(start)
     start_ns = int(start["start_ns"])
     duration_s = (end_ns - start_ns) / 1e9
@@ -386,6 +389,7 @@ def closing_record(
         worker_ready_ns=start.get("worker_ready_ns"),
         billing_rules=rules,
         **fields,
+        recorded_by=RECORDED_BY_SIDECAR,
     )
 
 

@@ -46,6 +46,38 @@ def configure_logging(log_format: str, log_level: str) -> None:
     _format, _level, _logger = log_format, log_level, None
 
 
+def take_library_logging(level: int = 30) -> None:
+    """In a process gpuledger owns (``gpuledger sidecar``, ``gpuledger proxy``): send what the
+    libraries log through the standard ``logging`` module (OpenTelemetry's exporters, asyncio,
+    aiohttp) at ``level`` (WARNING) and above through this logger, so that those lines are in
+    the chosen format and masked like gpuledger's own. Never called in a worker, whose logging
+    is its application's. Idempotent. (``logging`` is imported here: ``import gpuledger`` does
+    not load it.)"""
+    import logging  # noqa: PLC0415
+
+    class LibraryLines(logging.Handler):
+        """A standard ``logging`` handler writing through :func:`get_logger`."""
+
+        def emit(self, record: logging.LogRecord) -> None:
+            try:
+                fields: dict[str, Any] = {"logger": record.name}
+                if record.exc_info and record.exc_info[0] is not None:
+                    fields["exc_info"] = record.exc_info
+                method = record.levelname.lower()
+                if method not in ("debug", "info", "warning", "error", "critical"):
+                    method = "warning"
+                getattr(get_logger(), method)(record.getMessage(), **fields)
+            except Exception:  # a message that cannot be formatted: dropped and counted
+                _count_failure()
+
+    root = logging.getLogger()
+    if any(type(handler).__name__ == "LibraryLines" for handler in root.handlers):
+        return
+    root.addHandler(LibraryLines(level))
+    if root.level == logging.NOTSET or root.level > level:
+        root.setLevel(level)
+
+
 def get_logger() -> Any:
     """The agent's logger (built on first use, so ``import gpuledger`` stays light).
 

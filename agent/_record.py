@@ -24,6 +24,7 @@ __all__ = [
     "MAX_TOKENS",
     "MIN_TIME_NS",
     "OUTCOMES",
+    "RECORDED_BY_SIDECAR",
     "RECORD_FORMAT",
     "InvocationRecord",
     "Outcome",
@@ -32,11 +33,16 @@ __all__ = [
 Outcome = Literal["ok", "error", "timeout", "killed", "cancelled"]
 OUTCOMES: Final = ("ok", "error", "timeout", "killed", "cancelled")
 
-RECORD_FORMAT: Final = 1
+RECORD_FORMAT: Final = 2
 """The version of the record's format on the wire (``to_dict``'s keys and values, and a start
-notice's): a worker sends it with each batch (``{"format": 1, "records": [...]}``, absent means
-1). Bump it when a field or an outcome is added, so that an older sidecar knows the values it
-does not understand come from a newer worker, and keeps the record (``sidecar._validation``)."""
+notice's): a worker sends it with each batch (``{"format": 2, "records": [...]}``, absent means
+the current one). Bump it when a field or an outcome is added, so that an older sidecar knows
+the values it does not understand come from a newer worker, and keeps the record
+(``sidecar._validation``). 2: ``recorded_by``."""
+
+RECORDED_BY_SIDECAR: Final = "sidecar"
+"""``InvocationRecord.recorded_by`` of a record the sidecar wrote for an invocation that never
+reported (its process died, or its timeout passed): the one value besides None."""
 
 # The ranges a record's values lie in: a value outside them is a bug or a broken clock, and
 # could not be exported (OTLP's times are unsigned) or billed. The sidecar refuses such a record
@@ -184,6 +190,16 @@ class InvocationRecord:
     pricing_version: str | None = None
     cost_source: str | None = None
     """Where the price came from: ``catalogue:<version>`` or ``file:<path>``, or why it is None."""
+
+    # provenance
+    recorded_by: str | None = None
+    """Who wrote the record: None, the agent that ran the invocation; ``"sidecar"``
+    (:data:`RECORDED_BY_SIDECAR`), the sidecar, from the invocation's start notice, because no
+    record came before its process died or its timeout passed. The sidecar's record is a
+    stand-in: should the real one arrive after all (kept in the worker's journal, a worker frozen
+    past the grace), it replaces it in the spool and the ledger, so that an invocation that
+    finished is never left recorded as ``killed``. Last, so that the fields before it keep
+    their order (``to_dict``'s keys, the ledger's column list)."""
 
     def to_dict(self) -> dict[str, Any]:
         """The record as plain JSON-ready values, field names as keys."""

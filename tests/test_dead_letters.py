@@ -28,6 +28,7 @@ from gpuledger.sidecar._server import Sidecar
 
 from .support.processes import free_port
 from .support.receivers import Rotel
+from .support.sidecars import in_process_sidecars
 from .test_sidecar import ledger_rows, make_record, metric_value, post, request, wait_for
 
 GOOD = 2000
@@ -92,26 +93,9 @@ class Forwarder:
 
 @pytest.fixture
 def make_sidecar(tmp_path: Path) -> Iterator[Callable[..., Sidecar]]:
-    started: list[Sidecar] = []
-
-    def make(**options: Any) -> Sidecar:
-        sidecar = Sidecar(
-            **{
-                "listen": "127.0.0.1:0",
-                "spool": str(tmp_path / "spool.db"),
-                "ledger": str(tmp_path / "ledger.db"),
-                "backoff_s": (0.02, 0.1),
-                "export_timeout_s": 2.0,
-                "watch_interval_s": None,
-                **options,
-            }
-        ).start()
-        started.append(sidecar)
-        return sidecar
-
-    yield make
-    for sidecar in started:
-        sidecar.stop(1.0)
+    """In-process sidecars with a spool and ledger in ``tmp_path``, stopped at the end."""
+    with in_process_sidecars(tmp_path, export_timeout_s=2.0) as make:
+        yield make
 
 
 def spool_row(spool: Path, record_id: str, body: str) -> None:

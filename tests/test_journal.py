@@ -3,7 +3,6 @@ processes (a sidecar killed for 3 s mid-run; a worker killed with SIGKILL)."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import stat
@@ -108,9 +107,10 @@ WORKER = textwrap.dedent(
     """
     import os, sys, time, gpuledger
 
-    url, jobs, seconds, journal, done_file, name = sys.argv[1:7]
+    url, jobs, seconds, journal, done_file, name, policy = sys.argv[1:8]
     gpuledger.configure(sidecar=url, platform="runpod", gpu="H100", exporters="none",
-                        gpu_metering="off", journal=journal)
+                        gpu_metering="off", journal=journal, flush_policy=policy,
+                        flush_wait_s=30.0)
 
     @gpuledger.traced_handler
     def handler(job):
@@ -125,13 +125,15 @@ WORKER = textwrap.dedent(
 )
 
 
-def _worker(tmp_path: Path, url: str, jobs: int, seconds: float, name: str) -> Any:
+def _worker(
+    tmp_path: Path, url: str, jobs: int, seconds: float, name: str, policy: str = "periodic"
+) -> Any:
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "GPULEDGER_"))}
     argv = [
         sys.executable, str(script), url, str(jobs), str(seconds),
-        str(tmp_path / "journal"), str(tmp_path / f"{name}.done"), name,
+        str(tmp_path / "journal"), str(tmp_path / f"{name}.done"), name, policy,
     ]  # fmt: skip
     return spawn(argv, tmp_path / f"{name}.log", env=env, cwd=tmp_path)
 
@@ -179,11 +181,14 @@ freeze), plus the batch on its way."""
 
 
 @pytest.mark.slow
-def test_kill_9_of_a_periodic_worker_loses_at_most_the_flush_interval(tmp_path: Path) -> None:
+@pytest.mark.parametrize("policy", ["periodic", "invocation"])
+def test_kill_9_of_a_worker_loses_at_most_its_policys_window(tmp_path: Path, policy: str) -> None:
+    """`periodic`: at most what finished in the last flush interval; `invocation`: nothing
+    finished (each end waited for the sidecar's acknowledgement)."""
     (port,) = free_ports(1)
     sidecar = _Sidecar(tmp_path, port)
     seconds = 0.005
-    worker = _worker(tmp_path, sidecar.url, 100_000, seconds, "k")
+    worker = _worker(tmp_path, sidecar.url, 100_000, seconds, "k", policy)
     try:
         time.sleep(2.0)
         stop(worker, signal.SIGKILL)
@@ -195,8 +200,7 @@ def test_kill_9_of_a_periodic_worker_loses_at_most_the_flush_interval(tmp_path: 
     ledgered = {row.invocation_id for row in rows if row.outcome == "ok"}
     lost = [n for n in range(finished) if f"k-{n}" not in ledgered]
     rate = finished / 2.0
-    window = rate * KILL9_WINDOW_S
-    print(f"kill -9: {finished} finished in 2 s, {lost and len(lost)} lost; window {window:.0f}")
-    assert len(lost) <= window + 2, (len(lost), window)
+    window = rate * KILL9_WINDOW_S if policy == "periodic" else 0
+    print(f"kill -9 ({policy}): {finished} finished in 2 s, {len(lost)} lost; window {window:.0f}")
+    assert len(lost) <= (window + 2 if policy == "periodic" else 0), (len(lost), window)
     assert lost == list(range(finished - len(lost), finished))  # only the last ones
-    (tmp_path / "kill9.json").write_text(json.dumps({"finished": finished, "lost": len(lost)}))

@@ -403,6 +403,7 @@ def test_migrates_version_1_forward(ledger_path: str) -> None:
         "worker_start_source",
         "worker_ready_ns",
         "request_startup_s",
+        "recorded_by",
     )
     added_json = ("gpu_unmeasured", "external_targets", "billing_rules")
     old_fields = [name for name in FIELD_NAMES if name not in (*added, *added_json)]

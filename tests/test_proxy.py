@@ -291,7 +291,8 @@ def test_cli_refuses_remote_listen_without_allow_remote() -> None:
 
 
 def test_cli_says_how_to_install_aiohttp(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Without aiohttp, the command names the extra to install instead of a traceback."""
+    """Without aiohttp (a dependency, but one can remove it), the command says what to install
+    instead of a traceback."""
     monkeypatch.setitem(sys.modules, "aiohttp", None)
     monkeypatch.delitem(sys.modules, "gpuledger.sidecar._proxy")
     monkeypatch.delattr(gpuledger.sidecar, "_proxy")
@@ -301,7 +302,7 @@ def test_cli_says_how_to_install_aiohttp(monkeypatch: pytest.MonkeyPatch) -> Non
         main, ["proxy", "--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:1"]
     )
     assert result.exit_code == 1
-    assert "pip install 'gpuledger[proxy]'" in result.output
+    assert "pip install 'aiohttp>=3.9.3'" in result.output
 
 
 def test_cli_reports_a_taken_port_and_a_bad_setting(tmp_path: Path) -> None:

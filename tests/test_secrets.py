@@ -131,6 +131,39 @@ def test_log_lines_are_masked(capsys: pytest.CaptureFixture[str]) -> None:
     configure_logging("console", "warning")
 
 
+def test_library_lines_in_a_process_gpuledger_owns_are_masked() -> None:
+    """In the sidecar's and the proxy's processes, what OpenTelemetry's exporter, asyncio or
+    aiohttp log through the standard ``logging`` module goes through the same pipeline: in the
+    chosen format, masked (a requests error can carry the endpoint, userinfo and all)."""
+    probe = textwrap.dedent(
+        f"""
+        import logging
+        from gpuledger._logging import configure_logging, take_library_logging
+        configure_logging("json", "info")
+        take_library_logging()
+        take_library_logging()  # idempotent: one line each, not two
+        log = logging.getLogger("opentelemetry.exporter.otlp.proto.http.trace_exporter")
+        log.warning("Failed to export to %s", "https://u:{OTLP_PASSWORD}@c:4318/v1/traces")
+        try:
+            raise ConnectionError("postgresql://u:{PG_PASSWORD}@h/db refused")
+        except ConnectionError:
+            logging.getLogger("asyncio").exception("Task exception was never retrieved")
+        logging.getLogger("aiohttp.access").info("not shown: below WARNING")
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    lines = [json.loads(line) for line in done.stderr.splitlines()]
+    assert [(line["logger"], line["level"]) for line in lines] == [
+        ("opentelemetry.exporter.otlp.proto.http.trace_exporter", "warning"),
+        ("asyncio", "error"),
+    ]
+    assert lines[0]["event"].startswith("Failed to export to https://")
+    assert "ConnectionError" in lines[1]["exception"]
+    assert planted_in(done.stderr) == [], done.stderr
+
+
 # --- the real processes ------------------------------------------------------------------------
 
 

@@ -38,6 +38,7 @@ from gpuledger.sidecar._server import Sidecar, SidecarError, process_alive, proc
 from gpuledger.testing import make_record as invocation_record
 
 from .conftest import FakeClock
+from .support.sidecars import in_process_sidecars
 
 SECOND_NS = 1_000_000_000
 
@@ -249,26 +250,10 @@ def otlp() -> Iterator[FakeOtlp]:
 
 @pytest.fixture
 def make_sidecar(tmp_path: Path) -> Iterator[Callable[..., Sidecar]]:
-    """Start in-process sidecars on a free port with a spool and ledger in ``tmp_path``; all are
-    stopped at the end."""
-    started: list[Sidecar] = []
-
-    def make(**options: Any) -> Sidecar:
-        options = {
-            "listen": "127.0.0.1:0",
-            "spool": str(tmp_path / "spool.db"),
-            "ledger": str(tmp_path / "ledger.db"),
-            "backoff_s": (0.02, 0.1),
-            "export_timeout_s": 0.5,
-            **options,
-        }
-        sidecar = Sidecar(**options).start()
-        started.append(sidecar)
-        return sidecar
-
-    yield make
-    for sidecar in started:
-        sidecar.stop(1.0)
+    """Start in-process sidecars (a watcher thread each, every second) with a spool and ledger in
+    ``tmp_path``; all are stopped at the end."""
+    with in_process_sidecars(tmp_path, watch_interval_s=1.0) as make:
+        yield make
 
 
 # --- the receiver ----------------------------------------------------------------------------
@@ -758,7 +743,8 @@ def test_a_killed_worker_is_recorded_as_killed(
     make_sidecar: Callable[..., Sidecar], tmp_path: Path
 ) -> None:
     """A worker that sent its start notice and was SIGKILLed becomes a `killed` record with the
-    start's identity, priced, once; its late real record is a duplicate."""
+    start's identity, priced, once, marked as the sidecar's; a late real record replaces it
+    (tests/test_superseded.py), and is then a duplicate."""
     sidecar = make_sidecar(grace_s=0.2, watch_interval_s=0.05)
     start = _start(0)
     address = sidecar.url.removeprefix("http://")
@@ -780,6 +766,7 @@ def test_a_killed_worker_is_recorded_as_killed(
     (row,) = rows
     assert row["outcome"] == "killed"
     assert row["error_type"] is None
+    assert row["recorded_by"] == "sidecar"
     for field in (
         "record_id",
         "invocation_id",
@@ -811,6 +798,14 @@ def test_a_killed_worker_is_recorded_as_killed(
         == 1
     )
     late = make_record(0, record_id=start["record_id"])
+    assert post(sidecar.url, "/v1/records", {"records": [late]}) == (
+        200,
+        {"accepted": 1, "duplicates": 0},
+    )
+    wait_for(
+        "the real record in the killed one's place",
+        lambda: [row["outcome"] for row in ledger_rows(tmp_path / "ledger.db")] == ["ok"],
+    )
     assert post(sidecar.url, "/v1/records", {"records": [late]}) == (
         200,
         {"accepted": 0, "duplicates": 1},

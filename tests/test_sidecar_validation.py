@@ -50,6 +50,7 @@ from gpuledger.sidecar._validation import (
 )
 
 from .conftest import FakeClock
+from .support.sidecars import in_process_sidecars
 from .test_sidecar import FakeOtlp, _start, make_record, post, wait_for, wait_for_rows
 
 SECOND_NS = 1_000_000_000
@@ -59,26 +60,8 @@ DAY_NS = 86_400 * SECOND_NS
 @pytest.fixture
 def sidecar_at(tmp_path: Path) -> Iterator[Callable[..., Sidecar]]:
     """Start in-process sidecars (no watcher thread) whose clock is a FakeClock at today."""
-    started: list[Sidecar] = []
-
-    def make(**options: Any) -> Sidecar:
-        options = {
-            "listen": "127.0.0.1:0",
-            "spool": str(tmp_path / "spool.db"),
-            "ledger": str(tmp_path / "ledger.db"),
-            "backoff_s": (0.02, 0.1),
-            "export_timeout_s": 0.5,
-            "watch_interval_s": None,
-            "clock": FakeClock(start_ns=NOW_NS),  # the boundaries below count from it
-            **options,
-        }
-        sidecar = Sidecar(**options).start()
-        started.append(sidecar)
-        return sidecar
-
-    yield make
-    for sidecar in started:
-        sidecar.stop(1.0)
+    with in_process_sidecars(tmp_path, clock=FakeClock(start_ns=NOW_NS)) as make:
+        yield make
 
 
 def _timed(start_ns: int, duration_s: float, **overrides: Any) -> dict[str, Any]:

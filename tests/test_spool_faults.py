@@ -26,6 +26,7 @@ from gpuledger._errors import LedgerError
 from gpuledger.sidecar._server import Sidecar
 from gpuledger.sidecar._spool import Spool
 
+from .support.sidecars import in_process_sidecars
 from .test_sidecar import (
     FakeOtlp,
     SidecarProcess,
@@ -50,25 +51,8 @@ def otlp() -> Iterator[FakeOtlp]:
 @pytest.fixture
 def make_sidecar(tmp_path: Path) -> Iterator[Callable[..., Sidecar]]:
     """In-process sidecars with a spool and ledger in ``tmp_path``, stopped at the end."""
-    started: list[Sidecar] = []
-
-    def make(**options: Any) -> Sidecar:
-        options = {
-            "listen": "127.0.0.1:0",
-            "spool": str(tmp_path / "spool.db"),
-            "ledger": str(tmp_path / "ledger.db"),
-            "backoff_s": (0.02, 0.1),
-            "export_timeout_s": 0.5,
-            "watch_interval_s": None,
-            **options,
-        }
-        sidecar = Sidecar(**options).start()
-        started.append(sidecar)
-        return sidecar
-
-    yield make
-    for sidecar in started:
-        sidecar.stop(1.0)
+    with in_process_sidecars(tmp_path) as make:
+        yield make
 
 
 def _spooled_ids(path: Path) -> set[str]:
@@ -356,9 +340,15 @@ def test_a_full_disk_is_a_state_that_ends_by_itself(otlp: FakeOtlp, tmp_path: Pa
         for _ in range(3):  # full is a state: refused without being tried
             assert post_batch() == (503, "2")
         assert request(url, "GET", "/healthz")[0] == 503
-        # 1. Space returns (the filler goes): accepted again, without a restart.
+        # 1. Space returns (the filler goes): healthy again before any request tries, and
+        # accepted again, without a restart.
         (inside / "filler").unlink()
-        wait_for("a 200 once space returned", lambda: post_batch()[0] == 200, timeout=10)
+        wait_for(
+            "/healthz 200 once space returned",
+            lambda: request(url, "GET", "/healthz")[0] == 200,
+            timeout=10,
+        )
+        assert post_batch()[0] == 200
         # 2. Full again, of the spool's own records (the filler leaves it 2 MiB); the collector
         # returns: the spool drains, shrinks, and has room.
         _fill(inside / "filler")

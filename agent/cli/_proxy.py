@@ -16,7 +16,7 @@ from gpuledger.cli._options import SettingOption, given_settings, setting_error
 
 __all__ = ["proxy"]
 
-INSTALL_HINT = "pip install 'gpuledger[proxy]'"
+INSTALL_HINT = "pip install 'aiohttp>=3.9.3' (a dependency of gpuledger)"
 
 _AGENT_SETTINGS = ("platform", "gpu", "gpu_count", "ledger", "service_name")
 """The agent's settings the proxy takes as options; ``configure()`` resolves them."""
@@ -110,6 +110,9 @@ def proxy(ctx: click.Context, /, **_typed: object) -> None:
         raise setting_error(ctx, error, sources, prefix="proxy_") from None
     except gpuledger.GpuledgerError as error:
         raise click.ClickException(str(error)) from None
+    from gpuledger._logging import take_library_logging  # noqa: PLC0415
+
+    take_library_logging()  # aiohttp's and OpenTelemetry's lines, in the same format, masked
     try:
         asyncio.run(metering.run_proxy(config, echo=lambda line: click.echo(line, err=True)))
     except OSError as error:  # the listening address is taken, or not ours to bind

@@ -36,7 +36,7 @@ import click
 
 from gpuledger._errors import ConfigError, SidecarError
 from gpuledger._location import mask_secrets
-from gpuledger._logging import configure_logging
+from gpuledger._logging import configure_logging, take_library_logging
 from gpuledger._settings import SIDECAR_SETTINGS, environment, resolve_command
 from gpuledger.cli._options import SettingOption, given_settings, setting_error
 from gpuledger.sidecar import Sidecar
@@ -103,6 +103,7 @@ def sidecar_command(ctx: click.Context, /, **_typed: object) -> None:
         sources = dict(resolved.sources)
         settings = resolved.values
         configure_logging(settings["sidecar_log_format"], "info")
+        take_library_logging()
         sidecar = Sidecar(
             gpu=_container_gpu(settings["sidecar_gpu_sample_hz"]),
             listen=settings["sidecar_listen"],

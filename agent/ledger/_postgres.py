@@ -11,8 +11,10 @@ move from a file per worker to one shared database without a second schema to ke
   ledger's own messages.
 - Rows are encoded as for SQLite (dicts as JSON text, bools as 0/1) with one difference that keeps
   reads identical: NaN is stored as NULL, as SQLite does by itself.
-- ``write`` is one transaction of ``INSERT ... ON CONFLICT (record_id) DO NOTHING``; reading,
-  ordering and paging are the shared :class:`~gpuledger.ledger._sqlite.Ledger` code.
+- ``write`` is one transaction of the shared upsert (``INSERT ... ON CONFLICT (record_id) DO
+  UPDATE ... WHERE``: a stored row is kept unless it is the sidecar's stand-in and the new one is
+  not); reading, ordering and paging are the shared :class:`~gpuledger.ledger._sqlite.Ledger`
+  code.
 
 psycopg (3) is imported only here, and only when a PostgreSQL ledger is opened: SQLite users need
 not install it. The password in a location is never shown: :func:`mask_dsn` replaces it in every
@@ -42,6 +44,7 @@ from gpuledger.ledger._schema import (
     _float_indices,
     _indices,
     _insert_sql,
+    _stored_once,
 )
 
 if TYPE_CHECKING:
@@ -317,21 +320,21 @@ class PostgresLedger(Ledger):
         return self._connection is None
 
     def write(self, records: Sequence[InvocationRecord]) -> int:
-        """Store ``records`` in one transaction; return how many were new.
+        """Store ``records`` in one transaction; return how many rows were written: new ones,
+        and stand-ins replaced.
 
         A record whose ``record_id`` is already stored is skipped, so re-sending a batch never
-        counts a record twice. Retries a deadlock or serialisation failure with backoff, and
+        counts a record twice, unless the stored one is the sidecar's stand-in and this one is
+        not (:meth:`Ledger.write`). Retries a deadlock or serialisation failure with backoff, and
         raises :class:`LedgerError` if a record cannot be stored, storing none of the batch.
         """
         if not records:
             return 0
-        # Deduplicated (the first of a record_id wins, as in SQLite) and sorted by record_id: two
+        # Deduplicated (what SQLite keeps, writing them in order) and sorted by record_id: two
         # writers whose batches overlap then take the rows' locks in the same order and cannot
         # deadlock on each other.
-        unique: dict[str, InvocationRecord] = {}
-        for record in records:
-            unique.setdefault(record.record_id, record)
-        rows = [_encode_row(unique[record_id]) for record_id in sorted(unique)]
+        unique = _stored_once(records)
+        rows = [_encode_row(record) for record in sorted(unique, key=_by_record_id)]
 
         def insert(connection: psycopg.Connection[tuple[Any, ...]]) -> int:
             with connection.transaction(), connection.cursor() as cursor:
@@ -422,6 +425,10 @@ class PostgresLedger(Ledger):
             connection.close()
             self._connection = connection = _connect(self._dsn, self.path)
         return connection
+
+
+def _by_record_id(record: InvocationRecord) -> str:
+    return record.record_id
 
 
 def _encode_row(record: InvocationRecord) -> list[Any]:

@@ -138,6 +138,9 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
         )
         """,
     ),
+    # 6: who wrote the record: NULL, the agent; 'sidecar', the sidecar's stand-in for an
+    # invocation that never reported (killed, timeout), which the real record replaces.
+    ("ALTER TABLE invocations ADD COLUMN recorded_by TEXT",),
 )
 """The schema, as an ordered list: migration ``n`` (1-based) brings a ledger to version ``n``.
 Append, never edit: a ledger at version ``n`` has run exactly the first ``n`` entries."""
@@ -236,11 +239,14 @@ class Ledger(abc.ABC):
 
     @abc.abstractmethod
     def write(self, records: Sequence[InvocationRecord]) -> int:
-        """Store ``records`` in one transaction; return how many were new.
+        """Store ``records`` in one transaction; return how many rows were written: new ones,
+        and stand-ins replaced.
 
         A record whose ``record_id`` is already stored is skipped, so re-sending a batch never
-        counts a record twice. Raises :class:`LedgerError` if a record cannot be stored, and then
-        stores none of the batch.
+        counts a record twice; the one exception is a stored stand-in (``recorded_by`` set: the
+        sidecar's ``killed``/``timeout`` record of an invocation that never reported), which a
+        record not written by the sidecar replaces (see :func:`_insert_sql`). Raises
+        :class:`LedgerError` if a record cannot be stored, and then stores none of the batch.
         """
 
     @abc.abstractmethod
@@ -479,12 +485,33 @@ def _decode(row: Sequence[Any]) -> InvocationRecord:
 
 @functools.cache
 def _insert_sql(parameter: str = "?") -> str:
-    """The idempotent insert of one row, with the back-end's parameter placeholder."""
+    """The idempotent insert of one row, with the back-end's parameter placeholder.
+
+    A row already stored is kept, unless it is a stand-in (``recorded_by`` not NULL) and the new
+    one is not: then every column is replaced, so that an invocation that finished is never left
+    recorded as ``killed``. A stand-in never replaces anything, nor a second copy of a record.
+    Upsert syntax that SQLite (3.24 and on) and PostgreSQL share.
+    """
     columns = ", ".join(FIELD_NAMES)
     placeholders = ", ".join([parameter] * len(FIELD_NAMES))
+    updates = ", ".join(f"{name} = excluded.{name}" for name in FIELD_NAMES if name != "record_id")
     # ON CONFLICT names the key: unlike INSERT OR IGNORE, it does not also drop rows that break
     # a NOT NULL constraint without a word.
     return (
         f"INSERT INTO invocations ({columns}) VALUES ({placeholders}) "
-        "ON CONFLICT (record_id) DO NOTHING"
+        f"ON CONFLICT (record_id) DO UPDATE SET {updates} "
+        "WHERE invocations.recorded_by IS NOT NULL AND excluded.recorded_by IS NULL"
     )
+
+
+def _stored_once(records: Sequence[InvocationRecord]) -> list[InvocationRecord]:
+    """One record per ``record_id``, as a batch written in order would leave the ledger: the
+    first, unless a later one that is not a stand-in replaces a stand-in. PostgreSQL writes a
+    batch sorted by ``record_id``, so it needs this to keep what SQLite keeps; SQLite uses it for
+    a batch holding a stand-in, so that both count a stand-in and its real record as one row."""
+    kept: dict[str, InvocationRecord] = {}
+    for record in records:
+        first = kept.get(record.record_id)
+        if first is None or (first.recorded_by is not None and record.recorded_by is None):
+            kept[record.record_id] = record
+    return list(kept.values())

@@ -48,6 +48,7 @@ from gpuledger.ledger._schema import (
     _empty_error,
     _encode,
     _insert_sql,
+    _stored_once,
 )
 
 __all__ = [
@@ -141,14 +142,20 @@ class SqliteLedger(Ledger):
         return self._connection is None
 
     def write(self, records: Sequence[InvocationRecord]) -> int:
-        """Store ``records`` in one transaction; return how many were new.
+        """Store ``records`` in one transaction; return how many rows were written: new ones,
+        and stand-ins replaced.
 
         A record whose ``record_id`` is already stored is skipped, so re-sending a batch never
-        counts a record twice. Waits and retries while other processes hold the file, and raises
-        :class:`LedgerError` if it stays locked or a record cannot be stored.
+        counts a record twice, unless the stored one is the sidecar's stand-in and this one is
+        not (:meth:`Ledger.write`). Waits and retries while other processes hold the file, and
+        raises :class:`LedgerError` if it stays locked or a record cannot be stored.
         """
         if not records:
             return 0
+        if any(record.recorded_by is not None for record in records):
+            # A stand-in and its real record in one batch: one row written, as in PostgreSQL
+            # (a worker's own ledger never sees a stand-in, and skips this).
+            records = _stored_once(records)
         rows = [_encode(record) for record in records]
         with self._lock:
             connection = self._require_open()

@@ -1,32 +1,69 @@
-"""The receiver: the sidecar's HTTP server (``http.server``, a thread per connection), its
-routes, and the listen address checks (loopback unless a token is set).
+"""The receiver: the sidecar's HTTP server, its routes, and the listen address checks (loopback
+unless a token is set).
+
+The server is aiohttp's (its low-level ``web.Server``) on an event loop of its own thread: an idle
+kept-alive connection costs a socket and a little memory, not a thread, and what blocks (the
+spool's commit, reading the spool's counts) runs on a small pool of threads. So the threads are
+bounded (the loop's and at most :data:`_WORK_THREADS`) whatever the clients do. Connections are
+bounded too: past :data:`DEFAULT_MAX_CONNECTIONS` (or what the open-file limit leaves, less a
+reserve for the spool's and ledger's files), a new connection closes the one that has been idle
+longest, so local clients that open connections and send nothing cannot starve the workers'
+POSTs or the consumers of file descriptors. An idle connection is closed after
+:data:`_REQUEST_TIMEOUT_S`, and so is a body that does not arrive within it.
+
+The body is read only after its ``Content-Length`` was checked against the limit (a chunked body
+is refused), and parsed only after a count of its JSON values (:func:`json_values_bound`) was
+checked against the limit too: parsing memory is bounded by the body limit, not by what a body of
+``[]`` items would make of it.
 """
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
+import concurrent.futures
 import ipaddress
 import json
+import resource
 import socket
-import socketserver
-from collections.abc import Iterable, Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from gpuledger import _guard
-from gpuledger._errors import ConfigError
+from gpuledger._errors import ConfigError, SidecarError
 
 if TYPE_CHECKING:
+    from aiohttp import web
+
     from gpuledger.sidecar._server import Sidecar
 
 DEFAULT_LISTEN: Final = "127.0.0.1:4319"
 DEFAULT_MAX_BODY: Final = 16 * 1024 * 1024
-"""Largest request body accepted, in bytes (16 MiB: some 12,000 records)."""
+"""Largest request body accepted, in bytes (16 MiB: some 12,000 records; the agent sends at most
+2,048 in one request)."""
+DEFAULT_MAX_CONNECTIONS: Final = 1000
+"""Open connections kept at most; a new one past this closes the longest idle."""
+BYTES_PER_VALUE: Final = 10
+"""A body may hold at most ``max_body // BYTES_PER_VALUE`` JSON values (records hold one per 12
+bytes or more: 11.6 for a bare record, 12.9 for one with every field), so parsing one, at some 64
+bytes for the smallest Python object, needs at most ~6.4 times the body limit."""
 RETRY_AFTER_S: Final = 2
 """``Retry-After`` of a 503 (the spool full or unwritable, or stopping): the request may succeed
 again by itself (a full disk has room again once the spool is drained)."""
 _REQUEST_TIMEOUT_S: Final = 30.0
 """A connection that sends nothing for this long is closed (slow or idle clients)."""
+_FD_RESERVE: Final = 128
+"""File descriptors kept back from connections: the spool, the ledger, their WAL and SHM, the
+OTLP exporter's sockets (some 20 in all), and the connections accepted in the turns of the loop
+before one closed to make room has given its descriptor back (up to three of
+:data:`_ACCEPT_BATCH`)."""
+_ACCEPT_BATCH: Final = 16
+"""Connections asyncio accepts in one turn of its loop (``create_server``'s ``backlog``, also the
+listen queue: the agent keeps its connection open, so few arrive at once)."""
+_WORK_THREADS: Final = 4
+"""Threads that run what blocks (a spool commit); SQLite takes one writer at a time anyway."""
+_SERVER_HEADER: Final = "gpuledger-sidecar"
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -60,6 +97,22 @@ def is_loopback(addresses: Iterable[tuple[int, tuple[Any, ...]]]) -> bool:
         return False
 
 
+def json_values_bound(body: bytes) -> int:
+    """An upper bound on the values (and keys) a JSON document holds, counted at C speed without
+    parsing it: after the first, every value follows a ``,`` or a ``:``, or opens a container.
+    Those bytes inside strings make it larger, never smaller."""
+    return body.count(b",") + body.count(b":") + body.count(b"[") + body.count(b"{") + 1
+
+
+def connection_limit(wanted: int) -> int:
+    """``wanted``, or fewer when the process's open-file limit would not leave
+    :data:`_FD_RESERVE` descriptors beside that many connections."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    return max(min(wanted, soft - _FD_RESERVE), 1)
+
+
 _ROUTES: Final = {
     "/v1/records": "POST",
     "/v1/starts": "POST",
@@ -72,185 +125,272 @@ _OPEN_PATHS: Final = frozenset({"/healthz", "/livez"})
 """Paths that need no token (a container's health checks)."""
 
 
-class Server(ThreadingHTTPServer):
-    daemon_threads = True  # an idle kept-alive connection must not hold the process
-    request_queue_size = 128
+class _Response:
+    """What a route answers: status, body, content type, extra headers, and whether the
+    connection closes after it."""
 
-    def __init__(self, address: tuple[Any, ...], family: int, sidecar: Sidecar) -> None:
-        self.address_family = family
-        self.sidecar = sidecar
-        super().__init__(address, Handler)
+    __slots__ = ("body", "close", "content_type", "headers", "status")
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """A connection that broke outside a request (reset, timed out): not worth a traceback
-        on the worker's console, which is what ``socketserver`` prints by default."""
+    def __init__(
+        self,
+        status: int,
+        body: bytes,
+        content_type: str = "application/json",
+        headers: Mapping[str, str] | None = None,
+        close: bool = False,
+    ) -> None:
+        self.status = status
+        self.body = body
+        self.content_type = content_type
+        self.headers = dict(headers or {})
+        self.close = close
 
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind asks DNS for the host's name (getfqdn), which can take seconds.
-        socketserver.TCPServer.server_bind(self)
-        self.server_name = str(self.server_address[0])
-        self.server_port = int(self.server_address[1])
+
+def _json(
+    status: int,
+    answer: Mapping[str, object],
+    headers: Mapping[str, str] | None = None,
+    close: bool = False,
+) -> _Response:
+    return _Response(status, json.dumps(answer).encode(), headers=headers, close=close)
 
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive: the agent reuses one connection
-    server_version = "gpuledger-sidecar"
-    sys_version = ""
-    timeout = _REQUEST_TIMEOUT_S
-    # Headers and body leave in one write, with Nagle off: no delayed-ACK stall on keep-alive.
-    wbufsize = 1 << 16
-    disable_nagle_algorithm = True
-    server: Server
+def _error(
+    status: int, message: str, headers: Mapping[str, str] | None = None, close: bool = True
+) -> _Response:
+    return _json(status, {"error": message}, headers, close)
 
-    def setup(self) -> None:
-        super().setup()
-        self.server.sidecar._connection_opened(self.connection)
 
-    def finish(self) -> None:
+class Receiver:
+    """The sidecar's HTTP server: :meth:`start` binds and serves on a thread of its own,
+    :meth:`stop` stops accepting, lets requests in flight finish and closes every connection."""
+
+    def __init__(self, sidecar: Sidecar, *, max_connections: int = DEFAULT_MAX_CONNECTIONS) -> None:
+        self._sidecar = sidecar
+        self.max_connections = connection_limit(max_connections)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._listener: asyncio.AbstractServer | None = None
+        self._server: Any = None  # aiohttp.web.Server, made on the loop
+        self._work = concurrent.futures.ThreadPoolExecutor(
+            _WORK_THREADS, thread_name_prefix="gpuledger-sidecar-work"
+        )
+        # Open connections (aiohttp's RequestHandler) -> when each was last busy (monotonic s);
+        # touched only on the loop's thread.
+        self._idle_since: dict[Any, float] = {}
+        self._busy: set[Any] = set()
+        self.address: tuple[str, int] = ("", 0)
+
+    # -- lifecycle (the caller's thread) -----------------------------------------------------
+
+    def start(self, family: int, address: tuple[Any, ...]) -> None:
+        """Bind ``address`` (raises OSError) and serve it until :meth:`stop`."""
         try:
-            super().finish()
+            import aiohttp  # noqa: F401, PLC0415  (the sidecar process only)
+        except ImportError as error:
+            raise SidecarError(
+                "the sidecar's server needs aiohttp, a dependency of gpuledger, which is not "
+                "installed: pip install 'aiohttp>=3.9.3'"
+            ) from error
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(_ACCEPT_BATCH)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        bound = sock.getsockname()
+        self.address = (str(bound[0]), int(bound[1]))
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        self._thread = threading.Thread(
+            target=self._run, args=(loop,), name="gpuledger-sidecar-http", daemon=True
+        )
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._open(sock), loop).result(timeout=30)
+
+    def stop(self, timeout_s: float) -> None:
+        """Stop accepting; give requests in flight up to ``timeout_s`` to finish (their spool
+        commit done, the answer sent); close every connection. Idempotent."""
+        loop, self._loop = self._loop, None
+        if loop is None:
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(self._close(timeout_s), loop).result(
+                timeout=timeout_s + 5.0
+            )
+        except Exception as error:  # a stop must finish: what is left is closed with the loop
+            _guard.log_once("sidecar.http.stop", "gpuledger sidecar: stopping the server", error)
         finally:
-            self.server.sidecar._connection_closed(self.connection)
+            loop.call_soon_threadsafe(loop.stop)
+            if self._thread is not None:
+                self._thread.join(5.0)
+            self._work.shutdown(wait=True)
+            if not loop.is_running():
+                loop.close()
 
-    def log_message(self, format: str, *args: Any) -> None:
-        """Quiet: one line per request would be the busiest log in the worker's container."""
+    @staticmethod
+    def _run(loop: asyncio.AbstractEventLoop) -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_forever()
 
-    def do_GET(self) -> None:
-        self._dispatch("GET")
+    # -- on the loop ---------------------------------------------------------------------------
 
-    def do_POST(self) -> None:
-        self._dispatch("POST")
+    async def _open(self, sock: socket.socket) -> None:
+        from aiohttp import web  # noqa: PLC0415  (the sidecar process only, not the worker)
 
-    def do_PUT(self) -> None:
-        self._dispatch("PUT")
+        receiver = self
 
-    def do_DELETE(self) -> None:
-        self._dispatch("DELETE")
+        class _Server(web.Server):
+            """aiohttp's server, telling the receiver of each connection made and lost."""
 
-    def do_PATCH(self) -> None:
-        self._dispatch("PATCH")
+            def connection_made(self, handler: Any, transport: Any) -> None:
+                super().connection_made(handler, transport)
+                receiver._opened(handler)
 
-    def _dispatch(self, method: str) -> None:
-        sidecar = self.server.sidecar
-        path = self.path.split("?", 1)[0]
+            def connection_lost(self, handler: Any, exc: BaseException | None = None) -> None:
+                super().connection_lost(handler, exc)
+                receiver._closed(handler)
+
+        self._server = _Server(
+            self._handle,
+            keepalive_timeout=_REQUEST_TIMEOUT_S,
+            access_log=None,  # one line per request would be the busiest log in the container
+        )
+        loop = asyncio.get_running_loop()
+        self._listener = await loop.create_server(self._server, sock=sock, backlog=_ACCEPT_BATCH)
+
+    async def _close(self, timeout_s: float) -> None:
+        if self._listener is not None:
+            self._listener.close()
+        if self._server is not None:
+            self._server.pre_shutdown()  # idle connections close now, busy ones after answering
+            await self._server.shutdown(timeout_s)
+
+    def _opened(self, handler: Any) -> None:
+        self._idle_since[handler] = time.monotonic()
+        if len(self._idle_since) <= self.max_connections:
+            return
+        idle = [each for each in self._idle_since if each not in self._busy and each is not handler]
+        if idle:
+            oldest = min(idle, key=self._idle_since.__getitem__)
+            # Forgotten now: its socket closes on the loop's next turn, after more accepts.
+            del self._idle_since[oldest]
+            self._sidecar._counters.add("connections_evicted")
+            oldest.force_close()
+
+    def _closed(self, handler: Any) -> None:
+        self._idle_since.pop(handler, None)
+        self._busy.discard(handler)
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        from aiohttp import web  # noqa: PLC0415
+
+        connection = request.protocol
+        self._busy.add(connection)
+        try:
+            answer = await self._dispatch(request)
+        finally:
+            self._busy.discard(connection)
+            if connection in self._idle_since:
+                self._idle_since[connection] = time.monotonic()
+        response = web.Response(
+            status=answer.status,
+            body=answer.body,
+            headers={
+                "Content-Type": answer.content_type,
+                "Server": _SERVER_HEADER,
+                **answer.headers,
+            },
+        )
+        if answer.close or self._sidecar._stopping:
+            response.force_close()
+        return response
+
+    async def _blocking(self, call: Callable[..., Any], *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._work, call, *args)
+
+    async def _dispatch(self, request: web.BaseRequest) -> _Response:
+        sidecar = self._sidecar
+        path = request.rel_url.path
         allowed = _ROUTES.get(path)
         if allowed is None:
-            self._error(404, f"no such path {path!r}", close=True)
-            return
-        if method != allowed:
-            self._error(405, f"{path} takes {allowed}", close=True, headers={"Allow": allowed})
-            return
-        if path not in _OPEN_PATHS and not sidecar._authorised(self.headers.get("Authorization")):
-            self._error(
+            return _error(404, f"no such path {path!r}")
+        if request.method != allowed:
+            return _error(405, f"{path} takes {allowed}", {"Allow": allowed})
+        token = request.headers.get("Authorization")
+        if path not in _OPEN_PATHS and not sidecar._authorised(token):
+            return _error(
                 401,
                 "missing or wrong token (Authorization: Bearer <token>)",
-                close=True,
-                headers={"WWW-Authenticate": "Bearer"},
+                {"WWW-Authenticate": "Bearer"},
             )
-            return
         if not sidecar._request_begins():
-            self._error(
-                503,
-                "the sidecar is shutting down",
-                close=True,
-                headers={"Retry-After": str(RETRY_AFTER_S)},
-            )
-            return
+            return _error(503, "the sidecar is shutting down", {"Retry-After": str(RETRY_AFTER_S)})
         try:
             if path == "/healthz":
-                status, answer = sidecar.health()
-                self._json(status, answer)
-            elif path == "/livez":
-                status, answer = sidecar.live()
-                self._json(status, answer)
-            elif path == "/metrics":
-                self._send(
-                    200, sidecar.metrics_text().encode(), "text/plain; version=0.0.4; charset=utf-8"
-                )
-            else:
-                self._post(path)
-        except OSError:
-            self.close_connection = True  # the client went away or stalled past the timeout
+                return _json(*await self._blocking(sidecar.health))
+            if path == "/livez":
+                return _json(*sidecar.live())
+            if path == "/metrics":
+                text = await self._blocking(sidecar.metrics_text)
+                return _Response(200, text.encode(), "text/plain; version=0.0.4; charset=utf-8")
+            return await self._post(request, path)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            return _error(400, "the client went away mid-request")
         except Exception as error:  # a bug: say so, keep serving
             _guard.log_once(
                 "sidecar.http",
                 "gpuledger sidecar: a request failed (a bug: please report it)",
                 error,
             )
-            with contextlib.suppress(Exception):
-                self._error(500, f"internal error: {type(error).__name__}", close=True)
+            return _error(500, f"internal error: {type(error).__name__}")
         finally:
             sidecar._request_ends()
 
-    def _post(self, path: str) -> None:
-        sidecar = self.server.sidecar
-        content_type = self.headers.get("Content-Type", "")
+    async def _post(self, request: web.BaseRequest, path: str) -> _Response:
+        sidecar = self._sidecar
+        content_type = request.headers.get("Content-Type", "")
         media, _, parameters = content_type.partition(";")
         charset = parameters.strip().lower().removeprefix("charset=").strip('"')
         if media.strip().lower() != "application/json" or charset not in ("", "utf-8"):
-            self._error(415, f"expected Content-Type: application/json, got {content_type!r}", True)
-            return
-        if self.headers.get("Transfer-Encoding"):
-            self._error(411, "send a Content-Length (chunked bodies are not accepted)", True)
-            return
-        length_text = self.headers.get("Content-Length")
+            return _error(415, f"expected Content-Type: application/json, got {content_type!r}")
+        if request.headers.get("Transfer-Encoding"):
+            return _error(411, "send a Content-Length (chunked bodies are not accepted)")
+        length_text = request.headers.get("Content-Length")
         if length_text is None:
-            self._error(411, "Content-Length required", True)
-            return
+            return _error(411, "Content-Length required")
         try:
             length = int(length_text)
             if length < 0:
                 raise ValueError(length)
         except ValueError:
-            self._error(400, f"bad Content-Length {length_text!r}", True)
-            return
+            return _error(400, f"bad Content-Length {length_text!r}")
         if length > sidecar.max_body:
             # Answered without reading the body, so the connection cannot be reused.
             sidecar._rejected(None, 413)
-            self._error(
-                413, f"body of {length} bytes is over the limit of {sidecar.max_body}", True
+            return _error(413, f"body of {length} bytes is over the limit of {sidecar.max_body}")
+        try:
+            body = await asyncio.wait_for(
+                request.content.readexactly(length), timeout=_REQUEST_TIMEOUT_S
             )
-            return
-        body = self.rfile.read(length)
-        if len(body) < length:
-            self.close_connection = True  # the client went away mid-body
-            return
+        except TimeoutError:
+            return _error(408, f"the body did not arrive within {_REQUEST_TIMEOUT_S:g} s")
+        values = json_values_bound(body)
+        most = max(sidecar.max_body // BYTES_PER_VALUE, 1)
+        if values > most:
+            sidecar._rejected(None, 413)
+            return _error(
+                413,
+                f"the body holds up to {values} JSON values, over the limit of {most} "
+                f"(one per {BYTES_PER_VALUE} bytes of the body limit, {sidecar.max_body})",
+            )
         kind = "records" if path == "/v1/records" else "starts"
-        status, answer = sidecar._take(kind, body)
+        status, answer = await self._blocking(sidecar._take, kind, body)
         retry = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
-        self._json(status, answer, headers=retry)
-
-    def _error(
-        self, status: int, message: str, close: bool, headers: Mapping[str, str] | None = None
-    ) -> None:
-        self._json(status, {"error": message}, close=close, headers=headers)
-
-    def _json(
-        self,
-        status: int,
-        answer: Mapping[str, object],
-        *,
-        close: bool = False,
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
-        self._send(status, json.dumps(answer).encode(), "application/json", close, headers)
-
-    def _send(
-        self,
-        status: int,
-        body: bytes,
-        content_type: str,
-        close: bool = False,
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
-        if close or self.server.sidecar._stopping:
-            self.close_connection = True
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(body)
+        return _json(status, answer, retry)

@@ -37,14 +37,16 @@ so a deleted row's number is never reused and no cursor can skip a row), ``start
 that began and have no record yet), ``cursors`` (how far each consumer got) and ``delivered``
 (the ids of records delivered and deleted, kept for ``dedupe_window_s`` so that a record arriving
 late, after its row is gone, is still a duplicate). Each request is one transaction; a record whose
-``record_id`` is spooled or delivered already is counted as a duplicate and not stored again.
+``record_id`` is spooled or delivered already is counted as a duplicate and not stored again,
+unless what is there is the watcher's stand-in for it (see the watcher, below).
 ``synchronous=NORMAL`` makes a commit survive the process being killed (what kills workers and
 sidecars); surviving the machine losing power needs ``synchronous="full"``, an fsync per commit.
 
 **The consumers** read the spool in ``seq`` order, each from its own cursor, and advance it only
 after their sink took the batch: the ledger writer (``open_ledger(location).write``, which skips
-records it has) and, when an OTLP endpoint is configured, the exporter (:func:`record_to_span`
-spans, ids derived from ``record_id``, then the invocation metrics). A failed batch is retried,
+records it has, a stand-in's row replaced) and, when an OTLP endpoint is configured, the
+exporter (:func:`record_to_span` spans, ids derived from ``record_id``, then the invocation
+metrics). A failed batch is retried,
 after a jittered backoff from ``backoff_s[0]`` doubling to ``backoff_s[1]``; a record the sink
 refuses for good is found (the batch split in halves), retried alone, then set aside in
 ``dead_letters`` (see ``_consumers``), so it never holds the records behind it. Rows
@@ -58,7 +60,15 @@ is gone (no such process, a zombie, or the pid reused by a process that started 
 record has not arrived ``grace_s`` later becomes a record with outcome ``killed``, ending when the
 pid was found gone; a start older than its ``timeout_s`` (plus the grace) becomes ``timeout``,
 ending at the timeout, even while the pid lives. Both are priced from the catalogue and spooled
-under the start's ``record_id``, so the real record, should it come after all, is a duplicate.
+under the start's ``record_id`` with ``recorded_by: "sidecar"``: a stand-in. The real record,
+should it come after all (kept in the worker's journal while the sidecar was down and replayed
+by the next worker, or from a worker frozen past the grace), is accepted, not a duplicate: it
+takes the stand-in's place in the spool (a new row, so that consumers past the stand-in deliver
+it too), the ledger replaces the stand-in's row with it, and the OTLP consumer exports the
+invocation's span again, with the same ids and the real outcome (the invocation metrics are
+counters: where the stand-in was exported already, they count the invocation twice, as killed and
+as it ended). A stand-in arriving after the real record, or a second copy of either, is a
+duplicate.
 
 **Stopping** (:meth:`Sidecar.stop`): the listener closes, requests in flight finish, the consumers
 get up to the drain timeout to empty the spool, and what is left stays in the spool for the next
@@ -76,7 +86,6 @@ import dataclasses
 import hmac
 import math
 import os
-import socket
 import sqlite3
 import threading
 import time
@@ -102,7 +111,8 @@ from gpuledger.sidecar._consumers import (
 from gpuledger.sidecar._receiver import (
     DEFAULT_LISTEN,
     DEFAULT_MAX_BODY,
-    Server,
+    DEFAULT_MAX_CONNECTIONS,
+    Receiver,
     is_loopback,
     parse_listen,
     resolve_address,
@@ -207,6 +217,11 @@ _COUNTERS: Final = (
     ),
     ("records_rejected_total", "Records in requests refused as invalid.", "records_rejected"),
     ("starts_received_total", "Start notices received.", "starts_received"),
+    (
+        "connections_closed_idle_total",
+        "Idle connections closed to make room for a new one (over the connection limit).",
+        "connections_evicted",
+    ),
     ("records_exported_total", "Records exported over OTLP.", "otlp_delivered"),
     ("export_failures_total", "Failed OTLP export attempts (retried).", "otlp_failures"),
     (
@@ -297,6 +312,7 @@ class Sidecar:
         otlp_protocol: str | None = None,
         grace_s: float = DEFAULT_GRACE_S,
         max_body: int = DEFAULT_MAX_BODY,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
         synchronous: str = "normal",
         max_spool_bytes: int | None = None,
         reserve_bytes: int = DEFAULT_RESERVE_BYTES,
@@ -328,6 +344,8 @@ class Sidecar:
             raise ConfigError("max_backlog", max_backlog, "must be 0 or more records")
         if watch_interval_s is not None:
             _positive("watch_interval_s", watch_interval_s)
+        if max_connections < 1:
+            raise ConfigError("max_connections", max_connections, "must be at least 1")
         if max_body < 1:
             raise ConfigError("max_body", max_body, "must be at least 1 byte")
         if max_spool_bytes is not None and max_spool_bytes < MIN_SPOOL_BYTES:
@@ -343,6 +361,7 @@ class Sidecar:
         self.otlp = resolve_otlp(otlp_endpoint, otlp_protocol, env)
         self.grace_s = grace_s
         self.max_body = max_body
+        self._max_connections = max_connections
         self._synchronous = synchronous
         self._max_spool_bytes = max_spool_bytes
         self._reserve_bytes = reserve_bytes
@@ -358,14 +377,13 @@ class Sidecar:
         self._gpu = gpu
         self._counters = Counters()
         self._spool: Spool | None = None
-        self._server: Server | None = None
+        self._server: Receiver | None = None
         self._consumers: list[Consumer] = []
         self._threads: list[threading.Thread] = []
         self._stop_watch = threading.Event()
         self._stopping = False
         self._in_flight = 0
         self._requests = threading.Condition()
-        self._connections: set[socket.socket] = set()
         self._spool_error: str | None = None
         self._pricers: dict[tuple[str, str | None], Any] = {}
         self._unusable_notices: set[str] = set()  # start notices the watcher said it cannot use
@@ -414,8 +432,9 @@ class Sidecar:
                 "spool", self.spool_path, spool.set_aside.moved_to, spool.set_aside.reason
             )
         family, address = addresses[0]
+        server = Receiver(self, max_connections=self._max_connections)
         try:
-            server = Server(address, family, self)
+            server.start(family, address)
         except OSError as error:
             spool.close()
             raise SidecarError(f"cannot listen on {self.listen}: {error}") from error
@@ -455,14 +474,6 @@ class Sidecar:
         ]
         for consumer in self._consumers:
             consumer.start()
-        serve = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.1},
-            name="gpuledger-sidecar-http",
-            daemon=True,
-        )
-        serve.start()
-        self._threads.append(serve)
         if self._watch_interval_s is not None:
             watch = threading.Thread(
                 target=self._watch, name="gpuledger-sidecar-watch", daemon=True
@@ -568,7 +579,7 @@ class Sidecar:
         """The ``(host, port)`` listened on (the real port when asked for port 0)."""
         if self._server is None:
             raise SidecarError("the sidecar is not started")
-        return str(self._server.server_address[0]), int(self._server.server_address[1])
+        return self._server.address
 
     @property
     def url(self) -> str:
@@ -585,16 +596,12 @@ class Sidecar:
         self._stopping = True
         server = self._server
         if server is not None:
-            server.shutdown()
-            server.server_close()
+            # Requests in flight finish (their commit, their answer); every connection closes.
+            server.stop(max(deadline - time.monotonic(), 0.1))
         with self._requests:
             self._requests.wait_for(
                 lambda: self._in_flight == 0, timeout=max(deadline - time.monotonic(), 0.1)
             )
-            idle = list(self._connections)
-        for connection in idle:
-            with contextlib.suppress(OSError):
-                connection.shutdown(socket.SHUT_RDWR)
         while time.monotonic() < deadline and self._pending_total() > 0:
             for consumer in self._consumers:
                 consumer.wake.set()
@@ -660,14 +667,6 @@ class Sidecar:
             self._in_flight -= 1
             self._requests.notify_all()
 
-    def _connection_opened(self, connection: socket.socket) -> None:
-        with self._requests:
-            self._connections.add(connection)
-
-    def _connection_closed(self, connection: socket.socket) -> None:
-        with self._requests:
-            self._connections.discard(connection)
-
     def _rejected(self, records: object, status: int) -> None:
         self._counters.add(f"rejected_{status}")
         if isinstance(records, list):
@@ -685,7 +684,14 @@ class Sidecar:
                 now_ns = self._clock.time_ns()
                 parsed = [values for _, values in parse_records(payload, now_ns=now_ns)]
                 self._fill_gpu(parsed)
-                rows = [(typing.cast(str, values["record_id"]), dumps(values)) for values in parsed]
+                rows = [
+                    (
+                        typing.cast(str, values["record_id"]),
+                        dumps(values),
+                        values.get("recorded_by") is not None,  # a stand-in, replaceable
+                    )
+                    for values in parsed
+                ]
             else:
                 notices = parse_starts(payload, now_ns=self._clock.time_ns())
                 starts = [
@@ -768,6 +774,11 @@ class Sidecar:
         written (or read), a consumer has failed every attempt for longer than
         ``unhealthy_after_s``, or more than ``max_backlog`` records wait for a consumer; 200 with
         the backlog otherwise."""
+        spool = self._spool
+        if self._spool_error is not None and spool is not None and spool.full:
+            with contextlib.suppress(OSError, sqlite3.Error):
+                if spool.room_again():
+                    self._spool_recovered()
         counts = self._counts()
         answer: dict[str, object] = {
             "status": "ok",

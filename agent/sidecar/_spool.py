@@ -41,6 +41,7 @@ from typing import Any, Final
 
 from gpuledger._errors import SidecarError
 from gpuledger._location import private_file
+from gpuledger._record import RECORDED_BY_SIDECAR
 
 MIN_SPOOL_BYTES: Final = 64 * 1024
 SYNCHRONOUS_MODES: Final = ("normal", "full")
@@ -100,12 +101,33 @@ _TABLES: Final = frozenset(
 _ONLY_FOR: Final = "ALTER TABLE records ADD COLUMN only_for TEXT"
 """A re-driven record goes to the consumers that had not delivered it: ``,ledger,otlp,`` (NULL:
 all of them). Added to a spool made before dead letters existed."""
+_STAND_IN: Final = "ADD COLUMN stand_in INTEGER NOT NULL DEFAULT 0"
+"""1 for the sidecar's own record of an invocation that never reported (``recorded_by``
+``"sidecar"``), spooled or delivered: the real record, should it arrive after all, replaces it
+instead of being a duplicate. On ``records`` and ``delivered``; added to a spool made before
+records said who wrote them (whose rows are all 0: their stand-ins are not known as such)."""
+_ADDED_COLUMNS: Final = (
+    ("records", "only_for", _ONLY_FOR),
+    ("records", "stand_in", f"ALTER TABLE records {_STAND_IN}"),
+    ("delivered", "stand_in", f"ALTER TABLE delivered {_STAND_IN}"),
+)
+"""The spool's schema is versioned by its columns: each one added since the first spool, with
+the statement that adds it where it is missing (at every open, and before a re-drive)."""
 
 _INSERT_RECORD: Final = (
-    "INSERT INTO records (record_id, body, received_ns) SELECT ?, ?, ? "
+    "INSERT INTO records (record_id, body, received_ns, stand_in) SELECT ?, ?, ?, ? "
     "WHERE NOT EXISTS (SELECT 1 FROM delivered WHERE record_id = ?) "
     "ON CONFLICT (record_id) DO NOTHING"
 )
+_DROP_STAND_IN: Final = (
+    "DELETE FROM records WHERE record_id = ? AND stand_in = 1",
+    "DELETE FROM delivered WHERE record_id = ? AND stand_in = 1",
+)
+"""What a real record clears when its id is here already: the sidecar's stand-in for it,
+spooled or delivered; the real record is then spooled after all, as a row of its own at a new
+``seq``. A spooled stand-in's row goes (a consumer that had not reached it delivers only the
+real one); past a delivered one, every consumer delivers the real record: the ledger replaces
+the stand-in (``recorded_by``), OTLP sends the span again."""
 _INSERT_START: Final = (
     "INSERT INTO starts (record_id, body, received_ns, pid_start) SELECT ?, ?, ?, ? "
     "WHERE NOT EXISTS (SELECT 1 FROM records WHERE record_id = ?) "
@@ -126,10 +148,14 @@ def _run(connection: sqlite3.Connection, work: Callable[[sqlite3.Connection], An
     return result
 
 
-def _add_only_for(connection: sqlite3.Connection) -> None:
-    columns = {row[1] for row in connection.execute("PRAGMA table_info(records)")}
-    if "only_for" not in columns:
-        connection.execute(_ONLY_FOR)
+def _add_columns(connection: sqlite3.Connection) -> None:
+    """Bring a spool made by an older sidecar to the current columns (:data:`_ADDED_COLUMNS`)."""
+    present: dict[str, set[str]] = {}
+    for table, column, statement in _ADDED_COLUMNS:
+        if table not in present:
+            present[table] = {row[1] for row in connection.execute(f"PRAGMA table_info({table})")}
+        if column not in present[table]:
+            connection.execute(statement)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -354,7 +380,7 @@ class Spool:
         connection.execute("BEGIN IMMEDIATE")
         for statement in _SCHEMA:
             connection.execute(statement)
-        _add_only_for(connection)
+        _add_columns(connection)
         connection.execute("COMMIT")
         if max_bytes is not None:
             pages = max((max_bytes - wal_limit) // page_size, 1)
@@ -373,6 +399,12 @@ class Spool:
     def full(self) -> bool:
         """True while the disk is full: records are refused until it has room again."""
         return self._full
+
+    def room_again(self) -> bool:
+        """Whether records can be taken (the disk no longer full, the reserve made again): asked
+        by ``/healthz``, so that health comes back with the room, not only with the next POST."""
+        with self._lock:
+            return self._has_room()
 
     def _disk_free(self) -> int:
         stats = os.statvfs(os.path.dirname(os.path.abspath(self.path)))
@@ -492,19 +524,44 @@ class Spool:
         with self._lock:
             return self._require().execute(sql, parameters).fetchall()
 
-    def add_records(self, rows: Sequence[tuple[str, str]], received_ns: int) -> tuple[int, int]:
-        """Spool ``(record_id, body)`` rows in one transaction and close their starts; returns
-        ``(accepted, duplicates)``."""
+    def add_records(
+        self, rows: Sequence[tuple[str, str] | tuple[str, str, bool]], received_ns: int
+    ) -> tuple[int, int]:
+        """Spool ``(record_id, body)`` rows, or ``(record_id, body, stand_in)``, in one
+        transaction and close their starts; returns ``(accepted, duplicates)``.
+
+        ``stand_in`` (default False): the record is the sidecar's own (``recorded_by``). A real
+        record whose id is spooled or was delivered as a stand-in is accepted, replacing it
+        (:data:`_DROP_STAND_IN`); a stand-in whose id is here in any form is a duplicate, as
+        is a real record already here."""
 
         def work(connection: sqlite3.Connection) -> int:
+            flagged = [(row[0], row[1], row[2] if len(row) == 3 else False) for row in rows]
+            ordered = flagged
+            if any(stand_in for _, _, stand_in in flagged):
+                # A stand-in and its real record in one batch: the real one goes in first, and
+                # the stand-in is a duplicate (sorted() is stable: the real ones keep order).
+                ordered = sorted(flagged, key=lambda row: row[2])
+            values = [
+                (record_id, body, received_ns, int(stand_in), record_id)
+                for record_id, body, stand_in in ordered
+            ]
             before = connection.total_changes
-            connection.executemany(
-                _INSERT_RECORD,
-                [(record_id, body, received_ns, record_id) for record_id, body in rows],
-            )
+            connection.executemany(_INSERT_RECORD, values)
             accepted = connection.total_changes - before
+            if accepted < len(rows):
+                # Some were here already (a retry, a replay): the real ones among them replace
+                # a stand-in. Looked for only then, so that new records cost nothing more.
+                real = [row for row in values if not row[3]]
+                dropped = connection.total_changes
+                for statement in _DROP_STAND_IN:
+                    connection.executemany(statement, [(row[0],) for row in real])
+                if connection.total_changes > dropped:
+                    before = connection.total_changes
+                    connection.executemany(_INSERT_RECORD, real)
+                    accepted += connection.total_changes - before
             connection.executemany(
-                "DELETE FROM starts WHERE record_id = ?", [(record_id,) for record_id, _ in rows]
+                "DELETE FROM starts WHERE record_id = ?", [(row[0],) for row in rows]
             )
             return accepted
 
@@ -588,8 +645,8 @@ class Spool:
                 return 0
             if remember:
                 connection.execute(
-                    "INSERT INTO delivered (record_id, delivered_ns) "
-                    "SELECT record_id, ? FROM records WHERE seq <= ? "
+                    "INSERT INTO delivered (record_id, delivered_ns, stand_in) "
+                    "SELECT record_id, ?, stand_in FROM records WHERE seq <= ? "
                     "ON CONFLICT (record_id) DO NOTHING",
                     (now_ns, low),
                 )
@@ -675,14 +732,15 @@ class Spool:
         )
 
     def close_start(self, record_id: str, body: str, received_ns: int) -> bool:
-        """Replace the open start ``record_id`` by the record ``body``; False if its record
-        arrived meanwhile (the start is gone already)."""
+        """Replace the open start ``record_id`` by the sidecar's stand-in record ``body``
+        (``killed``, ``timeout``); False if its record arrived meanwhile (the start is gone
+        already)."""
 
         def work(connection: sqlite3.Connection) -> bool:
             deleted = connection.execute("DELETE FROM starts WHERE record_id = ?", (record_id,))
             if deleted.rowcount == 0:
                 return False
-            connection.execute(_INSERT_RECORD, (record_id, body, received_ns, record_id))
+            connection.execute(_INSERT_RECORD, (record_id, body, received_ns, 1, record_id))
             return True
 
         closed: bool = self._transaction(work)
@@ -760,14 +818,33 @@ def list_dead_letters(path: str) -> list[DeadLetter]:
     return [DeadLetter(*row) for row in rows]
 
 
+_REAL_ONE_HERE: Final = (
+    "SELECT 1 FROM records WHERE record_id = ? AND stand_in = 0 "
+    "UNION ALL SELECT 1 FROM delivered WHERE record_id = ? AND stand_in = 0"
+)
+
+
+def _is_stand_in(body: str) -> bool:
+    """Whether a dead letter's ``body`` is the sidecar's stand-in record (False for a body that
+    is not a record at all: a dead letter may be one)."""
+    try:
+        values = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(values, dict) and values.get("recorded_by") == RECORDED_BY_SIDECAR
+
+
 def redrive_dead_letters(path: str, ids: Sequence[int] | None = None) -> list[DeadLetter]:
     """Put dead letters (``ids``, or all) back in the spool for the consumers that set them
     aside (and any that had not reached the row yet), as new rows at the end; returns those
-    re-driven. A running sidecar picks them up within a second."""
+    re-driven. A running sidecar picks them up within a second.
+
+    A stand-in (the sidecar's ``killed``/``timeout`` record) whose real record has arrived
+    since, spooled or delivered, is not put back, only removed: the real one replaced it."""
     connection = _open_existing(path)
 
     def work() -> list[DeadLetter]:
-        _add_only_for(connection)
+        _add_columns(connection)
         letters = [
             DeadLetter(*row)
             for row in connection.execute(
@@ -787,11 +864,20 @@ def redrive_dead_letters(path: str, ids: Sequence[int] | None = None) -> list[De
                 consumers |= {name for name, at in cursors.items() if at < seq}
                 connection.execute("DELETE FROM records WHERE seq = ?", (seq,))
             first = group[0]
+            stand_in = _is_stand_in(first.body)
+            if stand_in and connection.execute(_REAL_ONE_HERE, (first.record_id,) * 2).fetchone():
+                continue
             connection.execute("DELETE FROM delivered WHERE record_id = ?", (first.record_id,))
             connection.execute(
-                "INSERT INTO records (record_id, body, received_ns, only_for) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (record_id) DO NOTHING",
-                (first.record_id, first.body, first.dead_ns, f",{','.join(sorted(consumers))},"),
+                "INSERT INTO records (record_id, body, received_ns, only_for, stand_in) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (record_id) DO NOTHING",
+                (
+                    first.record_id,
+                    first.body,
+                    first.dead_ns,
+                    f",{','.join(sorted(consumers))},",
+                    int(stand_in),
+                ),
             )
         connection.executemany(
             "DELETE FROM dead_letters WHERE id = ?", [(letter.id,) for letter in letters]

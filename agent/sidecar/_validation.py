@@ -12,7 +12,7 @@ than 0 and at most ``MAX_TIMEOUT_S``; strings are valid Unicode (no lone surroga
 NUL, and at most :data:`MAX_ID_CHARS`, :data:`MAX_NAME_CHARS` or :data:`MAX_TEXT_CHARS` long by
 kind; JSON maps have at most :data:`MAX_MAP_ENTRIES` entries.
 
-**Versions.** A body may say which record format it is in, ``{"format": 1, "records": [...]}``
+**Versions.** A body may say which record format it is in, ``{"format": 2, "records": [...]}``
 (``gpuledger._record.RECORD_FORMAT``; absent means the current one). Keys this version does not
 know are dropped, in any format: a newer worker's new field is not this sidecar's to store. An
 ``outcome`` this version does not know is refused in the current format (the sender has a bug)
@@ -49,6 +49,7 @@ from gpuledger._record import (
     MIN_TIME_NS,
     OUTCOMES,
     RECORD_FORMAT,
+    RECORDED_BY_SIDECAR,
     InvocationRecord,
 )
 from gpuledger.billing import Rules
@@ -412,6 +413,9 @@ _RANGES: Final[Mapping[str, _Check]] = {
         ),
         _money,
     ),
+    # None (the agent's own) or the sidecar's mark, nothing else: the spool and the ledger
+    # decide from it which of two records of one invocation to keep.
+    "recorded_by": _choice((RECORDED_BY_SIDECAR,)),
 }
 """The check of every record field that has a range (booleans and ``outcome`` have types)."""
 _NULLABLE_OVERRIDES: Final[Mapping[str, _Check]] = {"billing_rules": _billing_rules}
@@ -518,9 +522,13 @@ def _not_ahead(values: Mapping[str, object], where: Callable[[], str], now_ns: i
 
 def _newer_outcome(item: object) -> tuple[object, str | None]:
     """``(item, outcome)``: a newer worker's record whose outcome this version does not know,
-    as one with outcome ``error``, and that outcome (None: ``item`` as it was)."""
+    as one with outcome ``error``, and that outcome (None: ``item`` as it was). A ``recorded_by``
+    this version does not know is dropped: the one it knows marks the sidecar's stand-in, and a
+    record that some newer writer made is a real one."""
     if type(item) is not dict:
         return item, None
+    if "recorded_by" in item and item["recorded_by"] not in (None, RECORDED_BY_SIDECAR):
+        item = {key: value for key, value in item.items() if key != "recorded_by"}
     outcome = item.get("outcome")
     if type(outcome) is not str or outcome in OUTCOMES:
         return item, None

@@ -6,6 +6,7 @@
 - ``receivers``: OpenTelemetry receivers (rotel, Datadog's test agent) fixtures.
 - ``upstreams``: model servers (Cog, Potassium, plain HTTP) fixtures.
 - ``venvs``: venvs made once per machine for servers whose dependencies must not meet ours.
+- ``sidecars``: in-process sidecars with a spool and a ledger in a test's folder.
 - ``ledgers``: the ``ledger_location`` fixture (SQLite and PostgreSQL) and reading a ledger
   another process writes.
 

@@ -147,4 +147,5 @@ def full_record() -> InvocationRecord:
         pricing_platform="runpod-serverless",
         pricing_version="seed-2026-03",
         cost_source="edition:seed-2026-03",
+        recorded_by="sidecar",
     )
