@@ -37,6 +37,7 @@ from gpuledger._location import parse_location as _parse_location
 from gpuledger._location import private_file
 from gpuledger._record import InvocationRecord
 from gpuledger._settings import resolve_setting
+from gpuledger._sqlite_files import move_aside, quick_check
 from gpuledger.ledger._schema import (
     MIGRATIONS,
     SCHEMA_MIGRATIONS_TABLE,
@@ -267,38 +268,16 @@ def _open(location: str, *, create: bool, migrations: Sequence[Migration]) -> Sq
 
 def _set_aside_if_damaged(path: str, on_damaged: Callable[[str, str], None]) -> None:
     """Move ``path`` aside if it is damaged (see :func:`open_ledger`'s ``on_damaged``)."""
-    if path == _MEMORY or not os.path.isfile(path) or os.path.getsize(path) == 0:
+    if path == _MEMORY or not os.path.isfile(path):
         return
-    reason = None
     try:
-        connection = sqlite3.connect(
-            pathlib.Path(path).resolve().as_uri() + "?mode=ro", uri=True, timeout=_BUSY_TIMEOUT_S
-        )
-        try:
-            rows = connection.execute("PRAGMA quick_check(3)").fetchall()
-        finally:
-            connection.close()
-        if rows != [("ok",)]:
-            reason = "; ".join(str(row[0]) for row in rows)
-    except sqlite3.DatabaseError as exc:
-        code = getattr(exc, "sqlite_errorcode", None)
-        if (
-            isinstance(code, int) and code & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
-        ) or ("malformed" in str(exc) or "not a database" in str(exc)):
-            reason = str(exc)
+        reason = quick_check(path)
+    except sqlite3.DatabaseError:
+        return  # a problem that is not damage (locked, unreadable): opening says what
     if reason is None:
-        return  # sound, or a problem that is not damage (locked, unreadable): open says
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    target = f"{path}.corrupt-{stamp}"
-    number = 1
-    while os.path.exists(target):
-        number += 1
-        target = f"{path}.corrupt-{stamp}-{number}"
+        return
     try:
-        os.rename(path, target)
-        for suffix in ("-wal", "-shm"):
-            if os.path.exists(path + suffix):
-                os.rename(path + suffix, target + suffix)
+        target = move_aside(path)
     except OSError as exc:
         raise LedgerError(
             f"the ledger at {path} is damaged ({reason}) and cannot be moved aside: {exc}"

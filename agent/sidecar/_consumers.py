@@ -24,7 +24,8 @@ from gpuledger import _guard
 from gpuledger._logging import get_logger
 from gpuledger._record import InvocationRecord
 from gpuledger._sinks import Backoff, Delivery, Sink
-from gpuledger.sidecar._spool import Spool, is_damage
+from gpuledger._sqlite_files import is_damage
+from gpuledger.sidecar._spool import Spool
 
 _BATCH_RECORDS: Final = 512
 """Records per delivery: the SDK's batch span processor exports 512 spans at a time too."""

@@ -29,10 +29,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import json
 import os
-import pathlib
 import sqlite3
 import threading
 import time
@@ -42,6 +40,7 @@ from typing import Any, Final
 from gpuledger._errors import SidecarError
 from gpuledger._location import private_file
 from gpuledger._record import RECORDED_BY_SIDECAR
+from gpuledger._sqlite_files import is_full, move_aside, quick_check
 
 MIN_SPOOL_BYTES: Final = 64 * 1024
 SYNCHRONOUS_MODES: Final = ("normal", "full")
@@ -184,77 +183,6 @@ class SetAside:
     moved_to: str
     reason: str
     check_s: float
-
-
-def is_damage(error: BaseException) -> bool:
-    """Whether ``error`` (or one it was raised from) says a SQLite file is damaged or is not a
-    database (``SQLITE_CORRUPT``, ``SQLITE_NOTADB``), as opposed to locked, read-only or full."""
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, sqlite3.DatabaseError):
-            code = getattr(current, "sqlite_errorcode", None)
-            if isinstance(code, int) and code & 0xFF in (
-                sqlite3.SQLITE_CORRUPT,
-                sqlite3.SQLITE_NOTADB,
-            ):
-                return True
-            text = str(current)
-            if "malformed" in text or "not a database" in text:
-                return True
-        current = current.__cause__ or current.__context__
-    return False
-
-
-def is_full(error: BaseException) -> bool:
-    """Whether ``error`` says there is no room (``SQLITE_FULL``, ENOSPC)."""
-    if isinstance(error, OSError):
-        return error.errno == errno.ENOSPC
-    code = getattr(error, "sqlite_errorcode", None)
-    if isinstance(code, int):
-        return code & 0xFF == sqlite3.SQLITE_FULL
-    return "disk is full" in str(error)
-
-
-def quick_check(path: str) -> str | None:
-    """Why the SQLite file at ``path`` is damaged (``PRAGMA quick_check``'s first findings, or
-    SQLite's error), None when it is sound or absent. Read-only: the file is never written."""
-    if not os.path.exists(path) or os.path.getsize(path) == 0:
-        return None
-    try:
-        connection = sqlite3.connect(
-            pathlib.Path(path).resolve().as_uri() + "?mode=ro", uri=True, timeout=5.0
-        )
-    except sqlite3.DatabaseError as error:
-        return str(error) if is_damage(error) else None
-    try:
-        rows = connection.execute("PRAGMA quick_check(3)").fetchall()
-    except sqlite3.DatabaseError as error:
-        if is_damage(error):
-            return str(error)
-        raise
-    finally:
-        connection.close()
-    if rows == [("ok",)]:
-        return None
-    return "; ".join(str(row[0]) for row in rows)
-
-
-def move_aside(path: str) -> str:
-    """Rename ``path`` and its -wal and -shm to ``<path>.corrupt-<UTC timestamp>`` (kept for
-    ``sqlite3 .recover``); returns the new name."""
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    target = f"{path}.corrupt-{stamp}"
-    number = 1
-    while os.path.exists(target):
-        number += 1
-        target = f"{path}.corrupt-{stamp}-{number}"
-    os.rename(path, target)
-    for suffix in ("-wal", "-shm"):
-        with contextlib.suppress(FileNotFoundError):
-            os.rename(path + suffix, target + suffix)
-    return target
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
