@@ -23,14 +23,15 @@ import json
 import os
 import secrets
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final
 
 from gpuledger import _guard
 from gpuledger._location import private_file
 from gpuledger._logging import get_logger
+from gpuledger._record import InvocationRecord
 
-__all__ = ["Journal", "decode_lines", "encode_line"]
+__all__ = ["Journal", "decode_lines", "encode_line", "replay_into_ledger"]
 
 RECORD: Final = "record"
 START: Final = "start"
@@ -202,3 +203,36 @@ class Journal:
             with contextlib.suppress(OSError):
                 os.unlink(self.path)
         os.close(fd)
+
+
+def replay_into_ledger(journal: Journal, write: Callable[[list[InvocationRecord]], object]) -> int:
+    """Write the records the files of processes that are gone left in ``journal``'s folder with
+    ``write`` (a ledger's ``write``, which skips records it has), and remove those files;
+    returns how many records were replayed. A file whose records ``write`` could not take
+    (it raised) is kept, whole, for the next time; the error is re-raised after the others.
+
+    Start notices in such a file (written with a sidecar that was down) are dropped: with no
+    sidecar to watch the pid, an invocation that never finished has no record to give."""
+    replayed = 0
+    failure: BaseException | None = None
+    for path, fd in journal.orphans():
+        try:
+            entries = journal.read(path)
+            records = [
+                InvocationRecord.from_dict(entry["v"]) for entry in entries if entry["k"] == RECORD
+            ]
+            if records:
+                write(records)
+        except Exception as error:  # kept for the next process; the others still go
+            os.close(fd)  # the lock goes; the file stays as it was
+            failure = failure or error
+            continue
+        journal.done_with(path, fd, remove=True)
+        replayed += len(records)
+    if replayed:
+        get_logger().info(
+            "gpuledger journal replayed into the ledger", records=replayed, journal=journal.folder
+        )
+    if failure is not None:
+        raise failure
+    return replayed

@@ -9,6 +9,7 @@ here) and is never replaced by zero: a GPU field is ``None`` on a machine with n
 from __future__ import annotations
 
 import dataclasses
+import operator
 from typing import Any, Final, Literal
 
 __all__ = [
@@ -203,7 +204,7 @@ class InvocationRecord:
 
     def to_dict(self) -> dict[str, Any]:
         """The record as plain JSON-ready values, field names as keys."""
-        return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+        return dict(zip(FIELD_NAMES, _values(self), strict=True))
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> InvocationRecord:
@@ -213,3 +214,4 @@ class InvocationRecord:
 
 
 FIELD_NAMES: Final = tuple(field.name for field in dataclasses.fields(InvocationRecord))
+_values: Final = operator.attrgetter(*FIELD_NAMES)

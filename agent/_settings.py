@@ -425,9 +425,12 @@ SETTINGS: Final[tuple[Setting, ...]] = (
         ("GPULEDGER_JOURNAL",),
         _location,
         _const("gpuledger-journal"),
-        "With `sidecar` set: the folder where a worker keeps what the sidecar did not take (an "
-        "append-only, checksummed, fsync'd file per process, 0600), replayed to the sidecar "
-        "once it answers again, also by the next worker started with the same folder.",
+        "The folder where a worker keeps what it could not deliver (an append-only, checksummed, "
+        "fsync'd file per process, 0600): with `sidecar` set, what the sidecar did not take, "
+        "replayed to it once it answers again; with a ledger, what the ledger had no time (or "
+        "no way) to take at shutdown. Replayed by the next worker started with the same "
+        "folder; `gpuledger report`, `compare` and `reconcile` write what is there into the "
+        "ledger before they read it.",
         "`gpuledger-journal` in the working directory",
     ),
     Setting(

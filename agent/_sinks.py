@@ -130,6 +130,11 @@ class LedgerSink:
             return Delivery(0, retry=tuple(records), error=error)
         return Delivery(len(records))
 
+    def write(self, records: Sequence[InvocationRecord]) -> int:
+        """Write ``records`` in one transaction, raising what the ledger raises (the journal's
+        replay keeps a file whose records could not be written)."""
+        return int(self._open().write(records))
+
     def _one_by_one(self, records: Sequence[InvocationRecord], error: BaseException) -> Delivery:
         """After a failed batch: write what can be written. When nothing can, the ledger is
         failing (retry them all); otherwise the records that failed are refused for good."""

@@ -13,6 +13,16 @@ A sink that fails keeps its records: they are held (up to ``max_pending``, the e
 ``<sink>.dropped``) and offered again with the next batch, and the failure is said loudly at once
 and then every minute while it lasts. A record a sink refuses for good is counted
 (``<sink>.rejected``) and does not hold the others back.
+
+At close the pipeline has a deadline: once the measured cost of processing what is left no
+longer fits in it, one batch is spilled to the journal to measure that, and the cheaper of the
+two takes the rest (:meth:`Pipeline._must_spill`, :meth:`Writer.spill`); what is spilled is
+written into the ledger by the next process (:meth:`Writer._adopt_spilled`).
+
+Why one module: the pipeline (queue, thread, flush, the close's deadline) and the writer (what
+a batch becomes: records, spans, metrics, sinks, the journal's spill and replay) are one
+protocol, the pipeline's choice at close weighing the writer's own costs; split, each half would
+reach into the other's state.
 """
 
 from __future__ import annotations
@@ -40,6 +50,13 @@ if TYPE_CHECKING:
 __all__ = ["Pipeline", "StartNotice", "Writer"]
 
 _LOUD_EVERY_S = 60.0
+_FIRST_COST_S: Final = 60e-6
+"""A first guess at the writer's time per invocation (build, metrics, ledger), before it has
+measured its own (``benchmarks/bench_writer.py``: 39 to 51 µs on the 2-core reference VM)."""
+_clock: Callable[[], float] = time.monotonic
+"""The clock of close's deadline and of the costs it weighs (a test's may be fake)."""
+_TIME_MARGIN: Final = 1.2
+"""At close, what is left is processed as usual while 1.2 times its estimated time is left."""
 """While a sink keeps failing, its error is said again this often."""
 REPLAY_BATCH: Final = 1000
 """Journalled records (or starts) per POST when replaying the journal to the sidecar."""
@@ -73,8 +90,23 @@ class Pipeline:
         batch_size: int = 2048,
         name: str = "gpuledger-writer",
         on_idle: Callable[[bool], None] | None = None,
+        spill: Callable[[list[Any]], None] | None = None,
     ) -> None:
         self._process = process
+        self._spill = spill
+        """At close: what takes the batches the deadline leaves no time to process (the journal,
+        fsync'd, is faster than the ledger)."""
+        self._deadline: float | None = None
+        self._spilling: bool | None = None
+        """Closing without the time to process what is left: whether it is spilled (True) or
+        processed (False) until the deadline, whichever was measured cheaper; None before."""
+        self.cost_s = _FIRST_COST_S
+        """Seconds per item processed, a moving average of the batches measured."""
+        self.spill_cost_s: float | None = None
+        """Seconds per item spilled, once a batch was."""
+        self.closing_cost_s: float | None = None
+        """Seconds per item processed since closing began: the cost to set against the
+        spill's, measured alike (before, the request path competed for the interpreter)."""
         self._on_idle = on_idle
         """Called on the thread after each round (``False``), and before a flush marker is
         released and when stopping (``True``: finish what is held back, now)."""
@@ -113,6 +145,11 @@ class Pipeline:
             self._wake.set()
 
     @property
+    def spilling(self) -> bool:
+        """Closing, and what is left is spilled rather than processed."""
+        return bool(self._spilling)
+
+    @property
     def pending(self) -> int:
         """Items waiting for the thread."""
         return len(self._queue)
@@ -129,7 +166,10 @@ class Pipeline:
         return marker.done.wait(timeout_s)
 
     def close(self, timeout_s: float) -> bool:
-        """Flush, then stop the thread. Returns False if the flush timed out."""
+        """Flush, then stop the thread. Returns False if the flush timed out. With a ``spill``,
+        what is left once there is only time enough to spill it is spilled, not processed, so
+        that everything submitted is kept within ``timeout_s``."""
+        self._deadline = _clock() + timeout_s
         flushed = self.flush(timeout_s)
         self._stopping = True
         self._wake.set()
@@ -175,7 +215,7 @@ class Pipeline:
                     batch.append(item)
                 if batch:
                     try:
-                        self._process(batch)
+                        self._handle(batch)
                     except Exception as error:  # the writer thread must survive anything
                         _guard_failure(error)
                 if markers:
@@ -188,6 +228,48 @@ class Pipeline:
                 # Anything appended while stopping is flushed by close()'s caller or dropped
                 # with the process; the agent checks ``running`` and falls back to submit().
                 return
+
+    def _handle(self, batch: list[Any]) -> None:
+        """Process ``batch``, or spill it when closing leaves no time to process the rest; each
+        measured, so that the choice uses this machine's costs."""
+        spill = self._spill is not None and self._must_spill(len(batch))
+        closing = self._deadline is not None  # set before this batch began, or not
+        began = _clock()
+        if spill:
+            assert self._spill is not None
+            self._spill(batch)
+        else:
+            self._process(batch)
+        per_item = (_clock() - began) / len(batch)
+        if spill:
+            last = self.spill_cost_s
+            self.spill_cost_s = per_item if last is None else 0.7 * last + 0.3 * per_item
+        else:
+            self.cost_s = 0.7 * self.cost_s + 0.3 * per_item
+            if closing:
+                last = self.closing_cost_s
+                self.closing_cost_s = per_item if last is None else 0.7 * last + 0.3 * per_item
+
+    def _must_spill(self, size: int) -> bool:
+        """Closing: whether to spill ``size`` more items rather than process them. While there
+        is time to process what is left, no; once there is not, one batch is spilled to
+        measure it, and then the cheaper of the two takes everything left (the journal is
+        cheaper than a slow or contended ledger; than a local SQLite file it is not)."""
+        if self._spilling is not None:
+            return self._spilling
+        deadline = self._deadline
+        if deadline is None:
+            return False
+        waiting = len(self._queue) + size
+        cost = self.closing_cost_s if self.closing_cost_s is not None else self.cost_s
+        if deadline - _clock() >= waiting * cost * _TIME_MARGIN:
+            return False
+        if self.closing_cost_s is None:
+            return False  # measure processing first, as it costs now
+        if self.spill_cost_s is None:
+            return True  # then the spill, on this batch
+        self._spilling = self.spill_cost_s < self.closing_cost_s
+        return self._spilling
 
     def _idle(self, *, force: bool) -> None:
         if self._on_idle is None:
@@ -244,7 +326,14 @@ class Writer:
         self._running: Any = None
         """The worker's running bill (``billing.RunningBill``), from its first priced record."""
         self._running_rules: dict[str, Any] | None = None
-        self.pipeline = Pipeline(self.process, max_pending=max_pending, on_idle=self._on_idle)
+        self._spill_to: Any = None
+        """The journal a spill at close appends to: the sidecar's, or one made then."""
+        self.spilled = 0
+        """Records spilled to the journal at close (the ledger had no time left for them)."""
+        self._adopted = False
+        self.pipeline = Pipeline(
+            self.process, max_pending=max_pending, on_idle=self._on_idle, spill=self.spill
+        )
 
     @property
     def tells_starts(self) -> bool:
@@ -302,10 +391,86 @@ class Writer:
         return finished
 
     def _on_idle(self, force: bool) -> None:
-        """After each round: measure what NVML now covers, and replay the journal."""
+        """After each round: measure what NVML now covers, and replay the journal (to the
+        sidecar; with none, what processes that are gone spilled, into the ledger, once)."""
+        if self.pipeline.spilling:
+            self.spill(self._gpu_waiting)
+            self._gpu_waiting = []
         self.gpu_tick(force)
         if self.journal is not None:
             self.replay(force=self._closing)
+        elif not self._adopted:
+            self._adopted = True
+            self._adopt_spilled()
+
+    def _journal_for_spill(self) -> Any:
+        if self._spill_to is None:
+            if self.journal is not None:
+                self._spill_to = self.journal
+            else:
+                from gpuledger._journal import Journal  # noqa: PLC0415
+
+                self._spill_to = Journal(self.agent.settings.journal)
+        return self._spill_to
+
+    def _ledger_sink(self) -> LedgerSink | None:
+        return next((sink for sink in self.sinks if isinstance(sink, LedgerSink)), None)
+
+    def _adopt_spilled(self) -> None:
+        """Write what earlier processes spilled to the journal at their close into the ledger."""
+        sink = self._ledger_sink()
+        if sink is None:
+            return
+        from gpuledger._journal import replay_into_ledger  # noqa: PLC0415
+
+        try:
+            replay_into_ledger(self._journal_for_spill(), sink.write)
+        except Exception as error:  # kept in the journal for the next process
+            _guard.record_failure("journal.replay", error)
+
+    def spill(self, batch: list[Any]) -> None:
+        """At close, once the deadline leaves no time for the ledger (or the sidecar) to take
+        what is left: build the records and append them to the journal, one write and one
+        fsync a batch; the next process that opens the ledger (a worker, ``gpuledger report``)
+        writes them into it, as the sidecar takes them on replay. Their spans are not ended
+        (not exported) and they are not in the metrics: counted as ``journal.spilled``."""
+        if self._starts is not None:
+            batch = self._send_starts(batch)
+        invocations = [item for item in batch if type(item) is not StartNotice]
+        if not invocations:
+            return
+        measured = calls_measured()
+        agent = self.agent
+        records: list[dict[str, Any]] = []
+        for invocation in invocations:
+            try:
+                usage = self._usage(invocation) if invocation.meter is not None else None
+                records.append(build_record(agent, invocation, usage, measured=measured).to_dict())
+            except Exception as error:
+                _guard.record_failure("record.build", error)
+        from gpuledger._journal import RECORD  # noqa: PLC0415
+
+        try:
+            self._journal_for_spill().append(RECORD, records)
+        except (OSError, ValueError) as error:  # no room, or a value JSON cannot hold
+            _guard.record_failure("journal.write", error)
+            self.record(invocations)  # the ledger, then, for as long as there is time
+            return
+        self.spilled += len(records)
+        _guard.count("journal.spilled", len(records))
+
+    @staticmethod
+    def _usage(invocation: Invocation) -> Any:
+        try:
+            invocation.meter.drain()
+            return invocation.meter.measure(
+                invocation.start_ns,
+                invocation.start_ns + invocation.duration_ns,
+                invocation.segments,
+            )
+        except Exception as error:
+            _guard.record_failure("nvml.measure", error)
+            return None
 
     def replay(self, *, force: bool = False) -> bool:
         """Send what the journal holds (this process's, and what processes that are gone left)
@@ -618,12 +783,42 @@ class Writer:
 
         return display_location(location)
 
+    def _spill_held(self) -> None:
+        """At close: the records a failing ledger still holds go to the journal."""
+        for held in self._held:
+            if not held.records or not isinstance(held.sink, LedgerSink):
+                continue
+            from gpuledger._journal import RECORD  # noqa: PLC0415
+
+            try:
+                self._journal_for_spill().append(RECORD, [r.to_dict() for r in held.records])
+            except (OSError, ValueError) as error:
+                _guard.record_failure("journal.write", error)
+                continue
+            self.spilled += len(held.records)
+            _guard.count("journal.spilled", len(held.records))
+            held.records = []
+
     def close(self, timeout_s: float) -> bool:
         """Flush and stop the thread, then close the sinks; False if the flush timed out."""
         self._closing = True  # the last round tries the sidecar with the journal, backoff or not
         done = self.pipeline.close(timeout_s)
+        if done:
+            self._spill_held()
         self._bill_stop()
         self._record_stop()
+        if self.spilled and self._spill_to is not self.journal:  # (the sidecar's: said below)
+            get_logger().warning(
+                "gpuledger shut down with invocations the ledger had no time for: they are in "
+                "the journal (fsync'd), written into the ledger by the next process that opens "
+                "it (a worker, or gpuledger report)",
+                spilled=self.spilled,
+                journal=self._journal_for_spill().path,
+            )
+        if done and self._spill_to is not None and self._spill_to is not self.journal:
+            # Only once the thread is done with it: a flush that timed out leaves the thread
+            # appending, and the file closes with the process (its lock too).
+            self._spill_to.close()
         journalled = self.journal.entries if self.journal is not None else 0
         if journalled:
             get_logger().error(

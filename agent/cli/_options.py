@@ -166,3 +166,29 @@ def help_when_bare(ctx: click.Context) -> None:
     """
     if ctx.invoked_subcommand is None:
         click.echo(ctx.get_help())
+
+
+def adopt_journal(location: str) -> int:
+    """Before a command reads the ledger at ``location``: write into it what workers that are
+    gone spilled to their journal at exit (the ``journal`` setting's folder), so that a report
+    never misses an invocation the ledger had no time for. Returns how many; a ledger that
+    cannot take them is said on stderr, and they stay in the journal."""
+    import os  # noqa: PLC0415
+
+    from gpuledger._journal import Journal, replay_into_ledger  # noqa: PLC0415
+    from gpuledger._settings import resolve_setting  # noqa: PLC0415
+    from gpuledger.ledger import open_ledger  # noqa: PLC0415
+
+    folder = str(resolve_setting("journal")[0])
+    if not os.path.isdir(folder):
+        return 0
+    try:
+        with open_ledger(location) as ledger:
+            return replay_into_ledger(Journal(folder), ledger.write)
+    except Exception as exc:
+        click.echo(
+            f"warning: the journal at {folder} holds invocations the ledger does not have yet, "
+            f"and they could not be written into it: {exc}",
+            err=True,
+        )
+        return 0

@@ -17,6 +17,7 @@ import click
 
 from gpuledger._errors import GpuledgerError, LedgerError
 from gpuledger.cli._billing import billing_options
+from gpuledger.cli._options import adopt_journal
 from gpuledger.ledger import LEDGER_ENV, default_ledger_location, open_ledger
 from gpuledger.reconcile import (
     BUCKETS,
@@ -76,6 +77,7 @@ def _load(
     except GpuledgerError as exc:
         raise click.ClickException(str(exc)) from None
     target = location if location is not None else default_ledger_location()
+    adopt_journal(target)
     try:
         with open_ledger(target, create=False) as ledger:
             records = list(

@@ -263,6 +263,7 @@ def report(
     except GpuledgerError as exc:
         raise click.ClickException(str(exc)) from None
     target = location if location is not None else default_ledger_location()
+    _options.adopt_journal(target)
     try:
         with open_ledger(target, create=False) as ledger:
             total = None

@@ -45,10 +45,11 @@ from gpuledger.ledger._schema import (
     Ledger,
     Migration,
     Usage,
+    _by_shape,
     _check_schema,
     _empty_error,
     _encode,
-    _insert_sql,
+    _insert_sql_for,
     _stored_once,
 )
 
@@ -157,7 +158,7 @@ class SqliteLedger(Ledger):
             # A stand-in and its real record in one batch: one row written, as in PostgreSQL
             # (a worker's own ledger never sees a stand-in, and skips this).
             records = _stored_once(records)
-        rows = [_encode(record) for record in records]
+        shapes = _by_shape(map(_encode, records))
         with self._lock:
             connection = self._require_open()
 
@@ -165,7 +166,8 @@ class SqliteLedger(Ledger):
                 before = connection.total_changes
                 connection.execute("BEGIN IMMEDIATE")
                 try:
-                    connection.executemany(_insert_sql(), rows)
+                    for flags, rows in shapes.items():
+                        connection.executemany(_insert_sql_for(flags), rows)
                     connection.execute("COMMIT")
                 except BaseException:
                     if connection.in_transaction:
@@ -177,7 +179,7 @@ class SqliteLedger(Ledger):
                 return _retry_busy(insert)
             except sqlite3.Error as exc:
                 raise LedgerError(
-                    f"could not write {len(rows)} record(s) to the ledger at {self.path}: {exc}"
+                    f"could not write {len(records)} record(s) to the ledger at {self.path}: {exc}"
                 ) from exc
 
     def _execute_many(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
