@@ -33,6 +33,10 @@ _USERS = (
 )
 _SECONDS_PER_OUTPUT_TOKEN = 0.02  # simulated decode speed
 _ERROR_RATE = 0.02  # simulated CUDA out-of-memory failures
+_FLUSH_TIMEOUT_S = 600.0
+"""How long each simulated worker's stop waits for its records: the demo is not a process a
+platform kills, so everything it served is written, however long that takes (a real worker has
+``flush_timeout_s``, and the journal for what the ledger has no time for)."""
 
 
 class SimulatedClock:
@@ -177,7 +181,7 @@ def _stop_worker(clock: SimulatedClock, free_ns: int | None, idle_window_s: floa
     its process stops then (the agent stores the stop; the worker's bill ends there)."""
     if free_ns is not None:
         clock.jump_to(max(clock.wall_ns, free_ns + int(idle_window_s * 1e9)))
-    gpuledger.shutdown()
+    gpuledger.shutdown(_FLUSH_TIMEOUT_S)
 
 
 def _pricing_setting(pricing: str | None) -> dict[str, Any]:
@@ -194,7 +198,7 @@ def _start_worker(
     rng: random.Random,
     pricing: str | None,
 ) -> None:
-    gpuledger.shutdown()
+    gpuledger.shutdown(_FLUSH_TIMEOUT_S)
     _config.forget_worker_state()
     clock.worker_start_ns = clock.wall_ns
     gpuledger.configure(
