@@ -50,14 +50,14 @@ if TYPE_CHECKING:
 __all__ = ["Pipeline", "StartNotice", "Writer"]
 
 _LOUD_EVERY_S = 60.0
+"""While a sink keeps failing, its error is said again this often."""
 _FIRST_COST_S: Final = 60e-6
 """A first guess at the writer's time per invocation (build, metrics, ledger), before it has
-measured its own (``benchmarks/bench_writer.py``: 39 to 51 µs on the 2-core reference VM)."""
+measured its own (``benchmarks/bench_writer.py``: 35 to 50 µs on the 2-core reference VM)."""
 _clock: Callable[[], float] = time.monotonic
 """The clock of close's deadline and of the costs it weighs (a test's may be fake)."""
 _TIME_MARGIN: Final = 1.2
 """At close, what is left is processed as usual while 1.2 times its estimated time is left."""
-"""While a sink keeps failing, its error is said again this often."""
 REPLAY_BATCH: Final = 1000
 """Journalled records (or starts) per POST when replaying the journal to the sidecar."""
 
@@ -94,8 +94,8 @@ class Pipeline:
     ) -> None:
         self._process = process
         self._spill = spill
-        """At close: what takes the batches the deadline leaves no time to process (the journal,
-        fsync'd, is faster than the ledger)."""
+        """At close: what may take the batches the deadline leaves no time to process (the
+        journal, fsync'd), when it is measured cheaper than processing them."""
         self._deadline: float | None = None
         self._spilling: bool | None = None
         """Closing without the time to process what is left: whether it is spilled (True) or
