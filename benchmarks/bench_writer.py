@@ -5,14 +5,15 @@ through (build each record, metrics, encode, insert), with and without metrics.
 Three measures, each on a fresh ledger file, ``--rows`` rows in batches of 2,048 (the writer's
 batch), one transaction per batch:
 
-- ``ceiling``: pre-encoded rows (``ledger._schema._encode`` of realistic records), grouped by
-  their non-NULL columns before the clock starts, ``executemany`` of the ledger's own insert
-  statement for each group; then the same without the secondary indexes, to show what they
-  cost.
+- ``ceiling``: pre-encoded rows (``ledger._schema._encode`` of the records the agent builds for
+  the same trivial handler), grouped by their non-NULL columns before the clock starts,
+  ``executemany`` of the ledger's own insert statement for each group; then the same without
+  the secondary indexes, to show what they cost.
 - ``writer``: the agent's writer on invocations queued while it was held (``exporters="none"``
-  and ``metrics=False``: no metrics, no spans), then with metrics (``exporters="prometheus"``, which records the
-  metrics in-process and exports nothing unless scraped), its time per row split by stage with
-  ``time.perf_counter_ns`` around each (build, metrics, encode, insert).
+  and ``metrics=False``: no metrics, no spans), then with metrics (``exporters="prometheus"``,
+  which records the metrics in-process and exports nothing unless scraped), its time per row
+  split by stage with ``time.perf_counter_ns`` around each (build, metrics, encode; the rest is
+  grouping, inserting and the batch's bookkeeping).
 
 Run: ``.venv/bin/python benchmarks/bench_writer.py [--rows 200000] [--repeats 3]``; the best of
 the repeats is reported, with the ratio of each writer to the ceiling of the same run.
@@ -21,7 +22,6 @@ the repeats is reported, with the ratio of each writer to the ceiling of the sam
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import socket
 import sqlite3
@@ -35,7 +35,6 @@ from typing import Any
 import gpuledger
 from gpuledger import _build, _config, _writer
 from gpuledger.ledger import _schema, _sqlite, open_ledger
-from gpuledger.testing import make_record
 
 BATCH = 2048
 
@@ -131,14 +130,14 @@ def ceiling_run(rows: int, folder: Path, *, secondary: bool, name: str) -> float
     path = folder / f"ceiling-{name}.db"
     with open_ledger(str(path)):
         pass  # the schema and its migrations
-    # Realistic rows: records as the agent builds them (ids time-ordered, as the agent makes).
-    template = make_record(platform="runpod", gpu_model="H100")
-    now = time.time_ns()
-    encoded = []
-    for index in range(rows):
-        start = now + index * 1000
-        record = _replace(template, index, start)
-        encoded.append(_schema._encode(record))
+    # The agent's own rows: the records its writer would build for a trivial handler on
+    # RunPod/H100 (32 of 54 columns not NULL), encoded before the clock starts.
+    agent, items = _queued(rows, "none", str(folder / f"ceiling-agent-{name}.db"))
+    encoded = [
+        _schema._encode(_build.build_record(agent, invocation, None, measured=False))
+        for invocation in items
+    ]
+    _config.reset_for_tests()
     connection = sqlite3.connect(path, isolation_level=None)
     connection.execute("PRAGMA journal_mode = WAL")
     connection.execute("PRAGMA synchronous = NORMAL")
@@ -161,17 +160,6 @@ def ceiling_run(rows: int, folder: Path, *, secondary: bool, name: str) -> float
     connection.close()
     _config.reset_for_tests()
     return rows / (elapsed / 1e9)
-
-
-def _replace(template: Any, index: int, start: int) -> Any:
-
-    return dataclasses.replace(
-        template,
-        record_id=_build.new_record_id(start),
-        invocation_id=f"job-{index:08d}",
-        start_ns=start,
-        end_ns=start + 500,
-    )
 
 
 def main() -> None:
