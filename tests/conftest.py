@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import hypothesis
 import pytest
 
 from gpuledger import _config, _guard
@@ -23,6 +24,13 @@ pytest_plugins = [
     "tests.support.upstreams",
     "tests.support.ledgers",
 ]
+
+# Property tests draw the same examples on every run (a seed from each test's own code): the
+# suite is deterministic, and a failure found once is found again. HYPOTHESIS_PROFILE=explore
+# draws fresh ones, to look for new failures on purpose.
+hypothesis.settings.register_profile("gpuledger", derandomize=True, database=None)
+hypothesis.settings.register_profile("explore", derandomize=False, database=None)
+hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "gpuledger"))
 
 EPOCH_NS = FakeClock.START_NS  # the wall-clock instant a new FakeClock shows, 2025-11-24
 
