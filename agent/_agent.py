@@ -521,7 +521,7 @@ class Agent:
                 segments = invocation.segments = shares(start_ns, end_ns, others)
                 invocation.billed_ns = sum((b - a) / n for a, b, n in segments)
             if invocation.calls is not None:
-                invocation.external = summarise(invocation.calls, start_ns, end_ns)
+                invocation.external = summarise(invocation.calls, start_ns, end_ns, self._time_ns())
             meter = invocation.meter
             if meter is not None and meter.boundary_reads:
                 meter.mark(end_ns)

@@ -95,13 +95,25 @@ def union_ns(intervals: Iterable[tuple[int, int]]) -> int:
     return total
 
 
-def summarise(calls: list[Call] | None, start_ns: int, end_ns: int) -> CallSummary:
-    """The calls that ended inside ``[start_ns, end_ns]``, clipped to it, summarised."""
+def summarise(
+    calls: list[Call] | None, start_ns: int, end_ns: int, horizon_ns: int | None = None
+) -> CallSummary:
+    """The calls that ended inside the invocation, clipped to ``[start_ns, end_ns]``, summarised.
+
+    A call "ended inside" when its end (a span's wall-clock end) is no later than ``horizon_ns``,
+    the wall clock read when the invocation closed (``end_ns`` when not given). The two differ:
+    ``end_ns`` is the start plus a ``perf_counter`` duration, and the wall clock can be stepped or
+    slewed against it by tens of microseconds, so a call that ended just before the handler
+    returned could otherwise read as later than ``end_ns`` and be dropped. A call that ended
+    after the horizon belongs to a thread the invocation left behind.
+    """
+    horizon = end_ns if horizon_ns is None else max(end_ns, horizon_ns)
     kept: list[tuple[int, int, str, str, int | None]] = []
     for call_start, call_end, target, _, outcome, size in list(calls or ()):
-        if call_end > end_ns or call_end < start_ns:
-            continue  # ended after the invocation (a thread it left behind), or before it
-        kept.append((max(call_start, start_ns), call_end, target, outcome, size))
+        if call_end > horizon:
+            continue  # ended after the invocation: a thread it left behind
+        end = min(max(call_end, start_ns), end_ns)
+        kept.append((min(max(call_start, start_ns), end), end, target, outcome, size))
     targets: dict[str, dict[str, float | int]] = {}
     by_target: dict[str, list[tuple[int, int]]] = {}
     errors = 0

@@ -24,6 +24,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 import gpuledger
 from gpuledger import _guard
+from gpuledger._external import summarise
 from gpuledger._external import union_ns as _union_ns
 from gpuledger._record import InvocationRecord
 from gpuledger.instrumentation import _calls as calls_module
@@ -122,12 +123,18 @@ def calls(tmp_path: Path) -> Iterator[Calls]:
         gpuledger.uninstrument()
 
 
+_SKEW_NS = 1_000_000
+"""How far a span's wall-clock end may read past the record's end (its start plus a
+``perf_counter`` duration) and still have ended inside it: the two clocks drift by microseconds."""
+
+
 def _check_against_spans(record: InvocationRecord, spans: list[ReadableSpan]) -> None:
     """The record's sum and union are exactly those of the CLIENT spans made during it."""
     intervals = [
-        (span.start_time or 0, span.end_time or 0)
+        (span.start_time or 0, min(span.end_time or 0, record.end_ns))
         for span in spans
-        if (span.start_time or 0) >= record.start_ns and (span.end_time or 0) <= record.end_ns
+        if (span.start_time or 0) >= record.start_ns
+        and (span.end_time or 0) <= record.end_ns + _SKEW_NS
     ]
     assert record.external_calls == len(intervals)
     assert record.external_call_seconds == pytest.approx(
@@ -699,3 +706,27 @@ def test_nested_client_spans_are_one_call(calls: Calls) -> None:
     record = calls.record()
     assert record.external_calls == 1
     assert list(record.external_targets or {}) == ["api.example"]
+
+
+def test_a_call_that_ended_before_close_counts_though_the_clocks_disagree() -> None:
+    """The record's end is its start plus a ``perf_counter`` duration; a span's end is wall
+    time. When the wall clock runs ahead of it, the last call of a handler can read as ending
+    after the record's end: it still ended inside the invocation (before the close read the
+    wall clock), so it is counted, clipped to the end; one that ended after the close is not."""
+    start, end, close = 1_000_000, 2_000_000, 2_000_050
+    summary = summarise(
+        [
+            (1_100_000, 1_500_000, "db:5432", "SELECT", "ok", None),
+            (1_900_000, 2_000_040, "api:443", "GET", "500", None),  # 40 ns past end, before close
+            (1_950_000, 2_000_060, "api:443", "GET", "ok", None),  # after close: left behind
+        ],
+        start,
+        end,
+        close,
+    )
+    assert summary.calls == 2
+    assert summary.errors == 1
+    assert summary.targets["api:443"]["call_s"] == (end - 1_900_000) / 1e9
+    assert summary.call_seconds == (400_000 + 100_000) / 1e9
+    without_horizon = summarise([(1_900_000, 2_000_040, "api:443", "GET", "ok", None)], start, end)
+    assert without_horizon.calls == 0
