@@ -121,6 +121,8 @@ def run_worker(tmp_path: Path) -> Iterator[Any]:
             RUNPOD_WEBHOOK_POST_OUTPUT=f"{queue.base}/job-done/$RUNPOD_POD_ID/$ID?gpu=H100",
             RUNPOD_WEBHOOK_POST_STREAM=f"{queue.base}/job-stream/$RUNPOD_POD_ID/$ID?gpu=H100",
             RUNPOD_AI_API_KEY="test-key",
+            # The SDK's start-up checks of the machine (free disk share, GPU) judge the host.
+            RUNPOD_SKIP_AUTO_SYSTEM_CHECKS="true",
             RUNPOD_POD_ID="worker-7",
             RUNPOD_ENDPOINT_ID="endpoint-llm",
             RUNPOD_DC_ID="EU-RO-1",
