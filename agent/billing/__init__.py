@@ -15,15 +15,18 @@ from __future__ import annotations
 from gpuledger.billing._attribute import (
     IDLE_KEY,
     POLICIES,
+    Billed,
     Charges,
     Worker,
     as_recorded,
     attribute,
     bill_workers,
+    charge_into,
     frozen_rules,
     owned_lines,
     rate_key,
     worker_key,
+    worker_of,
     workers_of,
 )
 from gpuledger.billing._engine import (
@@ -40,6 +43,7 @@ from gpuledger.billing._engine import (
     bill,
     bill_intervals,
     billed_wall_ns,
+    billed_wall_ns_unserved,
     rounded_ns,
 )
 from gpuledger.billing._running import RunningBill
@@ -49,6 +53,7 @@ __all__ = [
     "IDLE_KEY",
     "POLICIES",
     "RESOURCES",
+    "Billed",
     "Category",
     "Charges",
     "Line",
@@ -66,10 +71,13 @@ __all__ = [
     "bill_intervals",
     "bill_workers",
     "billed_wall_ns",
+    "billed_wall_ns_unserved",
+    "charge_into",
     "frozen_rules",
     "owned_lines",
     "rate_key",
     "rounded_ns",
     "worker_key",
+    "worker_of",
     "workers_of",
 ]

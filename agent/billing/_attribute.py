@@ -29,7 +29,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from fractions import Fraction
-from typing import Final
+from typing import Final, Protocol
 
 from gpuledger._record import InvocationRecord
 from gpuledger.billing._engine import (
@@ -48,15 +48,18 @@ from gpuledger.billing._engine import (
 __all__ = [
     "IDLE_KEY",
     "POLICIES",
+    "Billed",
     "Charges",
     "Worker",
     "as_recorded",
     "attribute",
     "bill_workers",
+    "charge_into",
     "frozen_rules",
     "owned_lines",
     "rate_key",
     "worker_key",
+    "worker_of",
     "workers_of",
 ]
 
@@ -65,6 +68,39 @@ POLICIES: Final = ("separate", "share", "cause")
 IDLE_KEY: Final = "(idle)"
 """The report row of what no request was charged under ``separate``."""
 TIME_CATEGORIES: Final[tuple[Category, ...]] = ("request", "startup", "idle", "rounding")
+
+
+class Billed(Protocol):
+    """What billing reads of a record: an :class:`InvocationRecord`, or a row of these fields
+    alone (a report over a large ledger fetches no more)."""
+
+    @property
+    def record_id(self) -> str: ...
+    @property
+    def start_ns(self) -> int: ...
+    @property
+    def end_ns(self) -> int: ...
+    @property
+    def request_startup_s(self) -> float | None: ...
+    @property
+    def worker_start_ns(self) -> int | None: ...
+    @property
+    def worker_ready_ns(self) -> int | None: ...
+    @property
+    def cold(self) -> bool: ...
+    @property
+    def init_duration_s(self) -> float | None: ...
+    @property
+    def gpu_count(self) -> int: ...
+    @property
+    def cost_usd(self) -> float | None: ...
+    @property
+    def cost_execution_usd(self) -> float | None: ...
+    @property
+    def cost_coldstart_usd(self) -> float | None: ...
+    @property
+    def pricing_version(self) -> str | None: ...
+
 
 RulesFor = Callable[[InvocationRecord], "tuple[Rules | None, str | None]"]
 """``rules_for(record) -> (rules, pricing version)``: the rules to bill a worker by, asked of
@@ -274,17 +310,19 @@ def workers_of(
         if rules is None and fallback is not None:
             rules, version = fallback(members[0])
         observed = None if stops is None else stops.get(key)
-        workers.append(_worker(key, members, rules, version, observed))
+        workers.append(worker_of(key, members, rules, version, observed))
     return workers
 
 
-def _worker(
+def worker_of(
     key: str,
-    records: Sequence[InvocationRecord],
+    records: Sequence[Billed],
     rules: Rules | None,
     version: str | None,
     observed_stop: int | None,
 ) -> Worker:
+    """One billing worker from its records in order (``start_ns``, then ``record_id``), billed
+    by ``rules``; its stop as :func:`workers_of` says."""
     requests = []
     for record in records:
         end = max(record.end_ns, record.start_ns)
@@ -343,7 +381,7 @@ def bill_workers(workers: Iterable[Worker]) -> Iterable[tuple[Worker, WorkerBill
         yield worker, bill(worker.timeline, worker.rules or _UNPRICED)
 
 
-def as_recorded(record: InvocationRecord, gpu_ns: int | Fraction = 0) -> Charges | None:
+def as_recorded(record: Billed, gpu_ns: int | Fraction = 0) -> Charges | None:
     """The charges a record carries itself (its fee and the rest), for a worker there are no
     rules to bill by (written before rules were frozen, its price gone from the catalogue);
     None when it was unpriced. ``gpu_ns`` is its own GPU time (its rate is not known)."""
@@ -367,22 +405,41 @@ def attribute(
     """``worker_bill`` split among the worker's requests under ``policy``: the charges of each
     request (by record id) and what stays the worker's own (its idle charges). Together they
     add up to the bill exactly."""
-    rates = (worker.rules or _UNPRICED).per_gpu_second_by_resource(worker.timeline.gpu_count)
-    rate = rate_key(rates["gpu"], rates["cpu"], rates["memory"])
     versions = {worker.pricing_version} if worker.pricing_version else set()
     per_request: dict[str, Charges] = {
         request.request_id: Charges(set(versions)) for request in worker.timeline.requests
     }
     idle = Charges(set(versions))
+    charge_into(
+        worker,
+        worker_bill,
+        policy,
+        lambda owner_id: idle if owner_id is None else per_request[owner_id],
+    )
+    return per_request, idle
+
+
+def charge_into(
+    worker: Worker,
+    worker_bill: WorkerBill,
+    policy: str,
+    owner: Callable[[str | None], Charges],
+) -> None:
+    """Add ``worker_bill``, split under ``policy``, to the charges ``owner(request id)`` gives
+    (``owner(None)``: the worker's own), which may be shared: a report adds each request's part
+    straight into its group's charges instead of making one :class:`Charges` per request. The
+    charges' ``versions`` are the caller's to set. :func:`attribute` is this with one per
+    request."""
+    rates = (worker.rules or _UNPRICED).per_gpu_second_by_resource(worker.timeline.gpu_count)
+    rate = rate_key(rates["gpu"], rates["cpu"], rates["memory"])
     # Every fee line of a bill is the rules' fee: its key made once.
     fee = rate_key((worker.rules or _UNPRICED).execution_fee_usd)
     for owner_id, line, gpu_ns in owned_lines(worker, worker_bill, policy):
-        owner = idle if owner_id is None else per_request[owner_id]
+        charges = owner(owner_id)
         if line.category == "fee":
-            owner.add_fee(fee)
+            charges.add_fee(fee)
         else:
-            owner.add_time(rate, line.category, gpu_ns)
-    return per_request, idle
+            charges.add_time(rate, line.category, gpu_ns)
 
 
 def owned_lines(
@@ -396,7 +453,7 @@ def owned_lines(
     requests = worker.timeline.requests
     first = min(requests, key=lambda r: (r.start_ns, r.request_id), default=None)
     shared: list[Line] = []
-    busy: dict[str, Fraction] = {request.request_id: Fraction(0) for request in requests}
+    busy: dict[str, int | Fraction] = dict.fromkeys((request.request_id for request in requests), 0)
     for line in worker_bill.lines:
         if line.category == "fee":
             yield line.request_id, line, 0
@@ -422,13 +479,13 @@ def owned_lines(
 
 
 def _share(
-    lines: Sequence[Line], requests: Sequence[Request], busy: dict[str, Fraction]
+    lines: Sequence[Line], requests: Sequence[Request], busy: dict[str, int | Fraction]
 ) -> Iterator[tuple[str, Line, Fraction]]:
     """Spread ``lines`` over the requests pro rata to each one's busy time (``busy``: its GPU
     time running; equally when none ran)."""
     if not lines:
         return
-    weights = dict(busy)
+    weights = {request_id: Fraction(value) for request_id, value in busy.items()}
     total = sum(weights.values(), Fraction(0))
     if total == 0:
         weights = dict.fromkeys(weights, Fraction(1))

@@ -76,16 +76,17 @@ def recorded_edition_rules() -> Any:  # RulesFor
 
 
 def stale_warnings(
-    records: Iterable[InvocationRecord], pricing_file: str | None, today: dt.date
+    versions: Iterable[str | None], pricing_file: str | None, today: dt.date
 ) -> list[str]:
     """One warning per price edition older than 90 days on ``today`` that the report prices by:
-    ``pricing_file``'s (re-pricing), else those the records were priced from."""
+    ``pricing_file``'s (re-pricing), else those the records were priced from (``versions``:
+    their pricing versions)."""
     from gpuledger._pricing import edition_catalogue, edition_name, load_catalogue  # noqa: PLC0415
 
     if pricing_file is not None:
         catalogues = [load_catalogue(pricing_file)]
     else:
-        names = {edition_name(r.pricing_version) for r in records if r.pricing_version}
+        names = {edition_name(version) for version in versions if version}
         catalogues = [edition_catalogue(name) for name in sorted(n for n in names if n)]
     return [
         warning

@@ -442,17 +442,16 @@ def _as_recorded(location: str, since: str | None) -> dict[str, Any] | None:
     the totals agree exactly). None when the ledger holds nothing."""
     from gpuledger.cli._billing import billing_options  # noqa: PLC0415
     from gpuledger.cli._options import adopt_journal  # noqa: PLC0415
-    from gpuledger.ledger import aggregate, open_ledger, parse_since, totals  # noqa: PLC0415
+    from gpuledger.ledger import ledger_report, open_ledger, parse_since  # noqa: PLC0415
 
     since_ns = None if since is None else parse_since(since, now_ns=time.time_ns())
     adopt_journal(location)
     with open_ledger(location, create=False) as ledger:
-        records = list(ledger.read(since_ns=since_ns))
-        stops = ledger.read_stops()
-    if not records:
+        rows, total = ledger_report(
+            ledger, "platform", since_ns=since_ns, **billing_options(None, "separate")
+        )
+    if total is None:
         return None
-    rows = aggregate(records, "platform", stops=stops, **billing_options(None, "separate"))
-    total = totals(rows)
     return {
         "platforms": sorted(row.key for row in rows if row.key != "(idle)"),
         "requests": total.invocations,

@@ -26,9 +26,9 @@ from gpuledger.ledger import (
     LEDGER_ENV,
     REPORT_COLUMNS,
     ReportRow,
-    aggregate,
     default_ledger_location,
     focus_rows,
+    ledger_report,
     open_ledger,
     parse_since,
     period_charges,
@@ -264,19 +264,23 @@ def report(
         raise click.ClickException(str(exc)) from None
     target = location if location is not None else default_ledger_location()
     _options.adopt_journal(target)
+    records: list[InvocationRecord] = []
+    rows: list[ReportRow] = []
+    total = None
     try:
         with open_ledger(target, create=False) as ledger:
-            total = None
-            records = list(ledger.read(since_ns=since_ns))
-            billing["stops"] = ledger.read_stops()
-            billing["now_ns"] = time.time_ns()
-            if by == "target":  # rows overlap (one invocation, several targets): total apart
-                total = totals(aggregate(records, "platform", **billing)) if records else None
-            rows = aggregate(records, by, **billing) if output_format != "focus" else []
+            now_ns = time.time_ns()
+            if output_format == "focus":  # charges per hour: from the records
+                records = list(ledger.read(since_ns=since_ns))
+                billing["stops"] = ledger.read_stops()
+                billing["now_ns"] = now_ns
+            else:  # computed in the database (by target: rows overlap, the total apart)
+                rows, total = ledger_report(ledger, by, since_ns=since_ns, now_ns=now_ns, **billing)
+            versions = ledger.pricing_versions(since_ns=since_ns)
             path = ledger.path
     except LedgerError as exc:
         raise click.ClickException(str(exc)) from None
-    for warning in stale_warnings(records, pricing_file, _options.today()):
+    for warning in stale_warnings(versions, pricing_file, _options.today()):
         click.echo(warning, err=True)
 
     if output_format == "focus":

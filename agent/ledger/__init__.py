@@ -2,7 +2,9 @@
 
 :func:`open_ledger` opens either from a location (a path, ``sqlite:///``, ``postgresql://``);
 both back-ends share one schema and one row encoding, so they store and return the same records.
-``gpuledger report`` reads it (:mod:`gpuledger.ledger._report`).
+``gpuledger report`` reads it: :func:`ledger_report` computes a report in the database
+(:mod:`gpuledger.ledger._query`), :func:`aggregate` the same from records in memory
+(:mod:`gpuledger.ledger._report`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from gpuledger.ledger._focus import (
     write_focus_csv,
 )
 from gpuledger.ledger._periods import HOUR_NS, PeriodCharge, period_charges
+from gpuledger.ledger._query import Report
+from gpuledger.ledger._query import report as ledger_report
 from gpuledger.ledger._report import (
     GROUP_BY,
     REPORT_COLUMNS,
@@ -54,6 +58,7 @@ __all__ = [
     "FocusRow",
     "Ledger",
     "PeriodCharge",
+    "Report",
     "ReportRow",
     "SqliteLedger",
     "Usage",
@@ -62,6 +67,7 @@ __all__ = [
     "default_ledger_location",
     "display_location",
     "focus_rows",
+    "ledger_report",
     "open_ledger",
     "parse_since",
     "period_charges",

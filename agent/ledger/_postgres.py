@@ -28,7 +28,7 @@ import random
 import re
 import time
 import urllib.parse
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from gpuledger._errors import LedgerError
@@ -36,6 +36,7 @@ from gpuledger._location import mask_secrets
 from gpuledger._record import InvocationRecord
 from gpuledger.ledger._schema import (
     SCHEMA_MIGRATIONS_TABLE,
+    STREAM_BATCH,
     Ledger,
     Migration,
     _check_schema,
@@ -302,6 +303,7 @@ class PostgresLedger(Ledger):
     """
 
     _PARAMETER = "%s"
+    DIALECT = "postgresql"
 
     def __init__(
         self,
@@ -389,6 +391,28 @@ class PostgresLedger(Ledger):
                 raise LedgerError(
                     f"could not read the ledger at {self.path}: {_scrub(str(exc), ())}"
                 ) from exc
+
+    def _stream(self, sql: str, parameters: Sequence[object]) -> Iterator[tuple[Any, ...]]:
+        """A server-side cursor in a read-only transaction of its own, fetched a batch at a
+        time (``_query`` runs on the same connection, inside that transaction, meanwhile)."""
+        import psycopg  # noqa: PLC0415
+
+        with self._lock:
+            connection = self._live_connection()
+        try:
+            with connection.transaction(), connection.cursor(name="gpuledger_stream") as cursor:
+                with self._lock:
+                    cursor.execute(sql, parameters)
+                while True:
+                    with self._lock:
+                        rows = cursor.fetchmany(STREAM_BATCH)
+                    if not rows:
+                        return
+                    yield from rows
+        except psycopg.Error as exc:
+            raise LedgerError(
+                f"could not read the ledger at {self.path}: {_scrub(str(exc), ())}"
+            ) from exc
 
     def _run(self, action: Callable[[psycopg.Connection[tuple[Any, ...]]], _T]) -> _T:
         """Run ``action`` on the connection (the lock held), retrying what PostgreSQL asks to.

@@ -63,6 +63,97 @@ _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$", re.IGNORECASE)
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
+SCALE: Final = 1_000_000_000
+"""Measured floats (seconds, joules, dollars) are summed as integers of ``1 / SCALE`` of their
+unit: :func:`fixed` in Python, :func:`fixed_sql` in the database, the same arithmetic, so that a
+sum is exact whatever the order and the same wherever it is computed."""
+
+
+def fixed(value: float | None) -> int | None:
+    """``value`` in integers of ``1 / SCALE`` (half away from zero's cousin: ``+ 0.5`` then
+    truncated toward zero, as SQL's ``CAST(... AS INTEGER)`` does); None for None, NaN and
+    infinities (the ledger stores NaN as NULL, which sums skip)."""
+    if value is None or not math.isfinite(value):
+        return None
+    return int(value * 1e9 + 0.5)
+
+
+@dataclasses.dataclass(slots=True)
+class Measures:
+    """What a group's records measured: counts, and sums of :func:`fixed` values with how many
+    records had one. The database computes the same (``gpuledger.ledger._query``)."""
+
+    invocations: int = 0
+    cold_starts: int = 0
+    errors: int = 0
+    init_n: int = 0
+    init_sum: int = 0
+    busy_n: int = 0
+    busy_sum: int = 0
+    busy_billed_sum: int = 0
+    energy_n: int = 0
+    energy_sum: int = 0
+    calls_n: int = 0
+    calls_sum: int = 0
+    wait_n: int = 0
+    wait_sum: int = 0
+    wait_cost_n: int = 0
+    wait_cost_sum: int = 0
+    input_n: int = 0
+    input_sum: int = 0
+    output_n: int = 0
+    output_sum: int = 0
+
+    def merge(self, other: Measures) -> None:
+        for name in _MEASURE_FIELDS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def add(self, record: InvocationRecord, entry: Mapping[str, Any] | None = None) -> None:
+        """One record; ``entry``, grouped by target: that target's calls instead of all."""
+        self.invocations += 1
+        if record.cold:
+            self.cold_starts += 1
+            if (init := fixed(record.init_duration_s)) is not None:
+                self.init_n += 1
+                self.init_sum += init
+        if record.outcome != "ok":
+            self.errors += 1
+        if (busy := fixed(record.busy_gpu_seconds)) is not None:
+            self.busy_n += 1
+            self.busy_sum += busy
+            self.busy_billed_sum += fixed(record.billed_gpu_seconds) or 0
+        if (energy := fixed(record.energy_j)) is not None:
+            self.energy_n += 1
+            self.energy_sum += energy
+        if entry is not None:
+            self.calls_n += 1
+            self.calls_sum += int(entry.get("calls", 0))
+            if (wait := fixed(float(entry.get("wait_s", 0.0)))) is not None:
+                self.wait_n += 1
+                self.wait_sum += wait
+            if "wait_usd" in entry and (cost := fixed(float(entry["wait_usd"]))) is not None:
+                self.wait_cost_n += 1
+                self.wait_cost_sum += cost
+        elif record.external_calls is not None:
+            self.calls_n += 1
+            self.calls_sum += record.external_calls
+            if (wait := fixed(record.external_wait_seconds)) is not None:
+                self.wait_n += 1
+                self.wait_sum += wait
+            if (cost := fixed(record.external_wait_cost_usd)) is not None:
+                self.wait_cost_n += 1
+                self.wait_cost_sum += cost
+        if record.input_tokens is not None:
+            self.input_n += 1
+            self.input_sum += record.input_tokens
+        if record.output_tokens is not None:
+            self.output_n += 1
+            self.output_sum += record.output_tokens
+
+
+_MEASURE_FIELDS: Final = tuple(field.name for field in dataclasses.fields(Measures))
+
+
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class ReportRow:
     """One group of a report (or the TOTAL). Seconds, US dollars; None means unknown."""
@@ -131,12 +222,54 @@ class ReportRow:
     output_tokens: int | None
     duration_p50_s: float
     duration_p95_s: float
-    # Raw samples, kept so that totals() can compute exact percentiles and means across groups.
+    # Kept so that totals() can add groups up exactly: the sums, the charges, and (reports
+    # computed in Python) the raw durations for exact percentiles across groups.
     _durations_s: tuple[float, ...] = dataclasses.field(default=(), repr=False, compare=False)
-    _init_durations_s: tuple[float, ...] = dataclasses.field(default=(), repr=False, compare=False)
-    _busy_billed_s: float = dataclasses.field(default=0.0, repr=False, compare=False)
+    _measures: Measures = dataclasses.field(default_factory=Measures, repr=False, compare=False)
     _charges: Charges = dataclasses.field(default_factory=Charges, repr=False, compare=False)
     _priced: int = dataclasses.field(default=0, repr=False, compare=False)
+
+
+def build_row(
+    key: str,
+    measures: Measures,
+    charges: Charges,
+    *,
+    priced: int,
+    unpriced: int,
+    provisional: int,
+    p50_s: float,
+    p95_s: float,
+    durations_s: tuple[float, ...] = (),
+) -> ReportRow:
+    """A group's row from its sums and charges (both ways of computing a report end here)."""
+    m = measures
+    busy = m.busy_sum / SCALE if m.busy_n else None
+    return ReportRow(
+        key=key,
+        invocations=m.invocations,
+        cold_starts=m.cold_starts,
+        cold_start_share=m.cold_starts / m.invocations if m.invocations else 0.0,
+        mean_init_s=m.init_sum / SCALE / m.init_n if m.init_n else None,
+        errors=m.errors,
+        **_money(charges, priced=priced),
+        busy_gpu_seconds=busy,
+        busy_share=_share(busy, m.busy_billed_sum / SCALE),
+        energy_j=m.energy_sum / SCALE if m.energy_n else None,
+        external_calls=m.calls_sum if m.calls_n else None,
+        external_wait_s=m.wait_sum / SCALE if m.wait_n else None,
+        external_wait_cost_usd=m.wait_cost_sum / SCALE if m.wait_cost_n else None,
+        unpriced=unpriced,
+        provisional=provisional,
+        input_tokens=m.input_sum if m.input_n else None,
+        output_tokens=m.output_sum if m.output_n else None,
+        duration_p50_s=p50_s,
+        duration_p95_s=p95_s,
+        _durations_s=durations_s,
+        _measures=measures,
+        _charges=charges,
+        _priced=priced,
+    )
 
 
 REPORT_COLUMNS: Final = tuple(
@@ -256,46 +389,36 @@ def aggregate(
             )
     rows = [tally.row(key) for key, tally in tallies.items()]
     if idle_priced:
-        rows.append(_idle_row(idle, idle_priced, idle_provisional))
+        rows.append(idle_row(idle, idle_priced, idle_provisional))
     if by == "day":
         return sorted(rows, key=lambda row: (row.key == IDLE_KEY, row.key))
     return sorted(rows, key=_cost_order)
 
 
-def totals(rows: Sequence[ReportRow]) -> ReportRow:
-    """One row, keyed ``TOTAL``, summarising ``rows`` as if their records were one group."""
+def totals(
+    rows: Sequence[ReportRow], *, p50_s: float | None = None, p95_s: float | None = None
+) -> ReportRow:
+    """One row, keyed ``TOTAL``, summarising ``rows`` as if their records were one group.
+
+    Its percentiles are those of every duration the rows kept (rows :func:`aggregate` made),
+    or ``p50_s`` and ``p95_s`` where given (a report computed in the database works them out
+    there: its rows keep no durations)."""
     durations = sorted(duration for row in rows for duration in row._durations_s)
-    init_durations = [value for row in rows for value in row._init_durations_s]
-    invocations = sum(row.invocations for row in rows)
-    cold_starts = sum(row.cold_starts for row in rows)
+    measures = Measures()
     charges = Charges()
     for row in rows:
+        measures.merge(row._measures)
         charges.merge(row._charges)
-    return ReportRow(
-        key=TOTAL_KEY,
-        invocations=invocations,
-        cold_starts=cold_starts,
-        cold_start_share=cold_starts / invocations if invocations else 0.0,
-        mean_init_s=math.fsum(init_durations) / len(init_durations) if init_durations else None,
-        errors=sum(row.errors for row in rows),
-        **_money(charges, priced=sum(row._priced for row in rows)),
-        busy_gpu_seconds=(busy := _sum_known(row.busy_gpu_seconds for row in rows)),
-        busy_share=_share(busy, math.fsum(row._busy_billed_s for row in rows)),
-        energy_j=_sum_known(row.energy_j for row in rows),
-        external_calls=_sum_known_int(row.external_calls for row in rows),
-        external_wait_s=_sum_known(row.external_wait_s for row in rows),
-        external_wait_cost_usd=_sum_known(row.external_wait_cost_usd for row in rows),
+    return build_row(
+        TOTAL_KEY,
+        measures,
+        charges,
+        priced=sum(row._priced for row in rows),
         unpriced=sum(row.unpriced for row in rows),
         provisional=sum(row.provisional for row in rows if row.key != IDLE_KEY),
-        input_tokens=_sum_known_int(row.input_tokens for row in rows),
-        output_tokens=_sum_known_int(row.output_tokens for row in rows),
-        duration_p50_s=_percentile(durations, 0.50),
-        duration_p95_s=_percentile(durations, 0.95),
-        _durations_s=tuple(durations),
-        _init_durations_s=tuple(init_durations),
-        _busy_billed_s=math.fsum(row._busy_billed_s for row in rows),
-        _charges=charges,
-        _priced=sum(row._priced for row in rows),
+        p50_s=_percentile(durations, 0.50) if p50_s is None else p50_s,
+        p95_s=_percentile(durations, 0.95) if p95_s is None else p95_s,
+        durations_s=tuple(durations),
     )
 
 
@@ -328,30 +451,17 @@ def _money(charges: Charges, *, priced: int) -> dict[str, Any]:
     }
 
 
-def _idle_row(charges: Charges, workers: int, provisional: int) -> ReportRow:
+def idle_row(charges: Charges, workers: int, provisional: int) -> ReportRow:
     """The ``(idle)`` row: what the workers were charged that no request was (``separate``)."""
-    return ReportRow(
-        key=IDLE_KEY,
-        invocations=0,
-        cold_starts=0,
-        cold_start_share=0.0,
-        mean_init_s=None,
-        errors=0,
-        **_money(charges, priced=workers),
-        busy_gpu_seconds=None,
-        busy_share=None,
-        energy_j=None,
-        external_calls=None,
-        external_wait_s=None,
-        external_wait_cost_usd=None,
+    return build_row(
+        IDLE_KEY,
+        Measures(),
+        charges,
+        priced=workers,
         unpriced=0,
         provisional=provisional,
-        input_tokens=None,
-        output_tokens=None,
-        duration_p50_s=math.nan,
-        duration_p95_s=math.nan,
-        _charges=charges,
-        _priced=workers,
+        p50_s=math.nan,
+        p95_s=math.nan,
     )
 
 
@@ -364,44 +474,15 @@ def _share(busy: float | None, billed: float) -> float | None:
 class _Tally:
     """Running sums for one group."""
 
-    __slots__ = (
-        "busy",
-        "busy_billed",
-        "charges",
-        "cold_starts",
-        "durations",
-        "energy",
-        "errors",
-        "ext_calls",
-        "ext_cost",
-        "ext_wait",
-        "init_durations",
-        "input_tokens",
-        "invocations",
-        "output_tokens",
-        "priced",
-        "provisional",
-        "unpriced",
-    )
+    __slots__ = ("charges", "durations", "measures", "priced", "provisional", "unpriced")
 
     def __init__(self) -> None:
-        self.invocations = 0
-        self.cold_starts = 0
-        self.errors = 0
+        self.measures = Measures()
         self.unpriced = 0
         self.priced = 0
         self.provisional = 0
         self.charges = Charges()
         self.durations: list[float] = []
-        self.init_durations: list[float] = []
-        self.busy = _ExactSum()
-        self.busy_billed = _ExactSum()
-        self.energy = _ExactSum()
-        self.ext_calls: list[int] = []
-        self.ext_wait = _ExactSum()
-        self.ext_cost = _ExactSum()
-        self.input_tokens: list[int] = []
-        self.output_tokens: list[int] = []
 
     def add(
         self,
@@ -412,7 +493,6 @@ class _Tally:
         *,
         provisional: bool = False,
     ) -> None:
-        self.invocations += 1
         self.provisional += provisional
         self.charges.merge(charges)
         if priced:
@@ -420,96 +500,23 @@ class _Tally:
         else:
             self.unpriced += 1
         entry = (record.external_targets or {}).get(target) if target is not None else None
-        if entry is not None:  # grouped by target: that target's share of the calls
-            self.ext_calls.append(int(entry.get("calls", 0)))
-            self.ext_wait.add(float(entry.get("wait_s", 0.0)))
-            if "wait_usd" in entry:
-                self.ext_cost.add(float(entry["wait_usd"]))
-        elif record.external_calls is not None:
-            self.ext_calls.append(record.external_calls)
-            if record.external_wait_seconds is not None:
-                self.ext_wait.add(record.external_wait_seconds)
-            if record.external_wait_cost_usd is not None:
-                self.ext_cost.add(record.external_wait_cost_usd)
-        self.durations.append(record.duration_s)
-        if record.cold:
-            self.cold_starts += 1
-            if record.init_duration_s is not None:
-                self.init_durations.append(record.init_duration_s)
-        if record.outcome != "ok":
-            self.errors += 1
-        if record.busy_gpu_seconds is not None:
-            self.busy.add(record.busy_gpu_seconds)
-            self.busy_billed.add(record.billed_gpu_seconds)
-        if record.energy_j is not None:
-            self.energy.add(record.energy_j)
-        if record.input_tokens is not None:
-            self.input_tokens.append(record.input_tokens)
-        if record.output_tokens is not None:
-            self.output_tokens.append(record.output_tokens)
+        self.measures.add(record, entry)
+        if not math.isnan(record.duration_s):  # unknown (stored as NULL): no percentile has it
+            self.durations.append(record.duration_s)
 
     def row(self, key: str) -> ReportRow:
         durations = sorted(self.durations)
-        return ReportRow(
-            key=key,
-            invocations=self.invocations,
-            cold_starts=self.cold_starts,
-            cold_start_share=self.cold_starts / self.invocations,
-            mean_init_s=(
-                math.fsum(self.init_durations) / len(self.init_durations)
-                if self.init_durations
-                else None
-            ),
-            errors=self.errors,
-            **_money(self.charges, priced=self.priced),
-            busy_gpu_seconds=(busy := self.busy.value() if self.busy.count else None),
-            busy_share=_share(busy, self.busy_billed.value()),
-            energy_j=self.energy.value() if self.energy.count else None,
-            external_calls=sum(self.ext_calls) if self.ext_calls else None,
-            external_wait_s=self.ext_wait.value() if self.ext_wait.count else None,
-            external_wait_cost_usd=self.ext_cost.value() if self.ext_cost.count else None,
+        return build_row(
+            key,
+            self.measures,
+            self.charges,
+            priced=self.priced,
             unpriced=self.unpriced,
             provisional=self.provisional,
-            input_tokens=sum(self.input_tokens) if self.input_tokens else None,
-            output_tokens=sum(self.output_tokens) if self.output_tokens else None,
-            duration_p50_s=_percentile(durations, 0.50),
-            duration_p95_s=_percentile(durations, 0.95),
-            _durations_s=tuple(durations),
-            _init_durations_s=tuple(self.init_durations),
-            _busy_billed_s=self.busy_billed.value(),
-            _charges=self.charges,
-            _priced=self.priced,
+            p50_s=_percentile(durations, 0.50),
+            p95_s=_percentile(durations, 0.95),
+            durations_s=tuple(durations),
         )
-
-
-class _ExactSum:
-    """A float sum rounded once at the end, as ``math.fsum`` does, without keeping the values.
-
-    A chargeback total must not drift with the number of records or the order they are read in.
-    Shewchuk's algorithm: ``partials`` are non-overlapping floats whose exact sum is the total.
-    """
-
-    __slots__ = ("count", "partials")
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.partials: list[float] = []
-
-    def add(self, value: float) -> None:
-        self.count += 1
-        kept = 0
-        for stored in self.partials:
-            larger, smaller = (value, stored) if abs(value) >= abs(stored) else (stored, value)
-            high = larger + smaller
-            low = smaller - (high - larger)
-            if low:
-                self.partials[kept] = low
-                kept += 1
-            value = high
-        self.partials[kept:] = [value]
-
-    def value(self) -> float:
-        return math.fsum(self.partials)
 
 
 def _key_function(by: str) -> Callable[[InvocationRecord], str]:
@@ -550,13 +557,3 @@ def _percentile(ordered: Sequence[float], fraction: float) -> float:
     upper = min(lower + 1, len(ordered) - 1)
     weight = position - lower
     return ordered[lower] + (ordered[upper] - ordered[lower]) * weight
-
-
-def _sum_known(values: Iterable[float | None]) -> float | None:
-    known = [value for value in values if value is not None]
-    return math.fsum(known) if known else None
-
-
-def _sum_known_int(values: Iterable[int | None]) -> int | None:
-    known = [value for value in values if value is not None]
-    return sum(known) if known else None

@@ -26,6 +26,8 @@ from gpuledger._record import FIELD_NAMES, InvocationRecord
 
 _READ_PAGE = 1000
 """Rows fetched per query while reading, so a long read never holds the lock or the file."""
+STREAM_BATCH: Final = 5000
+"""Rows fetched at a time by ``Ledger._stream``."""
 
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
@@ -39,6 +41,7 @@ __all__ = [
     "MIGRATIONS",
     "SCHEMA_MIGRATIONS_TABLE",
     "SCHEMA_VERSION",
+    "STREAM_BATCH",
     "Ledger",
     "Migration",
     "Usage",
@@ -216,6 +219,8 @@ class Ledger(abc.ABC):
 
     _PARAMETER: ClassVar[str] = "?"
     """The back-end's query parameter placeholder."""
+    DIALECT: ClassVar[Literal["sqlite", "postgresql"]] = "sqlite"
+    """The back-end's SQL dialect, where a query is written differently for each."""
 
     def __init__(self, *, location: str, path: str, schema_version: int) -> None:
         self._lock = threading.Lock()
@@ -276,6 +281,38 @@ class Ledger(abc.ABC):
     @abc.abstractmethod
     def _query(self, sql: str, parameters: Sequence[object]) -> list[Any]:
         """All rows of one read-only query, under the lock; errors become LedgerError."""
+
+    @abc.abstractmethod
+    def _stream(self, sql: str, parameters: Sequence[object]) -> Iterator[tuple[Any, ...]]:
+        """The rows of one read-only query, fetched :data:`STREAM_BATCH` at a time, for reads
+        too large to hold (a report over every row): the lock is held while fetching, not
+        between batches, so ``_query`` can run while a stream is open. Errors become
+        LedgerError."""
+
+    def read_by_id(self, record_ids: Sequence[str]) -> dict[str, InvocationRecord]:
+        """The stored records of ``record_ids`` (those that are stored), by record id."""
+        found: dict[str, InvocationRecord] = {}
+        p = self._PARAMETER
+        for start in range(0, len(record_ids), _READ_PAGE):
+            chunk = list(record_ids[start : start + _READ_PAGE])
+            marks = ", ".join([p] * len(chunk))
+            rows = self._query(
+                f"SELECT {', '.join(FIELD_NAMES)} FROM invocations WHERE record_id IN ({marks})",
+                chunk,
+            )
+            for row in rows:
+                record = _decode(row)
+                found[record.record_id] = record
+        return found
+
+    def pricing_versions(self, *, since_ns: int | None = None) -> set[str]:
+        """The price editions the records (started since ``since_ns``) were priced from."""
+        sql = "SELECT DISTINCT pricing_version FROM invocations WHERE pricing_version IS NOT NULL"
+        parameters: list[object] = []
+        if since_ns is not None:
+            sql += f" AND start_ns >= {self._PARAMETER}"
+            parameters.append(max(_INT64_MIN, min(since_ns, _INT64_MAX)))
+        return {str(version) for (version,) in self._query(sql, parameters)}
 
     def read(
         self, *, since_ns: int | None = None, until_ns: int | None = None

@@ -27,7 +27,7 @@ import pathlib
 import random
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final, TypeVar
 
 from gpuledger._errors import LedgerError
@@ -42,6 +42,7 @@ from gpuledger.ledger._schema import (
     MIGRATIONS,
     SCHEMA_MIGRATIONS_TABLE,
     SCHEMA_VERSION,
+    STREAM_BATCH,
     Ledger,
     Migration,
     Usage,
@@ -220,6 +221,29 @@ class SqliteLedger(Ledger):
                 return _retry_busy(lambda: connection.execute(sql, parameters).fetchall())
             except sqlite3.Error as exc:
                 raise LedgerError(f"could not read the ledger at {self.path}: {exc}") from exc
+
+    def _stream(self, sql: str, parameters: Sequence[object]) -> Iterator[tuple[Any, ...]]:
+        with self._lock:
+            connection = self._require_open()
+            try:
+                cursor = _retry_busy(lambda: connection.execute(sql, parameters))
+            except sqlite3.Error as exc:
+                raise LedgerError(f"could not read the ledger at {self.path}: {exc}") from exc
+        try:
+            while True:
+                with self._lock:
+                    self._require_open()
+                    try:
+                        rows = cursor.fetchmany(STREAM_BATCH)
+                    except sqlite3.Error as exc:
+                        raise LedgerError(
+                            f"could not read the ledger at {self.path}: {exc}"
+                        ) from exc
+                if not rows:
+                    return
+                yield from rows
+        finally:
+            cursor.close()
 
 
 # --- opening -------------------------------------------------------------------------------------
