@@ -26,6 +26,7 @@ from gpuledger.billing._attribute import (
     owned_lines,
     rate_key,
     worker_key,
+    worker_lines,
     worker_of,
     workers_of,
 )
@@ -42,6 +43,7 @@ from gpuledger.billing._engine import (
     allocate,
     bill,
     bill_intervals,
+    bill_lines,
     billed_wall_ns,
     billed_wall_ns_unserved,
     rounded_ns,
@@ -69,6 +71,7 @@ __all__ = [
     "attribute",
     "bill",
     "bill_intervals",
+    "bill_lines",
     "bill_workers",
     "billed_wall_ns",
     "billed_wall_ns_unserved",
@@ -78,6 +81,7 @@ __all__ = [
     "rate_key",
     "rounded_ns",
     "worker_key",
+    "worker_lines",
     "worker_of",
     "workers_of",
 ]

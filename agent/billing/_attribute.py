@@ -26,10 +26,11 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from fractions import Fraction
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from gpuledger._record import InvocationRecord
 from gpuledger.billing._engine import (
@@ -43,6 +44,7 @@ from gpuledger.billing._engine import (
     WorkerBill,
     WorkerTimeline,
     bill,
+    bill_lines,
 )
 
 __all__ = [
@@ -59,6 +61,7 @@ __all__ = [
     "owned_lines",
     "rate_key",
     "worker_key",
+    "worker_lines",
     "worker_of",
     "workers_of",
 ]
@@ -251,6 +254,15 @@ class Charges:
     def total_usd(self) -> Fraction:
         return sum(self.usd.values(), Fraction(0))
 
+    def charged(self) -> bool:
+        """Whether anything was charged: GPU time, a fee of some amount, or dollars taken as
+        recorded (``total_usd or billed_gpu_ns``, without working out dollars)."""
+        return (
+            any(any(slots) for slots in self._time.values())
+            or any(count and key[0] for key, count in self._fees.items())
+            or any(self._recorded.values())
+        )
+
     @property
     def billed_gpu_ns(self) -> Fraction:
         return sum(self.gpu_ns.values(), Fraction(0))
@@ -278,9 +290,22 @@ def worker_key(record: InvocationRecord) -> str:
 
 def frozen_rules(record: InvocationRecord) -> tuple[Rules | None, str | None]:
     """The rules frozen on ``record`` when its worker started, and its pricing version."""
-    if record.billing_rules is None:
+    frozen = record.billing_rules
+    if frozen is None:
         return None, None
-    return Rules.from_json(record.billing_rules), record.pricing_version
+    try:
+        key = tuple(sorted(frozen.items()))
+        hash(key)
+    except TypeError:  # not the flat mapping to_json writes: read it as it is
+        return Rules.from_json(frozen), record.pricing_version
+    return _rules_of(key), record.pricing_version
+
+
+@functools.lru_cache(maxsize=256)
+def _rules_of(frozen: tuple[tuple[str, Any], ...]) -> Rules:
+    """Rules read once per distinct frozen text: a fleet's workers share a handful (Rules
+    are immutable), and reading one is a dozen exact fractions."""
+    return Rules.from_json(dict(frozen))
 
 
 def workers_of(
@@ -375,6 +400,12 @@ _UNPRICED: Final = Rules(per_gpu_second_usd=Fraction(0))
 """How an unpriced worker's time is still counted: its requests' own time, nothing added."""
 
 
+def worker_lines(worker: Worker) -> tuple[Line, ...]:
+    """The lines of the worker's bill (an unpriced worker's: its requests' time at no rate),
+    without the bill's totals (:func:`gpuledger.billing.bill_lines`)."""
+    return bill_lines(worker.timeline, worker.rules or _UNPRICED)
+
+
 def bill_workers(workers: Iterable[Worker]) -> Iterable[tuple[Worker, WorkerBill]]:
     """Each worker with its bill (an unpriced worker's: its requests' time at no rate)."""
     for worker in workers:
@@ -400,7 +431,7 @@ def as_recorded(record: Billed, gpu_ns: int | Fraction = 0) -> Charges | None:
 
 
 def attribute(
-    worker: Worker, worker_bill: WorkerBill, policy: str = "separate"
+    worker: Worker, worker_bill: WorkerBill | Sequence[Line], policy: str = "separate"
 ) -> tuple[dict[str, Charges], Charges]:
     """``worker_bill`` split among the worker's requests under ``policy``: the charges of each
     request (by record id) and what stays the worker's own (its idle charges). Together they
@@ -421,7 +452,7 @@ def attribute(
 
 def charge_into(
     worker: Worker,
-    worker_bill: WorkerBill,
+    worker_bill: WorkerBill | Sequence[Line],
     policy: str,
     owner: Callable[[str | None], Charges],
 ) -> None:
@@ -443,18 +474,20 @@ def charge_into(
 
 
 def owned_lines(
-    worker: Worker, worker_bill: WorkerBill, policy: str = "separate"
+    worker: Worker, worker_bill: WorkerBill | Sequence[Line], policy: str = "separate"
 ) -> Iterator[tuple[str | None, Line, int | Fraction]]:
-    """Each line of ``worker_bill`` (or part of one) with the request it is charged to under
-    ``policy`` (None: the worker's own) and the GPU-nanoseconds charged to it there (0 for a
-    fee). :func:`attribute` sums these; a report per period splits the lines by time first."""
+    """Each line of ``worker_bill`` (or part of one; or of the lines given alone) with the
+    request it is charged to under ``policy`` (None: the worker's own) and the GPU-nanoseconds
+    charged to it there (0 for a fee). :func:`attribute` sums these; a report per period splits
+    the lines by time first."""
     if policy not in POLICIES:
         raise ValueError(f"no attribution policy {policy!r}: choose one of {', '.join(POLICIES)}")
     requests = worker.timeline.requests
     first = min(requests, key=lambda r: (r.start_ns, r.request_id), default=None)
     shared: list[Line] = []
     busy: dict[str, int | Fraction] = dict.fromkeys((request.request_id for request in requests), 0)
-    for line in worker_bill.lines:
+    bill_lines = worker_bill.lines if isinstance(worker_bill, WorkerBill) else worker_bill
+    for line in bill_lines:
         if line.category == "fee":
             yield line.request_id, line, 0
         elif line.request_id is not None:  # request, start-up done inside the request

@@ -57,7 +57,9 @@ __all__ = [
     "allocate",
     "bill",
     "bill_intervals",
+    "bill_lines",
     "billed_wall_ns",
+    "billed_wall_ns_unserved",
     "rounded_ns",
 ]
 
@@ -303,6 +305,49 @@ def bill(timeline: WorkerTimeline, rules: Rules, *, lines: bool = True) -> Worke
             rules,
             gpu_count=timeline.gpu_count,
         )
+    wall_ns, lines_out = _layout(timeline, rules, lines=True)
+    gpus = timeline.gpu_count
+    rate_per_gpu_ns = rules.usd_per_gpu_ns(gpus)
+    gpu_ns: dict[Category, Fraction] = {
+        category: Fraction(ns * gpus) for category, ns in wall_ns.items()
+    }
+    if any(r.startup_ns for r in timeline.requests):
+        # Start-up work done inside requests moves from ``request`` to ``startup``.
+        gpu_ns["startup"] = Fraction(
+            sum(line.gpu_ns for line in lines_out if line.category == "startup")
+        )
+        gpu_ns["request"] = Fraction(
+            sum(line.gpu_ns for line in lines_out if line.category == "request")
+        )
+    fee_count = len(timeline.requests) if rules.execution_fee_usd else 0
+    usd: dict[Category, Fraction] = {
+        category: amount * rate_per_gpu_ns for category, amount in gpu_ns.items()
+    }
+    usd["fee"] = rules.execution_fee_usd * fee_count
+    billed = sum(gpu_ns.values(), Fraction(0))
+    return WorkerBill(
+        lines=tuple(lines_out) if lines else (),
+        total_usd=sum(usd.values(), Fraction(0)),
+        billed_gpu_ns=billed,
+        usd_by_category=usd,
+        gpu_ns_by_category=gpu_ns,
+        stop_ns=timeline.stop_ns,
+        usd_by_resource=_by_resource(rules, gpus, billed),
+    )
+
+
+def bill_lines(timeline: WorkerTimeline, rules: Rules) -> tuple[Line, ...]:
+    """The lines of ``bill(timeline, rules)`` without its totals: what attributing a bill to
+    requests reads (a report over millions of requests bills every worker; working out each
+    bill's dollars too would cost more than the lines)."""
+    return tuple(_layout(timeline, rules, lines=True)[1])
+
+
+def _layout(
+    timeline: WorkerTimeline, rules: Rules, *, lines: bool
+) -> tuple[dict[Category, int], list[Line]]:
+    """A worker's billed wall time per category, and (``lines``, or start-up work inside a
+    request to move) its bill's lines."""
     gpus = timeline.gpu_count
     rate_per_gpu_ns = rules.usd_per_gpu_ns(gpus)
     busy = _union((r.start_ns, r.end_ns) for r in timeline.requests)
@@ -328,12 +373,8 @@ def bill(timeline: WorkerTimeline, rules: Rules, *, lines: bool = True) -> Worke
         "rounding": sum(end - start for start, end in rounding),
         "fee": 0,
     }
-    gpu_ns: dict[Category, Fraction] = {
-        category: Fraction(ns * gpus) for category, ns in wall_ns.items()
-    }
     lines_out: list[Line] = []
-    needs_lines = lines or any(r.startup_ns for r in timeline.requests)
-    if needs_lines:
+    if lines or any(r.startup_ns for r in timeline.requests):
         if has_startup:
             lines_out.append(_time_line("startup", *startup, gpus, rate_per_gpu_ns))
         lines_out.extend(_request_lines(timeline.requests, served, gpus, rate_per_gpu_ns))
@@ -347,28 +388,7 @@ def bill(timeline: WorkerTimeline, rules: Rules, *, lines: bool = True) -> Worke
             Line("fee", r.start_ns, r.start_ns, 0, rules.execution_fee_usd, r.request_id)
             for r in timeline.requests[:fee_count]
         )
-        if any(r.startup_ns for r in timeline.requests):
-            # Start-up work done inside requests moves from ``request`` to ``startup``.
-            gpu_ns["startup"] = Fraction(
-                sum(line.gpu_ns for line in lines_out if line.category == "startup")
-            )
-            gpu_ns["request"] = Fraction(
-                sum(line.gpu_ns for line in lines_out if line.category == "request")
-            )
-    usd: dict[Category, Fraction] = {
-        category: amount * rate_per_gpu_ns for category, amount in gpu_ns.items()
-    }
-    usd["fee"] = rules.execution_fee_usd * fee_count
-    billed = sum(gpu_ns.values(), Fraction(0))
-    return WorkerBill(
-        lines=tuple(lines_out) if lines else (),
-        total_usd=sum(usd.values(), Fraction(0)),
-        billed_gpu_ns=billed,
-        usd_by_category=usd,
-        gpu_ns_by_category=gpu_ns,
-        stop_ns=timeline.stop_ns,
-        usd_by_resource=_by_resource(rules, gpus, billed),
-    )
+    return wall_ns, lines_out
 
 
 def bill_intervals(
@@ -420,6 +440,37 @@ def billed_wall_ns(
     elif startup and not joined:  # the start-up is a billing span of its own
         rounding += rounded_ns(startup, rules) - startup
     return {"startup": startup, "request": busy, "idle": idle, "rounding": rounding, "fee": 0}
+
+
+def billed_wall_ns_unserved(
+    starts_ns: Iterable[int], readies_ns: Iterable[int], stops_ns: Iterable[int], rules: Rules
+) -> dict[Category, int]:
+    """:func:`billed_wall_ns` of many workers given without their requests (``begins`` and
+    ``ends`` empty), summed per category: each worker's start-up, its idle life where idle time
+    is billed, and the rounding of its own billing spans, in one call.
+
+    What a simulator needs for the thousands of workers whose requests cannot change their bill
+    (their whole life one billing span and no fee): a call per worker costs more than the
+    arithmetic. The same integer rules as :func:`billed_wall_ns`, worker by worker; the loop is
+    written out (no call per worker) and a test holds it equal to the sum of the single calls."""
+    bills_startup, bills_idle = rules.bills_startup, rules.bills_idle
+    increment, minimum = rules.increment_ns, rules.minimum_ns
+    startups = idles = roundings = 0
+    for start, ready, stop in zip(starts_ns, readies_ns, stops_ns, strict=True):
+        startup = ready - start if bills_startup and ready > start else 0
+        if bills_idle:  # the whole billed life is one span
+            idle = stop - ready if stop > ready else 0
+            span = startup + idle
+            idles += idle
+        elif startup:  # no request: the start-up is a billing span of its own
+            span = startup
+        else:
+            continue
+        startups += startup
+        if span > 0:
+            billed = -(-span // increment) * increment if increment > 0 else span
+            roundings += (billed if billed > minimum else minimum) - span
+    return {"startup": startups, "request": 0, "idle": idles, "rounding": roundings, "fee": 0}
 
 
 def _sweep(

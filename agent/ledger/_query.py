@@ -35,9 +35,9 @@ from gpuledger.billing import (
     Charges,
     as_recorded,
     attribute,
-    bill_workers,
     charge_into,
     frozen_rules,
+    worker_lines,
     worker_of,
 )
 from gpuledger.ledger._report import (
@@ -257,7 +257,7 @@ def _charge(
     tally: dict[str, int],
 ) -> None:
     """One worker's bill into its requests' groups, as ``aggregate`` does per request."""
-    ((_, worker_bill),) = bill_workers([worker])
+    lines = worker_lines(worker)
     running = now_ns is not None and worker.stop_inferred and worker.timeline.stop_ns > now_ns
     group_of = dict(zip((row.record_id for row in rows), keys, strict=True))
     requests = collections.Counter(keys)
@@ -271,7 +271,7 @@ def _charge(
     versions = {worker.pricing_version} if worker.pricing_version else set()
     if worker.rules is None:
         # No rules to bill it by: what each record says it cost, if anything (per request).
-        per_request, _ = attribute(worker, worker_bill, policy)
+        per_request, _ = attribute(worker, lines, policy)
         for row in rows:
             charges = per_request[row.record_id]
             recorded = as_recorded(row, charges.gpu_ns["request"])
@@ -286,7 +286,7 @@ def _charge(
     own = Charges()
     charge_into(
         worker,
-        worker_bill,
+        lines,
         policy,
         lambda owner: own if owner is None else touched[group_of[owner]].charges,
     )
@@ -294,7 +294,7 @@ def _charge(
         group.charges.versions |= versions
         group.priced += requests[key]
     own.versions |= versions
-    if own.total_usd or own.billed_gpu_ns:
+    if own.charged():
         idle.merge(own)
         tally["workers"] += 1
         tally["provisional"] += running

@@ -23,6 +23,7 @@ the ``CI`` environment variable is set (CI must not skip them silently).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -188,9 +189,10 @@ def _postgres_answers(port: int) -> Callable[[], bool]:
     return ready
 
 
-@pytest.fixture(scope="session")
-def postgres_dsn() -> Iterator[str]:
-    """DSN ``postgresql://postgres@127.0.0.1:PORT/postgres`` of a PostgreSQL for the session.
+@contextlib.contextmanager
+def postgres_server() -> Iterator[str]:
+    """DSN ``postgresql://postgres@127.0.0.1:PORT/postgres`` of a new PostgreSQL, stopped (by
+    pid) and removed on exit: for the session's tests (``postgres_dsn``) and for benchmarks.
 
     A new cluster (``initdb``: trust authentication, UTF8, C locale, no sync) in a temporary
     directory, with ``fsync``, ``synchronous_commit`` and ``full_page_writes`` off; its Unix socket
@@ -264,6 +266,13 @@ def postgres_dsn() -> Iterator[str]:
             stop(proc, signal.SIGINT)  # SIGINT: PostgreSQL's fast shutdown
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn() -> Iterator[str]:
+    """:func:`postgres_server` for the session."""
+    with postgres_server() as dsn:
+        yield dsn
 
 
 @pytest.fixture
