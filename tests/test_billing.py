@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from gpuledger._pricing import edition_catalogue
 from gpuledger.billing import CATEGORIES, Request, Rules, WorkerTimeline, bill
+from gpuledger.billing._engine import _clip, _lone_segments, _swept_segments, _union
 
 SEED_CATALOGUE = edition_catalogue("seed-2026-03")
 """The seed article's edition: these tests work its numbers."""
@@ -279,3 +280,27 @@ def test_a_running_bill_adds_up_to_the_bill(timeline: WorkerTimeline, rules: Rul
     expected = bill(timeline, rules).by_category()
     assert charged["idle"] == expected["idle"]
     assert charged["rounding"] == expected["rounding"]
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 50), st.integers(0, 30)),  # gap before, length
+        max_size=12,
+    ),
+    st.integers(0, 200),
+    st.integers(0, 400),
+)
+def test_requests_one_at_a_time_are_split_as_the_sweep_splits_them(
+    shape: list[tuple[int, int]], ready: int, stop_after: int
+) -> None:
+    """The shortcut for requests that never overlap (each its own stretch, clipped to the
+    served stretch holding it) gives the sweep's stretches exactly: touching, empty, before
+    ready and after stop included."""
+    requests = []
+    cursor = 0
+    for index, (gap, length) in enumerate(shape):
+        cursor += gap
+        requests.append(Request(f"r{index:02d}", cursor, cursor + length))
+        cursor += length
+    served = _clip(_union((r.start_ns, r.end_ns) for r in requests), ready, ready + stop_after)
+    assert _lone_segments(requests, served) == _swept_segments(requests, served)

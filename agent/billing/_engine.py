@@ -655,6 +655,15 @@ def _segments(
     """Within ``served``, the stretches of constant concurrency and the requests running in
     each (ordered by request start, then id). A sweep: linear in the output, not quadratic."""
     ordered = sorted(requests, key=lambda r: (r.start_ns, r.request_id))
+    if all(b.start_ns >= a.end_ns for a, b in itertools.pairwise(ordered)):
+        return _lone_segments(ordered, served)
+    return _swept_segments(ordered, served)
+
+
+def _swept_segments(
+    ordered: Sequence[Request], served: Sequence[tuple[int, int]]
+) -> list[tuple[int, int, tuple[str, ...]]]:
+    """:func:`_segments` by a sweep over every edge (requests ordered by start, then id)."""
     edges = sorted(
         {edge for start, end in served for edge in (start, end)}
         | {edge for r in ordered for edge in (r.start_ns, r.end_ns)}
@@ -674,6 +683,29 @@ def _segments(
             continue
         # Every edge is a boundary, so a request running at ``start`` runs to ``end``.
         segments.append((start, end, tuple(r.request_id for r in running)))
+    return segments
+
+
+def _lone_segments(
+    ordered: Sequence[Request], served: Sequence[tuple[int, int]]
+) -> list[tuple[int, int, tuple[str, ...]]]:
+    """:func:`_segments` where no two requests overlap (one at a time, the common case): each
+    request is one stretch, its part inside the served stretch that holds it (a request lies
+    within one busy stretch; clipping to ready and stop only trims its ends)."""
+    segments: list[tuple[int, int, tuple[str, ...]]] = []
+    stretch = 0
+    count = len(served)
+    for request in ordered:
+        start, end = request.start_ns, request.end_ns
+        while stretch < count and served[stretch][1] <= start:
+            stretch += 1
+        if stretch == count:
+            break
+        low, high = served[stretch]
+        start = max(start, low)
+        end = min(end, high)
+        if end > start:
+            segments.append((start, end, (request.request_id,)))
     return segments
 
 

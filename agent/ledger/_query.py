@@ -226,7 +226,8 @@ def _bill(
                     settle()
                     held = 0
             current, rows, keys = worker_key, [], []
-        rows.append(_billing_row(row[1:-1]))
+        # The database gives each column's type (cold: 0 or 1, which reads as a bool).
+        rows.append(_BillingRow._make(row[1:-1]))
         keys.append(row[-1])
     if current is not None:
         pending.append((current, rows, keys))
@@ -298,27 +299,6 @@ def _charge(
         idle.merge(own)
         tally["workers"] += 1
         tally["provisional"] += running
-
-
-def _billing_row(values: Sequence[Any]) -> _BillingRow:
-    (record_id, start, end, startup, w_start, w_ready, cold, init, gpus, cost, fee, cold_usd, v) = (
-        values
-    )
-    return _BillingRow(
-        str(record_id),
-        int(start),
-        int(end),
-        startup,
-        w_start,
-        w_ready,
-        bool(cold),
-        init,
-        int(gpus),
-        cost,
-        fee,
-        cold_usd,
-        v,
-    )
 
 
 # --- percentiles on SQLite -----------------------------------------------------------------------
