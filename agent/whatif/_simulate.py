@@ -30,6 +30,20 @@ is taken as recorded (optimistic where a GPU is shared: sharing usually slows ea
 
 ``workers=``, a list, receives every worker's :class:`SimulatedWorker`: its timeline, rules and
 bill, in the order they were billed.
+
+Two common cases take a shorter path where numpy is installed (``compare`` at a million requests
+spends its time in them), with exactly the general path's results (``test_compare_fast`` holds
+them equal): serverless workers with one request each, no pool and no worker limit, where
+nothing ever queues (:func:`_on_demand_replay` only picks each request's worker; latencies, busy
+time and cold starts are array sums, and the engine bills all workers whose requests cannot
+change their bill in one call, :func:`gpuledger.billing.billed_wall_ns_unserved`); and a hybrid's
+reserved GPUs when no request may wait (:func:`_replay_reserved_no_wait`: which requests a GPU
+is free for, from each GPU's next free arrival). Without numpy, when the timelines are asked
+for, or for any other shape, the general replays run.
+
+Why one module: the three models share the serverless replay (a hybrid's overflow is one), its
+latencies and its bills, and each fast path is a shortcut through one general replay's own
+state; split, the replays and their shortcuts would reach into each other.
 """
 
 from __future__ import annotations
@@ -40,10 +54,16 @@ import math
 import operator
 from array import array
 from collections import deque
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Final
 
-from gpuledger.billing import Request, Rules, WorkerTimeline, billed_wall_ns
+from gpuledger.billing import (
+    Request,
+    Rules,
+    WorkerTimeline,
+    billed_wall_ns,
+    billed_wall_ns_unserved,
+)
 from gpuledger.whatif._workers import (
     NEVER,
     NS_PER_S,
@@ -51,6 +71,7 @@ from gpuledger.whatif._workers import (
     SimulatedWorker,
     always_paid,
     needs_requests,
+    optional_numpy,
     requests_of,
     reserved_rules,
     seconds_to_ns,
@@ -58,6 +79,8 @@ from gpuledger.whatif._workers import (
 )
 
 if TYPE_CHECKING:
+    from types import ModuleType
+
     from gpuledger._pricing import Price
     from gpuledger.whatif._traffic import Trace
 
@@ -202,6 +225,8 @@ class _Serverless:
         if self.pinned:
             self.worker_state = [[0, 0, 0] for _ in self.pinned]
             self.live_workers = len(self.pinned)
+        # The on-demand replay's outcome (see _run_on_demand), billed by finish.
+        self.on_demand: _OnDemand | None = None
 
     # -- the replay ---------------------------------------------------------------------------
 
@@ -212,6 +237,10 @@ class _Serverless:
         services = seconds_to_ns(services_s)
         if len(arrivals) != len(services):
             raise ValueError("arrivals and services differ in length")
+        numpy = self._on_demand_numpy(arrivals, services)
+        if numpy is not None:
+            self._run_on_demand(numpy, arrivals, services)
+            return
         timeout = self.timeout_ns
         # A request longer than the timeout is stopped there: it runs (and is billed) that long.
         self.runs = runs = array(
@@ -282,6 +311,102 @@ class _Serverless:
             record((begin - arrival + run) / scale)
         self.cold_starts += cold_starts
         self.latencies.waits += waits / NS_PER_S
+
+    # -- the common case: on-demand workers, one request each, no limit ----------------------
+
+    def _on_demand_numpy(self, arrivals: array[int], services: array[int]) -> ModuleType | None:
+        """numpy, where this replay can take :meth:`_run_on_demand`: concurrency 1, no pool, no
+        worker limit (so nothing ever queues), nobody asking for the timelines, arrivals in
+        order, and instants and sums far inside 64-bit integers; None otherwise (and without
+        numpy)."""
+        if (
+            self.concurrency != 1
+            or self.prewarmed
+            or self.max_workers is not None
+            or self.billing.keeps_requests
+            or not arrivals
+        ):
+            return None
+        numpy = optional_numpy()
+        if numpy is None:
+            return None
+        instants = numpy.frombuffer(arrivals, dtype=numpy.int64)
+        runs = numpy.minimum(numpy.frombuffer(services, dtype=numpy.int64), self.timeout_ns)
+        longest = int(runs.max())
+        if (
+            int(instants[0]) < 0
+            or int(runs.min()) < 0
+            or int(instants[-1]) + self.cold_ns + longest >= _NOT_YET >> 1
+            or longest * len(runs) >= _NOT_YET >> 1  # the busy time's sum, in int64
+            or not bool(numpy.all(instants[1:] >= instants[:-1]))
+        ):
+            return None
+        return numpy
+
+    def _run_on_demand(
+        self, numpy: ModuleType, arrivals_ns: array[int], services_ns: array[int]
+    ) -> None:
+        """:meth:`_run_single` where no request ever queues: the loop only decides which worker
+        serves each request (the one freed last, or a new one); the latencies, waits and busy
+        time are worked out from that afterwards, over whole arrays, with the same integers."""
+        arrivals = numpy.frombuffer(arrivals_ns, dtype=numpy.int64)
+        services = numpy.frombuffer(services_ns, dtype=numpy.int64)
+        runs = numpy.minimum(services, self.timeout_ns)
+        count = len(runs)
+        self.requests += count
+        self.failures += int(numpy.count_nonzero(services > self.timeout_ns))
+        self.busy_ns += int(runs.sum())  # exact: _on_demand_numpy keeps the total below 2**62
+        owners, stops, busy, idle = _on_demand_replay(
+            arrivals_ns, runs.tolist(), self.window_ns, self.cold_ns
+        )
+        served_by = numpy.array(owners, dtype=numpy.int64)
+        # Workers are numbered as they start: a request is cold where its worker is new.
+        cold = numpy.ones(count, dtype=bool)
+        cold[1:] = served_by[1:] > numpy.maximum.accumulate(served_by)[:-1]
+        waits = cold * self.cold_ns  # ns: queueing never, the cold start where there is one
+        cold_starts = int(numpy.count_nonzero(cold))
+        self.cold_starts += cold_starts
+        latencies = (waits + runs).astype(numpy.float64) / 1e9
+        self.latencies.values.frombytes(latencies.tobytes())
+        self.latencies.waits += cold_starts * self.cold_ns / NS_PER_S
+        self.on_demand = _OnDemand(numpy, arrivals, runs, waits, served_by, cold, stops, busy, idle)
+
+    def _finish_on_demand(self, replay: _OnDemand, window_end: int) -> None:
+        """:meth:`finish` after :meth:`_run_on_demand`: every worker's stop, then the engine's
+        bills, all workers at once where their requests cannot change them."""
+        numpy, window, stops = replay.numpy, self.window_ns, replay.stops
+        # The replay drops idle workers lazily (all at once, when even the last freed one is
+        # past its window): one left over that the last arrival found past its window scaled
+        # to zero then, like every worker that stopped during the replay.
+        horizon = int(replay.arrivals[-1]) - window
+        for free, worker in replay.idle:
+            if free < horizon:
+                stops[worker] = free + window
+            else:
+                stops[worker] = max(free, min(free + window, window_end))
+        for free, worker in replay.busy:
+            stops[worker] = max(free, min(free + window, window_end))
+        starts = replay.arrivals[replay.cold]
+        readies = starts + self.cold_ns
+        rules = self.rules
+        if not needs_requests(rules, self.billing):
+            wall = billed_wall_ns_unserved(starts.tolist(), readies.tolist(), stops, rules)
+            self.billing.add_wall(rules, sum(wall.values()), self.gpus, 0)
+            return
+        # The engine needs each worker's requests: grouped by worker, in arrival order.
+        order = numpy.argsort(replay.owners, kind="stable")
+        begins = (replay.arrivals + replay.waits)[order]
+        ends = (begins + replay.runs[order]).tolist()
+        bounds = numpy.searchsorted(replay.owners[order], numpy.arange(len(stops) + 1)).tolist()
+        begins_list = begins.tolist()
+        billed = 0
+        for worker, (start, ready, stop) in enumerate(
+            zip(starts.tolist(), readies.tolist(), stops, strict=True)
+        ):
+            low, high = bounds[worker], bounds[worker + 1]
+            wall = billed_wall_ns(start, ready, stop, begins_list[low:high], ends[low:high], rules)
+            billed += sum(wall.values())
+        self.billing.add_wall(rules, billed, self.gpus, len(ends))
 
     # -- concurrency > 1 ----------------------------------------------------------------------
 
@@ -362,6 +487,9 @@ class _Serverless:
         Busy workers finish their requests; then each on-demand worker stays warm until it
         scales to zero or the window ends (or its last request ends, past the window); the
         pre-warmed pool stops at the window's end (what it runs after it is not billed)."""
+        if self.on_demand is not None:
+            self._finish_on_demand(self.on_demand, window_end)
+            return
         heap = self.workers_busy
         while heap:
             end, index = heapq.heappop(heap)
@@ -412,6 +540,79 @@ class _Serverless:
             self.starts[worker], self.readies[worker], stop, requests, self.gpus
         )
         self.billing.add("pre-warmed" if pooled else "on-demand", timeline, rules)
+
+
+_NOT_YET: Final = 1 << 63
+"""An end no arrival reaches (instants stay below 2**62): the busy heap's sentinel."""
+
+
+def _on_demand_replay(
+    arrivals: Iterable[int], runs: Iterable[int], window: int, cold: int
+) -> tuple[list[int], list[int], list[tuple[int, int]], list[tuple[int, int]]]:
+    """Which on-demand worker serves each request (concurrency 1, no pool, no limit): the
+    worker freed last, if it freed within ``window`` (ns) of the arrival, else a new one (its
+    request begins ``cold`` later). Exactly :meth:`_Serverless._run_single`'s choices, with
+    less done per request: the latencies are left to arrays; a worker freed since the last
+    arrival, alone, is taken straight off the busy heap; idle workers past their window are
+    dropped only when even the last freed one is (the older ones are never chosen first).
+
+    Returns each request's worker; each worker's stop where it scaled to zero during the replay
+    (0 where it did not); and the busy and idle ``(free since, worker)`` pairs left at the end.
+    """
+    heappush, heappop, heapreplace = heapq.heappush, heapq.heappop, heapq.heapreplace
+    # (end, worker) of busy workers, a heap; sentinels that never free keep busy[1] and busy[2].
+    busy: list[tuple[int, int]] = [(_NOT_YET, -1)] * 3
+    idle: list[tuple[int, int]] = []  # (free since, worker), ascending: the last freed on top
+    owners: list[int] = []
+    stops: list[int] = []
+    free_up, take, served_by, started = idle.append, idle.pop, owners.append, stops.append
+    workers = 0
+    for arrival, run in zip(arrivals, runs, strict=True):
+        first = busy[0]
+        if first[0] <= arrival:
+            if busy[1][0] > arrival and busy[2][0] > arrival:
+                # The only worker freed since the last arrival: the last freed of all.
+                if first[0] >= arrival - window:
+                    heapreplace(busy, (arrival + run, first[1]))
+                    served_by(first[1])
+                    continue
+                free_up(heappop(busy))
+            else:
+                while busy[0][0] <= arrival:
+                    free_up(heappop(busy))
+        if idle:
+            if idle[-1][0] >= arrival - window:
+                worker = take()[1]
+                heappush(busy, (arrival + run, worker))
+                served_by(worker)
+                continue
+            for free, worker in idle:  # all past their window: scaled to zero
+                stops[worker] = free + window
+            idle.clear()
+        heappush(busy, (arrival + cold + run, workers))
+        served_by(workers)
+        started(0)
+        workers += 1
+    return owners, stops, [pair for pair in busy if pair[0] != _NOT_YET], idle
+
+
+@dataclasses.dataclass(slots=True)
+class _OnDemand:
+    """What :meth:`_Serverless._run_on_demand` found, for :meth:`_Serverless.finish` to bill
+    (numpy arrays, one entry per request unless said otherwise)."""
+
+    numpy: ModuleType
+    arrivals: Any
+    runs: Any
+    waits: Any
+    owners: Any
+    cold: Any
+    """Whether each request started its worker."""
+    stops: list[int]
+    """Per worker, its stop where it scaled to zero during the replay, else 0."""
+    busy: list[tuple[int, int]]
+    idle: list[tuple[int, int]]
+    """(free since, worker) of the workers still busy, and idle, after the last arrival."""
 
 
 def _result(
@@ -492,6 +693,12 @@ def _replay_reserved(
 ) -> _ReservedReplay:
     """FIFO on ``gpus`` reserved workers; a request that would wait more than ``max_wait_s``
     is left over. With ``keep``, which GPU served what is kept for the GPUs' timelines."""
+    if max_wait_s == 0.0 and not keep:
+        numpy = optional_numpy()
+        if numpy is not None:
+            fast = _replay_reserved_no_wait(numpy, trace, gpus, latencies)
+            if fast is not None:
+                return fast
     replay = _ReservedReplay()
     values = latencies.values
     waits = busy = 0.0
@@ -536,6 +743,52 @@ def _replay_reserved(
             spill_position(position)
     replay.busy_s = busy
     replay.waits_s = waits
+    return replay
+
+
+def _replay_reserved_no_wait(
+    numpy: ModuleType, trace: Trace, gpus: int, latencies: _Latencies
+) -> _ReservedReplay | None:
+    """:func:`_replay_reserved` where no request may wait (a hybrid's default) and nobody asks
+    which GPU served what: a request is taken when some GPU is free at its arrival, so it runs
+    from its arrival, its latency is its service, and what the replay has to decide is only
+    which requests are taken. None where the arrivals are not in order (the general replay)."""
+    arrivals = numpy.asarray(trace.arrivals_s, dtype=numpy.float64)
+    services = numpy.asarray(trace.services_s, dtype=numpy.float64)
+    if len(arrivals) != len(services):
+        raise ValueError("arrivals and services differ in length")
+    if not bool(numpy.all(arrivals[1:] >= arrivals[:-1])):
+        return None
+    count = len(arrivals)
+    # A GPU that frees at ``end`` (the same float sum as the replay's) is free for every
+    # request from the first arriving at or after it: each GPU is kept as that request's index.
+    free_from = numpy.searchsorted(arrivals, arrivals + services, side="left").tolist()
+    taken: list[int] = []
+    if gpus:
+        heap = [int(numpy.searchsorted(arrivals, 0.0, side="left"))] * gpus
+        replace, take = heapq.heapreplace, taken.append
+        position = 0
+        while True:
+            first = heap[0]
+            if first > position:  # noqa: PLR1730  (every GPU busy until then: those overflow)
+                position = first
+            if position >= count:
+                break
+            take(position)
+            replace(heap, free_from[position])
+            position += 1
+    served = numpy.zeros(count, dtype=bool)
+    served[taken] = True
+    served_services = services[served]
+    replay = _ReservedReplay()
+    # The replay's own sum: one service after another (an accumulation, not a pairwise sum).
+    replay.busy_s = float(numpy.cumsum(served_services)[-1]) if taken else 0.0
+    replay.waits_s = 0.0  # nobody waited
+    latencies.values.frombytes(served_services.tobytes())
+    spilled = ~served
+    replay.spill_arrivals.frombytes(arrivals[spilled].tobytes())
+    replay.spill_services.frombytes(services[spilled].tobytes())
+    replay.spill_positions.frombytes(numpy.flatnonzero(spilled).astype(numpy.int64).tobytes())
     return replay
 
 

@@ -34,9 +34,13 @@ import statistics
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from gpuledger.ledger import display_location, open_ledger, parse_since
+from gpuledger.whatif._workers import optional_numpy
+
+if TYPE_CHECKING:
+    from types import ModuleType
 
 __all__ = [
     "LABELS",
@@ -584,26 +588,27 @@ def burstiness(trace: Trace, *, idle_gap_s: float = 900.0, bucket_s: float = 360
     requests = len(arrivals_s)
     window_s = trace.window_s
 
-    # Idle time and isolated requests, walking the busy periods: busy_until_s is when the last
-    # request so far finished, the window start before the first.
-    idle_s = 0.0
-    isolated = 0
-    busy_until_s = 0.0
-    for index, (arrival_s, service_s) in enumerate(zip(arrivals_s, trace.services_s, strict=True)):
-        gap_s = arrival_s - busy_until_s
-        if gap_s > idle_gap_s:
-            idle_s += gap_s
-            isolated += 1
-        elif index == 0:
-            isolated += 1  # no worker is known to be warm before the first request
-        busy_until_s = max(busy_until_s, arrival_s + service_s)
+    numpy = optional_numpy()
+    if numpy is not None and requests:
+        arrivals = numpy.asarray(arrivals_s, dtype=numpy.float64)
+        if not bool(numpy.all(arrivals[1:] >= arrivals[:-1])):
+            numpy = None  # not a trace's order: the walk below, request by request
+    if numpy is not None and requests:
+        idle_s, isolated, busy_until_s = _idle_arrays(numpy, trace, idle_gap_s)
+    else:
+        idle_s, isolated, busy_until_s = _idle_walk(trace, idle_gap_s)
     if window_s - busy_until_s > idle_gap_s:
         idle_s += window_s - busy_until_s
 
     if window_s > 0:
         span_s = min(bucket_s, window_s)
         mean_rate = requests / window_s * HOUR_S
-        peak_rate = _busiest(arrivals_s, span_s) / span_s * HOUR_S
+        busiest = (
+            _busiest_arrays(numpy, arrivals, span_s)
+            if numpy is not None and requests
+            else _busiest(arrivals_s, span_s)
+        )
+        peak_rate = busiest / span_s * HOUR_S
         idle_share = idle_s / window_s
     else:
         span_s = 0.0
@@ -617,12 +622,56 @@ def burstiness(trace: Trace, *, idle_gap_s: float = 900.0, bucket_s: float = 360
         peak_to_mean=peak_rate / mean_rate if mean_rate > 0 else math.nan,
         idle_share=idle_share,
         isolated_share=isolated / requests if requests else 0.0,
-        interarrival_cv=_interarrival_cv(arrivals_s),
+        interarrival_cv=_interarrival_cv(arrivals_s, numpy),
         label="",
         idle_gap_s=idle_gap_s,
         bucket_s=bucket_s,
     )
     return dataclasses.replace(shape, label=_label(shape, span_s))
+
+
+def _idle_walk(trace: Trace, idle_gap_s: float) -> tuple[float, int, float]:
+    """Idle time (gaps over ``idle_gap_s`` between busy periods, the window start counting as
+    the end of one), isolated requests (the first, and each after such a gap), and when the
+    last request finished: walking the busy periods, ``busy_until_s`` being when the last
+    request so far finished, the window start before the first."""
+    idle_s = 0.0
+    isolated = 0
+    busy_until_s = 0.0
+    pairs = zip(trace.arrivals_s, trace.services_s, strict=True)
+    for index, (arrival_s, service_s) in enumerate(pairs):
+        gap_s = arrival_s - busy_until_s
+        if gap_s > idle_gap_s:
+            idle_s += gap_s
+            isolated += 1
+        elif index == 0:
+            isolated += 1  # no worker is known to be warm before the first request
+        busy_until_s = max(busy_until_s, arrival_s + service_s)
+    return idle_s, isolated, busy_until_s
+
+
+def _idle_arrays(numpy: ModuleType, trace: Trace, idle_gap_s: float) -> tuple[float, int, float]:
+    """:func:`_idle_walk` over arrays (at least one request, arrivals in order): the same float
+    operations, the gaps summed one after another as the walk sums them."""
+    arrivals = numpy.asarray(trace.arrivals_s, dtype=numpy.float64)
+    services = numpy.asarray(trace.services_s, dtype=numpy.float64)
+    if len(arrivals) != len(services):
+        raise ValueError("arrivals and services differ in length")
+    # When the last request so far finished, before each request (the window start at first).
+    busy_until = numpy.maximum(numpy.maximum.accumulate(arrivals + services), 0.0)
+    before = numpy.concatenate(([0.0], busy_until[:-1]))
+    gaps = arrivals - before
+    idle = gaps > idle_gap_s
+    idle_gaps = gaps[idle]
+    idle_s = float(numpy.cumsum(idle_gaps)[-1]) if len(idle_gaps) else 0.0
+    isolated = len(idle_gaps) + (0 if idle[0] else 1)
+    return idle_s, isolated, float(busy_until[-1])
+
+
+def _busiest_arrays(numpy: ModuleType, arrivals: Any, span_s: float) -> int:
+    """:func:`_busiest` over an array of arrivals in order."""
+    first = numpy.searchsorted(arrivals, arrivals - span_s, side="right")
+    return int((numpy.arange(1, len(arrivals) + 1) - first).max())
 
 
 def _busiest(arrivals_s: array.array[float], span_s: float) -> int:
@@ -637,14 +686,18 @@ def _busiest(arrivals_s: array.array[float], span_s: float) -> int:
     return most
 
 
-def _interarrival_cv(arrivals_s: array.array[float]) -> float:
+def _interarrival_cv(arrivals_s: array.array[float], numpy: ModuleType | None) -> float:
     if len(arrivals_s) < 3:
         return math.nan
-    gaps_s = [later - earlier for earlier, later in itertools.pairwise(arrivals_s)]
+    if numpy is None:
+        gaps_s = [later - earlier for earlier, later in itertools.pairwise(arrivals_s)]
+    else:
+        arrivals = numpy.asarray(arrivals_s, dtype=numpy.float64)
+        gaps_s = (arrivals[1:] - arrivals[:-1]).tolist()
     mean_s = (arrivals_s[-1] - arrivals_s[0]) / len(gaps_s)
     if mean_s <= 0:
         return math.nan
-    variance = math.fsum((gap_s - mean_s) ** 2 for gap_s in gaps_s) / len(gaps_s)
+    variance = math.fsum([(gap_s - mean_s) ** 2 for gap_s in gaps_s]) / len(gaps_s)
     return math.sqrt(variance) / mean_s
 
 

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any, Final
 from gpuledger.billing import Request, Rules, WorkerBill, WorkerTimeline, bill
 
 if TYPE_CHECKING:
+    from types import ModuleType
+
     from gpuledger._pricing import Price
 
 __all__ = [
@@ -28,6 +30,7 @@ __all__ = [
     "always_paid",
     "make_request",
     "needs_requests",
+    "optional_numpy",
     "requests_of",
     "reserved_rules",
     "seconds_to_ns",
@@ -71,6 +74,17 @@ def seconds_to_ns(values: Sequence[float]) -> array[int]:
     ns = array("q")
     ns.frombytes(numpy.rint(scaled).astype(numpy.int64).tobytes())
     return ns
+
+
+def optional_numpy() -> ModuleType | None:
+    """numpy, for the replays and summaries that use it where it is installed (the ``plot`` and
+    ``test`` extras bring it), or None: they then take their general paths, with the same
+    results. Imported on first use, never with the package."""
+    try:
+        import numpy  # noqa: PLC0415
+    except ImportError:
+        return None
+    return numpy
 
 
 def always_paid(rules: Rules) -> Rules:
