@@ -10,7 +10,8 @@ records, without reading the records into Python:
   PostgreSQL and in ``aggregate``.
 - The p50 and p95 durations: PostgreSQL's ``percentile_cont`` in that same query (linear
   interpolation between closest ranks, as ``aggregate``); SQLite has none, so the durations
-  come back once sorted by group and the ranks are picked as they stream past, holding none.
+  come back once, sorted by the database, and each group's ranks (and the overall ones, for
+  the TOTAL) are counted as they stream past, keeping only the values the interpolation reads.
 - Dollars come from the billing engine, worker by worker: the few columns a worker's bill
   needs stream from the database ordered by worker, each worker is billed
   (:func:`gpuledger.billing.bill`) and its bill split under the policy straight into the
@@ -149,11 +150,7 @@ def report(
         ((p50, p95),) = ledger._query(sql.total_percentiles(), sql.parameters)
         whole = _floats((p50, p95))
     else:
-        quantiles = _picked(ledger._stream(sql.sorted_durations(), sql.parameters), counted)
-        whole = _picked(
-            ((None, duration) for (duration,) in ledger._stream(sql.durations(), sql.parameters)),
-            {None: sum(counted.values())},
-        ).get(None, (math.nan, math.nan))
+        quantiles, whole = _picked(ledger._stream(sql.sorted_durations(), sql.parameters), counted)
     groups, idle, idle_workers, idle_provisional = _bill(
         ledger, sql, policy, rules_for, fallback, stops, now_ns
     )
@@ -306,31 +303,28 @@ def _charge(
 
 def _picked(
     ordered: Iterator[tuple[Any, ...]], counts: Mapping[Any, int]
-) -> dict[Any, tuple[float, float]]:
-    """p50 and p95 per group from ``(group, duration)`` rows sorted by group then duration,
-    ``counts`` saying how many each group has: the values at the ranks the interpolation needs
-    are kept as they pass, nothing else."""
-    result: dict[Any, tuple[float, float]] = {}
-    current: Any = object()
-    wanted: dict[int, float] = {}
-    index = 0
-    count = 0
-
-    def finish(key: Any) -> None:
-        result[key] = (_from_ranks(wanted, count, 0.50), _from_ranks(wanted, count, 0.95))
-
-    for key, duration in ordered:
-        if key != current:
-            if wanted:
-                finish(current)
-            current, index, count = key, 0, counts.get(key, 0)
-            wanted = dict.fromkeys(_ranks(count), math.nan)
-        if index in wanted:
-            wanted[index] = float(duration)
-        index += 1
-    if wanted:
-        finish(current)
-    return result
+) -> tuple[dict[Any, tuple[float, float]], tuple[float, float]]:
+    """p50 and p95 per group, and over all groups, from ``(group, duration)`` rows sorted by
+    duration, ``counts`` saying how many each group has: one pass counts each group's rank and
+    the overall rank, and keeps only the values at the ranks the interpolation reads."""
+    wanted = {key: dict.fromkeys(_ranks(count), math.nan) for key, count in counts.items()}
+    seen = dict.fromkeys(counts, 0)
+    total = sum(counts.values())
+    overall = dict.fromkeys(_ranks(total), math.nan)
+    for index, (key, duration) in enumerate(ordered):
+        rank = seen[key]
+        seen[key] = rank + 1
+        ranks = wanted[key]
+        if rank in ranks:
+            ranks[rank] = float(duration)
+        if index in overall:
+            overall[index] = float(duration)
+    per_group = {
+        key: (_from_ranks(ranks, counts[key], 0.50), _from_ranks(ranks, counts[key], 0.95))
+        for key, ranks in wanted.items()
+        if counts[key]
+    }
+    return per_group, (_from_ranks(overall, total, 0.50), _from_ranks(overall, total, 0.95))
 
 
 def _ranks(count: int) -> set[int]:
@@ -473,12 +467,7 @@ class _Sql:
     def sorted_durations(self) -> str:
         return (
             f"SELECT {self.key} AS group_key, duration_s FROM invocations "
-            f"{self._and('duration_s IS NOT NULL')} ORDER BY 1, 2"
-        )
-
-    def durations(self) -> str:
-        return (
-            f"SELECT duration_s FROM invocations {self._and('duration_s IS NOT NULL')} ORDER BY 1"
+            f"{self._and('duration_s IS NOT NULL')} ORDER BY 2"
         )
 
     def billing_rows(self) -> str:
