@@ -257,21 +257,36 @@ class InvocationMetrics:
         costs: dict[tuple[tuple[str, str], ...], list[float]] = {}
         external: dict[tuple[tuple[str, str], ...], list[float]] = {}
         limit = self._limit
+        # A batch's records come from a handful of (handler, user, tenant): each attribute set
+        # is made once (the limit keeps no count, so asking it once per value is the same).
+        made: dict[tuple[str, str | None, bool, str | None], tuple[dict[str, str], Any]] = {}
+        users = self._user_attributes
         for record in records:
-            attributes: dict[str, str] = {
-                FAAS_TRIGGER: self._trigger,
-                ours.GPULEDGER_HANDLER: limit(ours.GPULEDGER_HANDLER, record.handler),
-            }
-            if self._user_attributes:
-                if record.user_id is not None:
-                    key = ENDUSER_PSEUDO_ID if record.user_id_pseudonymised else ENDUSER_ID
-                    attributes[key] = limit(key, record.user_id)
-                if record.tenant is not None:
-                    attributes[ours.GPULEDGER_TENANT] = limit(ours.GPULEDGER_TENANT, record.tenant)
+            who = (
+                record.handler,
+                record.user_id if users else None,
+                record.user_id_pseudonymised,
+                record.tenant if users else None,
+            )
+            found = made.get(who)
+            if found is None:
+                attributes: dict[str, str] = {
+                    FAAS_TRIGGER: self._trigger,
+                    ours.GPULEDGER_HANDLER: limit(ours.GPULEDGER_HANDLER, record.handler),
+                }
+                if users:
+                    if record.user_id is not None:
+                        key = ENDUSER_PSEUDO_ID if record.user_id_pseudonymised else ENDUSER_ID
+                        attributes[key] = limit(key, record.user_id)
+                    if record.tenant is not None:
+                        attributes[ours.GPULEDGER_TENANT] = limit(
+                            ours.GPULEDGER_TENANT, record.tenant
+                        )
+                found = made[who] = (attributes, tuple(attributes.items()))
+            attributes, group = found
             self._duration.record(record.duration_s, attributes)
             if record.init_duration_s is not None:
                 self._init_duration.record(record.init_duration_s, attributes)
-            group = tuple(attributes.items())
             for target, entry in (record.external_targets or {}).items():
                 target_value = limit(ours.GPULEDGER_EXTERNAL_TARGET, target)
                 by_target = (*group, (ours.GPULEDGER_EXTERNAL_TARGET, target_value))

@@ -12,7 +12,6 @@ The batched billing call the fast path uses is held equal to the engine's one-wo
 
 from __future__ import annotations
 
-import array
 import dataclasses
 import functools
 import random
@@ -31,6 +30,8 @@ from gpuledger.whatif._simulate import (
     simulate_serverless,
 )
 from gpuledger.whatif._traffic import Trace, burstiness, synthetic
+
+from .test_simulate import trace as hand_made
 
 numpy = pytest.importorskip("numpy")
 
@@ -58,22 +59,6 @@ def reference(monkeypatch: pytest.MonkeyPatch, run: Callable[[], Result]) -> Res
 def both(monkeypatch: pytest.MonkeyPatch, run: Callable[[], Result]) -> tuple[Result, Result]:
     """``run()`` on the fast paths, then on the general ones."""
     return run(), reference(monkeypatch, run)
-
-
-def hand_made(
-    arrivals_s: list[float], services_s: list[float], window_s: float, gpus: int = 1
-) -> Trace:
-    return Trace(
-        arrivals_s=array.array("d", arrivals_s),
-        services_s=array.array("d", services_s),
-        window_s=window_s,
-        input_tokens=None,
-        output_tokens=None,
-        gpu="H100",
-        gpu_count=gpus,
-        origin_ns=0,
-        source="test",
-    )
 
 
 def whole_seconds(seed: int, count: int, spacing_s: int, longest_s: int, gpus: int = 1) -> Trace:
