@@ -28,6 +28,7 @@ from gpuledger.billing._attribute import (
     worker_key,
     worker_lines,
     worker_of,
+    worker_rules,
     workers_of,
 )
 from gpuledger.billing._engine import (
@@ -83,5 +84,6 @@ __all__ = [
     "worker_key",
     "worker_lines",
     "worker_of",
+    "worker_rules",
     "workers_of",
 ]

@@ -63,6 +63,7 @@ __all__ = [
     "worker_key",
     "worker_lines",
     "worker_of",
+    "worker_rules",
     "workers_of",
 ]
 
@@ -331,12 +332,21 @@ def workers_of(
     workers = []
     for key, members in grouped.items():
         members.sort(key=lambda record: (record.start_ns, record.record_id))
-        rules, version = rules_for(members[0])
-        if rules is None and fallback is not None:
-            rules, version = fallback(members[0])
+        rules, version = worker_rules(members[0], rules_for, fallback)
         observed = None if stops is None else stops.get(key)
         workers.append(worker_of(key, members, rules, version, observed))
     return workers
+
+
+def worker_rules(
+    first: InvocationRecord, rules_for: RulesFor, fallback: RulesFor | None = None
+) -> tuple[Rules | None, str | None]:
+    """The rules a worker is billed by, asked of its ``first`` record: ``rules_for``'s, else
+    ``fallback``'s (records written before rules were frozen)."""
+    rules, version = rules_for(first)
+    if rules is None and fallback is not None:
+        rules, version = fallback(first)
+    return rules, version
 
 
 def worker_of(

@@ -40,6 +40,7 @@ from gpuledger.billing import (
     frozen_rules,
     worker_lines,
     worker_of,
+    worker_rules,
 )
 from gpuledger.ledger._report import (
     GROUP_BY,
@@ -55,7 +56,7 @@ from gpuledger.ledger._report import (
 from gpuledger.ledger._report import _cost_order as cost_order
 
 if TYPE_CHECKING:
-    from gpuledger.billing import Rules, Worker
+    from gpuledger.billing import Worker
     from gpuledger.ledger._report import RulesFor
     from gpuledger.ledger._schema import Ledger
 
@@ -205,7 +206,10 @@ def _bill(
         firsts = ledger.read_by_id([rows[0].record_id for _, rows, _ in pending])
         for key, rows, keys in pending:
             first = firsts.get(rows[0].record_id)
-            rules, version = _rules(first, rules_for, fallback)
+            # Deleted since the stream read it: billed as unpriced.
+            rules, version = (
+                (None, None) if first is None else worker_rules(first, rules_for, fallback)
+            )
             worker = worker_of(key, rows, rules, version, stops.get(key))
             _charge(worker, rows, keys, policy, now_ns, groups, idle, tally)
         pending.clear()
@@ -231,17 +235,6 @@ def _bill(
     if pending:
         settle()
     return groups, idle, tally["workers"], tally["provisional"]
-
-
-def _rules(
-    first: Any, rules_for: RulesFor, fallback: RulesFor | None
-) -> tuple[Rules | None, str | None]:
-    if first is None:  # deleted since the stream read it: bill it as unpriced
-        return None, None
-    rules, version = rules_for(first)
-    if rules is None and fallback is not None:
-        rules, version = fallback(first)
-    return rules, version
 
 
 def _charge(
