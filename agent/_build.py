@@ -175,13 +175,46 @@ def request_startup_seconds(invocation: Invocation) -> float | None:
     return sum(phase.duration_s for phase in invocation.phases if phase.parent is None)
 
 
+def price(worker: _Worker, invocation: Invocation) -> Cost | None:
+    """What ``invocation`` cost on ``worker`` as known at its end (None: unpriced): its billed
+    GPU time, its cold start's init, and start-up done inside it shown as start-up, once."""
+    pricer = worker.pricer
+    if pricer is None:
+        return None
+    gpu_count = worker.identity.gpu_count
+    billed_ns = invocation.billed_ns
+    cost = pricer(
+        (invocation.duration_ns if billed_ns is None else billed_ns) * gpu_count / 1e9,
+        gpu_count,
+        init_seconds(invocation),
+    )
+    request_startup_s = request_startup_seconds(invocation)
+    if request_startup_s and worker.per_gpu_second_usd is not None:
+        # Start-up done inside the request is part of its GPU time: shown as start-up, once.
+        moved = min(request_startup_s * gpu_count * worker.per_gpu_second_usd, cost.gpu_usd)
+        cost = dataclasses.replace(
+            cost, gpu_usd=cost.gpu_usd - moved, coldstart_usd=cost.coldstart_usd + moved
+        )
+    return cost
+
+
+_PRICED_HERE: Final[Any] = object()
+"""``build_record``'s ``cost`` when it is to be worked out (:func:`price`), the usual case."""
+
+
 def build_record(
-    worker: _Worker, invocation: Invocation, usage: Any = None, *, measured: bool
+    worker: _Worker,
+    invocation: Invocation,
+    usage: Any = None,
+    *,
+    measured: bool,
+    cost: Cost | None = _PRICED_HERE,
 ) -> InvocationRecord:
     """The full record of a finished invocation on ``worker``.
 
     ``usage`` is what the GPU meter measured (None when it failed); ``measured`` says whether
     the invocation was metered at all (calls were counted in this process: ``_calls``).
+    ``cost`` is given only when it was priced already (a spilled invocation: :func:`unspill`).
     """
     identity = worker.identity
     gpu_count = identity.gpu_count
@@ -202,23 +235,8 @@ def build_record(
     user_id, pseudonymised = (
         worker.user_key(invocation.user_id) if invocation.user_id is not None else (None, False)
     )
-    pricer = worker.pricer
-    cost = (
-        pricer(
-            (invocation.duration_ns if billed_ns is None else billed_ns) * gpu_count / 1e9,
-            gpu_count,
-            init_seconds(invocation),
-        )
-        if pricer is not None
-        else None
-    )
-    request_startup_s = request_startup_seconds(invocation)
-    if cost is not None and request_startup_s and worker.per_gpu_second_usd is not None:
-        # Start-up done inside the request is part of its GPU time: shown as start-up, once.
-        moved = min(request_startup_s * gpu_count * worker.per_gpu_second_usd, cost.gpu_usd)
-        cost = dataclasses.replace(
-            cost, gpu_usd=cost.gpu_usd - moved, coldstart_usd=cost.coldstart_usd + moved
-        )
+    if cost is _PRICED_HERE:
+        cost = price(worker, invocation)
     billing = worker.billing
     record = InvocationRecord(
         record_id=invocation.record_id or new_record_id(invocation.start_ns),
@@ -229,7 +247,7 @@ def build_record(
         worker_start_ns=billing.start_ns,
         worker_start_source=billing.start_source,
         worker_ready_ns=worker.worker.ready_ns,
-        request_startup_s=request_startup_s,
+        request_startup_s=request_startup_seconds(invocation),
         billing_rules=worker.billing_rules,
         start_ns=invocation.start_ns,
         end_ns=invocation.start_ns + invocation.duration_ns,
@@ -415,3 +433,211 @@ def _frozen_cost(
         "pricing_version": start.get("pricing_version"),
         "cost_source": "worker's billing rules (frozen at its start)",
     }
+
+
+SPILL_FORMAT: Final = 1
+"""The version of :func:`spill`'s rows; :func:`unspill` refuses any other (a newer writer's)."""
+
+
+def spill(
+    worker: _Worker, invocations: list[Invocation], *, measured: bool
+) -> tuple[dict[str, Any] | None, list[Invocation]]:
+    """At close, with no time left to build records: ``invocations`` as compact rows, what
+    varies per invocation (its times, outcome, user, tags, tokens, calls and its price, worked
+    out by the worker's own pricer) under one context of what does not (the worker's identity,
+    billing worker, rules and price source), for :func:`unspill` to make the very records
+    :func:`build_record` would have made, in a later process. User ids are stored as the
+    ledger stores them (pseudonymised first, when set); record ids are given here, so that a
+    replay cut short and done again writes each record once.
+
+    Returns the spilled entry (None when no invocation could be spilled so) and the
+    invocations left for the full record: those a GPU meter watches or that carry init
+    phases (one a process, the cold one), whose records need more than the row holds.
+    """
+    rows: list[list[Any]] = []
+    full: list[Invocation] = []
+    pricing: list[Any] | None = None
+    user_key = worker.user_key
+    for invocation in invocations:
+        if invocation.meter is not None or invocation.init is not None or invocation.phases:
+            full.append(invocation)
+            continue
+        cost = price(worker, invocation)
+        if cost is not None and pricing is None:
+            pricing = [cost.platform, cost.gpu, cost.catalogue_version, cost.source]
+        external = invocation.external
+        user = invocation.user_id
+        rows.append(
+            [
+                invocation.record_id or new_record_id(invocation.start_ns),
+                invocation.invocation_id,
+                invocation.handler,
+                invocation.start_ns,
+                invocation.duration_ns,
+                invocation.billed_ns,
+                invocation.outcome,
+                invocation.error_type,
+                invocation.cold,
+                invocation.idle_gap_ns,
+                None if user is None else list(user_key(user)),
+                invocation.tenant,
+                invocation.tags or None,
+                invocation.input_tokens,
+                invocation.output_tokens,
+                None
+                if external is None
+                else [
+                    external.calls,
+                    external.call_seconds,
+                    external.wait_seconds,
+                    external.errors,
+                    external.targets,
+                ],
+                None
+                if cost is None
+                else [cost.total_usd, cost.execution_usd, cost.gpu_usd, cost.coldstart_usd],
+            ]
+        )
+    if not rows:
+        return None, full
+    billing = worker.billing
+    context = {
+        "identity": worker.identity.fields(),
+        "billing_worker": billing.key,
+        "worker_start_ns": billing.start_ns,
+        "worker_start_source": billing.start_source,
+        "worker_ready_ns": worker.worker.ready_ns,
+        "billing_rules": worker.billing_rules,
+        "gpu_unmeasured": worker.gpu_reason,
+        "per_gpu_second_usd": worker.per_gpu_second_usd,
+        "cost_source": worker.cost_source,
+        "pricing": pricing,
+        "measured": measured,
+    }
+    return {"format": SPILL_FORMAT, "context": context, "rows": rows}, full
+
+
+class _Spilled:
+    """A spilled invocation as :func:`build_record` reads it (what a row holds)."""
+
+    __slots__ = (
+        "billed_ns",
+        "cold",
+        "duration_ns",
+        "error_type",
+        "external",
+        "handler",
+        "idle_gap_ns",
+        "input_tokens",
+        "invocation_id",
+        "outcome",
+        "output_tokens",
+        "record_id",
+        "start_ns",
+        "tags",
+        "tenant",
+        "user_id",
+    )
+    billed_ns: int | float | None
+    cold: bool
+    duration_ns: int
+    error_type: str | None
+    external: Any
+    handler: str
+    idle_gap_ns: int | None
+    input_tokens: int | None
+    invocation_id: str
+    outcome: str
+    output_tokens: int | None
+    record_id: str
+    start_ns: int
+    tags: dict[str, str] | None
+    tenant: str | None
+    user_id: str | None
+    init = None
+    phases = None
+    meter = None
+
+
+@dataclasses.dataclass(slots=True)
+class _FrozenWorker:
+    """The worker as it was when it spilled (:func:`spill`'s context), as
+    :func:`build_record` reads it; user ids are stored ones already."""
+
+    identity: WorkerIdentity
+    billing: Any
+    worker: Any
+    billing_rules: dict[str, Any] | None
+    gpu_reason: dict[str, str] | None
+    per_gpu_second_usd: float | None
+    cost_source: str
+    pricer: Pricer | None = None
+    gpu_uuids: str | None = None
+    pricing_platform: str | None = None
+    pricing_version: str | None = None
+    keys: dict[str, bool] = dataclasses.field(default_factory=dict)
+
+    def user_key(self, user_id: str) -> tuple[str, bool]:
+        return user_id, self.keys[user_id]
+
+
+def unspill(entry: Mapping[str, Any]) -> list[InvocationRecord]:
+    """The records of a :func:`spill` entry. Raises ValueError when it is not one this version
+    reads (a newer writer's format, or a damaged entry)."""
+    from types import SimpleNamespace  # noqa: PLC0415 - replay only
+
+    from gpuledger._external import CallSummary  # noqa: PLC0415
+    from gpuledger._pricing import Cost  # noqa: PLC0415
+
+    if entry.get("format") != SPILL_FORMAT:
+        raise ValueError(f"spilled invocations of format {entry.get('format')!r}")
+    try:
+        context = entry["context"]
+        worker = _FrozenWorker(
+            identity=WorkerIdentity.from_fields(context["identity"]),
+            billing=SimpleNamespace(
+                key=context["billing_worker"],
+                start_ns=context["worker_start_ns"],
+                start_source=context["worker_start_source"],
+            ),
+            worker=SimpleNamespace(ready_ns=context["worker_ready_ns"]),
+            billing_rules=context["billing_rules"],
+            gpu_reason=context["gpu_unmeasured"],
+            per_gpu_second_usd=context["per_gpu_second_usd"],
+            cost_source=context["cost_source"],
+        )
+        pricing = context["pricing"]
+        measured = bool(context["measured"])
+        records: list[InvocationRecord] = []
+        for row in entry["rows"]:
+            invocation = _Spilled()
+            (
+                invocation.record_id,
+                invocation.invocation_id,
+                invocation.handler,
+                invocation.start_ns,
+                invocation.duration_ns,
+                invocation.billed_ns,
+                invocation.outcome,
+                invocation.error_type,
+                invocation.cold,
+                invocation.idle_gap_ns,
+                user,
+                invocation.tenant,
+                invocation.tags,
+                invocation.input_tokens,
+                invocation.output_tokens,
+                external,
+                amounts,
+            ) = row
+            invocation.user_id = None
+            if user is not None:
+                invocation.user_id, worker.keys[user[0]] = user[0], bool(user[1])
+            invocation.external = None if external is None else CallSummary(*external)
+            cost = None if amounts is None else Cost(*amounts, *pricing)
+            records.append(
+                build_record(worker, invocation, None, measured=measured, cost=cost)  # type: ignore[arg-type]
+            )
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"damaged spilled invocations: {type(error).__name__}: {error}") from error
+    return records

@@ -35,6 +35,8 @@ __all__ = ["Journal", "decode_lines", "encode_line", "replay_into_ledger"]
 
 RECORD: Final = "record"
 START: Final = "start"
+INVOCATIONS: Final = "invocations"
+"""A batch spilled at close (``_build.spill``): read back as the records it holds."""
 _HEADER: Final = 18
 """``%08x %08x `` before the JSON."""
 
@@ -62,10 +64,16 @@ def decode_lines(data: bytes) -> tuple[list[dict[str, Any]], int]:
             if zlib.crc32(body) != crc:
                 raise ValueError("checksum")
             entry = json.loads(body)
-            if not isinstance(entry, dict) or entry.get("k") not in (RECORD, START):
+            if not isinstance(entry, dict) or entry.get("k") not in (RECORD, START, INVOCATIONS):
                 raise ValueError("entry")
             if not isinstance(entry.get("v"), dict):
                 raise ValueError("entry")
+            if entry["k"] == INVOCATIONS:
+                from gpuledger._build import unspill  # noqa: PLC0415 - a spill's replay only
+
+                records = unspill(entry["v"])
+                entries.extend({"k": RECORD, "v": record.to_dict()} for record in records)
+                continue
         except ValueError:
             bad += 1
             continue
@@ -101,9 +109,20 @@ class Journal:
         return self._fd
 
     def append(self, kind: str, values: Iterable[dict[str, Any]]) -> int:
-        """Append entries of ``kind`` (``record`` or ``start``) in one write and one fsync;
-        returns how many. Raises OSError (the disk is full, the folder unwritable)."""
-        data = b"".join(encode_line({"k": kind, "v": each}) for each in values)
+        """Append entries of ``kind`` (``record``, ``start`` or ``invocations``) in one write
+        and one fsync; returns how many lines. Raises OSError (the disk is full, the folder
+        unwritable)."""
+        return self.append_entries({"k": kind, "v": each} for each in values)
+
+    def append_entries(self, entries: Iterable[dict[str, Any]]) -> int:
+        """Append ``{"k": kind, "v": value}`` entries in one write and one fsync; returns how
+        many records and start notices they hold (an ``invocations`` entry holds its rows)."""
+        lines: list[bytes] = []
+        count = 0
+        for entry in entries:
+            lines.append(encode_line(entry))
+            count += len(entry["v"]["rows"]) if entry["k"] == INVOCATIONS else 1
+        data = b"".join(lines)
         if not data:
             return 0
         fd = self._open()
@@ -112,7 +131,6 @@ class Journal:
             written = os.write(fd, view)
             view = view[written:]
         os.fsync(fd)
-        count = data.count(b"\n")
         self.entries += count
         return count
 

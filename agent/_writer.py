@@ -97,9 +97,9 @@ class Pipeline:
         """At close: what may take the batches the deadline leaves no time to process (the
         journal, fsync'd), when it is measured cheaper than processing them."""
         self._deadline: float | None = None
-        self._spilling: bool | None = None
-        """Closing without the time to process what is left: whether it is spilled (True) or
-        processed (False) until the deadline, whichever was measured cheaper; None before."""
+        self._spilling = False
+        """Closing without the time to process what is left: whether the last batch was
+        spilled (the writer then spills what waits for NVML's samples too)."""
         self.cost_s = _FIRST_COST_S
         """Seconds per item processed, a moving average of the batches measured."""
         self.spill_cost_s: float | None = None
@@ -147,7 +147,7 @@ class Pipeline:
     @property
     def spilling(self) -> bool:
         """Closing, and what is left is spilled rather than processed."""
-        return bool(self._spilling)
+        return self._spilling
 
     @property
     def pending(self) -> int:
@@ -251,24 +251,29 @@ class Pipeline:
                 self.closing_cost_s = per_item if last is None else 0.7 * last + 0.3 * per_item
 
     def _must_spill(self, size: int) -> bool:
-        """Closing: whether to spill ``size`` more items rather than process them. While there
-        is time to process what is left, no; once there is not, one batch is spilled to
-        measure it, and then the cheaper of the two takes everything left (the journal is
-        cheaper than a slow or contended ledger; than a local SQLite file it is not)."""
-        if self._spilling is not None:
-            return self._spilling
+        """Closing: whether to spill the next ``size`` items rather than process them. While
+        there is time to process everything left, no; once there is not, one batch is
+        processed and one spilled to measure both as they cost now. Then, if the spill is the
+        cheaper, each batch is still processed while the time left covers it and a spill of
+        all the rest after it, and spilled once it does not: as much as the deadline allows
+        is exported and counted as usual, and everything is kept (the journal is much cheaper
+        than building, exporting and inserting a record: ``_build.spill``)."""
         deadline = self._deadline
         if deadline is None:
             return False
         waiting = len(self._queue) + size
         cost = self.closing_cost_s if self.closing_cost_s is not None else self.cost_s
-        if deadline - _clock() >= waiting * cost * _TIME_MARGIN:
+        left = deadline - _clock()
+        if left >= waiting * cost * _TIME_MARGIN:
             return False
         if self.closing_cost_s is None:
             return False  # measure processing first, as it costs now
         if self.spill_cost_s is None:
             return True  # then the spill, on this batch
-        self._spilling = self.spill_cost_s < self.closing_cost_s
+        if self.spill_cost_s >= self.closing_cost_s:
+            return False  # nothing is gained by spilling: process for as long as there is time
+        after = (waiting - size) * self.spill_cost_s
+        self._spilling = left < (size * self.closing_cost_s + after) * _TIME_MARGIN
         return self._spilling
 
     def _idle(self, *, force: bool) -> None:
@@ -430,34 +435,46 @@ class Writer:
 
     def spill(self, batch: list[Any]) -> None:
         """At close, once the deadline leaves no time for the ledger (or the sidecar) to take
-        what is left: build the records and append them to the journal, one write and one
-        fsync a batch; the next process that opens the ledger (a worker, ``gpuledger report``)
-        writes them into it, as the sidecar takes them on replay. Their spans are not ended
-        (not exported) and they are not in the metrics: counted as ``journal.spilled``."""
+        what is left: append the invocations to the journal, one write and one fsync a batch;
+        the next process that opens the ledger (a worker, ``gpuledger report``) writes their
+        records into it, as the sidecar takes them on replay. Plain invocations go as compact
+        rows under one context (``_build.spill``: a few microseconds each, against tens to
+        build, insert and index a record), the few others (GPU-metered, carrying init phases)
+        as full records. Their spans are not ended (not exported) and they are not in the
+        metrics: counted as ``journal.spilled``."""
         if self._starts is not None:
             batch = self._send_starts(batch)
         invocations = [item for item in batch if type(item) is not StartNotice]
         if not invocations:
             return
+        from gpuledger._build import spill  # noqa: PLC0415
+        from gpuledger._journal import INVOCATIONS, RECORD  # noqa: PLC0415
+
         measured = calls_measured()
         agent = self.agent
-        records: list[dict[str, Any]] = []
-        for invocation in invocations:
+        try:
+            compact, full = spill(agent, invocations, measured=measured)
+        except Exception as error:
+            _guard.record_failure("record.build", error)
+            compact, full = None, invocations
+        entries: list[dict[str, Any]] = []
+        if compact is not None:
+            entries.append({"k": INVOCATIONS, "v": compact})
+        for invocation in full:
             try:
                 usage = self._usage(invocation) if invocation.meter is not None else None
-                records.append(build_record(agent, invocation, usage, measured=measured).to_dict())
+                record = build_record(agent, invocation, usage, measured=measured)
+                entries.append({"k": RECORD, "v": record.to_dict()})
             except Exception as error:
                 _guard.record_failure("record.build", error)
-        from gpuledger._journal import RECORD  # noqa: PLC0415
-
         try:
-            self._journal_for_spill().append(RECORD, records)
+            spilled = self._journal_for_spill().append_entries(entries)
         except (OSError, ValueError) as error:  # no room, or a value JSON cannot hold
             _guard.record_failure("journal.write", error)
             self.record(invocations)  # the ledger, then, for as long as there is time
             return
-        self.spilled += len(records)
-        _guard.count("journal.spilled", len(records))
+        self.spilled += spilled
+        _guard.count("journal.spilled", spilled)
 
     @staticmethod
     def _usage(invocation: Invocation) -> Any:

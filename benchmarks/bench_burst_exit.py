@@ -6,12 +6,13 @@ same run: another gpuledger source tree (``--baseline-path``, a folder holding a
 package, run with ``PYTHONPATH``).
 
 Run: ``.venv/bin/python benchmarks/bench_burst_exit.py [--calls 200000] [--runs 3]
-[--baseline-path DIR]``
+[--baseline-path DIR] [--burn N]``
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import sqlite3
 import subprocess
@@ -22,7 +23,7 @@ from pathlib import Path
 
 _WORKER = textwrap.dedent(
     """
-    import os, sys, gpuledger
+    import os, sys, time, gpuledger
     calls, ledger = int(sys.argv[1]), sys.argv[2]
     gpuledger.configure(ledger=ledger, exporters="none", platform="runpod", gpu="H100",
                         gpu_metering="off")
@@ -33,7 +34,11 @@ _WORKER = textwrap.dedent(
 
     for index in range(calls):
         handler({"id": index})
+    agent = gpuledger._config.current_agent()
+    began = time.perf_counter()
     gpuledger.shutdown()
+    took = time.perf_counter() - began
+    print(getattr(getattr(agent, "writer", None), "spilled", 0), took, flush=True)
     os._exit(0)
     """
 )
@@ -51,8 +56,9 @@ _ADOPT = textwrap.dedent(
 )
 
 
-def run_once(calls: int, python_path: str | None) -> int:
-    """Invocations in the ledger after the burst, the exit and a report's adoption."""
+def run_once(calls: int, python_path: str | None) -> tuple[int, int, float]:
+    """Invocations in the ledger after the burst, the exit and a report's adoption; how many
+    the worker spilled to its journal at close, and how long its ``shutdown()`` took."""
     env = {
         key: value
         for key, value in os.environ.items()
@@ -62,18 +68,28 @@ def run_once(calls: int, python_path: str | None) -> int:
         env["PYTHONPATH"] = python_path
     with tempfile.TemporaryDirectory() as folder:
         ledger = str(Path(folder) / "ledger.db")
+        said = []
         for code, argv in ((_WORKER, [str(calls), ledger]), (_ADOPT, [ledger])):
-            subprocess.run(
+            done = subprocess.run(
                 [sys.executable, "-c", code, *argv],
                 cwd=folder,
                 env=env,
                 check=True,
-                stdout=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
                 timeout=300,
+                text=True,
             )
+            said.append(done.stdout.split())
+        spilled, took = int(said[0][0]), float(said[0][1])
         with sqlite3.connect(ledger) as connection:
-            return int(connection.execute("SELECT count(*) FROM invocations").fetchone()[0])
+            kept = int(connection.execute("SELECT count(*) FROM invocations").fetchone()[0])
+        return kept, spilled, took
+
+
+def _burn() -> None:
+    while True:
+        pass
 
 
 def main() -> None:
@@ -81,21 +97,36 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=200_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--baseline-path", help="a folder holding an older gpuledger package")
+    parser.add_argument(
+        "--burn", type=int, default=0, help="processes that each keep a core busy meanwhile"
+    )
     options = parser.parse_args()
+    burners = [multiprocessing.Process(target=_burn, daemon=True) for _ in range(options.burn)]
+    for burner in burners:
+        burner.start()
     trees = [("this tree", None)]
     if options.baseline_path:
         trees.insert(0, ("baseline", options.baseline_path))
-    print(f"{options.calls:,} invocations, then shutdown() and os._exit(0); runs interleaved")
-    results: dict[str, list[int]] = {name: [] for name, _ in trees}
-    for _ in range(options.runs):
-        for name, path in trees:
-            results[name].append(run_once(options.calls, path))
-    print("| tree | in the ledger, each run | lost, each run |")
-    print("| --- | --- | --- |")
-    for name, counts in results.items():
-        kept = ", ".join(f"{count:,}" for count in counts)
-        lost = ", ".join(f"{options.calls - count:,}" for count in counts)
-        print(f"| {name} | {kept} | {lost} |")
+    print(
+        f"{options.calls:,} invocations, then shutdown() and os._exit(0); runs interleaved; "
+        f"{options.burn} other process(es) busy"
+    )
+    results: dict[str, list[tuple[int, int, float]]] = {name: [] for name, _ in trees}
+    try:
+        for _ in range(options.runs):
+            for name, path in trees:
+                results[name].append(run_once(options.calls, path))
+    finally:
+        for burner in burners:
+            burner.kill()
+    print("| tree | in the ledger, each run | lost | spilled at close | shutdown() s |")
+    print("| --- | --- | --- | --- | --- |")
+    for name, runs in results.items():
+        kept = ", ".join(f"{count:,}" for count, _, _ in runs)
+        lost = ", ".join(f"{options.calls - count:,}" for count, _, _ in runs)
+        spilled = ", ".join(f"{count:,}" for _, count, _ in runs)
+        took = ", ".join(f"{seconds:.2f}" for _, _, seconds in runs)
+        print(f"| {name} | {kept} | {lost} | {spilled} | {took} |")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ clock (``gpuledger._writer._clock``), so no test waits for real.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import sqlite3
 import time
 from pathlib import Path
@@ -20,7 +22,17 @@ from click.testing import CliRunner
 
 import gpuledger
 from gpuledger import _guard, _writer
-from gpuledger._journal import RECORD, Journal, decode_lines, replay_into_ledger
+from gpuledger._build import build_record, new_record_id, spill, unspill
+from gpuledger._external import calls_measured
+from gpuledger._invocation import Invocation
+from gpuledger._journal import (
+    INVOCATIONS,
+    RECORD,
+    Journal,
+    decode_lines,
+    encode_line,
+    replay_into_ledger,
+)
 from gpuledger._sinks import LedgerSink
 from gpuledger.cli._main import main
 from gpuledger.ledger import open_ledger
@@ -42,6 +54,24 @@ def _count(path: Path) -> int:
         return 0
     with sqlite3.connect(path) as connection:
         return int(connection.execute("SELECT count(*) FROM invocations").fetchone()[0])
+
+
+class _SlowLedger:
+    """A real SQLite ledger each write of which takes ``seconds`` on the fake ``clock``."""
+
+    def __init__(self, path: Path, clock: _Clock, seconds: float) -> None:
+        self.real = open_ledger(str(path))
+        self.clock, self.seconds = clock, seconds
+
+    def write(self, records: Any) -> int:
+        self.clock.now += self.seconds
+        return self.real.write(records)
+
+    def write_stops(self, stops: Any) -> None:
+        self.real.write_stops(stops)
+
+    def close(self) -> None:
+        self.real.close()
 
 
 def _journalled(folder: Path) -> int:
@@ -102,22 +132,8 @@ def test_what_a_slow_ledger_cannot_take_by_the_deadline_is_spilled_then_written_
     monkeypatch.setattr(_writer, "_clock", clock)
     ledger, journal = tmp_path / "ledger.db", tmp_path / "journal"
 
-    class SlowLedger:
-        def __init__(self) -> None:
-            self.real = open_ledger(str(ledger))
-
-        def write(self, records: Any) -> int:
-            clock.now += 2.0
-            return self.real.write(records)
-
-        def write_stops(self, stops: Any) -> None:
-            self.real.write_stops(stops)
-
-        def close(self) -> None:
-            self.real.close()
-
     held = _HeldWriter(monkeypatch)
-    _configure(ledger, journal, lambda location: SlowLedger())
+    _configure(ledger, journal, lambda location: _SlowLedger(ledger, clock, 2.0))
     _run(6 * BATCH)
     assert gpuledger.shutdown(4.0)
     in_ledger, spilled = _count(ledger), _journalled(journal)
@@ -197,3 +213,111 @@ def test_with_time_enough_nothing_is_spilled(tmp_path: Path) -> None:
     assert gpuledger.shutdown(10.0)
     assert _count(ledger) == 1000
     assert not journal.exists()
+
+
+def _queued(count: int, **settings: Any) -> tuple[Any, list[Any]]:
+    """An agent and ``count`` invocations of varied shape, finished and still in its queue."""
+    gpuledger._config.configure(exporters="none", gpu_metering="off", **settings)
+    agent = gpuledger._config.current_agent()
+    assert agent is not None
+
+    @gpuledger.traced_handler(user=lambda job: job.get("user"))
+    def handler(job: dict[str, Any]) -> str:
+        if job["n"] % 3 == 0:
+            gpuledger.tag(tenant=f"t{job['n'] % 2}", model="llama", region_hint="eu")
+        if job["n"] % 4 == 1:
+            gpuledger.record_tokens(input=job["n"], output=2 * job["n"])
+        if job["n"] % 5 == 2:
+            with gpuledger.external_call("s3.get", target="s3://bucket"):
+                pass
+        if job["n"] % 7 == 3:
+            raise ValueError("refused")
+        return "ok"
+
+    for n in range(count):
+        with contextlib.suppress(ValueError):
+            handler({"n": n, "user": None if n % 6 == 5 else f"user-{n % 4}"})
+    return agent, [item for item in agent.pipeline.queue if isinstance(item, Invocation)]
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"platform": "runpod", "gpu": "H100"},
+        {"platform": "modal", "gpu": "A100-80GB", "pseudonymize_users": True},
+        {"platform": "runpod", "gpu": "no-such-gpu"},  # unpriced: null costs and the reason
+    ],
+    ids=["priced", "pseudonymised", "unpriced"],
+)
+def test_a_spilled_row_becomes_the_record_the_writer_would_have_built(
+    monkeypatch: pytest.MonkeyPatch, settings: dict[str, Any]
+) -> None:
+    """``unspill(spill(...))`` gives, field for field, what ``build_record`` gives for the same
+    invocations: users, tenants, tags, tokens, outgoing calls, errors, the price and the worker
+    (the cold first invocation, which carries init, goes whole instead)."""
+    _HeldWriter(monkeypatch)
+    agent, invocations = _queued(60, **settings)
+    assert len(invocations) == 60
+    for invocation in invocations:
+        invocation.record_id = new_record_id(invocation.start_ns)
+    entry, full = spill(agent, invocations, measured=calls_measured())
+    assert entry is not None
+    assert [each.cold for each in full] == [True]
+    # Through the journal's own encoding, as a later process reads it.
+    replayed = unspill(json.loads(encode_line({"k": INVOCATIONS, "v": entry})[18:])["v"])
+    expected = [
+        build_record(agent, invocation, measured=calls_measured()).to_dict()
+        for invocation in invocations
+        if not invocation.cold
+    ]
+    assert [record.to_dict() for record in replayed] == expected
+    assert any(record.external_calls for record in replayed)
+    assert any(record.tenant for record in replayed)
+    if settings.get("pseudonymize_users"):
+        body = encode_line({"k": INVOCATIONS, "v": entry})
+        assert b"user-1" not in body  # a pseudonym is all that is written to disk
+        assert all(record.user_id_pseudonymised for record in replayed if record.user_id)
+
+
+def test_a_spill_entry_this_version_cannot_read_is_counted_not_fatal(tmp_path: Path) -> None:
+    """A newer writer's format, or a damaged row, is a damaged line: skipped and counted
+    (``journal.corrupt``), the good lines around it still read."""
+    good = encode_line({"k": RECORD, "v": make_record(1).to_dict()})
+    newer = encode_line({"k": INVOCATIONS, "v": {"format": 99, "context": {}, "rows": []}})
+    damaged = encode_line({"k": INVOCATIONS, "v": {"format": 1, "context": {}, "rows": [[1]]}})
+    entries, bad = decode_lines(good + newer + damaged + good)
+    assert (len(entries), bad) == (2, 2)
+    with pytest.raises(ValueError, match="format 99"):
+        unspill({"format": 99})
+
+
+def test_a_burst_spilled_at_close_is_in_the_next_report_whole(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """With a ledger slow enough that only a spill keeps the deadline, the journal holds the
+    burst as compact rows (one line a batch, not a record a line), and ``report`` has every
+    invocation, each once, with its cost."""
+    clock = _Clock()
+    monkeypatch.setattr(_writer, "_clock", clock)
+    ledger, journal = tmp_path / "ledger.db", tmp_path / "journal"
+
+    _HeldWriter(monkeypatch)
+    _configure(ledger, journal, lambda location: _SlowLedger(ledger, clock, 3.0))
+    _run(4 * BATCH)
+    assert gpuledger.shutdown(4.0)
+    lines = [
+        line for path in journal.glob("journal-*.log") for line in path.read_bytes().splitlines()
+    ]
+    kinds = [json.loads(line[18:])["k"] for line in lines]
+    assert kinds.count(INVOCATIONS) == 3 and len(lines) <= 4, kinds
+    result = CliRunner().invoke(
+        main, ["report", "--ledger", str(ledger), "--by", "platform", "--format", "json"],
+        env={"GPULEDGER_JOURNAL": str(journal)},
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert f'"invocations": {4 * BATCH}' in result.output
+    with sqlite3.connect(ledger) as connection:
+        row = connection.execute(
+            "SELECT count(DISTINCT record_id), count(cost_usd) FROM invocations"
+        ).fetchone()
+    assert row == (4 * BATCH, 4 * BATCH)
