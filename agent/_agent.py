@@ -2,9 +2,10 @@
 
 There is one agent per process (``_config`` holds it), created by ``configure()`` or, if the
 application never calls it, from the environment on the first invocation. ``enter``/``exit`` are
-the request path: they read two clocks, update the worker state, open the span, and hand the
-finished invocation to the background writer (``_writer``). Everything else (the record and its
-price, ``_build``; ending the span from it; metrics; the sinks) happens on the writer's thread.
+the request path: they read two clocks, update the worker state, draw the span's identity
+(``exporters._deferred``), and hand the finished invocation to the background writer
+(``_writer``). Everything else (the record and its price, ``_build``; recording the span and
+ending it from the record; metrics; the sinks) happens on the writer's thread.
 """
 
 from __future__ import annotations
@@ -320,6 +321,8 @@ class Agent:
     def _setup_telemetry(self, env: Mapping[str, str]) -> None:
         settings = self.settings
         self.tracer: Any = None
+        self._deferred: Any = None  # exporters.DeferredTracing: the writer records the span
+        self._deferred_type: type | None = None
         self.metrics: Any = None
         self.providers: Any = None
         exporters = settings.resolved_exporters(env)
@@ -344,6 +347,13 @@ class Agent:
             from gpuledger.exporters import gpuledger_tracer  # noqa: PLC0415
 
             self.tracer = gpuledger_tracer(self.providers.tracer_provider)
+            from gpuledger.exporters import DeferredSpan, DeferredTracing  # noqa: PLC0415
+
+            if DeferredTracing.usable(self.tracer):  # the writer records the span
+                self._deferred, self._deferred_type = DeferredTracing(self.tracer), DeferredSpan
+                # A warm span's kind and first attributes (shared: never changed).
+                attributes = {"faas.trigger": self.platform.faas_trigger, "faas.coldstart": False}
+                self._warm_start = (trace.SpanKind.SERVER, attributes)
             self._server_kind = trace.SpanKind.SERVER
             self._set_span_in_context = trace.set_span_in_context
             self._attach = otel_context.attach
@@ -455,7 +465,10 @@ class Agent:
                 self.pipeline.submit(StartNotice(invocation))
                 self.pipeline.wake()
             if self.tracer is not None:
-                invocation.span = self._start_span(spec.name, start_ns, invocation.cold, init)
+                if self._deferred is not None and init is None:
+                    invocation.span = self._deferred.start(spec.name, *self._warm_start, start_ns)
+                else:
+                    invocation.span = self._start_span(spec.name, start_ns, invocation.cold, init)
                 if activate:
                     invocation._otel_token = self._attach(
                         self._set_span_in_context(invocation.span)
@@ -627,6 +640,10 @@ class Agent:
         error, invocation.error = invocation.error, None
         if span is None:
             return
+        if type(span) is self._deferred_type:
+            span = self._deferred.record(span)
+            if span is None:
+                return  # the sampler dropped it
         try:
             span.set_attributes(span_attributes(record))
             if error is not None:

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
         span_attributes,
         worker_resource_attributes,
     )
+    from gpuledger.exporters._deferred import DeferredSpan, DeferredTracing
     from gpuledger.exporters._metrics import InvocationMetrics
     from gpuledger.exporters._names import SCHEMA_URL
     from gpuledger.exporters._providers import (
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
 
 _LAZY = {
     "SCHEMA_URL": "_names",
+    "DeferredSpan": "_deferred",
+    "DeferredTracing": "_deferred",
     "external_call_attributes": "_attributes",
     "init_span_attributes": "_attributes",
     "record_resource_attributes": "_attributes",
@@ -47,6 +50,8 @@ _LAZY = {
 
 __all__ = [
     "SCHEMA_URL",
+    "DeferredSpan",
+    "DeferredTracing",
     "InvocationMetrics",
     "external_call_attributes",
     "gpuledger_meter",
