@@ -34,6 +34,7 @@ from gpuledger._location import MASK, mask_secrets
 __all__ = ["GuardedStderr", "configure_logging", "get_logger", "mask_event"]
 
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
+_METHOD_LEVELS = {**_LEVELS, "exception": 40}
 _logger: Any = None
 _format = "console"
 _level = "warning"
@@ -79,33 +80,39 @@ def take_library_logging(level: int = 30) -> None:
 
 
 def get_logger() -> Any:
-    """The agent's logger (built on first use, so ``import gpuledger`` stays light).
+    """The agent's logger (cheap: structlog is imported and its logger built only when a line
+    at or above the level is said, so ``import gpuledger`` and a quiet ``configure()`` stay
+    light: structlog's own import loads ``rich`` where it is installed, 60 ms).
 
     Its methods (``debug`` ... ``critical``, ``exception``) never raise.
     """
     global _logger
     if _logger is None:
-        import structlog  # noqa: PLC0415  (lazy: structlog is only needed once something is said)
-
-        renderer: Any
-        if _format == "json":
-            renderer = structlog.processors.JSONRenderer()
-        else:
-            renderer = structlog.dev.ConsoleRenderer(colors=False)
-        bound = structlog.wrap_logger(
-            GuardedStderr(),
-            processors=[
-                structlog.processors.add_log_level,
-                structlog.processors.TimeStamper(fmt="iso", utc=True),
-                structlog.processors.format_exc_info,
-                mask_event,
-                renderer,
-            ],
-            wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[_level]),
-            cache_logger_on_first_use=True,
-        ).bind(logger="gpuledger")
-        _logger = _SafeLogger(bound)
+        _logger = _SafeLogger(_LEVELS[_level])
     return _logger
+
+
+def _structlog_logger() -> Any:
+    """structlog's logger with gpuledger's processors, for the format and level set now."""
+    import structlog  # noqa: PLC0415  (lazy: structlog is only needed once something is said)
+
+    renderer: Any
+    if _format == "json":
+        renderer = structlog.processors.JSONRenderer()
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=False)
+    return structlog.wrap_logger(
+        GuardedStderr(),
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            mask_event,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[_level]),
+        cache_logger_on_first_use=True,
+    ).bind(logger="gpuledger")
 
 
 _SECRET_FIELD = re.compile(
@@ -205,16 +212,23 @@ def _count_failure() -> None:
 
 
 class _SafeLogger:
-    """The bound logger's methods, with any failure inside structlog dropped and counted."""
+    """The bound logger's methods, with any failure inside structlog dropped and counted; a line
+    below the level is dropped before structlog is even loaded."""
 
-    __slots__ = ("_bound",)
+    __slots__ = ("_bound", "_minimum")
 
-    def __init__(self, bound: Any) -> None:
-        self._bound = bound
+    def __init__(self, minimum: int) -> None:
+        self._minimum = minimum
+        self._bound: Any = None
 
     def _emit(self, method: str, event: str, fields: dict[str, Any]) -> None:
+        if _METHOD_LEVELS[method] < self._minimum:
+            return
         try:
-            getattr(self._bound, method)(event, **fields)
+            bound = self._bound
+            if bound is None:
+                bound = self._bound = _structlog_logger()
+            getattr(bound, method)(event, **fields)
         except Exception:  # a processor or renderer that cannot take a value
             _count_failure()
 

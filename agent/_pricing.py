@@ -50,20 +50,20 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import difflib
 import functools
 import hashlib
 import math
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
-from importlib import resources
-from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Final, NoReturn
+from typing import TYPE_CHECKING, Final, NoReturn
 
 from gpuledger._errors import PricingError
 from gpuledger._settings import resolve_setting
+
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
 
 __all__ = [
     "DEFAULT_EDITION",
@@ -466,7 +466,16 @@ def _reserved_usd_per_second(unit_usd: float, reserved: float | None, minimum: f
 # Loading
 
 
+@functools.lru_cache(maxsize=1)
 def _editions_folder() -> Traversable:
+    """The shipped editions: a folder beside this module in every install that is not a zip
+    (read directly: ``importlib.resources`` alone costs 10 ms of a cold start), else through
+    ``importlib.resources``."""
+    folder = Path(__file__).parent / "data" / "editions"
+    if folder.is_dir():
+        return folder
+    from importlib import resources  # noqa: PLC0415  (a zipped install)
+
     return resources.files("gpuledger") / "data" / "editions"
 
 
@@ -849,6 +858,8 @@ def _check_count(check: str, value: float) -> tuple[_Value | None, str | None]:
 
 
 def _unknown_key(key: str, allowed: Iterable[str]) -> str:
+    import difflib  # noqa: PLC0415  (only on this error path)
+
     close = difflib.get_close_matches(key, list(allowed), n=1)
     return f"unknown key (did you mean {close[0]!r}?)" if close else "unknown key"
 
