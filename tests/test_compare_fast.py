@@ -229,3 +229,41 @@ def test_the_fast_paths_are_the_ones_taken(monkeypatch: pytest.MonkeyPatch) -> N
     assert taken == ["on-demand", "no wait", "on-demand"]
     reference(monkeypatch, lambda: simulate_serverless(TRACES["steady"], PRICES["runpod"]))
     assert taken == ["on-demand", "no wait", "on-demand"]
+
+
+@pytest.mark.parametrize("name", TRACES)
+@pytest.mark.parametrize(
+    "overflow", ["runpod", "modal", "seed banana", "concurrency 3", "replicate, minimum"]
+)
+def test_the_hybrid_floor_is_never_above_what_a_hybrid_costs(name: str, overflow: str) -> None:
+    """The pruning bound, size by size: the reserved GPUs' cost plus the overflow's floor
+    (what it must serve when no request waits, at its rate) is at most what the replay bills."""
+    trace, reserved = TRACES[name], price("reserved")
+    sizes = [1, 2, 3, 5, 8]
+    floor = _compare._overflow_floor_usd(trace, sizes, PRICES[overflow])
+    per_worker = trace.window_s * trace.gpu_count * reserved.per_gpu_second_usd
+    for gpus in sizes:
+        result = simulate_hybrid(trace, reserved, gpus, PRICES[overflow])
+        assert gpus * per_worker + floor[gpus] <= result.cost_usd * (1 + 1e-9), (gpus, floor)
+    assert floor[1] > 0  # every trace here overflows one GPU at some instant
+
+
+def test_the_floor_spares_hybrid_replays(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On bursty traffic (a reserved GPU idles most of the day) the floor rules out the larger
+    hybrids without replaying them; the comparison is the same as without it."""
+    calls: list[int] = []
+    replay = _compare.simulate_hybrid
+
+    def counted(trace: Trace, reserved: Price, gpus: int, *args: Any, **kwargs: Any) -> Any:
+        calls.append(gpus)
+        return replay(trace, reserved, gpus, *args, **kwargs)
+
+    monkeypatch.setattr(_compare, "simulate_hybrid", counted)
+    trace = synthetic("bursty", rate_per_hour=20_000, days=2, service="exp", seed=2)
+    run = functools.partial(_compare.compare, trace, CATALOGUE, gpu="H100")
+    fast = run()
+    pruned = list(calls)
+    calls.clear()
+    monkeypatch.setattr(_compare, "_overflow_floor_usd", lambda *args: {})
+    assert run() == fast
+    assert (pruned, calls) == ([1], [1, 2, 3, 4])

@@ -297,6 +297,8 @@ def _hybrid_options(
     # alone costs more than the cheapest hybrid found, and more than the cheapest found that
     # meets the objective, can be neither: it, and every larger size, is skipped.
     per_worker = runner.trace.window_s * runner.trace.gpu_count * reserved.per_gpu_second_usd
+    # With no waiting, the overflow's part has a floor too (what it must serve, at its rate).
+    floor = _overflow_floor_usd(runner.trace, sizes, overflow) if max_wait_s == 0.0 else {}
     runs: list[SimResult] = []
     for offset in range(0, len(sizes), runner.processes):
         batch = sizes[offset : offset + runner.processes]
@@ -304,7 +306,7 @@ def _hybrid_options(
             cheapest_cost = min(result.cost_usd for result in runs)
             meeting_costs = [result.cost_usd for result in runs if meets(result, slo_p95_s)]
             bound = max(cheapest_cost, min(meeting_costs) if meeting_costs else math.inf)
-            batch = [gpus for gpus in batch if gpus * per_worker < bound]
+            batch = [gpus for gpus in batch if gpus * per_worker + floor.get(gpus, 0.0) < bound]
             if not batch:
                 break
         runs.extend(runner.map(_hybrid, [(reserved, gpus, overflow, max_wait_s) for gpus in batch]))
@@ -314,6 +316,31 @@ def _hybrid_options(
     if meeting:
         chosen.append(min(meeting, key=lambda result: result.cost_usd))
     return chosen
+
+
+def _overflow_floor_usd(trace: Trace, sizes: Sequence[int], overflow: Price) -> dict[int, float]:
+    """For each hybrid size, the least its overflow can cost when no request waits (empty
+    without numpy: no floor, the same results). With no waiting every request runs from its
+    arrival, on a reserved GPU or the overflow, so at each instant the reserved workers run at
+    most ``gpus`` of the requests then in service and the overflow the rest: it serves at least
+    the integral of ``max(0, in_service(t) - gpus)``, and no per-second platform bills a
+    worker less than its busy time (a worker running ``concurrency`` requests at once, that
+    over ``concurrency``). Fees, cold starts, idle time and rounding only add to it."""
+    numpy = optional_numpy()
+    if numpy is None or not len(trace) or overflow.kind == "reserved":
+        return {}
+    arrivals = numpy.asarray(trace.arrivals_s, dtype=numpy.float64)
+    ends = arrivals + numpy.asarray(trace.services_s, dtype=numpy.float64)
+    instants = numpy.concatenate((arrivals, ends))
+    order = numpy.argsort(instants, kind="stable")
+    steps = numpy.concatenate((numpy.ones(len(arrivals)), -numpy.ones(len(ends))))[order]
+    in_service = numpy.cumsum(steps)[:-1]
+    lasting = numpy.diff(instants[order])
+    usd_per_s = trace.gpu_count * overflow.per_gpu_second_usd / max(1, overflow.concurrency)
+    return {
+        gpus: float(numpy.dot(numpy.maximum(in_service - gpus, 0.0), lasting)) * usd_per_s
+        for gpus in sizes
+    }
 
 
 _PARALLEL_FROM: Final = 200_000
