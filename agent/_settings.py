@@ -731,7 +731,8 @@ SIDECAR_SETTINGS: Final[tuple[Setting, ...]] = (
         ("GPULEDGER_SIDECAR_MAX_BACKLOG",),
         _positive_int,
         _const(1_000_000),
-        "How many records may wait for a sidecar consumer before `/healthz` answers 503.",
+        "How many records may wait for a sidecar consumer before `/healthz` answers 503 and new "
+        "records are refused with 503 and `Retry-After` (backpressure: workers journal them).",
         "`1000000`",
     ),
     Setting(

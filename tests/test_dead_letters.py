@@ -8,6 +8,7 @@ is down."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import sqlite3
 import threading
@@ -225,12 +226,41 @@ def test_a_collector_down_then_back_sets_nothing_aside_and_healthz_tells(
     assert request(sidecar.url, "GET", "/healthz")[0] == 200
 
 
-def test_a_backlog_past_its_bound_is_unhealthy(make_sidecar: Callable[..., Sidecar]) -> None:
+def post_with_headers(url: str, path: str, payload: Any) -> tuple[int, Any, dict[str, str]]:
+    """POST ``payload`` as JSON: status, JSON answer and response headers."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        body = json.dumps(payload).encode()
+        connection.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read()), dict(response.getheaders())
+    finally:
+        connection.close()
+
+
+def test_a_backlog_past_its_bound_is_unhealthy_and_pushes_back(
+    make_sidecar: Callable[..., Sidecar],
+) -> None:
+    """Past ``max_backlog`` (the collector is down: the OTLP consumer waits) ``/healthz`` says
+    so, and new records are refused with 503 and ``Retry-After`` before they are parsed,
+    nothing of them kept (the worker journals them and sends them again); starts are still
+    taken."""
     sidecar = make_sidecar(otlp_endpoint=f"http://127.0.0.1:{free_port()}", max_backlog=100)
     send_good(sidecar.url, f"b-{uuid.uuid4().hex[:8]}", 200)
     status, health = request(sidecar.url, "GET", "/healthz")
     assert status == 503
     assert "200 records wait for delivery (over 100)" in health["reason"]
+    more = [make_record(1000 + index, handler="refused") for index in range(50)]
+    status, answer, headers = post_with_headers(sidecar.url, "/v1/records", {"records": more})
+    assert status == 503, answer
+    assert (
+        "over max_backlog 100" in answer["error"] and "nothing from this request" in answer["error"]
+    )
+    assert int(headers["Retry-After"]) > 0
+    assert sidecar.health()[1]["spooled"] == 200
+    metrics = sidecar.metrics_text()
+    assert metric_value(metrics, "gpuledger_sidecar_records_refused_backlog_total") == 1
 
 
 def test_redrive_after_the_collectors_limit_is_raised_delivers_it_once(

@@ -17,7 +17,8 @@ saying what is wrong and where, e.g. ``records[3].start_ns: expected an integer,
 
 - ``POST /v1/records`` ``{"records": [InvocationRecord.to_dict(), ...]}`` -> 200
   ``{"accepted": n, "duplicates": d}`` once committed; 400 (nothing of the request is kept), 401,
-  411, 413 (answered from the headers), 415, 503 (the spool cannot be written, or stopping).
+  411, 413 (answered from the headers), 415, 503 with ``Retry-After`` (the spool cannot be
+  written, stopping, or more than ``max_backlog`` records wait for a consumer: backpressure).
 - ``POST /v1/starts`` ``{"starts": [{"record_id", "invocation_id", "handler", "start_ns", "pid",
   "service_name", "platform", and optionally "endpoint", "worker_id", "region", "gpu_model",
   "gpu_count", "timeout_s", "user_id", "user_id_pseudonymised", "tenant"}, ...]}`` -> the same.
@@ -236,6 +237,11 @@ _COUNTERS: Final = (
         "dead_letters_total",
         "Records a consumer could not deliver, set aside in the spool's dead letters.",
         "dead_letters",
+    ),
+    (
+        "records_refused_backlog_total",
+        "Requests of records refused (503) while the backlog was over max_backlog.",
+        "backlog_refusals",
     ),
     (
         "spool_write_failures_total",
@@ -634,6 +640,13 @@ class Sidecar:
         )
         return left
 
+    def _backlog_bound(self) -> int:
+        """At most how many spooled records the slowest consumer has left (no scan)."""
+        spool = self._spool
+        if spool is None or not self._consumers:
+            return 0
+        return max(0, spool.last_seq - min(consumer.cursor for consumer in self._consumers))
+
     def _pending_total(self) -> int:
         counts = self._counts()
         return sum(value for key, value in counts.items() if key.startswith("pending_"))
@@ -673,7 +686,20 @@ class Sidecar:
             self._counters.add("records_rejected", len(records))
 
     def _take(self, kind: str, body: bytes) -> tuple[int, dict[str, object]]:
-        """Check and spool one request body; ``(status, answer)``. All or nothing."""
+        """Check and spool one request body; ``(status, answer)``. All or nothing. Records are
+        refused (503, ``Retry-After``), before they are even parsed, while more than
+        ``max_backlog`` wait for the slowest consumer: the workers keep them in their journal
+        and send them again, and the spool stays bounded. Starts are always taken (the
+        watcher needs them, and they are few)."""
+        if kind == "records" and self._max_backlog is not None:
+            waiting = self._backlog_bound()
+            if waiting > self._max_backlog:
+                self._counters.add("backlog_refusals")
+                return 503, {
+                    "error": f"the sidecar is behind: up to {waiting} records wait for delivery "
+                    f"(over max_backlog {self._max_backlog}); nothing from this request was "
+                    "kept: send it again after Retry-After"
+                }
         try:
             payload = parse_json(body)
         except Invalid as error:

@@ -248,6 +248,9 @@ class Spool:
         self._reserve_bytes = reserve_bytes
         self._full = False
         self._last_shrink = 0.0
+        self.last_seq = 0
+        """The highest ``seq`` spooled (0 before any): with a consumer's cursor, a bound on
+        what it has left to deliver that costs no scan (gaps only make it larger)."""
         lock_existed = os.path.exists(f"{path}.lock")
         try:
             self._take_lock()
@@ -313,6 +316,9 @@ class Spool:
         if max_bytes is not None:
             pages = max((max_bytes - wal_limit) // page_size, 1)
             connection.execute(f"PRAGMA max_page_count = {pages}")
+        self.last_seq = connection.execute("SELECT COALESCE(MAX(seq), 0) FROM records").fetchone()[
+            0
+        ]
         return connection
 
     def close_connection(self) -> None:
@@ -491,6 +497,8 @@ class Spool:
             connection.executemany(
                 "DELETE FROM starts WHERE record_id = ?", [(row[0],) for row in rows]
             )
+            if accepted:
+                self.last_seq = connection.execute("SELECT MAX(seq) FROM records").fetchone()[0]
             return accepted
 
         accepted: int = self._write(work)
