@@ -396,3 +396,30 @@ def test_the_spool_shrinks_after_a_drain(
     wait_for("3000 spans", lambda: otlp.span_count() >= 3000, timeout=30)
     wait_for("the spool to shrink", lambda: spool.size_bytes() < before / 4, timeout=10)
     print(f"\nspool {before} bytes before the drain, {spool.size_bytes()} after")
+
+
+def test_each_vacuum_step_gives_back_a_step_of_pages(tmp_path: Path) -> None:
+    """While records still wait, a shrink gives back a bounded trickle (4 steps of 64 pages);
+    once the spool is empty, everything. Each step is run to completion: Python's ``execute``
+    steps a statement that returns no rows once, and each step of ``incremental_vacuum`` frees
+    one page (the spool gave back 4 pages a trickle, and an empty spool's pages one at a time,
+    a checkpoint each, holding the receivers' lock for seconds)."""
+    spool = Spool(str(tmp_path / "spool.db"))
+    try:
+        rows = [(f"r{index:06d}", json.dumps({"pad": "x" * 400})) for index in range(6000)]
+        for first in range(0, len(rows), 1000):
+            spool.add_records(rows[first : first + 1000], 1)
+        spool.advance("ledger", 5000)
+        spool._last_shrink = -1e9  # due: the trickle runs at most once a second
+        connection = spool._require()
+        spool.prune(["ledger"], 2)  # deletes 5,000 rows, then shrinks: the trickle
+        free = connection.execute("PRAGMA freelist_count").fetchone()[0]
+        spool._last_shrink = -1e9
+        spool.shrink()
+        left = connection.execute("PRAGMA freelist_count").fetchone()[0]
+        assert free - left == 4 * 64, (free, left)
+        spool.advance("ledger", 6000)
+        spool.prune(["ledger"], 3)  # empty now: every free page goes back
+        assert connection.execute("PRAGMA freelist_count").fetchone()[0] == 0
+    finally:
+        spool.close()

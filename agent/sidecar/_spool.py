@@ -55,10 +55,17 @@ _SHRINK_EVERY_S: Final = 1.0
 """The most often freed pages are given back to the filesystem (while the spool is not empty)."""
 _SHRINK_FREE_PAGES: Final = 256
 """Free pages (1 MiB of 4 KiB pages) worth giving back while records are still spooled."""
+_TRICKLE_STEPS: Final = 4
+"""Vacuum steps a second while records still wait (``_VACUUM_STEP`` pages each: 1 MiB)."""
 _PRUNE_ROWS: Final = 64
-"""Rows deleted per transaction when pruning."""
+"""Rows deleted per transaction when pruning on a full disk (the WAL must fit the reserve)."""
+_PRUNE_ROWS_ROOMY: Final = 2048
+"""Rows deleted per transaction when pruning with room on the disk."""
 _VACUUM_STEP: Final = 64
-"""Pages given back per step (each step's WAL is checkpointed before the next)."""
+"""Pages given back per step (each step's WAL is checkpointed before the next) on a full disk
+and while records still wait."""
+_VACUUM_STEP_ROOMY: Final = 8192
+"""Pages given back per step when the spool is empty and the disk has room (32 MiB)."""
 _SMALL_WAL_BYTES: Final = 256 * 1024
 """A WAL this small is left alone when the spool is empty (truncating it costs an fsync)."""
 
@@ -571,11 +578,12 @@ class Spool:
             if found[0] < len(consumers):
                 return 0  # a consumer that never delivered holds everything
             # In chunks: a delete rewrites every page it touches into the WAL, which on a full
-            # disk must fit in the reserve.
+            # disk must fit in the reserve (small chunks then; larger ones otherwise, each
+            # commit rewriting the same pages into the WAL once, not once per 64 rows).
             low = connection.execute(
                 "SELECT MAX(seq) FROM (SELECT seq FROM records WHERE seq <= ? ORDER BY seq "
                 "LIMIT ?)",
-                (int(found[1]), _PRUNE_ROWS),
+                (int(found[1]), chunk_rows),
             ).fetchone()[0]
             if low is None:
                 return 0
@@ -588,6 +596,7 @@ class Spool:
                 )
             return connection.execute("DELETE FROM records WHERE seq <= ?", (low,)).rowcount
 
+        chunk_rows = _PRUNE_ROWS if self._full else _PRUNE_ROWS_ROOMY
         deleted = 0
         while True:
             try:
@@ -598,17 +607,20 @@ class Spool:
                 # again.
                 chunk = self._transaction(lambda connection: work(connection, False))
             deleted += chunk
-            if chunk < _PRUNE_ROWS:
+            if chunk < chunk_rows:
                 break
         if deleted:
             self.shrink()
         return deleted
 
     def shrink(self, *, force: bool = False) -> None:
-        """Give freed pages back to the filesystem and truncate the WAL: when the spool is
-        empty, while the disk is full, or (at most once a second) when many pages are free.
-        In steps of ``_VACUUM_STEP`` pages, each checkpointed, so that it needs little room
-        (on a full disk, the reserve). A failure is left for the next time."""
+        """Give freed pages back to the filesystem and truncate the WAL: all of them when the
+        spool is empty or the disk is full; while records still wait, at most
+        ``_TRICKLE_STEPS`` steps a second once many pages are free (the next records reuse free
+        pages anyway, and the receiver waits for the spool's lock meanwhile: giving a drained
+        burst's pages back all at once took half the ledger consumer's time). In steps of
+        ``_VACUUM_STEP`` pages, each checkpointed, so that it needs little room (on a full
+        disk, the reserve). A failure is left for the next time."""
         now = time.monotonic()
         with self._lock:
             connection = self._require()
@@ -626,9 +638,17 @@ class Spool:
                     return
                 self._last_shrink = now
                 connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+                steps = None if urgent else _TRICKLE_STEPS
+                # Big steps with room on the disk (each checkpoint copies the step's pages
+                # once); small ones on a full disk, where the WAL must fit in the reserve.
+                step = _VACUUM_STEP if self._full or not urgent else _VACUUM_STEP_ROOMY
                 if connection.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:  # INCREMENTAL
-                    while free:
-                        connection.execute(f"PRAGMA incremental_vacuum({_VACUUM_STEP})").fetchall()
+                    while free and (steps is None or steps > 0):
+                        if steps is not None:
+                            steps -= 1
+                        # executescript: Python's execute() steps a statement that returns
+                        # no rows once, and each step of incremental_vacuum frees one page.
+                        connection.executescript(f"PRAGMA incremental_vacuum({step});")
                         connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                         left = connection.execute("PRAGMA freelist_count").fetchone()[0]
                         if left >= free:
