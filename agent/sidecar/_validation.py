@@ -617,5 +617,9 @@ def parse_json(body: bytes) -> object:
         raise Invalid(f"invalid JSON: {error}") from None
 
 
+_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+"""One encoder for every spooled body: ``json.dumps`` with options builds a new one per call."""
+
+
 def dumps(values: Mapping[str, object]) -> str:
-    return json.dumps(values, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return _ENCODER.encode(values)
