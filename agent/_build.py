@@ -437,6 +437,23 @@ def _frozen_cost(
 
 SPILL_FORMAT: Final = 1
 """The version of :func:`spill`'s rows; :func:`unspill` refuses any other (a newer writer's)."""
+_ROW_AS_IS: Final = (
+    "invocation_id",
+    "handler",
+    "start_ns",
+    "duration_ns",
+    "billed_ns",
+    "outcome",
+    "error_type",
+    "cold",
+    "idle_gap_ns",
+    "tenant",
+    "input_tokens",
+    "output_tokens",
+)
+"""A spilled row: the record id, these attributes of the invocation as they are, its tags, its
+stored user (id, pseudonymised), its calls (``_ROW_CALLS``) and its price's four amounts."""
+_ROW_CALLS: Final = ("calls", "call_seconds", "wait_seconds", "errors", "targets")
 
 
 def spill(
@@ -470,29 +487,10 @@ def spill(
         rows.append(
             [
                 invocation.record_id or new_record_id(invocation.start_ns),
-                invocation.invocation_id,
-                invocation.handler,
-                invocation.start_ns,
-                invocation.duration_ns,
-                invocation.billed_ns,
-                invocation.outcome,
-                invocation.error_type,
-                invocation.cold,
-                invocation.idle_gap_ns,
-                None if user is None else list(user_key(user)),
-                invocation.tenant,
+                *map(invocation.__getattribute__, _ROW_AS_IS),
                 invocation.tags or None,
-                invocation.input_tokens,
-                invocation.output_tokens,
-                None
-                if external is None
-                else [
-                    external.calls,
-                    external.call_seconds,
-                    external.wait_seconds,
-                    external.errors,
-                    external.targets,
-                ],
+                None if user is None else list(user_key(user)),
+                None if external is None else [*map(external.__getattribute__, _ROW_CALLS)],
                 None
                 if cost is None
                 else [cost.total_usd, cost.execution_usd, cost.gpu_usd, cost.coldstart_usd],
@@ -611,25 +609,10 @@ def unspill(entry: Mapping[str, Any]) -> list[InvocationRecord]:
         records: list[InvocationRecord] = []
         for row in entry["rows"]:
             invocation = _Spilled()
-            (
-                invocation.record_id,
-                invocation.invocation_id,
-                invocation.handler,
-                invocation.start_ns,
-                invocation.duration_ns,
-                invocation.billed_ns,
-                invocation.outcome,
-                invocation.error_type,
-                invocation.cold,
-                invocation.idle_gap_ns,
-                user,
-                invocation.tenant,
-                invocation.tags,
-                invocation.input_tokens,
-                invocation.output_tokens,
-                external,
-                amounts,
-            ) = row
+            invocation.record_id = row[0]
+            for name, value in zip(_ROW_AS_IS, row[1:], strict=False):
+                setattr(invocation, name, value)
+            invocation.tags, user, external, amounts = row[len(_ROW_AS_IS) + 1 :]
             invocation.user_id = None
             if user is not None:
                 invocation.user_id, worker.keys[user[0]] = user[0], bool(user[1])
