@@ -175,6 +175,17 @@ def request_startup_seconds(invocation: Invocation) -> float | None:
     return sum(phase.duration_s for phase in invocation.phases if phase.parent is None)
 
 
+_STARTED_BEFORE_NVML: Final = {"gpu": "started before NVML had opened (metered from then on)"}
+
+
+def unmetered_reason(worker: _Worker) -> dict[str, str]:
+    """Why an invocation without a GPU meter has null GPU fields: the worker's reason (no GPU,
+    metering off, NVML failed or still opening), or, when the worker has none left because NVML
+    opened after the invocation began (the cold request, typically), that. Never None: every
+    null says why."""
+    return worker.gpu_reason or dict(_STARTED_BEFORE_NVML)
+
+
 def price(worker: _Worker, invocation: Invocation) -> Cost | None:
     """What ``invocation`` cost on ``worker`` as known at its end (None: unpriced): its billed
     GPU time, its cold start's init, and start-up done inside it shown as start-up, once."""
@@ -259,7 +270,7 @@ def build_record(
         init_phases=phases,
         idle_gap_s=None if invocation.idle_gap_ns is None else invocation.idle_gap_ns / 1e9,
         billed_gpu_seconds=billed_s * gpu_count,
-        gpu_unmeasured=worker.gpu_reason if invocation.meter is None else None,
+        gpu_unmeasured=unmetered_reason(worker) if invocation.meter is None else None,
         **external_fields(worker, invocation, measured=measured),
         user_id=user_id,
         user_id_pseudonymised=pseudonymised,
@@ -506,7 +517,7 @@ def spill(
         "worker_start_source": billing.start_source,
         "worker_ready_ns": worker.worker.ready_ns,
         "billing_rules": worker.billing_rules,
-        "gpu_unmeasured": worker.gpu_reason,
+        "gpu_unmeasured": unmetered_reason(worker),
         "per_gpu_second_usd": worker.per_gpu_second_usd,
         "cost_source": worker.cost_source,
         "pricing": pricing,

@@ -58,7 +58,7 @@ class Providers:
         if self.owns_tracer_provider and self.tracer_provider is not None:
             self.tracer_provider.force_flush(remaining_ms())
         if self.owns_meter_provider and self.meter_provider is not None:
-            self.meter_provider.force_flush(remaining_ms())
+            _flush_push_readers(self.meter_provider, remaining_ms)
 
     def close(self, timeout_s: float) -> None:
         """At process exit: flush and shut down the providers gpuledger built, within one
@@ -74,6 +74,20 @@ class Providers:
             remaining_ms = max(1, int((deadline - time.monotonic()) * 1000))
             self.meter_provider.shutdown(timeout_millis=remaining_ms)
             _stop_prometheus_server()
+
+
+def _flush_push_readers(meter_provider: Any, remaining_ms: Any) -> None:
+    """Force-flush the meter provider's push readers (periodic exporters) only.
+
+    A pull reader must never be force-flushed: ``PrometheusMetricReader`` queues each collection
+    for the next scrape, so a flush made that scrape show every series two or three times.
+    ``MeterProvider.force_flush`` flushes every reader, so each push reader is flushed here.
+    """
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader  # noqa: PLC0415
+
+    for reader in getattr(meter_provider, "_metric_readers", ()):
+        if isinstance(reader, PeriodicExportingMetricReader):
+            reader.force_flush(timeout_millis=remaining_ms())
 
 
 def gpuledger_tracer(tracer_provider: Any) -> Any:

@@ -588,3 +588,56 @@ def test_without_a_driver_the_real_pynvml_says_so(tmp_path: Path) -> None:
         (record,) = ledger.read()
     assert record.busy_gpu_seconds is None
     assert record.gpu_unmeasured == {"gpu": "no NVIDIA driver (LibraryNotFound)"}
+
+
+def test_request_before_nvml_opened_says_why_its_gpu_fields_are_null(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """NVML opens on its own thread; a request that starts before it has opened (the cold one,
+    the costliest) is recorded without GPU fields, and its record says why even though, by the
+    time the writer builds it, NVML is open and the worker has no reason of its own left."""
+    recording = synthetic_recording(duration_s=10, busy=[(0.0, 10.0, 1.0)], pid=PID)
+    opened = threading.Event()
+    release = threading.Event()
+
+    class SlowInit(ReplayNvml):
+        def nvmlInit(self) -> None:
+            release.wait(10)
+            super().nvmlInit()
+            opened.set()
+
+    replay = SlowInit(recording, clock.time_ns, origin_ns=clock.time_ns())
+    ledger_path = tmp_path / "ledger.db"
+    span_exporter = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(span_exporter))
+    agent = gpuledger.configure(
+        ledger=str(ledger_path),
+        platform="runpod",
+        gpu="H100",
+        tracer_provider=tracer_provider,
+        clock=clock,
+        nvml=replay,
+        strict=True,
+    )
+
+    @gpuledger.traced_handler
+    def handler(job: dict[str, Any]) -> str:
+        if not release.is_set():  # NVML opens while the first request runs
+            release.set()
+            assert opened.wait(5)
+            assert agent.gpu_ready.wait(5)
+        clock.advance(1.0)
+        return "ok"
+
+    assert handler({"id": "cold", "input": {}}) == "ok"
+    assert handler({"id": "warm", "input": {}}) == "ok"
+    _settle(clock)
+    telemetry = Telemetry(clock, ledger_path, span_exporter, InMemoryMetricReader())
+    cold, warm = sorted(telemetry.rows(), key=lambda row: row["start_ns"])
+    assert cold["busy_gpu_seconds"] is None
+    assert cold["gpu_unmeasured"] is not None
+    assert "before NVML" in cold["gpu_unmeasured"]
+    assert warm["busy_gpu_seconds"] is not None  # measured once the meter is there
+    (span,) = [s for s in span_exporter.get_finished_spans() if s.attributes.get("faas.coldstart")]
+    assert "before NVML" in " ".join(span.attributes["gpuledger.gpu.unmeasured_reasons"])

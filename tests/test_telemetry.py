@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
+import subprocess
+import sys
 import textwrap
 import threading
 import types
@@ -26,6 +29,7 @@ from gpuledger._record import InvocationRecord
 from gpuledger.exporters import SCHEMA_URL, InvocationMetrics
 
 from .conftest import Telemetry, run_python
+from .support.processes import free_port
 
 
 def _serve(clock: Any, seconds: float = 20.0) -> Any:
@@ -649,3 +653,49 @@ def test_the_cost_counter_adds_up_to_the_worker_bill(telemetry: Telemetry) -> No
     expected = bill(worker.timeline, worker.rules)  # type: ignore[arg-type]
     assert sum(after.values()) == pytest.approx(float(expected.total_usd), rel=1e-9)
     assert expected.by_category()["rounding"] == Fraction("1.4") * Fraction("0.00024")
+
+
+def test_flush_never_duplicates_a_prometheus_scrape(tmp_path: Path) -> None:
+    """``gpuledger.flush()`` (and ``shutdown()``) must not force-flush the Prometheus pull
+    reader: it queues each collection for the next scrape, which then showed every series two
+    or three times. A push reader beside it (console) is still flushed."""
+    script = tmp_path / "worker.py"
+    script.write_text(
+        textwrap.dedent("""
+        import sys, urllib.request
+        import gpuledger
+
+        @gpuledger.traced_handler
+        def handler(job):
+            return "ok"
+
+        for index in range(3):
+            handler({"id": f"job-{index}", "input": {}})
+        gpuledger.flush()
+        gpuledger.flush()
+        port = sys.argv[1]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            sys.stderr.write(response.read().decode())
+    """)
+    )
+    port = free_port()
+    env = {
+        "GPULEDGER_EXPORTERS": "prometheus,console",
+        "GPULEDGER_PROMETHEUS_PORT": str(port),
+        "GPULEDGER_LEDGER": str(tmp_path / "l.db"),
+    }
+    completed = subprocess.run(
+        [sys.executable, str(script), str(port)],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    samples = [line for line in completed.stderr.splitlines() if line and not line.startswith("#")]
+    invocations = [line for line in samples if line.startswith("faas_invocations_total{")]
+    assert len(invocations) == 1, invocations
+    assert invocations[0].endswith(" 3.0")
+    assert len(samples) == len(set(samples)), "a series appears more than once"
+    assert "faas.invocations" in completed.stdout  # the console (push) reader was flushed
