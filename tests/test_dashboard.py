@@ -6,7 +6,8 @@ synthetic recording so the GPU series exist without a GPU) is scraped every seco
 ``prometheus`` (``apt-get install prometheus``; ``.ci/run`` installs it), started here on
 127.0.0.1 with its storage in a temporary directory. Each target of
 ``docker/grafana/gpuledger.json`` is then run against ``/api/v1/query`` with Grafana's variables
-substituted, and must return at least one finite value.
+substituted, and must return at least one finite value. The same Prometheus loads the alerting
+rules of ``docker/prometheus/alerts.yml``, which must all evaluate without error.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from tests.support.processes import HOST, free_port, in_ci, log_tail, stop
 
 ROOT = Path(__file__).parents[1]
 DASHBOARD = ROOT / "docker" / "grafana" / "gpuledger.json"
+ALERT_RULES = ROOT / "docker" / "prometheus" / "alerts.yml"
 START_TIMEOUT_S = 30.0
 DATA_TIMEOUT_S = 60.0
 RATE_WINDOW = "15s"
@@ -176,7 +178,8 @@ def worker_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
 
 @pytest.fixture(scope="module")
 def prometheus_url(tmp_path_factory: pytest.TempPathFactory, worker_port: int) -> Iterator[str]:
-    """``http://127.0.0.1:PORT`` of a Prometheus scraping the worker every second."""
+    """``http://127.0.0.1:PORT`` of a Prometheus scraping the worker every second and evaluating
+    the alerting rules every second."""
     binary = prometheus_binary()
     if binary is None:
         hint = "apt-get install prometheus"
@@ -187,6 +190,7 @@ def prometheus_url(tmp_path_factory: pytest.TempPathFactory, worker_port: int) -
     config = workdir / "prometheus.yml"
     config.write_text(
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+        f"rule_files:\n  - '{ALERT_RULES}'\n"
         "scrape_configs:\n"
         "  - job_name: gpuledger\n"
         f"    static_configs:\n      - targets: ['{HOST}:{worker_port}']\n"
@@ -305,3 +309,36 @@ def test_faas_invocations_are_the_successful_invocations(prometheus_url: str) ->
     assert failed > 0
     assert succeeded + failed <= every
     assert succeeded < every
+
+
+@pytest.mark.slow
+def test_alert_rules_evaluate(prometheus_url: str) -> None:
+    """Prometheus loads every group and rule of docker/prometheus/alerts.yml and evaluates each
+    without error on the worker's series (health "ok"; an error such as a join matching several
+    ``target_info`` series would say "err"); the cost per invocation by deploy version, which
+    joins ``target_info``, has a value for the worker."""
+    yaml = pytest.importorskip("yaml")
+    rules_by_group = {
+        group["name"]: len(group["rules"])
+        for group in yaml.safe_load(ALERT_RULES.read_text())["groups"]
+    }
+    deadline = time.monotonic() + DATA_TIMEOUT_S
+    while True:
+        groups = _get_json(f"{prometheus_url}/api/v1/rules")["data"]["groups"]
+        rules = [rule for group in groups for rule in group["rules"]]
+        # Before its first evaluation a rule's lastEvaluation is Go's zero time.
+        evaluated = all(not rule["lastEvaluation"].startswith("0001-") for rule in rules)
+        cost_per_invocation = _query(
+            prometheus_url, "job_service_version:gpuledger_cost_per_invocation:ratio_rate1h"
+        )
+        if len(groups) == len(rules_by_group) and evaluated and _finite(cost_per_invocation):
+            break
+        if time.monotonic() > deadline:
+            pytest.fail(
+                f"after {DATA_TIMEOUT_S:g} s: groups {[group['name'] for group in groups]}, "
+                f"evaluated {evaluated}, cost per invocation {cost_per_invocation}"
+            )
+        time.sleep(0.5)
+    assert {group["name"]: len(group["rules"]) for group in groups} == rules_by_group
+    unhealthy = {rule["name"]: rule.get("lastError") for rule in rules if rule["health"] != "ok"}
+    assert not unhealthy
