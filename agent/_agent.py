@@ -35,6 +35,7 @@ from gpuledger._platform import (
 from gpuledger._record import InvocationRecord
 from gpuledger._settings import Settings, environment
 from gpuledger._sinks import Backoff, FallbackSink, JournalSink, LedgerSink, SidecarSink, Sink
+from gpuledger._spec import HandlerSpec, apply_options, otel_service_version
 from gpuledger._worker import InitInfo, Phase, WorkerState, shares
 from gpuledger._writer import StartNotice, Writer
 
@@ -46,26 +47,6 @@ _DENSE_WINDOW_NS = 60 * 10**9
 _SIDECAR_BACKOFF_S = (2.0, 30.0)
 """After the sidecar failed, the journal takes records for 2 s (doubling to 30 s while it keeps
 failing) before the sidecar is tried again."""
-
-
-class HandlerSpec:
-    """What ``@traced_handler`` was told about one handler."""
-
-    __slots__ = ("has_options", "invocation_id", "name", "tags", "user")
-
-    def __init__(
-        self,
-        name: str,
-        user: Callable[..., object] | None = None,
-        tags: Callable[..., Mapping[str, object]] | None = None,
-        invocation_id: Callable[..., object] | None = None,
-    ) -> None:
-        self.name = name
-        self.user = user
-        self.tags = tags
-        self.invocation_id = invocation_id
-        # Decided once, so the request path skips the options with one test.
-        self.has_options = user is not None or tags is not None or invocation_id is not None
 
 
 def _outcome(error: BaseException) -> str:
@@ -115,6 +96,7 @@ class Agent:
         self.endpoint = settings.endpoint or info.endpoint
         self.worker_id = settings.worker_id or info.worker_id or default_worker_id()
         self.region = settings.region or info.region
+        self.service_version = settings.service_version or otel_service_version(env) or info.version
         self.service_name = settings.service_name or self.endpoint or "unknown_service"
         self.gpu = settings.gpu
         self.gpu_count = settings.gpu_count
@@ -316,6 +298,7 @@ class Agent:
             region=self.region,
             gpu_model=self.gpu,
             gpu_count=self.gpu_count,
+            service_version=self.service_version,
         )
 
     def _setup_telemetry(self, env: Mapping[str, str]) -> None:
@@ -395,6 +378,7 @@ class Agent:
             worker_id=self.worker_id,
             gpu_model=self.gpu,
             gpu_count=self.gpu_count,
+            service_version=self.service_version,
         )
 
     # -- the request path -------------------------------------------------------------------
@@ -419,7 +403,7 @@ class Agent:
             start_ns = self._time_ns()
             invocation = Invocation(spec.name, start_ns, self._perf_ns())
             if spec.has_options:
-                self._apply_options(invocation, spec, args, kwargs)
+                apply_options(invocation, spec, args, kwargs)
             elif args:
                 # A RunPod-style job is the first argument (the second for a method).
                 job = args[0]
@@ -587,35 +571,6 @@ class Agent:
             set_status_on_exception=False,
         )
 
-    @staticmethod
-    def _apply_options(
-        invocation: Invocation, spec: HandlerSpec, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> None:
-        if spec.invocation_id is not None:
-            try:
-                invocation._invocation_id = str(spec.invocation_id(*args, **kwargs))
-            except Exception as error:
-                _guard.record_failure("handler.invocation_id", error)
-        else:
-            for candidate in args[:2]:
-                if type(candidate) is dict and "input" in candidate and "id" in candidate:
-                    invocation._invocation_id = str(candidate["id"])
-                    break
-        if spec.user is not None:
-            try:
-                user = spec.user(*args, **kwargs)
-                if user is not None:
-                    invocation.user_id = str(user)
-            except Exception as error:
-                _guard.record_failure("handler.user", error)
-        if spec.tags is not None:
-            try:
-                tags = spec.tags(*args, **kwargs)
-                if tags:
-                    invocation.tags = {str(key): str(value) for key, value in tags.items()}
-            except Exception as error:
-                _guard.record_failure("handler.tags", error)
-
     def activate(self, invocation: Invocation) -> None:
         """Make ``invocation`` (and its span) current in this context."""
         invocation._context_token = _current.set(invocation)
@@ -696,6 +651,10 @@ class Agent:
     def now_ns(self) -> int:
         """The agent clock's wall time, Unix ns."""
         return self._time_ns()
+
+    def perf_ns(self) -> int:
+        """The agent clock's monotonic time, ns (what invocations' durations are read from)."""
+        return self._perf_ns()
 
     # -- users ------------------------------------------------------------------------------
 

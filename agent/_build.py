@@ -50,6 +50,7 @@ IDENTITY_FIELDS: Final = (
     "region",
     "gpu_model",
     "gpu_count",
+    "service_version",
 )
 """The record fields that say which worker served an invocation; a start notice carries them
 under the same names."""
@@ -67,6 +68,7 @@ class WorkerIdentity:
     region: str | None = None
     gpu_model: str | None = None
     gpu_count: int = 1
+    service_version: str | None = None
 
     _fields: dict[str, Any] = dataclasses.field(init=False, repr=False, compare=False)
 
@@ -90,6 +92,7 @@ class WorkerIdentity:
             region=values.get("region"),
             gpu_model=values.get("gpu_model"),
             gpu_count=int(values.get("gpu_count", 1)),
+            service_version=values.get("service_version"),
         )
 
 
@@ -209,6 +212,10 @@ def price(worker: _Worker, invocation: Invocation) -> Cost | None:
     return cost
 
 
+DEFAULT_OPERATION: Final = "generate_content"
+"""``gen_ai.operation.name`` of a handler that serves a model (names one, or records tokens)
+without saying which operation: the conventions' most general value."""
+
 _PRICED_HERE: Final[Any] = object()
 """``build_record``'s ``cost`` when it is to be worked out (:func:`price`), the usual case."""
 
@@ -280,6 +287,19 @@ def build_record(
         output_tokens=invocation.output_tokens,
         **cost_fields(cost, worker.cost_source),
     )
+    if invocation.items is not None:  # a generator handler
+        record.items = invocation.items
+        first = invocation.first_item_ns
+        record.first_item_s = None if first is None else first / 1e9
+    model = record.model = invocation.model
+    operation = invocation.operation
+    if operation is None and (
+        model is not None
+        or invocation.output_tokens is not None
+        or invocation.input_tokens is not None
+    ):
+        operation = DEFAULT_OPERATION
+    record.operation = operation
     if invocation.meter is not None:
         # Set after construction: the common record (no GPU) passes fewer arguments.
         record.gpu_uuids = worker.gpu_uuids
@@ -446,9 +466,10 @@ def _frozen_cost(
     }
 
 
-SPILL_FORMAT: Final = 1
-"""The version of :func:`spill`'s rows; :func:`unspill` refuses any other (a newer writer's)."""
-_ROW_AS_IS: Final = (
+SPILL_FORMAT: Final = 2
+"""The version of :func:`spill`'s rows; :func:`unspill` reads it and the older ones
+(``_ROW_LAYOUTS``) and refuses any other (a newer writer's). 2: model, operation, streaming."""
+_ROW_AS_IS_1: Final = (
     "invocation_id",
     "handler",
     "start_ns",
@@ -462,8 +483,11 @@ _ROW_AS_IS: Final = (
     "input_tokens",
     "output_tokens",
 )
+_ROW_AS_IS: Final = (*_ROW_AS_IS_1, "model", "operation", "first_item_ns", "items")
 """A spilled row: the record id, these attributes of the invocation as they are, its tags, its
 stored user (id, pseudonymised), its calls (``_ROW_CALLS``) and its price's four amounts."""
+_ROW_LAYOUTS: Final = {1: _ROW_AS_IS_1, SPILL_FORMAT: _ROW_AS_IS}
+"""Each format's attributes stored as they are (what a journal of an older version holds)."""
 _ROW_CALLS: Final = ("calls", "call_seconds", "wait_seconds", "errors", "targets")
 
 
@@ -535,10 +559,14 @@ class _Spilled:
         "duration_ns",
         "error_type",
         "external",
+        "first_item_ns",
         "handler",
         "idle_gap_ns",
         "input_tokens",
         "invocation_id",
+        "items",
+        "model",
+        "operation",
         "outcome",
         "output_tokens",
         "record_id",
@@ -563,9 +591,17 @@ class _Spilled:
     tags: dict[str, str] | None
     tenant: str | None
     user_id: str | None
+    model: str | None
+    operation: str | None
+    first_item_ns: int | None
+    items: int | None
     init = None
     phases = None
     meter = None
+
+    def __init__(self) -> None:
+        # What a row of an older format does not hold.
+        self.model = self.operation = self.first_item_ns = self.items = None
 
 
 @dataclasses.dataclass(slots=True)
@@ -598,7 +634,8 @@ def unspill(entry: Mapping[str, Any]) -> list[InvocationRecord]:
     from gpuledger._external import CallSummary  # noqa: PLC0415
     from gpuledger._pricing import Cost  # noqa: PLC0415
 
-    if entry.get("format") != SPILL_FORMAT:
+    layout = _ROW_LAYOUTS.get(entry.get("format"))  # type: ignore[arg-type]
+    if layout is None:
         raise ValueError(f"spilled invocations of format {entry.get('format')!r}")
     try:
         context = entry["context"]
@@ -621,9 +658,9 @@ def unspill(entry: Mapping[str, Any]) -> list[InvocationRecord]:
         for row in entry["rows"]:
             invocation = _Spilled()
             invocation.record_id = row[0]
-            for name, value in zip(_ROW_AS_IS, row[1:], strict=False):
+            for name, value in zip(layout, row[1:], strict=False):
                 setattr(invocation, name, value)
-            invocation.tags, user, external, amounts = row[len(_ROW_AS_IS) + 1 :]
+            invocation.tags, user, external, amounts = row[len(layout) + 1 :]
             invocation.user_id = None
             if user is not None:
                 invocation.user_id, worker.keys[user[0]] = user[0], bool(user[1])

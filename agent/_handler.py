@@ -44,8 +44,11 @@ def traced_handler(
     *,
     name: str | None = None,
     user: Callable[..., object] | None = None,
+    tenant: Callable[..., object] | None = None,
     tags: Callable[..., Mapping[str, object]] | None = None,
     invocation_id: Callable[..., object] | None = None,
+    model: str | Callable[..., object] | None = None,
+    operation: str | None = None,
 ) -> Callable[[F], F]: ...
 
 
@@ -55,19 +58,34 @@ def traced_handler(
     *,
     name: str | None = None,
     user: Callable[..., object] | None = None,
+    tenant: Callable[..., object] | None = None,
     tags: Callable[..., Mapping[str, object]] | None = None,
     invocation_id: Callable[..., object] | None = None,
+    model: str | Callable[..., object] | None = None,
+    operation: str | None = None,
 ) -> Any:
     """Trace, price and record every call of a request handler.
 
     Use bare (``@traced_handler``) or with options: ``name`` (default: the function's qualified
-    name); ``user``, ``tags`` and ``invocation_id``, callables given the handler's own arguments
-    that return the user id, a mapping of tags, and the request id. A RunPod-style job
-    (``{"id": ..., "input": {...}}``) gives its ``id`` without being told. Works on functions
-    and methods, sync or async, generators and async generators; a generator's invocation ends
-    when it is exhausted, closed or raises.
+    name); ``user``, ``tenant``, ``tags`` and ``invocation_id``, callables given the handler's
+    own arguments that return the user id, the tenant, a mapping of tags (a ``"tenant"`` key
+    sets the tenant), and the request id. The user and tenant are known on entry, so an
+    enforced budget (``gpuledger.configure(budgets=...)``) refuses the request before the
+    handler runs, raising :class:`gpuledger.BudgetExceeded`; ``gpuledger.tag(tenant=...)`` in
+    the body attributes the cost but comes too late to refuse. ``model`` (a name, or a callable
+    of the arguments) and ``operation`` (``chat``, ``text_completion``, ``embeddings``, ...;
+    default ``generate_content`` for a handler that names a model or records tokens) give the
+    GenAI attributes. A RunPod-style job (``{"id": ..., "input": {...}}``) gives its ``id``
+    without being told. Works on functions and methods, sync or async, generators and async
+    generators; a generator's invocation ends when it is exhausted, closed or raises, and
+    records the time to its first item and how many it yielded.
     """
-    for option_name, option in (("user", user), ("tags", tags), ("invocation_id", invocation_id)):
+    for option_name, option in (
+        ("user", user),
+        ("tenant", tenant),
+        ("tags", tags),
+        ("invocation_id", invocation_id),
+    ):
         if option is not None and not callable(option):
             raise TypeError(
                 f"traced_handler({option_name}=...) takes a callable of the handler's arguments, "
@@ -75,6 +93,13 @@ def traced_handler(
             )
     if name is not None and (not isinstance(name, str) or not name):
         raise TypeError(f"traced_handler(name=...) must be a non-empty str, got {name!r}")
+    if model is not None and not callable(model) and (not isinstance(model, str) or not model):
+        raise TypeError(
+            f"traced_handler(model=...) takes a model name or a callable of the handler's "
+            f"arguments, got {model!r}"
+        )
+    if operation is not None and (not isinstance(operation, str) or not operation):
+        raise TypeError(f"traced_handler(operation=...) must be a non-empty str, got {operation!r}")
 
     def decorate(target: Any) -> Any:
         if isinstance(target, staticmethod | classmethod):
@@ -82,7 +107,13 @@ def traced_handler(
         if not callable(target):
             raise TypeError(f"@traced_handler decorates a function or method, got {target!r}")
         spec = HandlerSpec(
-            name or getattr(target, "__qualname__", None) or repr(target), user, tags, invocation_id
+            name or getattr(target, "__qualname__", None) or repr(target),
+            user,
+            tags,
+            invocation_id,
+            tenant=tenant,
+            model=model,
+            operation=operation,
         )
         if agent_module._agent is None:
             # Nothing configured yet: the first invocation will configure from the environment,
@@ -111,6 +142,8 @@ def _wrap(function: Any, spec: HandlerSpec) -> Any:
                 return
             generator = function(*args, **kwargs)
             error: BaseException | None = None
+            perf_ns = agent.perf_ns
+            items = 0
             try:
                 sent: Any = None
                 thrown: BaseException | None = None
@@ -125,6 +158,9 @@ def _wrap(function: Any, spec: HandlerSpec) -> Any:
                         return
                     finally:
                         agent.deactivate(invocation)
+                    if not items:
+                        invocation.first_item_ns = perf_ns() - invocation.start_perf_ns
+                    items += 1
                     thrown = None
                     try:
                         sent = yield item
@@ -137,6 +173,7 @@ def _wrap(function: Any, spec: HandlerSpec) -> Any:
                 raise
             finally:
                 await generator.aclose()
+                invocation.items = items
                 agent.exit(invocation, error, active=False)
 
         return functools.wraps(function)(async_generator_wrapper)
@@ -167,6 +204,8 @@ def _wrap(function: Any, spec: HandlerSpec) -> Any:
                 return (yield from function(*args, **kwargs))
             generator = function(*args, **kwargs)
             error: BaseException | None = None
+            perf_ns = agent.perf_ns
+            items = 0
             try:
                 sent: Any = None
                 thrown: BaseException | None = None
@@ -181,6 +220,9 @@ def _wrap(function: Any, spec: HandlerSpec) -> Any:
                         return stop.value
                     finally:
                         agent.deactivate(invocation)
+                    if not items:
+                        invocation.first_item_ns = perf_ns() - invocation.start_perf_ns
+                    items += 1
                     thrown = None
                     try:
                         sent = yield item
@@ -193,6 +235,7 @@ def _wrap(function: Any, spec: HandlerSpec) -> Any:
                 raise
             finally:
                 generator.close()
+                invocation.items = items
                 agent.exit(invocation, error, active=False)
 
         return functools.wraps(function)(generator_wrapper)

@@ -63,6 +63,11 @@ class Invocation:
     tags: dict[str, str] | None = None
     input_tokens: int | None = None
     output_tokens: int | None = None
+    model: str | None = None
+    operation: str | None = None
+    # Generator handlers: perf ns from the start to the first item, and how many were yielded.
+    first_item_ns: int | None = None
+    items: int | None = None
     span: Any = None
     _context_token: Token[Invocation | None] | None = None
     _otel_token: Any = None

@@ -41,6 +41,8 @@ class PlatformInfo:
     endpoint: str | None = None
     worker_id: str | None = None
     region: str | None = None
+    version: str | None = None
+    """The deploy version the platform names (Modal: the image id), if any."""
     evidence: str | None = None
     """The environment variable that identified the platform."""
 
@@ -55,13 +57,16 @@ class _Rule:
     endpoint_vars: tuple[str, ...] = ()
     worker_vars: tuple[str, ...] = ()
     region_vars: tuple[str, ...] = ()
+    version_vars: tuple[str, ...] = ()
 
 
 # RunPod: the worker SDK itself reads RUNPOD_ENDPOINT_ID, RUNPOD_POD_ID and RUNPOD_WEBHOOK_GET_JOB
 # (runpod/serverless/modules/rp_http.py, worker_state.py); RUNPOD_DC_ID is RunPod's documented
 # data-centre variable. Jobs arrive from RunPod's queue, hence faas.trigger "pubsub".
 # Modal: MODAL_TASK_ID, MODAL_REGION and MODAL_CLOUD_PROVIDER are set in every Modal container
-# (modal.com/docs/guide/environment_variables).
+# (modal.com/docs/guide/environment_variables), and MODAL_IMAGE_ID, the image the container runs:
+# the closest to a deploy version Modal states (a code-only redeploy may keep the image). RunPod,
+# Replicate and Banana document no deploy version: set GPULEDGER_SERVICE_VERSION there.
 # Replicate runs Cog's HTTP server, which is pointed at the predictor through COG_* variables.
 # Banana's serving framework Potassium documents no environment variable of its own: set
 # GPULEDGER_PLATFORM=banana there (the Potassium adapter does it for you).
@@ -95,6 +100,7 @@ _RULES: Final = (
         endpoint_vars=("MODAL_APP_NAME", "MODAL_APP_ID"),
         worker_vars=("MODAL_TASK_ID",),
         region_vars=("MODAL_REGION",),
+        version_vars=("MODAL_IMAGE_ID",),
     ),
     _Rule(
         "replicate",
@@ -129,6 +135,7 @@ def detect_platform(environ: Mapping[str, str] | None = None) -> PlatformInfo:
             endpoint=_first(env, rule.endpoint_vars),
             worker_id=_first(env, rule.worker_vars),
             region=_first(env, rule.region_vars),
+            version=_first(env, rule.version_vars),
             evidence=marker,
         )
     return PlatformInfo(

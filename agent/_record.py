@@ -31,15 +31,18 @@ __all__ = [
     "Outcome",
 ]
 
-Outcome = Literal["ok", "error", "timeout", "killed", "cancelled"]
-OUTCOMES: Final = ("ok", "error", "timeout", "killed", "cancelled")
+Outcome = Literal["ok", "error", "timeout", "killed", "cancelled", "rejected"]
+OUTCOMES: Final = ("ok", "error", "timeout", "killed", "cancelled", "rejected")
+"""``rejected``: refused before the handler ran (an enforced budget, ``gpuledger.budgets``): no
+GPU time spent on it and no request charge; the worker's own time stays on its bill."""
 
-RECORD_FORMAT: Final = 2
+RECORD_FORMAT: Final = 3
 """The version of the record's format on the wire (``to_dict``'s keys and values, and a start
 notice's): a worker sends it with each batch (``{"format": 2, "records": [...]}``, absent means
 the current one). Bump it when a field or an outcome is added, so that an older sidecar knows
 the values it does not understand come from a newer worker, and keeps the record
-(``sidecar._validation``). 2: ``recorded_by``."""
+(``sidecar._validation``). 2: ``recorded_by``. 3: outcome ``rejected``; ``service_version``,
+``model``, ``operation``, ``first_item_s``, ``items``."""
 
 RECORDED_BY_SIDECAR: Final = "sidecar"
 """``InvocationRecord.recorded_by`` of a record the sidecar wrote for an invocation that never
@@ -93,6 +96,8 @@ class InvocationRecord:
     region: str | None = None
     gpu_model: str | None = None
     gpu_count: int = 1
+    service_version: str | None = None
+    """The deploy version the worker ran (``service.version``): a setting, else the platform's."""
 
     # the billing worker: the container a platform bills, which may run several processes
     billing_worker: str | None = None
@@ -173,6 +178,18 @@ class InvocationRecord:
     tags: dict[str, str] = dataclasses.field(default_factory=dict)
     input_tokens: int | None = None
     output_tokens: int | None = None
+    model: str | None = None
+    """The model the request asked for (``gen_ai.request.model``), when the handler says."""
+    operation: str | None = None
+    """The GenAI operation (``gen_ai.operation.name``: ``chat``, ``text_completion``, ...) of a
+    handler that serves a model (one that names its model or records tokens)."""
+
+    # streaming (generator handlers)
+    first_item_s: float | None = None
+    """Start to the first item a generator handler yielded (time to first token when it streams
+    tokens); None for a handler that returns, or a generator that yielded nothing."""
+    items: int | None = None
+    """How many items a generator handler yielded; None for a handler that returns."""
 
     # cost
     cost_usd: float | None = None

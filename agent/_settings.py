@@ -595,6 +595,16 @@ SETTINGS: Final[tuple[Setting, ...]] = (
         "`auto`",
     ),
     Setting(
+        "service_version",
+        ("GPULEDGER_SERVICE_VERSION",),
+        _optional_text,
+        _const(None),
+        "The deploy version (`service.version`), so `report --by version` and the alert rules "
+        "compare releases.",
+        "`service.version` in `OTEL_RESOURCE_ATTRIBUTES`, else the platform's (Modal: "
+        "`MODAL_IMAGE_ID`)",
+    ),
+    Setting(
         "region",
         ("GPULEDGER_REGION",),
         _optional_text,
@@ -968,6 +978,7 @@ class Settings:
     endpoint: str | None
     worker_id: str | None
     region: str | None
+    service_version: str | None
     log_format: str
     log_level: str
     strict: bool

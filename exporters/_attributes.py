@@ -34,13 +34,15 @@ from opentelemetry.semconv._incubating.attributes.faas_attributes import (
     FAAS_TRIGGER,
 )
 from opentelemetry.semconv._incubating.attributes.gen_ai_attributes import (
+    GEN_AI_OPERATION_NAME,
+    GEN_AI_REQUEST_MODEL,
     GEN_AI_USAGE_INPUT_TOKENS,
     GEN_AI_USAGE_OUTPUT_TOKENS,
 )
 from opentelemetry.semconv.attributes.db_attributes import DB_SYSTEM_NAME
 from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
 from opentelemetry.semconv.attributes.server_attributes import SERVER_ADDRESS, SERVER_PORT
-from opentelemetry.semconv.attributes.service_attributes import SERVICE_NAME
+from opentelemetry.semconv.attributes.service_attributes import SERVICE_NAME, SERVICE_VERSION
 
 from gpuledger._platform import platform_defaults
 from gpuledger._record import InvocationRecord
@@ -65,12 +67,14 @@ def worker_resource_attributes(
     worker_id: str | None,
     gpu_model: str | None,
     gpu_count: int,
+    service_version: str | None = None,
 ) -> dict[str, Any]:
     """A worker's OpenTelemetry resource attributes (``None`` values left out): the one mapping,
     used by the worker for its providers and by the sidecar for the records it exports."""
     defaults = platform_defaults(platform)
     attributes: dict[str, Any] = {
         SERVICE_NAME: service_name,
+        SERVICE_VERSION: service_version,
         CLOUD_PROVIDER: defaults.cloud_provider,
         CLOUD_PLATFORM: defaults.cloud_platform,
         CLOUD_REGION: region,
@@ -93,6 +97,7 @@ def record_resource_attributes(record: InvocationRecord) -> dict[str, Any]:
         worker_id=record.worker_id,
         gpu_model=record.gpu_model,
         gpu_count=record.gpu_count,
+        service_version=record.service_version,
     )
 
 
@@ -122,8 +127,12 @@ def span_attributes(record: InvocationRecord) -> dict[str, Any]:
         (ours.GPULEDGER_IDLE_GAP, record.idle_gap_s),
         (ours.GPULEDGER_INIT_DURATION, record.init_duration_s),
         (ours.GPULEDGER_TENANT, record.tenant),
+        (GEN_AI_OPERATION_NAME, record.operation),
+        (GEN_AI_REQUEST_MODEL, record.model),
         (GEN_AI_USAGE_INPUT_TOKENS, record.input_tokens),
         (GEN_AI_USAGE_OUTPUT_TOKENS, record.output_tokens),
+        (ours.GPULEDGER_STREAM_ITEMS, record.items),
+        (ours.GPULEDGER_STREAM_FIRST_ITEM, record.first_item_s),
         (ours.GPULEDGER_COST_TOTAL, record.cost_usd),
         (ours.GPULEDGER_COST_EXECUTION, record.cost_execution_usd),
         (ours.GPULEDGER_COST_GPU, record.cost_gpu_usd),

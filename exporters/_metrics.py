@@ -26,6 +26,11 @@ from opentelemetry.semconv._incubating.attributes.enduser_attributes import (
     ENDUSER_PSEUDO_ID,
 )
 from opentelemetry.semconv._incubating.attributes.faas_attributes import FAAS_TRIGGER
+from opentelemetry.semconv._incubating.attributes.gen_ai_attributes import (
+    GEN_AI_OPERATION_NAME,
+    GEN_AI_REQUEST_MODEL,
+    GEN_AI_TOKEN_TYPE,
+)
 from opentelemetry.semconv._incubating.metrics.faas_metrics import (
     FAAS_COLDSTARTS,
     FAAS_ERRORS,
@@ -34,7 +39,14 @@ from opentelemetry.semconv._incubating.metrics.faas_metrics import (
     FAAS_INVOKE_DURATION,
     FAAS_TIMEOUTS,
 )
+from opentelemetry.semconv._incubating.metrics.gen_ai_metrics import (
+    GEN_AI_SERVER_REQUEST_DURATION,
+    GEN_AI_SERVER_TIME_PER_OUTPUT_TOKEN,
+    GEN_AI_SERVER_TIME_TO_FIRST_TOKEN,
+)
+from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
 
+from gpuledger._counters import count as _count
 from gpuledger._logging import get_logger
 from gpuledger._record import InvocationRecord
 from gpuledger.exporters import _names as ours
@@ -72,6 +84,30 @@ DURATION_BUCKETS_S: Final = (
 )
 
 
+# Time to first token is milliseconds to tens of seconds (a long prompt's prefill, a cold
+# model); time per token, milliseconds (the conventions' own advice for both).
+STREAM_BUCKETS_S: Final = (
+    0.001,
+    0.005,
+    0.01,
+    0.02,
+    0.04,
+    0.06,
+    0.08,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    30.0,
+    60.0,
+)
+
+
 class _ValueLimit:
     """The distinct values kept per attribute key, at most ``limit`` each: a new value past
     that is ``OVERFLOW_VALUE``. Called from the writer's thread only."""
@@ -91,6 +127,9 @@ class _ValueLimit:
         if len(seen) < self._limit:
             seen.add(value)
             return value
+        # Every value turned away is counted (gpuledger.telemetry.errors, kind
+        # metric_attribute_overflow): attribution lost on the metrics, never silently.
+        _count(f"metric_attribute_overflow.{key}")
         if OVERFLOW_VALUE not in seen:  # the first overflow of this key: said once
             seen.add(OVERFLOW_VALUE)
             get_logger().warning(
@@ -199,6 +238,45 @@ class InvocationMetrics:
                 5.0,
             ),
         )
+        # GenAI: the model-server metrics of the conventions, for handlers that serve a model
+        # (name one, or record tokens). Token counts go on gpuledger.tokens: the conventions'
+        # gen_ai.client.token.usage is the client's, and a client instrumented too would count
+        # every token twice under one name.
+        self._genai_duration = meter.create_histogram(
+            GEN_AI_SERVER_REQUEST_DURATION,
+            unit="s",
+            description="Model server request duration (the handler's wall time).",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS_S,
+        )
+        self._genai_first_token = meter.create_histogram(
+            GEN_AI_SERVER_TIME_TO_FIRST_TOKEN,
+            unit="s",
+            description="Time to the first item a streaming model handler yielded.",
+            explicit_bucket_boundaries_advisory=STREAM_BUCKETS_S,
+        )
+        self._genai_per_token = meter.create_histogram(
+            GEN_AI_SERVER_TIME_PER_OUTPUT_TOKEN,
+            unit="s",
+            description="Time per output token after the first, of successful streamed requests.",
+            explicit_bucket_boundaries_advisory=STREAM_BUCKETS_S,
+        )
+        self._tokens = meter.create_counter(
+            ours.GPULEDGER_TOKENS_METRIC,
+            unit="{token}",
+            description="Model tokens read (input) and generated (output), by token type.",
+        )
+        self._first_item = meter.create_histogram(
+            ours.GPULEDGER_STREAM_FIRST_ITEM_METRIC,
+            unit="s",
+            description="Time from a streaming (generator) handler's start to its first item.",
+            explicit_bucket_boundaries_advisory=STREAM_BUCKETS_S,
+        )
+        self._per_item = meter.create_histogram(
+            ours.GPULEDGER_STREAM_PER_ITEM_METRIC,
+            unit="s",
+            description="Time per item after the first, of a streaming handler.",
+            explicit_bucket_boundaries_advisory=STREAM_BUCKETS_S,
+        )
         self._cost = meter.create_counter(
             ours.GPULEDGER_COST_METRIC,
             unit=ours.USD,
@@ -230,6 +308,37 @@ class InvocationMetrics:
             unit="{invocation}",
             description="Finished invocations waiting for the background writer.",
         )
+
+    def _record_stream_and_genai(
+        self, record: InvocationRecord, attributes: dict[str, str]
+    ) -> None:
+        """A streaming or GenAI record's extra metrics (the common record has neither)."""
+        first = record.first_item_s
+        per_item = None
+        if first is not None and record.items is not None and record.items > 1:
+            per_item = (record.duration_s - first) / (record.items - 1)
+        if first is not None:
+            self._first_item.record(first, attributes)
+            if per_item is not None:
+                self._per_item.record(per_item, attributes)
+        operation = record.operation
+        if operation is None:
+            return
+        limit = self._limit
+        genai = {GEN_AI_OPERATION_NAME: limit(GEN_AI_OPERATION_NAME, operation)}
+        if record.model is not None:
+            genai[GEN_AI_REQUEST_MODEL] = limit(GEN_AI_REQUEST_MODEL, record.model)
+        if record.outcome != "ok":
+            genai[ERROR_TYPE] = record.error_type or record.outcome
+        self._genai_duration.record(record.duration_s, genai)
+        if first is not None:
+            self._genai_first_token.record(first, genai)
+            output = record.output_tokens
+            if record.outcome == "ok" and output is not None and output > 1:
+                self._genai_per_token.record((record.duration_s - first) / (output - 1), genai)
+        for kind, tokens in (("input", record.input_tokens), ("output", record.output_tokens)):
+            if tokens:
+                self._tokens.add(tokens, {**genai, GEN_AI_TOKEN_TYPE: kind})
 
     def record_flush_wait(self, seconds: float) -> None:
         """One invocation's end waited ``seconds`` for its record (a flush policy)."""
@@ -285,6 +394,8 @@ class InvocationMetrics:
                 found = made[who] = (attributes, tuple(attributes.items()))
             attributes, group = found
             self._duration.record(record.duration_s, attributes)
+            if record.operation is not None or record.items is not None:
+                self._record_stream_and_genai(record, attributes)
             if record.init_duration_s is not None:
                 self._init_duration.record(record.init_duration_s, attributes)
             for target, entry in (record.external_targets or {}).items():

@@ -404,6 +404,11 @@ def test_migrates_version_1_forward(ledger_path: str) -> None:
         "worker_ready_ns",
         "request_startup_s",
         "recorded_by",
+        "service_version",
+        "model",
+        "operation",
+        "first_item_s",
+        "items",
     )
     added_json = ("gpu_unmeasured", "external_targets", "billing_rules")
     old_fields = [name for name in FIELD_NAMES if name not in (*added, *added_json)]

@@ -30,14 +30,17 @@ MIXED = [
     make_record(
         user_id="alice", tenant="acme", endpoint="sdxl", platform="runpod",
         invocation_id="j1", start_ns=BASE_NS + 23 * HOUR_NS, cost_usd=0.5,
+        service_version="v1", model="sdxl-turbo",
     ),
     make_record(
         user_id="alice", tenant="acme", endpoint="llm", platform="modal",
         invocation_id="j2", start_ns=BASE_NS + 24 * HOUR_NS, cost_usd=0.25,
+        service_version="v2", model="llama",
     ),
     make_record(
         user_id="bob", tenant=None, endpoint="sdxl", platform="runpod",
         invocation_id="j2", start_ns=BASE_NS + 25 * HOUR_NS, cost_usd=2.0,
+        service_version="v2", model="sdxl-turbo",
     ),
     make_record(
         user_id=None, tenant="globex", endpoint=None, platform="modal",
@@ -53,6 +56,8 @@ MIXED = [
         ("tenant", {"acme": 2, "(none)": 1, "globex": 1}),
         ("endpoint", {"sdxl": 2, "llm": 1, "(none)": 1}),
         ("platform", {"runpod": 2, "modal": 2}),
+        ("version", {"v1": 1, "v2": 2, "(none)": 1}),
+        ("model", {"sdxl-turbo": 2, "llama": 1, "(none)": 1}),
         ("day", {"2026-02-28": 1, "2026-03-01": 1, "2026-03-02": 2}),
         ("invocation", {"j1": 1, "j2": 2, "j3": 1}),
         ("target", {"(none)": 4}),  # none of them counted calls
@@ -71,6 +76,8 @@ def test_group_by_covers_every_choice() -> None:
         "tenant",
         "endpoint",
         "platform",
+        "version",
+        "model",
         "day",
         "invocation",
         "target",
@@ -79,8 +86,8 @@ def test_group_by_covers_every_choice() -> None:
 
 def test_unknown_group_by_refused() -> None:
     """Grouping by something not in GROUP_BY raises ValueError naming the choices."""
-    with pytest.raises(ValueError, match=r"cannot group by 'model'.*user"):
-        aggregate(MIXED, "model")
+    with pytest.raises(ValueError, match=r"cannot group by 'gpu'.*user"):
+        aggregate(MIXED, "gpu")
 
 
 def test_sorted_by_cost_then_key_unpriced_last() -> None:

@@ -311,7 +311,7 @@ def _bad(index: int, field: str, value: Any) -> dict[str, Any]:
         (_bad(0, "record_id", ""), "records[0].record_id: must be 1 to 256 characters"),
         (
             _bad(1, "outcome", "exploded"),
-            "records[1].outcome: expected one of ok, error, timeout, killed, cancelled",
+            "records[1].outcome: expected one of ok, error, timeout, killed, cancelled, rejected",
         ),
         (_bad(0, "end_ns", 2**70), "records[0].end_ns: integer out of range (64-bit signed)"),
         (_bad(0, "end_ns", 0), "records[0].end_ns: before start_ns"),

@@ -494,7 +494,10 @@ def test_a_newer_workers_outcome_is_kept(
     ):
         assert post(sidecar.url, "/v1/records", body) == (
             400,
-            {"error": "records[0].outcome: expected one of ok, error, timeout, killed, cancelled"},
+            {
+                "error": "records[0].outcome: expected one of ok, error, timeout, killed, "
+                "cancelled, rejected"
+            },
         )
     for version in ("2", 0, None, 1.0):
         assert post(sidecar.url, "/v1/records", {"format": version, "records": []})[0] == 400

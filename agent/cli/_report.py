@@ -85,6 +85,7 @@ TABLE_COLUMNS: Final = (
     TableColumn("cold %", "cold_start_share", _percent, default=True),
     TableColumn("init s", "mean_init_s", _seconds, default=True),
     TableColumn("errors", "errors", _count, default=True),
+    TableColumn("rejected", "rejected", _count, default=False),
     TableColumn("request GPU s", "request_gpu_s", _seconds, default=False),
     TableColumn("startup GPU s", "startup_gpu_s", _seconds, default=False),
     TableColumn("idle GPU s", "idle_gpu_s", _seconds, default=False),
@@ -107,6 +108,7 @@ TABLE_COLUMNS: Final = (
     TableColumn("provisional", "provisional", _count, default=False),
     TableColumn("tokens in", "input_tokens", _count, default=False),
     TableColumn("tokens out", "output_tokens", _count, default=False),
+    TableColumn("1st item s", "mean_first_item_s", _seconds, default=False),
     TableColumn("p50 s", "duration_p50_s", _seconds, default=False),
     TableColumn("p95 s", "duration_p95_s", _seconds, default=True),
 )
@@ -156,7 +158,8 @@ A new column is one entry here."""
     is_flag=True,
     help="Table: show every column (adds the billed GPU seconds' parts: request, startup, idle, "
     "rounding; fees, the rate and the pricing edition; busy GPU s, energy, outgoing calls, "
-    "their wait and its cost, unpriced and provisional counts, tokens in and out, p50 s).",
+    "their wait and its cost, unpriced and provisional counts, rejected requests, tokens in "
+    "and out, mean time to a streamed first item, p50 s).",
 )
 @click.option(
     "--idle",

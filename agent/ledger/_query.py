@@ -356,7 +356,7 @@ def _key_text(by: str, key: Any) -> str:
 _MEASURES: Final = (
     "COUNT(*)",
     "SUM(CASE WHEN cold <> 0 THEN 1 ELSE 0 END)",
-    "SUM(CASE WHEN outcome <> 'ok' THEN 1 ELSE 0 END)",
+    "SUM(CASE WHEN outcome NOT IN ('ok', 'rejected') THEN 1 ELSE 0 END)",
     "COUNT(CASE WHEN cold <> 0 THEN {init_duration_s} END)",
     "SUM(CASE WHEN cold <> 0 THEN {init_duration_s} END)",
     "COUNT({busy_gpu_seconds})",
@@ -374,6 +374,9 @@ _MEASURES: Final = (
     "SUM(input_tokens)",
     "COUNT(output_tokens)",
     "SUM(output_tokens)",
+    "SUM(CASE WHEN outcome = 'rejected' THEN 1 ELSE 0 END)",
+    "COUNT({first_item_s})",
+    "SUM({first_item_s})",
 )
 """The columns of :class:`~gpuledger.ledger._report.Measures`, in order, in SQL; ``{column}``
 is that float column as an integer of 1e-9 of its unit."""
@@ -384,12 +387,15 @@ _FIXED_COLUMNS: Final = (
     "energy_j",
     "external_wait_seconds",
     "external_wait_cost_usd",
+    "first_item_s",
 )
 _NULLABLE_KEYS: Final = {
     "user": "user_id",
     "tenant": "tenant",
     "endpoint": "endpoint",
     "platform": "platform",
+    "version": "service_version",
+    "model": "model",
 }
 
 

@@ -52,7 +52,17 @@ __all__ = [
     "totals",
 ]
 
-GROUP_BY: Final = ("user", "tenant", "endpoint", "platform", "day", "invocation", "target")
+GROUP_BY: Final = (
+    "user",
+    "tenant",
+    "endpoint",
+    "platform",
+    "version",
+    "model",
+    "day",
+    "invocation",
+    "target",
+)
 """What a report can group by."""
 NO_KEY: Final = "(none)"
 """The group of records that carry no user, tenant or endpoint."""
@@ -103,6 +113,9 @@ class Measures:
     input_sum: int = 0
     output_n: int = 0
     output_sum: int = 0
+    rejected: int = 0
+    first_n: int = 0
+    first_sum: int = 0
 
     def merge(self, other: Measures) -> None:
         for name in _MEASURE_FIELDS:
@@ -116,8 +129,13 @@ class Measures:
             if (init := fixed(record.init_duration_s)) is not None:
                 self.init_n += 1
                 self.init_sum += init
-        if record.outcome != "ok":
+        if record.outcome == "rejected":
+            self.rejected += 1
+        elif record.outcome != "ok":
             self.errors += 1
+        if (first := fixed(record.first_item_s)) is not None:
+            self.first_n += 1
+            self.first_sum += first
         if (busy := fixed(record.busy_gpu_seconds)) is not None:
             self.busy_n += 1
             self.busy_sum += busy
@@ -166,7 +184,10 @@ class ReportRow:
     mean_init_s: float | None
     """Mean init duration over the cold requests that measured one."""
     errors: int
-    """Requests that did not end ``ok`` (error, timeout, killed, cancelled)."""
+    """Requests that failed (error, timeout, killed, cancelled)."""
+    rejected: int
+    """Requests refused before their handler ran (an enforced budget): no GPU time, no request
+    charge."""
     request_gpu_s: float
     """GPU time the requests ran (their shares where they overlapped), start-up work they did
     themselves excluded."""
@@ -220,6 +241,8 @@ class ReportRow:
     time and rounding may still grow."""
     input_tokens: int | None
     output_tokens: int | None
+    mean_first_item_s: float | None
+    """Streaming handlers: mean time from the start to the first item (time to first token)."""
     duration_p50_s: float
     duration_p95_s: float
     # Kept so that totals() can add groups up exactly: the sums, the charges, and (reports
@@ -252,6 +275,7 @@ def build_row(
         cold_start_share=m.cold_starts / m.invocations if m.invocations else 0.0,
         mean_init_s=m.init_sum / SCALE / m.init_n if m.init_n else None,
         errors=m.errors,
+        rejected=m.rejected,
         **_money(charges, priced=priced),
         busy_gpu_seconds=busy,
         busy_share=_share(busy, m.busy_billed_sum / SCALE),
@@ -263,6 +287,7 @@ def build_row(
         provisional=provisional,
         input_tokens=m.input_sum if m.input_n else None,
         output_tokens=m.output_sum if m.output_n else None,
+        mean_first_item_s=m.first_sum / SCALE / m.first_n if m.first_n else None,
         duration_p50_s=p50_s,
         duration_p95_s=p95_s,
         _durations_s=durations_s,
@@ -528,6 +553,10 @@ def _key_function(by: str) -> Callable[[InvocationRecord], str]:
         return lambda record: record.endpoint or NO_KEY
     if by == "platform":
         return lambda record: record.platform or NO_KEY
+    if by == "version":
+        return lambda record: record.service_version or NO_KEY
+    if by == "model":
+        return lambda record: record.model or NO_KEY
     if by == "day":
         return _utc_day
     if by == "invocation":

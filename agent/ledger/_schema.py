@@ -145,6 +145,15 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
     # 6: who wrote the record: NULL, the agent; 'sidecar', the sidecar's stand-in for an
     # invocation that never reported (killed, timeout), which the real record replaces.
     ("ALTER TABLE invocations ADD COLUMN recorded_by TEXT",),
+    # 7: the deploy version, the model and GenAI operation a handler serves, and streaming
+    # (issue 17): time to a generator handler's first item and how many it yielded.
+    (
+        "ALTER TABLE invocations ADD COLUMN service_version TEXT",
+        "ALTER TABLE invocations ADD COLUMN model TEXT",
+        "ALTER TABLE invocations ADD COLUMN operation TEXT",
+        "ALTER TABLE invocations ADD COLUMN first_item_s REAL",
+        "ALTER TABLE invocations ADD COLUMN items INTEGER",
+    ),
 )
 """The schema, as an ordered list: migration ``n`` (1-based) brings a ledger to version ``n``.
 Append, never edit: a ledger at version ``n`` has run exactly the first ``n`` entries."""

@@ -381,6 +381,9 @@ _RANGES: Final[Mapping[str, _Check]] = {
             "error_type",
             "pricing_platform",
             "pricing_version",
+            "service_version",
+            "model",
+            "operation",
         ),
         _name,
     ),
@@ -389,7 +392,9 @@ _RANGES: Final[Mapping[str, _Check]] = {
     **dict.fromkeys(("start_ns", "worker_start_ns", "worker_ready_ns"), _instant),
     # At least start_ns (checked after the fields): so after 2000-01-01 as well.
     "end_ns": _integer,
-    **dict.fromkeys(("duration_s", "request_startup_s", "init_duration_s"), _seconds),
+    **dict.fromkeys(
+        ("duration_s", "request_startup_s", "init_duration_s", "first_item_s"), _seconds
+    ),
     "idle_gap_s": _quantity(MAX_IDLE_GAP_S, "seconds"),
     "init_phases": _mapping(_seconds),
     **dict.fromkeys(("billed_gpu_seconds", "busy_gpu_seconds"), _gpu_seconds),
@@ -403,6 +408,7 @@ _RANGES: Final[Mapping[str, _Check]] = {
     "external_targets": _mapping(_target),
     "tags": _mapping(_long_text),
     **dict.fromkeys(("input_tokens", "output_tokens"), _tokens),
+    "items": _whole(MAX_TOKENS, "items"),
     **dict.fromkeys(
         (
             "external_wait_cost_usd",
@@ -456,6 +462,7 @@ _START_FIELDS: Final[tuple[_Field, ...]] = (
     ("region", False, True, _name),
     ("gpu_model", False, True, _name),
     ("gpu_count", False, False, _count),
+    ("service_version", False, True, _name),
     ("timeout_s", False, True, _timeout),
     ("user_id", False, True, _id),
     ("user_id_pseudonymised", False, False, _boolean),
