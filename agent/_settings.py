@@ -266,6 +266,16 @@ def _exporters(value: object) -> tuple[str, ...] | None:
     return tuple(dict.fromkeys(names))
 
 
+def _budgets(value: object) -> tuple[Any, ...]:
+    """Spend budgets (``_budgets``): a list of tables, or its JSON text from the environment."""
+    from gpuledger._budgets import BudgetError, parse_budgets  # noqa: PLC0415  (when set)
+
+    try:
+        return parse_budgets(value)
+    except BudgetError as error:
+        raise _Invalid(str(error)) from None
+
+
 def _any(value: object) -> object:
     return value
 
@@ -593,6 +603,16 @@ SETTINGS: Final[tuple[Setting, ...]] = (
         "the platform was detected from its environment and the process runs in a container "
         "(`/.dockerenv`, `/run/.containerenv`), else `process`.",
         "`auto`",
+    ),
+    Setting(
+        "budgets",
+        ("GPULEDGER_BUDGETS",),
+        _budgets,
+        _const(()),
+        "Spend budgets: a list of `{scope, key, window, limit_usd, mode}` (a settings file's "
+        '`[[budgets]]` tables; the environment: their JSON), e.g. `{scope = "tenant", key = '
+        '"acme", window = "30d", limit_usd = 500}`; `gpuledger budgets` shows their spend.',
+        "none",
     ),
     Setting(
         "service_version",
@@ -979,6 +999,7 @@ class Settings:
     worker_id: str | None
     region: str | None
     service_version: str | None
+    budgets: tuple[Any, ...]
     log_format: str
     log_level: str
     strict: bool

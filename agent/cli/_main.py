@@ -19,6 +19,7 @@ from __future__ import annotations
 import click
 
 from gpuledger.cli._breakeven import breakeven
+from gpuledger.cli._budgets import budgets_command
 from gpuledger.cli._compare import compare_command
 from gpuledger.cli._demo import demo
 from gpuledger.cli._options import SettingsGroup, help_when_bare
@@ -45,6 +46,7 @@ def main(ctx: click.Context) -> None:
 
 main.add_command(report)
 main.add_command(reconcile_command)
+main.add_command(budgets_command)
 main.add_command(pricing)
 main.add_command(demo)
 main.add_command(compare_command)

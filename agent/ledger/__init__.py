@@ -30,6 +30,7 @@ from gpuledger.ledger._report import (
     totals,
 )
 from gpuledger.ledger._schema import WorkerStop
+from gpuledger.ledger._spend import BudgetSpend, budget_spend
 from gpuledger.ledger._sqlite import (
     DEFAULT_LEDGER,
     LEDGER_ENV,
@@ -54,6 +55,7 @@ __all__ = [
     "MIGRATIONS",
     "REPORT_COLUMNS",
     "SCHEMA_VERSION",
+    "BudgetSpend",
     "FocusKey",
     "FocusRow",
     "Ledger",
@@ -64,6 +66,7 @@ __all__ = [
     "Usage",
     "WorkerStop",
     "aggregate",
+    "budget_spend",
     "default_ledger_location",
     "display_location",
     "focus_rows",

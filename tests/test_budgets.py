@@ -1,0 +1,152 @@
+"""Spend budgets: read from the settings with clear errors, their spend computed in the ledger
+(SQLite and PostgreSQL), and `gpuledger budgets`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from gpuledger import ConfigError
+from gpuledger._budgets import Budget, BudgetError, parse_budgets
+from gpuledger._settings import resolve_settings
+from gpuledger.cli._main import main
+from gpuledger.ledger import budget_spend, open_ledger
+
+from .support.ledgers import make_record
+
+NOW_NS = 1_772_400_000 * 10**9
+HOUR_NS = 3600 * 10**9
+DAY_NS = 24 * HOUR_NS
+
+
+def _budget(**fields: object) -> Budget:
+    (budget,) = parse_budgets([{"scope": "tenant", "key": "acme", "window": "1d", **fields}])
+    return budget
+
+
+def test_budgets_are_read_from_a_list_json_and_objects() -> None:
+    (budget,) = parse_budgets(
+        '[{"scope": "tenant", "key": "acme", "window": "30d", "limit_usd": 500}]'
+    )
+    assert budget == Budget("tenant", "acme", "30d", 30 * 86_400, 500.0, "alert")
+    assert budget.label == "tenant acme 30d"
+    (total,) = parse_budgets([{"scope": "total", "window": "1h", "limit_usd": 5}])
+    assert (total.key, total.window_s, total.label) == ("", 3600, "total 1h")
+    (every,) = parse_budgets([{"scope": "user", "window": "2w", "limit_usd": 1.5}])
+    assert every.key == "*"  # no key: each user on their own
+    assert parse_budgets([budget]) == (budget,)
+    assert parse_budgets("") == ()
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"scope": "team", "window": "1d", "limit_usd": 1}, r"budgets\[0\]\.scope: expected one"),
+        ({"scope": "tenant", "window": "1 day", "limit_usd": 1}, r"\.window: expected a duration"),
+        ({"scope": "tenant", "window": "0h", "limit_usd": 1}, r"\.window: expected a duration"),
+        ({"scope": "tenant", "window": "1d", "limit_usd": 0}, r"\.limit_usd: expected a positive"),
+        ({"scope": "tenant", "window": "1d", "limit_usd": True}, r"\.limit_usd"),
+        ({"scope": "tenant", "window": "1d", "limit_usd": 1, "mode": "warn"}, r"\.mode: expected"),
+        ({"scope": "tenant", "window": "1d", "limit_usd": 1, "mode": "enforce"}, r"not built"),
+        ({"scope": "tenant", "key": " ", "window": "1d", "limit_usd": 1}, r"\.key: expected"),
+        ({"scope": "tenant", "window": "1d", "limit_usd": 1, "cap": 2}, r"unknown field 'cap'"),
+        ("tenant", r"budgets\[0\]: expected a table"),
+    ],
+)
+def test_a_bad_budget_says_which_and_what(entry: object, message: str) -> None:
+    with pytest.raises(BudgetError, match=message):
+        parse_budgets([entry])
+
+
+def test_two_budgets_for_one_key_and_window_are_refused() -> None:
+    entry = {"scope": "tenant", "key": "acme", "window": "1d", "limit_usd": 1}
+    with pytest.raises(BudgetError, match=r"budgets\[1\]: a second budget for tenant acme 1d"):
+        parse_budgets([entry, {**entry, "limit_usd": 2}])
+
+
+def test_budgets_come_from_the_settings_file_and_the_environment(tmp_path: Path) -> None:
+    (tmp_path / "gpuledger.toml").write_text(
+        '[[budgets]]\nscope = "tenant"\nkey = "acme"\nwindow = "30d"\nlimit_usd = 500\n'
+    )
+    assert resolve_settings({}).budgets == (_budget(window="30d", limit_usd=500),)
+    env = {"GPULEDGER_BUDGETS": '[{"scope": "total", "window": "1h", "limit_usd": 2}]'}
+    assert resolve_settings({}, env).budgets[0].scope == "total"
+    with pytest.raises(ConfigError, match=r"GPULEDGER_BUDGETS.*budgets: not a JSON list"):
+        resolve_settings({}, {"GPULEDGER_BUDGETS": "tenant=acme"})
+
+
+def _spend_ledger(location: str) -> None:
+    records = [
+        # acme: 3.00 within the day, 1.00 of it in the last hour; 10.00 two days ago
+        make_record(1, tenant="acme", start_ns=NOW_NS - 2 * HOUR_NS, cost_usd=2.0),
+        make_record(2, tenant="acme", start_ns=NOW_NS - HOUR_NS // 2, cost_usd=1.0),
+        make_record(3, tenant="acme", start_ns=NOW_NS - 2 * DAY_NS, cost_usd=10.0),
+        make_record(4, tenant="globex", start_ns=NOW_NS - HOUR_NS // 4, cost_usd=0.5),
+        make_record(5, tenant=None, start_ns=NOW_NS - HOUR_NS // 4, cost_usd=0.25),
+        make_record(6, tenant="acme", start_ns=NOW_NS - HOUR_NS // 4, cost_usd=None),  # unpriced
+    ]
+    with open_ledger(location) as ledger:
+        ledger.write(records)
+
+
+def test_spend_is_computed_in_the_ledger(ledger_location: str) -> None:
+    _spend_ledger(ledger_location)
+    budgets = parse_budgets(
+        [
+            {"scope": "tenant", "key": "acme", "window": "1d", "limit_usd": 4},
+            {"scope": "tenant", "window": "1d", "limit_usd": 2},
+            {"scope": "total", "window": "30d", "limit_usd": 12},
+            {"scope": "tenant", "key": "initech", "window": "1h", "limit_usd": 1},
+        ]
+    )
+    with open_ledger(ledger_location, create=False) as ledger:
+        acme, every_acme, every_globex, total, initech = budget_spend(
+            ledger, budgets, now_ns=NOW_NS
+        )
+    assert (acme.key, acme.spent_usd, acme.last_hour_usd) == ("acme", 3.0, 1.0)
+    assert acme.remaining_usd == 1.0
+    assert acme.used == 0.75
+    assert acme.burn_rate == pytest.approx(1.0 / (4 / 24))  # 1 USD in an hour of 4 a day
+    assert acme.status == "ok"
+    assert (every_acme.key, every_acme.spent_usd, every_acme.status) == ("acme", 3.0, "over")
+    assert (every_globex.key, every_globex.spent_usd) == ("globex", 0.5)
+    assert total.spent_usd == pytest.approx(13.75)
+    assert total.status == "over"
+    assert (initech.spent_usd, initech.burn_rate, initech.status) == (0.0, 0.0, "ok")
+
+
+def test_gpuledger_budgets_shows_each_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    location = str(tmp_path / "ledger.db")
+    records = [
+        make_record(1, tenant="acme", start_ns=NOW_NS, cost_usd=3.7),
+        make_record(2, tenant="globex", start_ns=NOW_NS, cost_usd=0.1),
+    ]
+    with open_ledger(location) as ledger:
+        ledger.write(records)
+    monkeypatch.setattr("time.time_ns", lambda: NOW_NS + 1)
+    budgets = [
+        {"scope": "tenant", "key": "acme", "window": "1d", "limit_usd": 4},
+        {"scope": "tenant", "window": "1d", "limit_usd": 1},
+    ]
+    monkeypatch.setenv("GPULEDGER_BUDGETS", json.dumps(budgets))
+    result = CliRunner().invoke(main, ["budgets", "--ledger", location])
+    assert result.exit_code == 0, result.output
+    header, acme, every_acme, every_globex = result.output.splitlines()
+    assert header.split()[:2] == ["budget", "mode"]
+    assert acme.split() == ["tenant", "acme", "1d", "alert", "4.00", "3.7000", "0.3000", "92.5%",
+                            "22.20", "near"]  # fmt: skip
+    assert every_acme.split()[:3] == ["tenant", "acme", "1d"] and every_acme.endswith("over")
+    assert every_globex.endswith("ok")
+    result = CliRunner().invoke(main, ["budgets", "--ledger", location, "--format", "json"])
+    first = json.loads(result.output)[0]
+    assert first["spent_usd"] == 3.7 and first["status"] == "near"
+
+    monkeypatch.delenv("GPULEDGER_BUDGETS")
+    result = CliRunner().invoke(main, ["budgets", "--ledger", location])
+    assert result.exit_code == 1
+    assert "no budgets are set" in result.output
