@@ -9,13 +9,20 @@ from __future__ import annotations
 
 from gpuledger._calls import external_call, instrument, uninstrument
 from gpuledger._config import configure, flush, shutdown
-from gpuledger._errors import ConfigError, GpuledgerError, LedgerError, PricingError
+from gpuledger._errors import (
+    BudgetExceeded,
+    ConfigError,
+    GpuledgerError,
+    LedgerError,
+    PricingError,
+)
 from gpuledger._handler import phase, traced_handler, traced_init
 from gpuledger._invocation import Invocation, current_invocation, record_tokens, tag
 from gpuledger._record import InvocationRecord
 from gpuledger._version import __version__
 
 __all__ = [
+    "BudgetExceeded",
     "ConfigError",
     "GpuledgerError",
     "Invocation",

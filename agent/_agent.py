@@ -6,6 +6,12 @@ the request path: they read two clocks, update the worker state, draw the span's
 (``exporters._deferred``), and hand the finished invocation to the background writer
 (``_writer``). Everything else (the record and its price, ``_build``; recording the span and
 ending it from the record; metrics; the sinks) happens on the writer's thread.
+
+Why one module: ``enter`` and ``exit`` inline the warm paths of the worker state, the span's
+identity and the queue (helper calls cost microseconds a request), so what they read must live
+on the agent; the set-up that builds those fields (price, NVML, telemetry, budgets, sinks) is
+kept beside them so that every field the request path reads is made in sight of it. What can
+live elsewhere does: options (``_spec``), records (``_build``), budgets (``_budget_guard``).
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from typing import Any
 
 from gpuledger import _guard
 from gpuledger._build import WorkerIdentity, build_record, new_record_id, pseudonym
-from gpuledger._errors import ConfigError, PricingError
+from gpuledger._errors import BudgetExceeded, ConfigError, PricingError
 from gpuledger._external import calls_measured, summarise
 from gpuledger._invocation import Invocation, _current
 from gpuledger._location import check_ledger_location
@@ -52,6 +58,8 @@ failing) before the sidecar is tried again."""
 def _outcome(error: BaseException) -> str:
     if isinstance(error, GeneratorExit):
         return "cancelled"
+    if isinstance(error, BudgetExceeded):
+        return "rejected"
     # Only a process that imported asyncio can raise its CancelledError; importing it here
     # would cost every user ~20 ms of start-up.
     # (Another thread may be importing asyncio right now: its module can be half-built.)
@@ -121,6 +129,10 @@ class Agent:
         self._setup_telemetry(env)
         self._pseudonym_warned = False
         self.closed = False
+        self.budget_guard: Any = None
+        """The budgets' spend and what enforced ones refuse (``_budget_guard``); None: none."""
+        if settings.budgets:
+            self._setup_budgets()
         self.writer = Writer(self, sinks or self._default_sinks(), max_pending=settings.max_pending)
         self.pipeline = self.writer.pipeline
         self._queue = self.pipeline.queue
@@ -174,6 +186,22 @@ class Agent:
             )
         # With metering on, an unknown GPU may still be detected: warn after NVML has opened.
         self._choose_price(warn=settings.gpu_metering == "off" or self.gpu is not None)
+
+    def _setup_budgets(self) -> None:
+        from gpuledger._budget_guard import BudgetGuard  # noqa: PLC0415  (with budgets only)
+
+        settings = self.settings
+        guard = BudgetGuard(
+            settings.budgets,
+            ledger=settings.budget_ledger or settings.ledger,
+            refresh_s=settings.budget_refresh_s,
+            time_ns=self._time_ns,
+            endpoint=self.endpoint,
+        )
+        if self.metrics is not None:
+            self.metrics.watch_budgets(guard)
+        guard.start()
+        self.budget_guard = guard
 
     def _choose_price(self, *, warn: bool) -> None:
         """The price of this platform and GPU; warns when it is unknown (``warn``)."""
@@ -404,6 +432,9 @@ class Agent:
             invocation = Invocation(spec.name, start_ns, self._perf_ns())
             if spec.has_options:
                 apply_options(invocation, spec, args, kwargs)
+            guard = self.budget_guard
+            if guard is not None and guard.blocked:  # an enforced budget is spent: whose?
+                self._check_budgets(guard, invocation)
             elif args:
                 # A RunPod-style job is the first argument (the second for a method).
                 job = args[0]
@@ -464,6 +495,30 @@ class Agent:
             return None
         return invocation
 
+    def check_budget(self, invocation: Invocation) -> Any:
+        """For adapters that learn the tenant or user after ``enter`` (from headers): the
+        :class:`gpuledger.BudgetExceeded` that refuses ``invocation`` now, else None. The
+        adapter then answers with its platform's refusal and calls ``exit`` with it."""
+        guard = self.budget_guard
+        if invocation.refused is None and guard is not None and guard.blocked:
+            try:
+                self._check_budgets(guard, invocation)
+            except Exception as error:
+                _guard.record_failure("budgets.check", error)
+        return invocation.refused
+
+    def _check_budgets(self, guard: Any, invocation: Invocation) -> None:
+        """Mark ``invocation`` refused (``refused``) if its tenant, user, this endpoint or the
+        fleet is over an enforced budget; the wrapper then raises instead of running it."""
+        user = invocation.user_id
+        if user is not None:
+            user = self.user_key(user)[0]  # budgets name users as the ledger stores them
+        refused = guard.check(invocation.tenant, user)
+        if refused is not None:
+            invocation.refused = refused
+            budget = "total" if refused.scope == "total" else f"{refused.scope} {refused.key}"
+            invocation.tags = {**(invocation.tags or {}), "gpuledger.budget": budget}
+
     def exit(
         self,
         invocation: Invocation,
@@ -482,6 +537,10 @@ class Agent:
             invocation.duration_ns = duration_ns
             if error is not None:
                 invocation.outcome = _outcome(error)
+                if invocation.outcome == "rejected":
+                    invocation.billed_ns = 0  # refused: no request time, no request charge
+                    if self.metrics is not None:
+                        self.metrics.record_rejection(error)
                 cls = type(error)
                 invocation.error_type = (
                     cls.__qualname__
@@ -695,6 +754,8 @@ class Agent:
         self.closed = True
         timeout = self.settings.flush_timeout_s if timeout_s is None else timeout_s
         done = self.writer.close(timeout)
+        if self.budget_guard is not None:
+            self.budget_guard.stop()
         if self.providers is not None:
             try:
                 if at_exit:

@@ -3,9 +3,9 @@
 A budget caps what one tenant, user or endpoint (or everything) may spend over a rolling window:
 ``{"scope": "tenant", "key": "acme", "window": "30d", "limit_usd": 500, "mode": "alert"}``.
 ``key`` ``"*"`` is a budget for every key of the scope separately (each tenant 20 USD a day).
-``mode`` ``alert`` reports (``gpuledger budgets``, and the alert rules of ``docker/``).
-``enforce``, refusing a request before its handler runs once its budget is spent, is not built
-yet: a budget that asks for it is refused with that said, rather than read and not enforced.
+``mode`` ``alert`` reports (``gpuledger budgets``, the budget metrics and the alert rules of
+``docker/``); ``enforce`` also refuses a request before its handler runs once its budget is spent
+(``_budget_guard``), raising :class:`gpuledger.BudgetExceeded`.
 
 The spend of a budget is the sum of its requests' own charges (``cost_usd``: fee, GPU time and
 start-up, as priced at each request's end) that started within the window; a worker's idle time
@@ -120,11 +120,6 @@ def _budget(entry: object, where: str) -> Budget:
     mode = entry.get("mode", "alert")
     if mode not in BUDGET_MODES:
         raise BudgetError(f"{where}.mode: expected one of {', '.join(BUDGET_MODES)}, got {mode!r}")
-    if mode == "enforce":
-        raise BudgetError(
-            f"{where}.mode: enforce (refusing requests over the budget) is not built in this "
-            "version; use alert, which reports the spend"
-        )
     return Budget(
         scope=str(scope),
         key=key.strip(),

@@ -196,6 +196,16 @@ def price(worker: _Worker, invocation: Invocation) -> Cost | None:
     if pricer is None:
         return None
     gpu_count = worker.identity.gpu_count
+    if invocation.outcome == "rejected":  # refused before it ran: no fee, no time
+        free = pricer(0.0, gpu_count, None)
+        return dataclasses.replace(
+            free,
+            total_usd=0.0,
+            execution_usd=0.0,
+            gpu_usd=0.0,
+            coldstart_usd=0.0,
+            resources_usd=0.0,
+        )
     billed_ns = invocation.billed_ns
     cost = pricer(
         (invocation.duration_ns if billed_ns is None else billed_ns) * gpu_count / 1e9,

@@ -140,6 +140,9 @@ def _wrap(function: Any, spec: HandlerSpec) -> Any:
                 async for item in function(*args, **kwargs):
                     yield item
                 return
+            if invocation.refused is not None:  # an enforced budget is spent: never run it
+                agent.exit(invocation, invocation.refused, active=False)
+                raise invocation.refused
             generator = function(*args, **kwargs)
             error: BaseException | None = None
             perf_ns = agent.perf_ns
@@ -185,6 +188,9 @@ def _wrap(function: Any, spec: HandlerSpec) -> Any:
             invocation = None if agent is None else agent.enter(spec, args, kwargs)
             if invocation is None:
                 return await function(*args, **kwargs)
+            if invocation.refused is not None:
+                agent.exit(invocation, invocation.refused)
+                raise invocation.refused
             try:
                 result = await function(*args, **kwargs)
             except BaseException as error:
@@ -202,6 +208,9 @@ def _wrap(function: Any, spec: HandlerSpec) -> Any:
             invocation = None if agent is None else agent.enter(spec, args, kwargs, activate=False)
             if invocation is None:
                 return (yield from function(*args, **kwargs))
+            if invocation.refused is not None:
+                agent.exit(invocation, invocation.refused, active=False)
+                raise invocation.refused
             generator = function(*args, **kwargs)
             error: BaseException | None = None
             perf_ns = agent.perf_ns
@@ -247,6 +256,9 @@ def _wrap(function: Any, spec: HandlerSpec) -> Any:
         invocation = agent.enter(spec, args, kwargs)
         if invocation is None:
             return function(*args, **kwargs)
+        if invocation.refused is not None:  # an enforced budget is spent: never run it
+            agent.exit(invocation, invocation.refused)
+            raise invocation.refused
         try:
             result = function(*args, **kwargs)
         except BaseException as error:

@@ -69,6 +69,8 @@ class Invocation:
     first_item_ns: int | None = None
     items: int | None = None
     span: Any = None
+    refused: Any = None
+    """The :class:`gpuledger.BudgetExceeded` to raise instead of running the handler."""
     _context_token: Token[Invocation | None] | None = None
     _otel_token: Any = None
     # Sharing the worker with other invocations (async handlers, concurrency above 1).

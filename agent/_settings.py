@@ -615,6 +615,24 @@ SETTINGS: Final[tuple[Setting, ...]] = (
         "none",
     ),
     Setting(
+        "budget_refresh_s",
+        ("GPULEDGER_BUDGET_REFRESH_S",),
+        _positive_seconds,
+        _const(5.0),
+        "Seconds between two reads of the budgets' spend from `budget_ledger`: a fleet can "
+        "overshoot an enforced budget by what it spends in this long.",
+        "`5`",
+    ),
+    Setting(
+        "budget_ledger",
+        ("GPULEDGER_BUDGET_LEDGER",),
+        _optional_text,
+        _const(None),
+        "The ledger budgets' spend is read from: the fleet's `postgresql://` ledger for a "
+        "budget shared by many workers (with a sidecar, the sidecar's ledger).",
+        "`ledger`",
+    ),
+    Setting(
         "service_version",
         ("GPULEDGER_SERVICE_VERSION",),
         _optional_text,
@@ -1000,6 +1018,8 @@ class Settings:
     region: str | None
     service_version: str | None
     budgets: tuple[Any, ...]
+    budget_refresh_s: float
+    budget_ledger: str | None
     log_format: str
     log_level: str
     strict: bool

@@ -641,13 +641,23 @@ class Writer:
             except Exception as error:
                 _guard.record_failure("metrics.record", error)
         self.deliver(records)
+        guard = agent.budget_guard
+        if guard is not None:  # after delivery: a refresh that reads the ledger then has them
+            try:
+                guard.charge(records)
+            except Exception as error:
+                _guard.record_failure("budgets.charge", error)
 
     def _bill_worker(self, records: list[InvocationRecord]) -> None:
         """Feed the worker's running bill (``billing.RunningBill``) and add the idle time and
         rounding that became known to the cost counter: over the worker's life the counter
         adds up to its bill (this process's share of it, in a container of several)."""
         ordered = sorted(
-            (record for record in records if record.billing_rules is not None),
+            (
+                record
+                for record in records
+                if record.billing_rules is not None and record.outcome != "rejected"
+            ),
             key=lambda record: (record.end_ns, record.start_ns),
         )
         if not ordered:

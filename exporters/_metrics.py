@@ -158,7 +158,7 @@ class InvocationMetrics:
 
         from gpuledger.exporters._providers import gpuledger_meter  # noqa: PLC0415
 
-        meter = gpuledger_meter(meter_provider)
+        meter = self._meter = gpuledger_meter(meter_provider)
         self._trigger = trigger
         self._user_attributes = user_attributes
         self._limit = _ValueLimit(ATTRIBUTE_VALUE_LIMIT)
@@ -339,6 +339,83 @@ class InvocationMetrics:
         for kind, tokens in (("input", record.input_tokens), ("output", record.output_tokens)):
             if tokens:
                 self._tokens.add(tokens, {**genai, GEN_AI_TOKEN_TYPE: kind})
+
+    def watch_budgets(self, guard: Any) -> None:
+        """The budget instruments for ``guard``'s budgets (``gpuledger._budget_guard``): what
+        each has spent in its window and its limit and window (gauges, read when a reader
+        collects), what this process charged to it (a counter: summed over a fleet it is the
+        fleet's spend rate, the burn-rate alerts' input), and the requests it refused. Only the
+        configured budgets have series; a budget of every key (``*``) has one per key seen, up
+        to the attribute limit (then ``(other)``)."""
+        from opentelemetry.metrics import CallbackOptions, Observation  # noqa: PLC0415
+
+        limit = self._limit
+        meter = self._meter
+
+        def attributes(budget: Any, key: str) -> dict[str, str]:
+            return {
+                ours.GPULEDGER_BUDGET_SCOPE: budget.scope,
+                ours.GPULEDGER_BUDGET_KEY: limit(ours.GPULEDGER_BUDGET_KEY, key) if key else "",
+                ours.GPULEDGER_BUDGET_WINDOW: budget.window,
+                ours.GPULEDGER_BUDGET_MODE: budget.mode,
+            }
+
+        self._budget_attributes = attributes
+        spend = meter.create_counter(
+            ours.GPULEDGER_BUDGET_SPEND_METRIC,
+            unit=ours.USD,
+            description="US dollars of request charges this process charged to each budget.",
+        )
+        guard.spend_added = lambda budget, key, usd: spend.add(usd, attributes(budget, key))
+        self._budget_rejections = meter.create_counter(
+            ours.GPULEDGER_BUDGET_REJECTIONS_METRIC,
+            unit="{invocation}",
+            description="Requests refused before their handler ran: an enforced budget spent.",
+        )
+
+        def observe(pick: Callable[[Any, float], float]) -> Callable[[CallbackOptions], Any]:
+            def callback(options: CallbackOptions) -> Iterable[Observation]:
+                return [
+                    Observation(pick(budget, spent), attributes(budget, key))
+                    for budget, key, spent in guard.spent()
+                ]
+
+            return callback
+
+        meter.create_observable_gauge(
+            ours.GPULEDGER_BUDGET_SPENT_METRIC,
+            callbacks=[observe(lambda budget, spent: spent)],
+            unit=ours.USD,
+            description="US dollars spent within each budget's rolling window, as last read "
+            "from the budget ledger plus what this process charged since.",
+        )
+        meter.create_observable_gauge(
+            ours.GPULEDGER_BUDGET_LIMIT_METRIC,
+            callbacks=[observe(lambda budget, spent: budget.limit_usd)],
+            unit=ours.USD,
+            description="Each budget's limit in US dollars.",
+        )
+        meter.create_observable_gauge(
+            ours.GPULEDGER_BUDGET_WINDOW_METRIC,
+            callbacks=[observe(lambda budget, spent: float(budget.window_s))],
+            unit="s",
+            description="Each budget's rolling window.",
+        )
+
+    def record_rejection(self, refused: Any) -> None:
+        """A request refused by an enforced budget (``refused``: its BudgetExceeded)."""
+        rejections = getattr(self, "_budget_rejections", None)
+        if rejections is None:
+            return
+        attributes = {
+            ours.GPULEDGER_BUDGET_SCOPE: refused.scope,
+            ours.GPULEDGER_BUDGET_KEY: self._limit(ours.GPULEDGER_BUDGET_KEY, refused.key)
+            if refused.key
+            else "",
+            ours.GPULEDGER_BUDGET_WINDOW: refused.window,
+            ours.GPULEDGER_BUDGET_MODE: "enforce",
+        }
+        rejections.add(1, attributes)
 
     def record_flush_wait(self, seconds: float) -> None:
         """One invocation's end waited ``seconds`` for its record (a flush policy)."""

@@ -36,6 +36,7 @@ from gpuledger import _config as agent_module
 from gpuledger import _guard
 from gpuledger._agent import HandlerSpec
 from gpuledger._handler import phase
+from gpuledger._refusal import refusal
 
 __all__ = ["DEFAULT_EXCLUDE_PATHS", "STARTUP_PHASE", "GpuledgerMiddleware"]
 
@@ -167,6 +168,20 @@ class GpuledgerMiddleware:
             self._read_headers(invocation, scope)
         except Exception as error:
             _guard.record_failure("asgi.headers", error)
+        refused = agent.check_budget(invocation)
+        if refused is not None:  # an enforced budget is spent: 429, the app never runs
+            agent.deactivate(invocation)
+            agent.exit(invocation, refused, active=False)
+            status, headers, body = refusal(refused)
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": status,
+                    "headers": [(name.encode(), value.encode()) for name, value in headers],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+            return
 
         ended = False
         disconnected = False

@@ -67,6 +67,7 @@ def traced_predictor(
     tags: Callable[..., Mapping[str, object]] | None = None,
     invocation_id: Callable[..., object] | None = None,
     setup_phase: str = SETUP_PHASE,
+    tenant: Callable[..., object] | None = None,
 ) -> Callable[[C], C]: ...
 
 
@@ -79,6 +80,7 @@ def traced_predictor(
     tags: Callable[..., Mapping[str, object]] | None = None,
     invocation_id: Callable[..., object] | None = None,
     setup_phase: str = SETUP_PHASE,
+    tenant: Callable[..., object] | None = None,
 ) -> Any:
     """Trace a Cog predictor class: ``setup()`` as an init phase, each prediction an invocation.
 
@@ -87,7 +89,10 @@ def traced_predictor(
     ``invocation_id``, callables given the method's own arguments (``self`` and the inputs, as
     keywords) that return the user id, a mapping of tags, and the request id (default: one
     gpuledger makes); ``setup_phase``, the init phase's name. The class is changed in place and
-    returned; decorating it twice does nothing more.
+    returned; decorating it twice does nothing more. ``tenant`` (a callable like ``user``)
+    names the tenant on entry: a prediction of a tenant over an enforced budget raises
+    :class:`gpuledger.BudgetExceeded` before ``predict`` runs, and Cog answers it as a failed
+    prediction with that message.
     """
     if not isinstance(setup_phase, str) or not setup_phase.strip():
         raise ValueError(
@@ -113,6 +118,7 @@ def traced_predictor(
         handler = traced_handler(
             name=name or f"{target.__name__}.{method_name}",
             user=user,
+            tenant=tenant,
             tags=tags,
             invocation_id=invocation_id,
         )(_with_input_defaults(predict))

@@ -86,6 +86,7 @@ def traced_function(
     name: str | None = None,
     user: Callable[..., object] | None = None,
     tags: Callable[..., Mapping[str, object]] | None = None,
+    tenant: Callable[..., object] | None = None,
 ) -> Callable[[F], F]: ...
 
 
@@ -96,19 +97,22 @@ def traced_function(
     name: str | None = None,
     user: Callable[..., object] | None = None,
     tags: Callable[..., Mapping[str, object]] | None = None,
+    tenant: Callable[..., object] | None = None,
 ) -> Any:
     """``@gpuledger.traced_handler`` for a Modal function or method, with Modal's input id.
 
     Goes under ``@app.function(...)`` or ``@modal.method()``. ``name`` (default: the qualified
-    name), ``user`` and ``tags`` are as for ``traced_handler``. Results, yielded items and
-    exceptions pass through unchanged.
+    name), ``user``, ``tenant`` and ``tags`` are as for ``traced_handler``. Results, yielded
+    items and exceptions pass through unchanged; a call whose tenant or user is over an
+    enforced budget raises :class:`gpuledger.BudgetExceeded` without running, which Modal
+    raises again in the caller of ``.remote()``, as it does any exception of the function.
     """
 
     def decorate(target: Any) -> Any:
         _check_order(target, "traced_function", "app.function() or @modal.method()")
-        return traced_handler(name=name, user=user, tags=tags, invocation_id=_modal_input_id)(
-            target
-        )
+        return traced_handler(
+            name=name, user=user, tenant=tenant, tags=tags, invocation_id=_modal_input_id
+        )(target)
 
     if function is None:
         return decorate

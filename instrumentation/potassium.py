@@ -74,14 +74,17 @@ def instrument(
     *,
     user: Callable[[Any, Any], object] | None = None,
     tags: Callable[[Any, Any], Mapping[str, object]] | None = None,
+    tenant: Callable[[Any, Any], object] | None = None,
 ) -> T:
     """Trace ``app`` (a ``potassium.Potassium``): its init and every handler; returns ``app``.
 
-    ``user`` and ``tags`` are callables given the handler's ``(context, request)`` that return
-    the user id and a mapping of tags (e.g. from ``request.headers``). Calling it again on an
+    ``user``, ``tenant`` and ``tags`` are callables given the handler's ``(context, request)``
+    that return the user id, the tenant and a mapping of tags (e.g. from ``request.headers``).
+    A request whose tenant or user is over an enforced budget is answered ``429`` with
+    ``Retry-After`` and a JSON body, and its handler never runs. Calling it again on an
     instrumented app does nothing. Handlers registered before the call are wrapped too.
     """
-    for option_name, option in (("user", user), ("tags", tags)):
+    for option_name, option in (("user", user), ("tags", tags), ("tenant", tenant)):
         if option is not None and not callable(option):
             raise TypeError(
                 f"instrument({option_name}=...) takes a callable of (context, request), "
@@ -95,7 +98,7 @@ def instrument(
     state: _State | None = getattr(app, _STATE_ATTRIBUTE, None)
     if state is not None and state.enabled:
         return app
-    state = _State({"user": user, "tags": tags})
+    state = _State({"user": user, "tags": tags, "tenant": tenant})
     setattr(app, _STATE_ATTRIBUTE, state)
     # Potassium runs @app.init, where gpuledger configures, off the main thread, where no SIGTERM
     # handler can be set; instrument() runs at import, in the main thread.
@@ -197,6 +200,7 @@ def _traced_handler(function: Callable[..., Any], route: str, state: _State) -> 
         state.spec_options["user"],
         state.spec_options["tags"],
         _request_id,
+        tenant=state.spec_options.get("tenant"),
     )
     agent_module.worker_state().mark_ready(agent_module.now_ns())
 
@@ -208,6 +212,9 @@ def _traced_handler(function: Callable[..., Any], route: str, state: _State) -> 
         invocation = None if agent is None else agent.enter(spec, (context, request), {})
         if invocation is None:
             return function(context, request)
+        if invocation.refused is not None:  # an enforced budget is spent: 429, never run
+            agent.exit(invocation, invocation.refused)
+            return _refused(invocation.refused)
         try:
             response = function(context, request)
         except BaseException as error:
@@ -232,6 +239,22 @@ def _traced_handler(function: Callable[..., Any], route: str, state: _State) -> 
 
     setattr(traced_handler, _TRACED_MARK, True)
     return traced_handler
+
+
+def _refused(refused: Any) -> Any:
+    """Potassium's ``Response`` refusing a request over an enforced budget: 429, Retry-After."""
+    import importlib  # noqa: PLC0415
+    import json  # noqa: PLC0415
+
+    from gpuledger._refusal import refusal  # noqa: PLC0415
+
+    response = importlib.import_module("potassium").Response  # the app's own Potassium
+    status, headers, body = refusal(refused)
+    return response(
+        status=status,
+        json=json.loads(body),
+        headers={"Retry-After": dict(headers)["retry-after"]},
+    )
 
 
 def _streamed(

@@ -9,6 +9,7 @@ import sys
 import gpuledger
 
 PUBLIC_API = {
+    "BudgetExceeded",
     "ConfigError",
     "GpuledgerError",
     "Invocation",

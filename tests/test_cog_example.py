@@ -28,7 +28,8 @@ from typing import Any
 import pytest
 
 from gpuledger.instrumentation.cog import SETUP_PHASE, traced_predictor
-from tests.support.ledgers import ledger_rows
+from gpuledger.ledger import open_ledger
+from tests.support.ledgers import ledger_rows, make_record
 from tests.support.processes import HOST, free_port, log_tail, spawn
 from tests.support.upstreams import COG_VERSION
 from tests.support.venvs import (
@@ -78,7 +79,14 @@ def cog_gpuledger(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]
 class CogServer:
     """Cog's HTTP server for one predictor class of the example, on 127.0.0.1."""
 
-    def __init__(self, python: Path, site: Path, workdir: Path, predictor: str) -> None:
+    def __init__(
+        self,
+        python: Path,
+        site: Path,
+        workdir: Path,
+        predictor: str,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         self.port = free_port()
         self.log = workdir / f"cog-{predictor}.log"
         self.ledger = workdir / "ledger.db"
@@ -105,6 +113,7 @@ class CogServer:
             EXAMPLE_SETUP_S=str(SETUP_S),
             EXAMPLE_SECONDS_PER_TOKEN="0.001",
         )
+        env.update(extra_env or {})
         argv = [str(python), "-m", "cog.server.http", "--host", HOST]
         # The example's folder is the app's working directory, as /src is in Cog's image.
         self.proc = spawn(argv, self.log, env=env, cwd=EXAMPLE)
@@ -177,10 +186,15 @@ class CogServer:
 
 
 @contextlib.contextmanager
-def cog_server(cog_gpuledger: tuple[Path, Path], workdir: Path, predictor: str) -> Iterator[Any]:
+def cog_server(
+    cog_gpuledger: tuple[Path, Path],
+    workdir: Path,
+    predictor: str,
+    extra_env: dict[str, str] | None = None,
+) -> Iterator[Any]:
     """A ready Cog server for ``predictor``, stopped afterwards."""
     python, site = cog_gpuledger
-    server = CogServer(python, site, workdir, predictor)
+    server = CogServer(python, site, workdir, predictor, extra_env)
     try:
         server.wait_ready()
         yield server
@@ -233,6 +247,33 @@ def test_predictions_are_ledgered_cold_then_warm(
         assert row["billed_gpu_seconds"] == pytest.approx(row["duration_s"])
         assert row["cost_usd"] is not None and row["cost_usd"] > 0
         assert row["handler"] == "Predictor.predict"
+
+
+@pytest.mark.slow
+def test_a_user_over_an_enforced_budget_gets_a_failed_prediction(
+    cog_gpuledger: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Through Cog's own server: the user the ledger shows over an enforced budget gets the
+    prediction Cog answers for a predictor that raised ("failed", the reason as its error),
+    and predict() never ran (no tokens); another user's prediction succeeds."""
+    with open_ledger(str(tmp_path / "ledger.db")) as opened:
+        opened.write([make_record(1, user_id="user-42", start_ns=time.time_ns(), cost_usd=2.0)])
+    budgets = [
+        {"scope": "user", "key": "user-42", "window": "1h", "limit_usd": 1, "mode": "enforce"}
+    ]
+    env = {"GPULEDGER_BUDGETS": json.dumps(budgets)}
+    with cog_server(cog_gpuledger, tmp_path, "Predictor", env) as server:
+        refused = server.predict("pred-1", {"prompt": "hello", "user": "user-42"})
+        passed = server.predict("pred-2", {"prompt": "hello", "user": "user-7"})
+        rows = ledger_rows(server.ledger, 3)
+    log = log_tail(server.log, 60)
+    assert refused["status"] == "failed", (refused, log)
+    assert "user 'user-42' is over its 1h budget" in refused["error"]
+    assert passed["status"] == "succeeded", (passed, log)
+    by_user = {row["user_id"]: row for row in rows[1:]}
+    assert by_user["user-42"]["outcome"] == "rejected"
+    assert by_user["user-42"]["output_tokens"] is None
+    assert by_user["user-7"]["outcome"] == "ok"
 
 
 @pytest.mark.slow

@@ -323,3 +323,37 @@ def test_importing_the_instrumentation_does_not_import_modal() -> None:
         "assert 'modal' not in sys.modules, 'modal imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_a_call_over_an_enforced_budget_raises_budget_exceeded_without_running(
+    tmp_path: Path,
+) -> None:
+    """Through the real modal package: the function of a tenant over an enforced budget raises
+    ``gpuledger.BudgetExceeded`` (as ``.remote()`` raises any exception of the function) and
+    its body never runs; another tenant's call runs."""
+    from gpuledger.ledger import open_ledger
+    from gpuledger.testing import FakeClock, capture_telemetry
+    from tests.support.ledgers import make_record
+
+    clock = FakeClock()
+    ledger = tmp_path / "ledger.db"
+    with open_ledger(str(ledger)) as opened:
+        opened.write([make_record(1, tenant="acme", start_ns=clock.time_ns(), cost_usd=3.0)])
+    budget = {"scope": "tenant", "key": "acme", "window": "30d", "limit_usd": 2, "mode": "enforce"}
+    ran: list[str] = []
+    with capture_telemetry(
+        ledger, clock=clock, platform="modal", gpu="H100", budgets=[budget]
+    ) as capture:
+
+        @modal.App("budgets").function(serialized=True)
+        @traced_function(tenant=lambda prompt, team: team)
+        def generate(prompt: str, team: str) -> str:
+            ran.append(team)
+            return prompt.upper()
+
+        with pytest.raises(gpuledger.BudgetExceeded, match="tenant 'acme' is over its 30d budget"):
+            generate.local("hi", "acme")
+        assert generate.local("hi", "globex") == "HI"
+        outcomes = {row["tenant"]: row["outcome"] for row in capture.rows()[1:]}
+    assert ran == ["globex"]
+    assert outcomes == {"acme": "rejected", "globex": "ok"}

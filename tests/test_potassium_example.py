@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from tests.support.ledgers import ledger_rows
+from gpuledger.ledger import open_ledger
+from tests.support.ledgers import ledger_rows, make_record
 from tests.support.processes import HOST, free_port, log_tail, spawn, stop
 from tests.support.upstreams import POTASSIUM_VERSION
 from tests.support.venvs import (
@@ -77,7 +78,10 @@ def served_example(potassium_gpuledger_python: Path, tmp_path: Path) -> Iterator
 
 @contextlib.contextmanager
 def _served(
-    python: Path, tmp_path: Path, flush_policy: str = "invocation"
+    python: Path,
+    tmp_path: Path,
+    flush_policy: str = "invocation",
+    extra_env: dict[str, str] | None = None,
 ) -> Iterator[tuple[str, Path, subprocess.Popen[bytes]]]:
     """The example app served by Potassium: (its URL, its ledger, its process)."""
     potassium_gpuledger_python = python
@@ -94,6 +98,7 @@ def _served(
         "GPULEDGER_GPU": "H100",
         "GPULEDGER_FLUSH_POLICY": flush_policy,
         "EXAMPLE_MODEL_LOAD_S": "0.5",
+        **(extra_env or {}),
     }
     log = tmp_path / "potassium.log"
     proc = spawn([str(potassium_gpuledger_python), str(EXAMPLE)], log, env=env, cwd=tmp_path)
@@ -171,3 +176,31 @@ def test_example_requests_are_recorded(served_example: tuple[str, Path]) -> None
 
     assert failed["invocation_id"] == "b-3"
     assert (failed["outcome"], failed["error_type"]) == ("error", "KeyError")
+
+
+@pytest.mark.slow
+def test_a_tenant_over_an_enforced_budget_is_answered_429(
+    potassium_gpuledger_python: Path, tmp_path: Path
+) -> None:
+    """Through the real Potassium: the tenant (the payload's "team", read on entry) whose
+    budget the ledger shows spent is answered 429 with Retry-After and a JSON reason, and the
+    handler never runs; another tenant is served."""
+    with open_ledger(str(tmp_path / "ledger.db")) as opened:
+        opened.write([make_record(1, tenant="acme", start_ns=time.time_ns(), cost_usd=2.0)])
+    budgets = [
+        {"scope": "tenant", "key": "acme", "window": "1d", "limit_usd": 1, "mode": "enforce"}
+    ]
+    env = {"GPULEDGER_BUDGETS": json.dumps(budgets)}
+    with _served(potassium_gpuledger_python, tmp_path, extra_env=env) as (url, ledger, _):
+        refused = post(url, {"prompt": "hi", "team": "acme"}, {})
+        served = post(url, {"prompt": "hi", "team": "globex"}, {})
+        rows = ledger_rows(ledger, 3)
+    status, body = refused
+    assert status == 429, body
+    reason = json.loads(body)
+    assert (reason["error"], reason["key"], reason["window"]) == ("budget_exceeded", "acme", "1d")
+    assert served[0] == 200
+    by_tenant = {row["tenant"]: row for row in rows[1:]}
+    assert by_tenant["acme"]["outcome"] == "rejected"
+    assert by_tenant["acme"]["output_tokens"] is None
+    assert by_tenant["globex"]["outcome"] == "ok"

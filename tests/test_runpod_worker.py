@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from gpuledger.ledger import open_ledger
-from tests.support.ledgers import union_length
+from tests.support.ledgers import make_record, union_length
 
 pytestmark = pytest.mark.slow
 
@@ -108,7 +108,9 @@ class Queue:
 def run_worker(tmp_path: Path) -> Iterator[Any]:
     started: list[tuple[subprocess.Popen[str], Queue]] = []
 
-    def start(jobs: list[dict[str, Any]], *args: str) -> tuple[Queue, Path]:
+    def start(
+        jobs: list[dict[str, Any]], *args: str, extra_env: dict[str, str] | None = None
+    ) -> tuple[Queue, Path]:
         queue = Queue(jobs)
         ledger = tmp_path / "ledger.db"
         env = {
@@ -134,6 +136,7 @@ def run_worker(tmp_path: Path) -> Iterator[Any]:
             EXAMPLE_SECONDS_PER_TOKEN="0.05",
             EXAMPLE_MODEL_LOAD_S="0.2",
         )
+        env.update(extra_env or {})
         worker = subprocess.Popen(
             [sys.executable, str(EXAMPLE), *args],
             env=env,
@@ -202,3 +205,29 @@ def test_streaming_jobs_with_return_aggregate_stream(run_worker: Any, tmp_path: 
     assert rows["stream-0"].output_tokens == 5
     assert rows["stream-0"].duration_s >= 5 * 0.05  # first token to last
     assert rows["stream-1"].outcome == "ok"
+
+
+def test_a_tenant_over_an_enforced_budget_gets_the_sdks_error_result(
+    run_worker: Any, tmp_path: Path
+) -> None:
+    """The real SDK takes two jobs; the tenant whose budget the ledger shows spent is refused
+    before the handler runs (RunPod reports the job FAILED with the reason), the other runs."""
+    with open_ledger(str(tmp_path / "ledger.db")) as opened:
+        opened.write([make_record(1, tenant="acme", start_ns=time.time_ns(), cost_usd=2.0)])
+    budgets = [
+        {"scope": "tenant", "key": "acme", "window": "1d", "limit_usd": 1, "mode": "enforce"}
+    ]
+    jobs = [
+        {"id": "acme-1", "input": {"tokens": 3, "team": "acme"}},
+        {"id": "globex-1", "input": {"tokens": 3, "team": "globex"}},
+    ]
+    queue, ledger = run_worker(jobs, extra_env={"GPULEDGER_BUDGETS": json.dumps(budgets)})
+    results = queue.wait_for_results(2)
+    assert "over its 1d budget" in results["acme-1"]["error"]
+    assert "BudgetExceeded" in results["acme-1"]["error"]
+    assert results["globex-1"]["output"]["output"] == "t0 t1 t2"
+    rows = {row.invocation_id: row for row in _rows(ledger, 3)}
+    assert rows["acme-1"].outcome == "rejected"
+    assert rows["acme-1"].cost_usd == 0.0
+    assert rows["acme-1"].output_tokens is None  # the handler never ran
+    assert rows["globex-1"].outcome == "ok"

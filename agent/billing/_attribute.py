@@ -104,6 +104,8 @@ class Billed(Protocol):
     def cost_coldstart_usd(self) -> float | None: ...
     @property
     def pricing_version(self) -> str | None: ...
+    @property
+    def outcome(self) -> str: ...
 
 
 RulesFor = Callable[[InvocationRecord], "tuple[Rules | None, str | None]"]
@@ -360,13 +362,15 @@ def worker_of(
     by ``rules``; its stop as :func:`workers_of` says."""
     requests = []
     for record in records:
+        if record.outcome == "rejected":  # refused before it ran: the worker's time, not its
+            continue
         end = max(record.end_ns, record.start_ns)
         startup = 0
         if record.request_startup_s:
             startup = min(end - record.start_ns, round(record.request_startup_s * NS_PER_S))
         requests.append(Request(record.record_id, record.start_ns, end, startup))
-    first_start = requests[0].start_ns
-    last_end = max(request.end_ns for request in requests)
+    first_start = min(record.start_ns for record in records)
+    last_end = max(max(record.end_ns, record.start_ns) for record in records)
     starts = [r.worker_start_ns for r in records if r.worker_start_ns is not None]
     readies = [r.worker_ready_ns for r in records if r.worker_ready_ns is not None]
     if starts:
@@ -448,8 +452,8 @@ def attribute(
     add up to the bill exactly."""
     versions = {worker.pricing_version} if worker.pricing_version else set()
     per_request: dict[str, Charges] = {
-        request.request_id: Charges(set(versions)) for request in worker.timeline.requests
-    }
+        record_id: Charges(set(versions)) for record_id in worker.record_ids
+    }  # a refused (rejected) record is no request: its charges stay empty
     idle = Charges(set(versions))
     charge_into(
         worker,

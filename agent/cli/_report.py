@@ -13,7 +13,7 @@ from typing import Any, Final
 
 import click
 
-from gpuledger._errors import GpuledgerError, LedgerError
+from gpuledger._errors import ConfigError, GpuledgerError, LedgerError
 from gpuledger._record import InvocationRecord
 from gpuledger._settings import resolve_setting
 from gpuledger.billing import POLICIES
@@ -26,6 +26,7 @@ from gpuledger.ledger import (
     LEDGER_ENV,
     REPORT_COLUMNS,
     ReportRow,
+    budget_spend,
     default_ledger_location,
     focus_rows,
     ledger_report,
@@ -270,6 +271,7 @@ def report(
     records: list[InvocationRecord] = []
     rows: list[ReportRow] = []
     total = None
+    marks: dict[str, str] | None = None
     try:
         with open_ledger(target, create=False) as ledger:
             now_ns = time.time_ns()
@@ -279,6 +281,7 @@ def report(
                 billing["now_ns"] = now_ns
             else:  # computed in the database (by target: rows overlap, the total apart)
                 rows, total = ledger_report(ledger, by, since_ns=since_ns, now_ns=now_ns, **billing)
+                marks = _budget_marks(ledger, by, now_ns)
             versions = ledger.pricing_versions(since_ns=since_ns)
             path = ledger.path
     except LedgerError as exc:
@@ -289,15 +292,15 @@ def report(
     if output_format == "focus":
         click.echo(_focus(records, billing, billing_account, trued_up), nl=False)
     elif output_format == "json":
-        click.echo(json.dumps([_plain(row) for row in rows], indent=2))
+        click.echo(json.dumps([_plain(row, marks) for row in rows], indent=2))
     elif output_format == "csv":
-        click.echo(_csv(rows), nl=False)
+        click.echo(_csv(rows, marks), nl=False)
     elif not rows:
         window = f" since {since}" if since is not None else ""
         click.echo(f"no invocations in {path}{window}")
     else:
         columns = TABLE_COLUMNS if wide else [column for column in TABLE_COLUMNS if column.default]
-        click.echo(_table(rows, by, columns, total))
+        click.echo(_table(rows, by, columns, total, marks))
 
 
 def _focus(
@@ -325,21 +328,46 @@ def _focus(
     return buffer.getvalue()
 
 
-def _plain(row: ReportRow) -> dict[str, object]:
-    """The row's public columns as JSON values (unknown is null; NaN too, JSON has none)."""
+_BUDGET_ORDER: Final = {"over": 2, "near": 1, "ok": 0}
+
+
+def _budget_marks(ledger: Any, by: str, now_ns: int) -> dict[str, str] | None:
+    """Grouped by tenant, user or endpoint with budgets set for that scope: each group's worst
+    budget status (``over 30d``, ``near 1d``, ``ok 1h``) by key; None when no budget applies."""
+    if by not in ("tenant", "user", "endpoint"):
+        return None
+    try:
+        budgets = [budget for budget in resolve_setting("budgets")[0] if budget.scope == by]
+    except ConfigError as error:
+        raise click.ClickException(str(error)) from None
+    if not budgets:
+        return None
+    marks: dict[str, tuple[int, str]] = {}
+    for spend in budget_spend(ledger, budgets, now_ns=now_ns):
+        rank = _BUDGET_ORDER[spend.status]
+        if spend.key not in marks or rank > marks[spend.key][0]:
+            marks[spend.key] = (rank, f"{spend.status} {spend.budget.window}")
+    return {key: mark for key, (_, mark) in marks.items()}
+
+
+def _plain(row: ReportRow, marks: dict[str, str] | None = None) -> dict[str, object]:
+    """The row's public columns as JSON values (unknown is null; NaN too, JSON has none), and
+    its budget's status when budgets apply to the grouping."""
     values: dict[str, object] = {}
     for column in REPORT_COLUMNS:
         value = getattr(row, column)
         values[column] = None if isinstance(value, float) and math.isnan(value) else value
+    if marks is not None:
+        values["budget"] = marks.get(row.key)
     return values
 
 
-def _csv(rows: list[ReportRow]) -> str:
+def _csv(rows: list[ReportRow], marks: dict[str, str] | None = None) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(REPORT_COLUMNS)
+    writer.writerow([*REPORT_COLUMNS, *(["budget"] if marks is not None else [])])
     for row in rows:
-        writer.writerow(["" if value is None else value for value in _plain(row).values()])
+        writer.writerow(["" if value is None else value for value in _plain(row, marks).values()])
     return buffer.getvalue()
 
 
@@ -348,11 +376,17 @@ def _table(
     by: str,
     columns: Sequence[TableColumn],
     total: ReportRow | None = None,
+    marks: dict[str, str] | None = None,
 ) -> str:
     total = total or totals(rows)
     headers = [by, *(column.header for column in columns)]
     body = [_cells(row, columns) for row in rows]
     footer = _cells(total, columns)
+    if marks is not None:  # the groups' budgets, last
+        headers.append("budget")
+        for row, cells in zip(rows, body, strict=True):
+            cells.append(marks.get(row.key, _UNKNOWN))
+        footer.append("")
     widths = [
         max(len(line[index]) for line in (headers, *body, footer)) for index in range(len(headers))
     ]

@@ -93,6 +93,7 @@ class _BillingRow(NamedTuple):
     cost_execution_usd: float | None
     cost_coldstart_usd: float | None
     pricing_version: str | None
+    outcome: str
 
 
 _BILLING_COLUMNS: Final = ", ".join(_BillingRow._fields)

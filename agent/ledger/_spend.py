@@ -32,6 +32,9 @@ class BudgetSpend:
     """Request charges within the rolling window."""
     last_hour_usd: float
     """Of which within the last hour (the whole window, when it is shorter)."""
+    oldest_ns: int | None = None
+    """The start of the oldest priced invocation within the window (None: none): the spend
+    first falls when it leaves the window."""
 
     @property
     def remaining_usd(self) -> float:
@@ -67,21 +70,22 @@ def budget_spend(ledger: Ledger, budgets: Sequence[Budget], *, now_ns: int) -> l
         hour = max(since, now_ns - _HOUR_NS)
         sums = (
             "COALESCE(SUM(cost_usd), 0), "
-            f"COALESCE(SUM(CASE WHEN start_ns >= {p} THEN cost_usd END), 0)"
+            f"COALESCE(SUM(CASE WHEN start_ns >= {p} THEN cost_usd END), 0), "
+            "MIN(CASE WHEN cost_usd > 0 THEN start_ns END)"
         )
         where = f"start_ns >= {p} AND start_ns <= {p}"
         parameters: list[Any] = [hour, since, now_ns]
         column = _COLUMNS.get(budget.scope)
         if column is None:  # total
             rows = ledger._query(f"SELECT {sums} FROM invocations WHERE {where}", parameters)
-            result.append(BudgetSpend(budget, "", float(rows[0][0]), float(rows[0][1])))
+            result.append(_spend(budget, "", rows[0]))
         elif budget.key == EVERY_KEY:
             rows = ledger._query(
                 f"SELECT {column}, {sums} FROM invocations WHERE {where} "
                 f"AND {column} IS NOT NULL AND {column} <> '' GROUP BY {column}",
                 parameters,
             )
-            spends = [BudgetSpend(budget, str(key), float(a), float(b)) for key, a, b in rows]
+            spends = [_spend(budget, str(row[0]), row[1:]) for row in rows]
             spends.sort(key=lambda spend: (-spend.spent_usd, spend.key))
             result.extend(spends)
         else:
@@ -89,5 +93,12 @@ def budget_spend(ledger: Ledger, budgets: Sequence[Budget], *, now_ns: int) -> l
                 f"SELECT {sums} FROM invocations WHERE {where} AND {column} = {p}",
                 [*parameters, budget.key],
             )
-            result.append(BudgetSpend(budget, budget.key, float(rows[0][0]), float(rows[0][1])))
+            result.append(_spend(budget, budget.key, rows[0]))
     return result
+
+
+def _spend(budget: Budget, key: str, row: Sequence[Any]) -> BudgetSpend:
+    spent, last_hour, oldest = row
+    return BudgetSpend(
+        budget, key, float(spent), float(last_hour), None if oldest is None else int(oldest)
+    )

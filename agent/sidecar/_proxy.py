@@ -110,6 +110,7 @@ from gpuledger._errors import ConfigError
 from gpuledger._invocation import Invocation
 from gpuledger._logging import get_logger
 from gpuledger._process import started_ns as upstream_start_ns
+from gpuledger._refusal import refusal
 
 __all__ = [
     "PRESETS",
@@ -636,6 +637,17 @@ class MeteringProxy:
         result = _Result()
         try:
             request_id = self._describe(invocation, request)
+            refused = agent.check_budget(invocation)
+            if refused is not None:  # an enforced budget is spent: 429, never forwarded
+                status, _, body = refusal(refused)
+                agent.exit(invocation, refused, active=False)
+                invocation = None
+                return web.Response(
+                    status=status,
+                    body=body,
+                    content_type="application/json",
+                    headers={"Retry-After": str(refused.retry_after_s)},
+                )
             return await self._forward(request, result, request_id)
         except asyncio.CancelledError:
             # The client disconnected (aiohttp cancels its handler), or the proxy is closing.
@@ -645,7 +657,8 @@ class MeteringProxy:
             result.fail("error", f"proxy_{type(error).__name__}")
             raise
         finally:
-            self._finish(agent, invocation, result)
+            if invocation is not None:
+                self._finish(agent, invocation, result)
 
     def _describe(self, invocation: Invocation, request: web.BaseRequest) -> str | None:
         """Set the invocation's id, user, tenant and tags from the request; the id to send

@@ -52,7 +52,7 @@ class ToyModel:
             yield self.vocabulary[digest[index % len(digest)]]
 
 
-@traced_predictor
+@traced_predictor(user=lambda self, **inputs: inputs.get("user") or None)  # known on entry
 class Predictor(BasePredictor):
     """Generate text for a prompt, all at once."""
 
@@ -67,8 +67,6 @@ class Predictor(BasePredictor):
         user: str = Input(description="Who asked, for the cost report", default=""),
     ) -> str:
         """The generated text (a ValueError for an empty prompt: the prediction fails)."""
-        if user:
-            gpuledger.tag(user=user)
         text = " ".join(self.model.words(prompt, max_tokens))
         gpuledger.record_tokens(input=len(prompt.split()), output=max_tokens)
         return text

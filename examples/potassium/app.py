@@ -25,7 +25,14 @@ from gpuledger.instrumentation import potassium as gpuledger_potassium
 DEFAULT_MAX_TOKENS = 16
 
 app = Potassium("gpuledger-example")
-gpuledger_potassium.instrument(app)  # before or after the decorators
+# Before or after the decorators. The user and tenant are read on entry, from the payload (a
+# tenant over an enforced budget is answered 429 before the handler runs). Not from
+# request.headers: Potassium 0.5 prints every header (authorisation too) on each lookup.
+gpuledger_potassium.instrument(
+    app,
+    user=lambda context, request: (request.json or {}).get("user"),
+    tenant=lambda context, request: (request.json or {}).get("team"),
+)
 
 
 def generate(prompt: str, max_tokens: int, seconds_per_token: float) -> str:
@@ -46,8 +53,6 @@ def init() -> dict[str, Any]:
 def handler(context: dict[str, Any], request: Request) -> Response:
     """Generate text for ``{"prompt": ...}``; a request without a prompt fails (HTTP 500)."""
     prompt = request.json["prompt"]
-    if user := request.json.get("user"):
-        gpuledger.tag(user=user)
     max_tokens = int(request.json.get("max_tokens", DEFAULT_MAX_TOKENS))
     text = generate(prompt, max_tokens, context["seconds_per_token"])
     gpuledger.record_tokens(input=len(prompt.split()), output=max_tokens)

@@ -43,12 +43,14 @@ def concurrency_modifier(current: int) -> int:
     return CONCURRENCY
 
 
-@gpuledger.traced_handler
+@gpuledger.traced_handler(
+    # Known on entry, so a tenant over an enforced budget is refused before any GPU work.
+    user=lambda job: job["input"].get("user"),
+    tenant=lambda job: job["input"].get("team"),
+)
 async def handler(job: dict[str, Any]) -> dict[str, Any]:
     """Produce ``tokens`` tokens, yielding to other jobs while the "GPU" works."""
     tokens = int(job["input"].get("tokens", 10))
-    if user := job["input"].get("user"):
-        gpuledger.tag(user=str(user))
     await asyncio.sleep(SECONDS_PER_TOKEN * tokens)
     gpuledger.record_tokens(output=tokens)
     return {"output": " ".join(f"t{index}" for index in range(tokens))}
