@@ -159,6 +159,9 @@ def worker_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
         "GPULEDGER_USER_ID_ON_METRICS": "true",
         "GPULEDGER_FLUSH_POLICY": "invocation",
         "GPULEDGER_LEDGER": str(workdir / "ledger.db"),
+        # Every tenant's spend against a budget, so the budget series and rules have data.
+        "GPULEDGER_BUDGETS": '[{"scope": "tenant", "window": "1d", "limit_usd": 1}]',
+        "GPULEDGER_BUDGET_REFRESH_S": "1",
     }
     for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "GPULEDGER_SIDECAR", "CUDA_VISIBLE_DEVICES"):
         env.pop(name, None)
@@ -316,7 +319,8 @@ def test_alert_rules_evaluate(prometheus_url: str) -> None:
     """Prometheus loads every group and rule of docker/prometheus/alerts.yml and evaluates each
     without error on the worker's series (health "ok"; an error such as a join matching several
     ``target_info`` series would say "err"); the cost per invocation by deploy version, which
-    joins ``target_info``, has a value for the worker."""
+    joins ``target_info``, and each tenant's budget burn rate, from the budget metrics the worker
+    exports under their Prometheus names, have values."""
     yaml = pytest.importorskip("yaml")
     rules_by_group = {
         group["name"]: len(group["rules"])
@@ -331,12 +335,19 @@ def test_alert_rules_evaluate(prometheus_url: str) -> None:
         cost_per_invocation = _query(
             prometheus_url, "job_service_version:gpuledger_cost_per_invocation:ratio_rate1h"
         )
-        if len(groups) == len(rules_by_group) and evaluated and _finite(cost_per_invocation):
+        burn_rate = _query(prometheus_url, "budget:gpuledger_budget_burn_rate:ratio_rate5m")
+        if (
+            len(groups) == len(rules_by_group)
+            and evaluated
+            and _finite(cost_per_invocation)
+            and _finite(burn_rate)
+        ):
             break
         if time.monotonic() > deadline:
             pytest.fail(
                 f"after {DATA_TIMEOUT_S:g} s: groups {[group['name'] for group in groups]}, "
-                f"evaluated {evaluated}, cost per invocation {cost_per_invocation}"
+                f"evaluated {evaluated}, cost per invocation {cost_per_invocation}, budget "
+                f"burn rate {burn_rate}"
             )
         time.sleep(0.5)
     assert {group["name"]: len(group["rules"]) for group in groups} == rules_by_group
