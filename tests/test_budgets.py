@@ -304,3 +304,40 @@ def test_report_marks_the_groups_over_their_budget(
     }
     by_day = CliRunner().invoke(main, ["report", "--ledger", location, "--by", "day"])
     assert "budget" not in by_day.output  # no budget groups by day
+
+
+@pytest.mark.parametrize("policy", ["separate", "share", "cause"])
+def test_a_worker_whose_only_request_was_refused_bills_its_time_as_its_own(policy: str) -> None:
+    """Its start-up, idle time and rounding stay the worker's under every policy."""
+    from gpuledger.billing import frozen_rules
+
+    rules = _runpod_rules()
+    refused = make_record(
+        1,
+        start_ns=NOW_NS - HOUR_NS,
+        duration_s=0.0,
+        outcome="rejected",
+        cold=True,
+        init_duration_s=20.0,
+        cost_usd=0.0,
+        billing_worker="pod-9",
+        worker_start_ns=NOW_NS - HOUR_NS - 20 * 10**9,
+        billing_rules=rules.to_json(),
+    )
+    rows = aggregate([refused], "tenant", policy=policy, rules_for=frozen_rules, now_ns=NOW_NS)
+    by_key = {row.key: row for row in rows}
+    assert by_key["(none)"].cost_usd in (0.0, None)
+    assert by_key["(none)"].rejected == 1
+    if policy == "separate":
+        assert by_key["(idle)"].cost_usd is not None and by_key["(idle)"].cost_usd > 0
+    total = sum(row.cost_usd or 0.0 for row in rows)
+    assert total > 0  # the worker's start-up is billed, to the worker
+
+
+def _runpod_rules() -> Any:
+    from gpuledger._pricing import edition_catalogue
+    from gpuledger.billing import Rules
+
+    price = edition_catalogue("seed-2026-03").lookup("runpod", "H100")
+    assert price is not None
+    return Rules.from_price(price)
