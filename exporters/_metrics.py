@@ -310,35 +310,44 @@ class InvocationMetrics:
         )
 
     def _record_stream_and_genai(
-        self, record: InvocationRecord, attributes: dict[str, str]
+        self,
+        record: InvocationRecord,
+        attributes: dict[str, str],
+        genai_made: dict[tuple[str, str | None, str | None], dict[str, str]],
+        tokens: dict[tuple[tuple[str, str | None, str | None], str], int],
     ) -> None:
-        """A streaming or GenAI record's extra metrics (the common record has neither)."""
+        """A streaming or GenAI record's extra metrics (the common record has neither). The
+        GenAI attribute sets are made once a batch (``genai_made``) and token counts summed
+        over it (``tokens``, added by :meth:`record`), as the other counters are."""
         first = record.first_item_s
-        per_item = None
-        if first is not None and record.items is not None and record.items > 1:
-            per_item = (record.duration_s - first) / (record.items - 1)
         if first is not None:
             self._first_item.record(first, attributes)
-            if per_item is not None:
-                self._per_item.record(per_item, attributes)
+            if record.items is not None and record.items > 1:
+                self._per_item.record((record.duration_s - first) / (record.items - 1), attributes)
         operation = record.operation
         if operation is None:
             return
-        limit = self._limit
-        genai = {GEN_AI_OPERATION_NAME: limit(GEN_AI_OPERATION_NAME, operation)}
-        if record.model is not None:
-            genai[GEN_AI_REQUEST_MODEL] = limit(GEN_AI_REQUEST_MODEL, record.model)
-        if record.outcome != "ok":
-            genai[ERROR_TYPE] = record.error_type or record.outcome
+        failed = None if record.outcome == "ok" else (record.error_type or record.outcome)
+        key = (operation, record.model, failed)
+        genai = genai_made.get(key)
+        if genai is None:
+            limit = self._limit
+            genai = {GEN_AI_OPERATION_NAME: limit(GEN_AI_OPERATION_NAME, operation)}
+            if record.model is not None:
+                genai[GEN_AI_REQUEST_MODEL] = limit(GEN_AI_REQUEST_MODEL, record.model)
+            if failed is not None:
+                genai[ERROR_TYPE] = failed
+            genai_made[key] = genai
         self._genai_duration.record(record.duration_s, genai)
         if first is not None:
             self._genai_first_token.record(first, genai)
             output = record.output_tokens
-            if record.outcome == "ok" and output is not None and output > 1:
+            if failed is None and output is not None and output > 1:
                 self._genai_per_token.record((record.duration_s - first) / (output - 1), genai)
-        for kind, tokens in (("input", record.input_tokens), ("output", record.output_tokens)):
-            if tokens:
-                self._tokens.add(tokens, {**genai, GEN_AI_TOKEN_TYPE: kind})
+        if record.input_tokens:
+            tokens[key, "input"] = tokens.get((key, "input"), 0) + record.input_tokens
+        if record.output_tokens:
+            tokens[key, "output"] = tokens.get((key, "output"), 0) + record.output_tokens
 
     def watch_budgets(self, guard: Any) -> None:
         """The budget instruments for ``guard``'s budgets (``gpuledger._budget_guard``): what
@@ -447,6 +456,8 @@ class InvocationMetrics:
         # is made once (the limit keeps no count, so asking it once per value is the same).
         made: dict[tuple[str, str | None, bool, str | None], tuple[dict[str, str], Any]] = {}
         users = self._user_attributes
+        genai_made: dict[tuple[str, str | None, str | None], dict[str, str]] = {}
+        tokens: dict[tuple[tuple[str, str | None, str | None], str], int] = {}
         for record in records:
             who = (
                 record.handler,
@@ -472,7 +483,7 @@ class InvocationMetrics:
             attributes, group = found
             self._duration.record(record.duration_s, attributes)
             if record.operation is not None or record.items is not None:
-                self._record_stream_and_genai(record, attributes)
+                self._record_stream_and_genai(record, attributes, genai_made, tokens)
             if record.init_duration_s is not None:
                 self._init_duration.record(record.init_duration_s, attributes)
             for target, entry in (record.external_targets or {}).items():
@@ -536,6 +547,8 @@ class InvocationMetrics:
             attributes = dict(by_target)
             self._external_calls.add(int(calls), attributes)
             self._external_wait.add(wait, attributes)
+        for (genai_key, kind), count in tokens.items():
+            self._tokens.add(count, {**genai_made[genai_key], GEN_AI_TOKEN_TYPE: kind})
 
 
 _READINGS_TTL_S: Final = 1.0
