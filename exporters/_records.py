@@ -24,6 +24,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.semconv.attributes.service_attributes import SERVICE_INSTANCE_ID
 
 from gpuledger._record import InvocationRecord
 from gpuledger.exporters._attributes import record_resource_attributes, span_attributes
@@ -55,8 +56,17 @@ def span_ids(record_id: str) -> tuple[int, int]:
 
 def record_resource(record: InvocationRecord) -> Resource:
     """The resource of the worker that produced ``record``; one object per distinct worker, so a
-    batch's spans group under as few resources as there were workers."""
-    return _resource(tuple(sorted(record_resource_attributes(record).items())))
+    batch's spans group under as few resources as there were workers.
+
+    Its ``service.instance.id`` is the worker's id (else its billing worker's), not the one the
+    SDK gives this process: the sidecar exports for many workers, and a collector's Prometheus
+    exporter tells series apart by ``service.instance.id`` (its ``instance`` label), so under
+    one id two workers' counters with the same attributes would overwrite each other."""
+    attributes = record_resource_attributes(record)
+    instance = record.worker_id or record.billing_worker
+    if instance:
+        attributes[SERVICE_INSTANCE_ID] = instance
+    return _resource(tuple(sorted(attributes.items())))
 
 
 @functools.lru_cache(maxsize=1024)

@@ -1236,3 +1236,20 @@ def test_unpriced_reasons_are_the_workers(
     )
     assert pricer is None
     assert reason == agent.cost_source
+
+
+def test_each_worker_is_its_own_service_instance() -> None:
+    """The sidecar exports for many workers: each record's resource names its worker as
+    ``service.instance.id`` (else the billing worker), never the sidecar process's one id, under
+    which a collector's Prometheus exporter would let two workers' counters overwrite each
+    other. One resource object per worker still."""
+    from gpuledger.testing import make_record as record  # records, not request bodies
+
+    first = record(1, worker_id="pod-a:101", billing_worker="pod-a")
+    second = record(2, worker_id="pod-b:202", billing_worker="pod-b")
+    same_worker = record(3, worker_id="pod-a:101", billing_worker="pod-a")
+    container_only = record(4, worker_id=None, billing_worker="pod-c")
+    resources = [record_resource(r) for r in (first, second, same_worker, container_only)]
+    instances = [resource.attributes["service.instance.id"] for resource in resources]
+    assert instances == ["pod-a:101", "pod-b:202", "pod-a:101", "pod-c"]
+    assert resources[0] is resources[2]
