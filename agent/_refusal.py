@@ -7,25 +7,28 @@ from __future__ import annotations
 import json
 from typing import Any
 
-__all__ = ["STATUS", "refusal"]
+__all__ = ["STATUS", "refusal", "refusal_json"]
 
 STATUS = 429
 
 
+def refusal_json(refused: Any) -> dict[str, Any]:
+    """The JSON body refusing ``refused`` (a :class:`gpuledger.BudgetExceeded`)."""
+    return {
+        "error": "budget_exceeded",
+        "message": str(refused),
+        "scope": refused.scope,
+        "key": refused.key,
+        "window": refused.window,
+        "limit_usd": refused.limit_usd,
+        "spent_usd": round(refused.spent_usd, 6),
+        "retry_after_s": refused.retry_after_s,
+    }
+
+
 def refusal(refused: Any) -> tuple[int, list[tuple[str, str]], bytes]:
-    """``(status, headers, body)`` for ``refused`` (a :class:`gpuledger.BudgetExceeded`)."""
-    body = json.dumps(
-        {
-            "error": "budget_exceeded",
-            "message": str(refused),
-            "scope": refused.scope,
-            "key": refused.key,
-            "window": refused.window,
-            "limit_usd": refused.limit_usd,
-            "spent_usd": round(refused.spent_usd, 6),
-            "retry_after_s": refused.retry_after_s,
-        }
-    ).encode()
+    """``(status, headers, body)`` for ``refused``, its body encoded."""
+    body = json.dumps(refusal_json(refused)).encode()
     headers = [
         ("content-type", "application/json"),
         ("content-length", str(len(body))),

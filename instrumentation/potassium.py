@@ -244,16 +244,14 @@ def _traced_handler(function: Callable[..., Any], route: str, state: _State) -> 
 def _refused(refused: Any) -> Any:
     """Potassium's ``Response`` refusing a request over an enforced budget: 429, Retry-After."""
     import importlib  # noqa: PLC0415
-    import json  # noqa: PLC0415
 
-    from gpuledger._refusal import refusal  # noqa: PLC0415
+    from gpuledger._refusal import STATUS, refusal_json  # noqa: PLC0415
 
     response = importlib.import_module("potassium").Response  # the app's own Potassium
-    status, headers, body = refusal(refused)
     return response(
-        status=status,
-        json=json.loads(body),
-        headers={"Retry-After": dict(headers)["retry-after"]},
+        status=STATUS,
+        json=refusal_json(refused),
+        headers={"Retry-After": str(refused.retry_after_s)},
     )
 
 

@@ -10,7 +10,7 @@ import click
 
 from gpuledger._errors import ConfigError, LedgerError
 from gpuledger.cli import _options
-from gpuledger.ledger import LEDGER_ENV, budget_spend, default_ledger_location, open_ledger
+from gpuledger.ledger import budget_spend, default_ledger_location, open_ledger
 
 __all__ = ["budgets_command"]
 
@@ -18,21 +18,8 @@ _HEADERS = ("budget", "mode", "limit USD", "spent USD", "left USD", "used %", "b
 
 
 @click.command("budgets")
-@click.option(
-    "--ledger",
-    "location",
-    metavar="LOCATION",
-    default=None,
-    help=f"Ledger file, sqlite:/// or postgresql:// URL.  [default: ${LEDGER_ENV}, else "
-    "./gpuledger.db]",
-)
-@click.option(
-    "--format",
-    "output_format",
-    type=click.Choice(("table", "json")),
-    default="table",
-    show_default=True,
-)
+@_options.ledger_option
+@_options.format_option("amounts")
 def budgets_command(location: str | None, output_format: str) -> None:
     """Each budget's spend over its rolling window, what is left, and its burn rate.
 

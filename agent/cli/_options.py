@@ -142,6 +142,21 @@ def pricings_option(function: F) -> F:
     )(function)
 
 
+def ledger_option(function: F) -> F:
+    """``--ledger LOCATION`` (as ``location``): the ledger a command reads (None: the ledger
+    setting's, else ``./gpuledger.db``)."""
+    from gpuledger.ledger import LEDGER_ENV  # noqa: PLC0415
+
+    return click.option(
+        "--ledger",
+        "location",
+        metavar="LOCATION",
+        default=None,
+        help=f"Ledger file, sqlite:/// or postgresql:// URL.  [default: ${LEDGER_ENV}, else "
+        "./gpuledger.db]",
+    )(function)
+
+
 def format_option(what: str) -> Callable[[F], F]:
     """``--format table|json`` (as ``output_format``); ``what`` says what JSON keeps unrounded."""
 

@@ -23,7 +23,6 @@ from gpuledger.cli._reconcile import _load, true_up_report
 from gpuledger.ledger import (
     GROUP_BY,
     HOUR_NS,
-    LEDGER_ENV,
     REPORT_COLUMNS,
     ReportRow,
     budget_spend,
@@ -121,14 +120,7 @@ A new column is one entry here."""
 
 
 @click.command("report")
-@click.option(
-    "--ledger",
-    "location",
-    metavar="LOCATION",
-    default=None,
-    help=f"Ledger file, sqlite:/// or postgresql:// URL.  [default: ${LEDGER_ENV}, else "
-    "./gpuledger.db]",
-)
+@_options.ledger_option
 @click.option(
     "--by",
     type=click.Choice(GROUP_BY),

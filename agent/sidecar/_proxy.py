@@ -110,7 +110,7 @@ from gpuledger._errors import ConfigError
 from gpuledger._invocation import Invocation
 from gpuledger._logging import get_logger
 from gpuledger._process import started_ns as upstream_start_ns
-from gpuledger._refusal import refusal
+from gpuledger._refusal import STATUS, refusal_json
 
 __all__ = [
     "PRESETS",
@@ -639,13 +639,11 @@ class MeteringProxy:
             request_id = self._describe(invocation, request)
             refused = agent.check_budget(invocation)
             if refused is not None:  # an enforced budget is spent: 429, never forwarded
-                status, _, body = refusal(refused)
                 agent.exit(invocation, refused, active=False)
                 invocation = None
-                return web.Response(
-                    status=status,
-                    body=body,
-                    content_type="application/json",
+                return web.json_response(
+                    refusal_json(refused),
+                    status=STATUS,
                     headers={"Retry-After": str(refused.retry_after_s)},
                 )
             return await self._forward(request, result, request_id)
